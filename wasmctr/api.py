@@ -1,0 +1,182 @@
+"""The Python API: what the CLI does, callable from Python (`wasmctr.build(...)`, `wasmctr.images()`).
+
+Each function takes an optional `store` (default: the local store at `$WASMCTR_HOME`) and returns plain
+data. The CLI is a thin layer over these; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import archive, builder, dockerfile
+from . import images as stored
+from . import reference as references
+from .errors import UsageError
+from .model import Descriptor, Platform
+from .store import Store
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    name: str
+    digest: str
+    format: str
+    platforms: list[str]
+    program: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class ImageSummary:
+    repository: str
+    tag: str
+    digest: str
+    platforms: list[str]
+    format: str
+    size: int
+    created: str
+
+
+def _store(store: Store | None) -> Store:
+    return store if store is not None else Store()
+
+
+def parse_platforms(text: str) -> list[Platform]:
+    try:
+        found = [Platform.parse(p) for p in text.split(",") if p.strip()]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not found or len(set(found)) != len(found):
+        raise UsageError(f"--platform {text!r}: give one or more distinct OS/ARCH pairs")
+    return found
+
+
+def build(source: str | os.PathLike[str], tag: str, *, dockerfile_path: str | os.PathLike[str] | None = None,
+          build_args: dict[str, str] | None = None, format: builder.Format = "compat",
+          platforms: str = "wasi/wasm", author: str | None = None, store: Store | None = None) -> BuildResult:
+    """Build an image from a `.wasm` file, or from a directory holding a Dockerfile, and tag it."""
+    ref = references.parse(tag)
+    if format not in builder.FORMATS:
+        raise UsageError(f"--format {format!r}: expected compat or artifact")
+    wanted = parse_platforms(platforms)
+    path = Path(source)
+    if path.is_dir():
+        dfile = Path(dockerfile_path) if dockerfile_path else path / "Dockerfile"
+        if not dfile.is_file():
+            raise UsageError(f"no Dockerfile at {dfile}; give one with -f")
+        plan = dockerfile.parse(dfile, path, build_args or {})
+    elif path.is_file():
+        if dockerfile_path:
+            raise UsageError("-f needs a build context directory, not a single file")
+        plan = dockerfile.plan_for_wasm(path)
+    else:
+        raise UsageError(f"{source}: no such file or directory")
+    target = _store(store)
+    built = builder.build(target, plan, format, wanted, author)
+    target.set_tag(ref, built.descriptor)
+    return BuildResult(ref.familiar(), built.descriptor.digest, built.format, [str(p) for p in built.platforms],
+                       built.program, built.wasm.kind)
+
+
+def images(store: Store | None = None) -> list[ImageSummary]:
+    """Every tagged image, sorted by name."""
+    st = _store(store)
+    out = []
+    for tagged in st.tags():
+        ref = references.parse(tagged.name)
+        image = stored.load(st, tagged.descriptor)
+        size = sum(st.blob_path(d).stat().st_size for d in st.referenced(tagged.descriptor))
+        out.append(ImageSummary(ref.familiar_name, ref.tag or "<none>", tagged.descriptor.digest,
+                                [str(p) for p in stored.platforms(st, tagged.descriptor)], image.format, size,
+                                str(image.config.get("created", ""))))
+    return out
+
+
+def inspect(ref: str, platform: str | None = None, store: Store | None = None) -> dict[str, Any]:
+    """Manifest, config and the program's WASI imports (its syscall surface) for one image."""
+    st = _store(store)
+    parsed = references.parse(ref)
+    desc = st.resolve(parsed)
+    wanted = parse_platforms(platform)[0] if platform else None
+    image = stored.load(st, desc, wanted)
+    program = stored.describe_program(st, image)
+    out: dict[str, Any] = {
+        "name": parsed.familiar(),
+        "digest": desc.digest,
+        "mediaType": desc.media_type,
+        "format": image.format,
+        "platform": str(image.platform),
+        "platforms": [str(p) for p in stored.platforms(st, desc)],
+        "manifestDigest": image.descriptor.digest,
+        "manifest": json.loads(image.manifest.raw),
+        "config": image.config,
+    }
+    if program is not None:
+        out["wasm"] = {"kind": program.kind, "path": program.path, "imports": program.imports}
+    return out
+
+
+def tag(source: str, target: str, store: Store | None = None) -> str:
+    st = _store(store)
+    desc = st.resolve(references.parse(source))
+    dst = references.parse(target)
+    if dst.digest:
+        raise UsageError(f"cannot tag with a digest: {target}")
+    st.set_tag(dst, desc)
+    return dst.familiar()
+
+
+@dataclass(frozen=True)
+class Removed:
+    untagged: list[str]
+    blobs: int
+    bytes: int
+
+
+def rmi(ref: str, store: Store | None = None) -> Removed:
+    """Untag an image (every tag of it, for a digest reference), then delete blobs nothing else uses."""
+    st = _store(store)
+    parsed = references.parse(ref)
+    desc = st.resolve(parsed)
+    if parsed.digest:
+        names = {t.name for t in st.tags() if t.descriptor.digest == desc.digest}
+    else:
+        names = {parsed.familiar()}
+    untagged = st.remove_tags(names)
+    blobs, freed = st.gc()
+    return Removed(sorted(t.name for t in untagged), blobs, freed)
+
+
+def save(ref: str, output: str | os.PathLike[str] | None = None, oci_dir: str | os.PathLike[str] | None = None,
+         store: Store | None = None) -> Descriptor:
+    """Write an image as an OCI archive (`output`) or into an OCI layout directory (`oci_dir`)."""
+    if (output is None) == (oci_dir is None):
+        raise UsageError("give exactly one of -o FILE.tar and --oci-dir DIR")
+    st = _store(store)
+    parsed = references.parse(ref)
+    desc = st.resolve(parsed)
+    if oci_dir is not None:
+        archive.save_layout(st, desc, parsed, Path(oci_dir))
+        return desc
+    assert output is not None
+    tmp = Path(f"{output}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            archive.save_archive(st, desc, parsed, f)
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return desc
+
+
+def load(source: str | os.PathLike[str], tag: str | None = None, store: Store | None = None) -> list[str]:
+    """Import the images of an OCI archive or layout directory; returns the names tagged."""
+    path = Path(source)
+    if not path.exists():
+        raise UsageError(f"{source}: no such file or directory")
+    loaded = archive.load(_store(store), path, references.parse(tag) if tag else None)
+    return [item.name for item in loaded]

@@ -1,0 +1,157 @@
+"""OCI archives and layout directories in and out of the store (`save`, `load`).
+
+An OCI archive is a tar of an OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/...`), the
+format of `skopeo copy oci-archive:` and `ctr import`. Output is deterministic (sorted members, fixed
+mtime). Input is streamed: each blob member goes into the store through a verifying writer, so a
+damaged archive adds nothing; its `index.json` is applied last, and only names whose every blob
+arrived are tagged.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from . import mediatypes as mt
+from . import reference
+from .errors import ArchiveError, StoreError, WasmctrError
+from .model import Descriptor, canonical_json
+from .store import LAYOUT_VERSION, MAX_DOCUMENT, Store
+
+
+def save_archive(store: Store, desc: Descriptor, ref: reference.Reference, output: BinaryIO) -> None:
+    """Write one image and everything it references as an OCI archive."""
+    blobs = sorted(store.referenced(desc))
+    index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [_entry(desc, ref).to_dict()]}
+    with tarfile.open(fileobj=output, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        _add_bytes(tar, "oci-layout", canonical_json(LAYOUT_VERSION))
+        _add_bytes(tar, "index.json", canonical_json(index))
+        _add_dir(tar, "blobs/")
+        _add_dir(tar, "blobs/sha256/")
+        for digest in blobs:
+            path = store.blob_path(digest)
+            info = tarfile.TarInfo("blobs/sha256/" + path.name)
+            info.size = path.stat().st_size
+            info.mode = 0o644
+            with open(path, "rb") as f:
+                tar.addfile(info, f)
+
+
+def save_layout(store: Store, desc: Descriptor, ref: reference.Reference, directory: Path) -> None:
+    """Copy one image into an OCI layout directory (created, or added to if it exists)."""
+    target = Store(directory)
+    with target.writing():
+        for digest in sorted(store.referenced(desc)):
+            if not target.has_blob(digest):
+                with store.open_blob(digest) as f:
+                    target.put_stream(f, "application/octet-stream", digest)
+    target.set_tag(ref, desc)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    name: str
+    descriptor: Descriptor
+
+
+def load(store: Store, source: Path, tag: reference.Reference | None = None) -> list[Loaded]:
+    """Import every image of an OCI archive (tar, optionally compressed) or OCI layout directory."""
+    index_raw: bytes | None = None
+    docker_archive = False
+    with store.writing():
+        try:
+            members = _layout_dir(source) if source.is_dir() else _tar_members(source)
+            for name, size, stream in members:
+                if name.startswith("blobs/sha256/") and len(name) == len("blobs/sha256/") + 64:
+                    digest = "sha256:" + name.rsplit("/", 1)[1]
+                    if not store.has_blob(digest):
+                        store.put_stream(stream, "application/octet-stream", digest, size)
+                elif name == "index.json":
+                    index_raw = stream.read(MAX_DOCUMENT + 1)
+                elif name == "manifest.json":
+                    docker_archive = True
+        except (OSError, tarfile.TarError) as exc:
+            raise ArchiveError(f"{source}: cannot read archive: {getattr(exc, 'strerror', None) or exc}") from None
+        if index_raw is None and docker_archive:
+            raise ArchiveError(f"{source} is a Docker archive (docker save); convert it with "
+                               f"`skopeo copy docker-archive:{source} oci-archive:OUT.tar`")
+        if index_raw is None:
+            raise ArchiveError(f"{source}: no index.json, so not an OCI archive or layout")
+        try:
+            entries = [Descriptor.from_dict(d) for d in json.loads(index_raw).get("manifests") or []]
+        except (ValueError, AttributeError, StoreError) as exc:
+            raise ArchiveError(f"{source}: malformed index.json: {exc}") from None
+        if tag is not None and len(entries) != 1:
+            raise ArchiveError(f"{source} holds {len(entries)} images; --tag needs exactly one")
+        loaded = []
+        for entry in entries:
+            _check_complete(store, entry, source)
+            ref = tag or _name_of(entry, source)
+            store.set_tag(ref, entry)
+            loaded.append(Loaded(ref.familiar(), entry))
+        return loaded
+
+
+def _entry(desc: Descriptor, ref: reference.Reference) -> Descriptor:
+    return desc.with_annotations({mt.ANNOTATION_REF_NAME: ref.familiar(), mt.ANNOTATION_CONTAINERD_NAME: str(ref)})
+
+
+def _name_of(entry: Descriptor, source: Path) -> reference.Reference:
+    for key in (mt.ANNOTATION_CONTAINERD_NAME, mt.ANNOTATION_REF_NAME):
+        name = entry.annotations.get(key, "")
+        if name and (":" in name or "/" in name or key == mt.ANNOTATION_CONTAINERD_NAME):
+            try:
+                return reference.parse(name)
+            except WasmctrError:
+                continue
+    raise ArchiveError(f"{source}: image {entry.digest} has no repository name "
+                       f"(ref.name {entry.annotations.get(mt.ANNOTATION_REF_NAME)!r}); give one with --tag")
+
+
+def _check_complete(store: Store, entry: Descriptor, source: Path) -> None:
+    stack = [entry]
+    while stack:
+        d = stack.pop()
+        if not store.has_blob(d.digest):
+            raise ArchiveError(f"{source}: blob {d.digest} ({d.media_type}) is missing; nothing was tagged")
+        if d.media_type in mt.INDEXES:
+            stack.extend(store.read_index_blob(d).manifests)
+        elif d.media_type in mt.MANIFESTS:
+            m = store.read_manifest(d)
+            stack.extend([m.config, *m.layers])
+
+
+def _tar_members(path: Path) -> Iterator[tuple[str, int, BinaryIO]]:
+    with tarfile.open(path, mode="r|*") as tar:
+        for member in tar:
+            if member.isfile():
+                stream = tar.extractfile(member)
+                if stream is not None:
+                    yield member.name.removeprefix("./"), member.size, stream  # type: ignore[misc]
+
+
+def _layout_dir(path: Path) -> Iterator[tuple[str, int, BinaryIO]]:
+    files = [path / "index.json", *sorted((path / "blobs" / "sha256").glob("*"))]
+    for file in files:
+        if file.is_file():
+            with open(file, "rb") as f:
+                yield file.relative_to(path).as_posix(), file.stat().st_size, f
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _add_dir(tar: tarfile.TarFile, name: str) -> None:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    info.mode = 0o755
+    tar.addfile(info)

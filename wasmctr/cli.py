@@ -1,0 +1,233 @@
+"""The `wasmctr` command line: a thin typer layer over `wasmctr.api`.
+
+Each command parses its flags, calls one API function and prints the result. Every failure becomes one
+line on stderr (`wasmctr: error: ...`) and an exit code: 2 for usage errors, 1 otherwise; no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from typing import Annotated, NoReturn
+
+import typer
+
+from . import __version__, api
+from .errors import UsageError, WasmctrError
+
+app = typer.Typer(
+    name="wasmctr",
+    help="WebAssembly containers: build, push, pull and run wasm as OCI images, with no daemon.\n\n"
+    "Example: wasmctr build app.wasm -t hello:1 && wasmctr images",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"wasmctr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """WebAssembly containers: build, push, pull and run wasm as OCI images, with no daemon."""
+
+
+@app.command()
+def build(
+    source: Annotated[str, typer.Argument(help="A .wasm file, or a build context directory with a Dockerfile.")],
+    tag: Annotated[str, typer.Option("-t", "--tag", help="Name of the image, e.g. hello:1.")],
+    file: Annotated[str | None, typer.Option("-f", "--file", help="Dockerfile (default CONTEXT/Dockerfile).")] = None,
+    build_arg: Annotated[list[str] | None, typer.Option("--build-arg", help="ARG value, K=V.")] = None,
+    format: Annotated[str, typer.Option("--format", help="compat (OCI image, rootfs layer) or artifact "
+                                                        "(CNCF wasm artifact).")] = "compat",
+    platform: Annotated[str, typer.Option("--platform", help="wasi/wasm (default), linux/amd64, linux/arm64, "
+                                                            "or a comma-separated list for an index.")] = "wasi/wasm",
+    author: Annotated[str | None, typer.Option("--author", help="Author recorded in an artifact's config.")] = None,
+) -> None:
+    """Build an image from a .wasm file or a Dockerfile, daemonless and reproducibly.
+
+    Example: wasmctr build examples/hello -t hello:1 --platform wasi/wasm,linux/amd64
+    """
+    args = {}
+    for item in build_arg or []:
+        key, eq, value = item.partition("=")
+        if not key:
+            raise UsageError(f"--build-arg {item!r}: expected KEY=VALUE")
+        args[key] = value if eq else os.environ.get(key, "")
+    result = api.build(source, tag, dockerfile_path=file, build_args=args, format=format,  # type: ignore[arg-type]
+                       platforms=platform, author=author)
+    typer.echo(f"built {result.name} ({result.format}, {', '.join(result.platforms)}, "
+               f"{result.kind} {result.program})")
+    typer.echo(result.digest)
+
+
+@app.command("images")
+def images_command(
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only print digests.")] = False,
+) -> None:
+    """List the images in the local store.
+
+    Example: wasmctr images
+    """
+    rows = api.images()
+    if quiet:
+        for row in rows:
+            typer.echo(row.digest)
+        return
+    table = [("REPOSITORY", "TAG", "DIGEST", "PLATFORM", "FORMAT", "SIZE", "CREATED")]
+    for r in rows:
+        table.append((r.repository, r.tag, r.digest[7:19], ",".join(r.platforms), r.format, _size(r.size),
+                      _ago(r.created)))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        typer.echo("   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+@app.command()
+def inspect(
+    ref: Annotated[str, typer.Argument(help="Image reference, e.g. hello:1.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print everything as JSON.")] = False,
+    platform: Annotated[str | None, typer.Option("--platform", help="Which manifest of an index.")] = None,
+) -> None:
+    """Show an image's manifest, config and the WASI imports of its program (its syscall surface).
+
+    Example: wasmctr inspect hello:1 --json
+    """
+    info = api.inspect(ref, platform)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    rc = info["config"].get("config") or {}
+    lines = [
+        ("Name", info["name"]),
+        ("Digest", info["digest"]),
+        ("Media type", info["mediaType"]),
+        ("Format", info["format"]),
+        ("Platforms", ", ".join(info["platforms"])),
+        ("Created", info["config"].get("created", "")),
+        ("Entrypoint", json.dumps(rc.get("Entrypoint"))) if rc.get("Entrypoint") else None,
+        ("Cmd", json.dumps(rc.get("Cmd"))) if rc.get("Cmd") else None,
+        ("Env", ", ".join(rc.get("Env") or [])) if rc.get("Env") else None,
+        ("WorkingDir", rc.get("WorkingDir")) if rc.get("WorkingDir") else None,
+    ]
+    for line in lines:
+        if line:
+            typer.echo(f"{line[0] + ':':<12} {line[1]}")
+    program = info.get("wasm")
+    if program:
+        typer.echo(f"{'Program:':<12} {program['path']} ({program['kind']})")
+        typer.echo(f"{'Imports:':<12} {len(program['imports'])}")
+        for name in program["imports"]:
+            typer.echo(f"  {name}")
+
+
+@app.command()
+def tag(
+    source: Annotated[str, typer.Argument(help="Existing image.")],
+    target: Annotated[str, typer.Argument(help="New name.")],
+) -> None:
+    """Give an image another name.
+
+    Example: wasmctr tag hello:1 127.0.0.1:5000/hello:1
+    """
+    typer.echo(api.tag(source, target))
+
+
+@app.command()
+def rmi(refs: Annotated[list[str], typer.Argument(help="Images to remove.")]) -> None:
+    """Untag images, then delete the blobs no other image uses.
+
+    Example: wasmctr rmi hello:1
+    """
+    for ref in refs:
+        removed = api.rmi(ref)
+        for name in removed.untagged:
+            typer.echo(f"Untagged: {name}")
+        typer.echo(f"Deleted {removed.blobs} blobs ({_size(removed.bytes)})")
+
+
+@app.command()
+def save(
+    ref: Annotated[str, typer.Argument(help="Image to save.")],
+    output: Annotated[str | None, typer.Option("-o", "--output", help="OCI archive to write (.tar).")] = None,
+    oci_dir: Annotated[str | None, typer.Option("--oci-dir", help="OCI layout directory to write into.")] = None,
+) -> None:
+    """Write an image as an OCI archive, or into an OCI layout directory.
+
+    Example: wasmctr save hello:1 -o hello.tar
+    """
+    desc = api.save(ref, output, oci_dir)
+    typer.echo(desc.digest)
+
+
+@app.command()
+def load(
+    input: Annotated[str, typer.Option("-i", "--input", help="OCI archive (.tar, .tar.gz) or layout directory.")],
+    tag: Annotated[str | None, typer.Option("-t", "--tag", help="Name for an image the archive leaves "
+                                                               "unnamed.")] = None,
+) -> None:
+    """Import images from an OCI archive or layout directory.
+
+    Example: wasmctr load -i hello.tar
+    """
+    for name in api.load(input, tag):
+        typer.echo(f"Loaded image: {name}")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.3g}{unit}"
+        n /= 1000  # type: ignore[assignment]
+    return str(n)
+
+
+def _ago(created: str) -> str:
+    try:
+        when = datetime.strptime(created[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    except ValueError:
+        return created or "-"
+    seconds = (datetime.now(UTC) - when).total_seconds()
+    for unit, size in (("years", 31536000), ("months", 2592000), ("days", 86400), ("hours", 3600),
+                       ("minutes", 60)):
+        if seconds >= 2 * size:
+            return f"{int(seconds // size)} {unit} ago"
+    return "just now"
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    print(f"wasmctr: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def main() -> None:
+    """Entry point of the `wasmctr` console script."""
+    try:
+        result = app(standalone_mode=False)
+    except WasmctrError as exc:
+        _fail(str(exc), exc.exit_code)
+    except typer.TyperException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            typer.echo(exc.format_message())
+            sys.exit(0)
+        _fail(exc.format_message(), exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        _fail("interrupted", 130)
+    except OSError as exc:
+        _fail(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc.strerror or exc), 1)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

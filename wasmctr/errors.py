@@ -1,0 +1,50 @@
+"""The errors a wasmctr user can act on.
+
+Every failure that reaches the CLI is one of these: it carries a one-line message that says what went
+wrong and where, and the exit code the CLI returns (2 for a usage error, 1 otherwise). Nothing here
+imports the rest of wasmctr.
+"""
+
+
+class WasmctrError(Exception):
+    """Base of every error wasmctr raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(WasmctrError):
+    """The command line itself is wrong: a bad flag value, a bad reference."""
+
+    exit_code = 2
+
+
+class InvalidReference(UsageError):
+    """A string that does not follow Docker's `[registry/]repo[:tag|@digest]` grammar."""
+
+
+class InvalidWasm(WasmctrError):
+    """A file that should be WebAssembly is not, or does not validate."""
+
+
+class DockerfileError(WasmctrError):
+    """A Dockerfile uses something wasmctr cannot build (RUN, FROM an image, a missing source...)."""
+
+
+class BuildError(WasmctrError):
+    """The inputs are readable but do not make a valid image (say, a non-wasm entrypoint)."""
+
+
+class ImageNotFound(WasmctrError):
+    """No image in the store answers to the reference."""
+
+
+class StoreError(WasmctrError):
+    """The local store cannot be read or written, or its content is damaged."""
+
+
+class DigestMismatch(StoreError):
+    """Content did not hash to the digest it was announced with; it was not stored."""
+
+
+class ArchiveError(WasmctrError):
+    """An OCI archive or layout to load is malformed or incomplete."""

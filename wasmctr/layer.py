@@ -1,0 +1,88 @@
+"""Reproducible rootfs layers: a sorted tar, gzip-compressed, streamed straight into the store.
+
+One pass over each input file feeds three things at once: the tar stream, the sha256 of the
+uncompressed tar (the layer's diff ID, which the image config records) and, after gzip, the sha256 of
+the compressed blob (its digest). Entries are sorted, owned by uid/gid given (0 by default) with empty
+user and group names, stamped with one mtime (SOURCE_DATE_EPOCH), and the gzip header carries mtime 0
+and no file name: the same files give the same bytes on any machine.
+"""
+
+from __future__ import annotations
+
+import gzip
+import posixpath
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import digest as digests
+from . import mediatypes as mt
+from .model import Descriptor
+from .store import Store
+
+GZIP_LEVEL = 6
+
+
+@dataclass(frozen=True)
+class LayerEntry:
+    """One path of the image filesystem: a file copied from `source`, a symlink, or a directory."""
+
+    path: str
+    source: Path | None = None
+    mode: int = 0o755
+    uid: int = 0
+    gid: int = 0
+    link_target: str | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.source is None and self.link_target is None
+
+
+@dataclass(frozen=True)
+class Layer:
+    descriptor: Descriptor
+    diff_id: str
+
+
+def with_parents(entries: list[LayerEntry]) -> list[LayerEntry]:
+    """Entries sorted by path, with every missing parent directory added (mode 0755, root-owned)."""
+    by_path = {e.path: e for e in entries}
+    for entry in entries:
+        parent = posixpath.dirname(entry.path)
+        while parent not in ("/", "") and parent not in by_path:
+            by_path[parent] = LayerEntry(parent)
+            parent = posixpath.dirname(parent)
+    return [by_path[p] for p in sorted(by_path)]
+
+
+def write_tar_gzip(store: Store, entries: list[LayerEntry], mtime: int) -> Layer:
+    """Stream the entries into a new tar+gzip blob in the store and return its descriptor and diff ID."""
+    with store.writer() as blob:
+        with gzip.GzipFile(filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=blob, mtime=0) as gz:
+            tar_hash = digests.HashingWriter(gz)
+            with tarfile.open(fileobj=tar_hash, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+                for entry in with_parents(entries):
+                    _add(tar, entry, mtime)
+        descriptor = blob.commit(mt.OCI_LAYER_TAR_GZIP)
+    return Layer(descriptor, tar_hash.digest)
+
+
+def _add(tar: tarfile.TarFile, entry: LayerEntry, mtime: int) -> None:
+    info = tarfile.TarInfo(entry.path.lstrip("/") + ("/" if entry.is_dir else ""))
+    info.mtime = mtime
+    info.mode = entry.mode
+    info.uid, info.gid = entry.uid, entry.gid
+    info.uname = info.gname = ""
+    if entry.is_dir:
+        info.type = tarfile.DIRTYPE
+        tar.addfile(info)
+    elif entry.link_target is not None:
+        info.type = tarfile.SYMTYPE
+        info.linkname = entry.link_target
+        tar.addfile(info)
+    else:
+        assert entry.source is not None
+        with open(entry.source, "rb") as f:
+            info.size = entry.source.stat().st_size
+            tar.addfile(info, f)

@@ -1,0 +1,313 @@
+"""The local content store: an OCI image layout on disk, shared safely by concurrent wasmctr processes.
+
+Layout (image-spec `image-layout.md`): `oci-layout`, `index.json` and `blobs/sha256/<hex>`; tags are
+`org.opencontainers.image.ref.name` annotations on `index.json` entries, so `skopeo`, `oci-image-tool`
+and `ctr import` read the store as it is. Blobs are written to `ingest/` and renamed into place only
+after their digest checks out, so a blob path always holds the bytes its name promises.
+
+Two advisory locks keep concurrent processes correct: `index.lock` serialises read-modify-write of
+`index.json` (replaced atomically, never edited in place), and `gc.lock` is held shared by anything
+that writes blobs before tagging them and exclusively by garbage collection, so `rmi` never deletes
+the blobs of a build still in flight. This module imports only the model and errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from . import digest as digests
+from . import mediatypes as mt
+from .errors import DigestMismatch, ImageNotFound, StoreError
+from .model import Descriptor, Index, Manifest, canonical_json
+from .reference import Reference
+
+MAX_DOCUMENT = 4 << 20
+LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
+
+
+def default_root() -> Path:
+    """`$WASMCTR_HOME`, else `$XDG_DATA_HOME/wasmctr`, else `~/.local/share/wasmctr`."""
+    if home := os.environ.get("WASMCTR_HOME"):
+        return Path(home)
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "wasmctr"
+
+
+@dataclass(frozen=True)
+class Tagged:
+    """One `index.json` entry: a name (`hello:1`) and the manifest or index it points to."""
+
+    name: str
+    descriptor: Descriptor
+
+
+class BlobWriter:
+    """Streams one blob into `ingest/`, hashing as it goes; `commit` verifies and renames it in."""
+
+    def __init__(self, store: Store, expected_digest: str | None = None, expected_size: int | None = None):
+        self._store = store
+        self._expected_digest = expected_digest
+        self._expected_size = expected_size
+        fd, name = tempfile.mkstemp(dir=store.ingest_dir, prefix="blob-")
+        self._path = Path(name)
+        self._file = os.fdopen(fd, "wb")
+        self._hasher = digests.HashingWriter(self._file)
+        self.descriptor: Descriptor | None = None
+
+    def write(self, data: bytes) -> int:
+        if self._expected_size is not None and self._hasher.size + len(data) > self._expected_size:
+            raise DigestMismatch(
+                f"blob {self._expected_digest} is larger than the {self._expected_size} bytes its descriptor says"
+            )
+        return self._hasher.write(data)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    @property
+    def size(self) -> int:
+        return self._hasher.size
+
+    def commit(self, media_type: str = "application/octet-stream") -> Descriptor:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        got = self._hasher.digest
+        if self._expected_digest is not None and got != self._expected_digest:
+            self.abort()
+            raise DigestMismatch(f"digest mismatch: expected {self._expected_digest}, got {got}")
+        if self._expected_size is not None and self._hasher.size != self._expected_size:
+            self.abort()
+            raise DigestMismatch(
+                f"size mismatch for {got}: expected {self._expected_size} bytes, got {self._hasher.size}"
+            )
+        os.replace(self._path, self._store.blob_path(got))
+        self.descriptor = Descriptor(media_type, got, self._hasher.size)
+        return self.descriptor
+
+    def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self._path.unlink()
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is not None or self.descriptor is None:
+            self.abort()
+
+
+class Store:
+    """An OCI image layout used as wasmctr's local image store."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root) if root is not None else default_root()
+        self.blobs_dir = self.root / "blobs" / "sha256"
+        self.ingest_dir = self.root / "ingest"
+        self.index_path = self.root / "index.json"
+        try:
+            self.blobs_dir.mkdir(parents=True, exist_ok=True)
+            self.ingest_dir.mkdir(exist_ok=True)
+            layout = self.root / "oci-layout"
+            if not layout.exists():
+                self._write_atomic(layout, canonical_json(LAYOUT_VERSION))
+            if not self.index_path.exists():
+                with self._locked("index.lock"):
+                    if not self.index_path.exists():
+                        self._write_index([])
+        except OSError as exc:
+            raise StoreError(f"cannot use store {self.root}: {exc.strerror or exc}") from None
+
+    # -- blobs -------------------------------------------------------------------------------------
+
+    def blob_path(self, digest: str) -> Path:
+        algorithm, _, hex_digest = digest.partition(":")
+        if algorithm != "sha256" or len(hex_digest) != 64 or not all(c in "0123456789abcdef" for c in hex_digest):
+            raise StoreError(f"unsupported digest {digest!r}")
+        return self.blobs_dir / hex_digest
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def writer(self, expected_digest: str | None = None, expected_size: int | None = None) -> BlobWriter:
+        return BlobWriter(self, expected_digest, expected_size)
+
+    def put_bytes(self, data: bytes, media_type: str) -> Descriptor:
+        desc = Descriptor.of(media_type, data)
+        if not self.has_blob(desc.digest):
+            with self.writer(desc.digest, desc.size) as w:
+                w.write(data)
+                w.commit(media_type)
+        return desc
+
+    def put_stream(self, stream: BinaryIO, media_type: str, expected_digest: str | None = None,
+                   expected_size: int | None = None) -> Descriptor:
+        with self.writer(expected_digest, expected_size) as w:
+            while chunk := stream.read(digests.CHUNK):
+                w.write(chunk)
+            return w.commit(media_type)
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        try:
+            return open(self.blob_path(digest), "rb")
+        except FileNotFoundError:
+            raise StoreError(f"blob {digest} is missing from the store {self.root}") from None
+
+    def read_document(self, desc: Descriptor) -> bytes:
+        """A manifest, index or config: small, read whole, and checked against its digest."""
+        if desc.size > MAX_DOCUMENT:
+            raise StoreError(f"{desc.media_type} {desc.digest} is {desc.size} bytes, over the 4 MiB limit")
+        with self.open_blob(desc.digest) as f:
+            data = f.read(MAX_DOCUMENT + 1)
+        if digests.of_bytes(data) != desc.digest:
+            raise DigestMismatch(f"blob {desc.digest} in {self.root} is corrupt (its content has another digest)")
+        return data
+
+    def read_manifest(self, desc: Descriptor) -> Manifest:
+        return Manifest.parse(self.read_document(desc), desc.media_type)
+
+    def read_index_blob(self, desc: Descriptor) -> Index:
+        return Index.parse(self.read_document(desc), desc.media_type)
+
+    # -- tags (index.json) -------------------------------------------------------------------------
+
+    def tags(self) -> list[Tagged]:
+        return [Tagged(d.annotations.get(mt.ANNOTATION_REF_NAME, ""), d) for d in self._read_index()]
+
+    def set_tag(self, ref: Reference, desc: Descriptor) -> None:
+        name = ref.familiar()
+        entry = Descriptor(desc.media_type, desc.digest, desc.size,
+                           {mt.ANNOTATION_REF_NAME: name, mt.ANNOTATION_CONTAINERD_NAME: str(ref)},
+                           desc.platform, desc.artifact_type)
+        with self._locked("index.lock"):
+            entries = [d for d in self._read_index() if d.annotations.get(mt.ANNOTATION_REF_NAME) != name]
+            entries.append(entry)
+            self._write_index(entries)
+
+    def remove_tags(self, names: set[str]) -> list[Tagged]:
+        with self._locked("index.lock"):
+            entries = self._read_index()
+            keep = [d for d in entries if d.annotations.get(mt.ANNOTATION_REF_NAME) not in names]
+            removed = [Tagged(d.annotations[mt.ANNOTATION_REF_NAME], d) for d in entries if d not in keep]
+            if removed:
+                self._write_index(keep)
+        return removed
+
+    def resolve(self, ref: Reference) -> Descriptor:
+        """The descriptor a reference names: by tag from `index.json`, or by digest from the blobs."""
+        if ref.digest:
+            for tagged in self.tags():
+                if tagged.descriptor.digest == ref.digest:
+                    return tagged.descriptor
+            if self.has_blob(ref.digest):
+                return self._describe_blob(ref.digest)
+            raise ImageNotFound(f"no image {ref.familiar()} in the store {self.root}")
+        name = ref.familiar()
+        for tagged in self.tags():
+            if tagged.name == name:
+                return tagged.descriptor
+        raise ImageNotFound(f"no image {name} in the store {self.root} (see `wasmctr images`)")
+
+    def _describe_blob(self, digest: str) -> Descriptor:
+        size = self.blob_path(digest).stat().st_size
+        data = self.read_document(Descriptor("application/octet-stream", digest, size))
+        try:
+            media_type = json.loads(data).get("mediaType") or ""
+        except (ValueError, AttributeError):
+            media_type = ""
+        if media_type not in mt.MANIFESTS | mt.INDEXES:
+            raise ImageNotFound(f"{digest} is not a manifest or index")
+        return Descriptor(media_type, digest, size)
+
+    # -- garbage collection ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold while writing blobs that are not yet tagged, so that `gc` cannot remove them."""
+        with self._locked("gc.lock", shared=True):
+            yield
+
+    def referenced(self, desc: Descriptor) -> set[str]:
+        """Every blob digest reachable from a descriptor that is present in the store."""
+        seen: set[str] = set()
+        stack = [desc]
+        while stack:
+            d = stack.pop()
+            if d.digest in seen or not self.has_blob(d.digest):
+                continue
+            seen.add(d.digest)
+            if d.media_type in mt.INDEXES:
+                stack.extend(self.read_index_blob(d).manifests)
+            elif d.media_type in mt.MANIFESTS:
+                m = self.read_manifest(d)
+                stack.append(m.config)
+                stack.extend(m.layers)
+        return seen
+
+    def gc(self) -> tuple[int, int]:
+        """Remove blobs no tag reaches; returns (blobs removed, bytes freed)."""
+        with self._locked("gc.lock"):
+            live: set[str] = set()
+            for tagged in self.tags():
+                live |= self.referenced(tagged.descriptor)
+            removed = freed = 0
+            for path in self.blobs_dir.iterdir():
+                if "sha256:" + path.name not in live:
+                    freed += path.stat().st_size
+                    path.unlink()
+                    removed += 1
+            for path in self.ingest_dir.glob("blob-*"):
+                path.unlink()
+            return removed, freed
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, name: str, shared: bool = False) -> Iterator[None]:
+        try:
+            fd = os.open(self.root / name, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot lock store {self.root}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _read_index(self) -> list[Descriptor]:
+        try:
+            data = json.loads(self.index_path.read_bytes())
+            return [Descriptor.from_dict(d) for d in data.get("manifests") or []]
+        except OSError as exc:
+            raise StoreError(f"cannot read {self.index_path}: {exc.strerror}") from None
+        except (ValueError, AttributeError) as exc:
+            raise StoreError(f"{self.index_path} is damaged: {exc}") from None
+
+    def _write_index(self, entries: list[Descriptor]) -> None:
+        entries = sorted(entries, key=lambda d: (d.annotations.get(mt.ANNOTATION_REF_NAME, ""), d.digest))
+        doc = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [d.to_dict() for d in entries]}
+        self._write_atomic(self.index_path, json.dumps(doc, indent=2).encode() + b"\n")
+
+    def _write_atomic(self, path: Path, data: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
