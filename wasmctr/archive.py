@@ -61,40 +61,50 @@ class Loaded:
 
 def load(store: Store, source: Path, tag: reference.Reference | None = None) -> list[Loaded]:
     """Import every image of an OCI archive (tar, optionally compressed) or OCI layout directory."""
+    added: set[str] = set()
+    try:
+        with store.writing():
+            return _load(store, source, tag, added)
+    except BaseException:
+        store.discard(added)
+        raise
+
+
+def _load(store: Store, source: Path, tag: reference.Reference | None, added: set[str]) -> list[Loaded]:
     index_raw: bytes | None = None
     docker_archive = False
-    with store.writing():
-        try:
-            members = _layout_dir(source) if source.is_dir() else _tar_members(source)
-            for name, size, stream in members:
-                if name.startswith("blobs/sha256/") and len(name) == len("blobs/sha256/") + 64:
-                    digest = "sha256:" + name.rsplit("/", 1)[1]
-                    if not store.has_blob(digest):
-                        store.put_stream(stream, "application/octet-stream", digest, size)
-                elif name == "index.json":
-                    index_raw = stream.read(MAX_DOCUMENT + 1)
-                elif name == "manifest.json":
-                    docker_archive = True
-        except (OSError, tarfile.TarError) as exc:
-            raise ArchiveError(f"{source}: cannot read archive: {getattr(exc, 'strerror', None) or exc}") from None
-        if index_raw is None and docker_archive:
-            raise ArchiveError(f"{source} is a Docker archive (docker save); convert it with "
-                               f"`skopeo copy docker-archive:{source} oci-archive:OUT.tar`")
-        if index_raw is None:
-            raise ArchiveError(f"{source}: no index.json, so not an OCI archive or layout")
-        try:
-            entries = [Descriptor.from_dict(d) for d in json.loads(index_raw).get("manifests") or []]
-        except (ValueError, AttributeError, StoreError) as exc:
-            raise ArchiveError(f"{source}: malformed index.json: {exc}") from None
-        if tag is not None and len(entries) != 1:
-            raise ArchiveError(f"{source} holds {len(entries)} images; --tag needs exactly one")
-        loaded = []
-        for entry in entries:
-            _check_complete(store, entry, source)
-            ref = tag or _name_of(entry, source)
-            store.set_tag(ref, entry)
-            loaded.append(Loaded(ref.familiar(), entry))
-        return loaded
+    try:
+        members = _layout_dir(source) if source.is_dir() else _tar_members(source)
+        for name, size, stream in members:
+            if name.startswith("blobs/sha256/") and len(name) == len("blobs/sha256/") + 64:
+                digest = "sha256:" + name.rsplit("/", 1)[1]
+                if not store.has_blob(digest):
+                    store.put_stream(stream, "application/octet-stream", digest, size)
+                    added.add(digest)
+            elif name == "index.json":
+                index_raw = stream.read(MAX_DOCUMENT + 1)
+            elif name == "manifest.json":
+                docker_archive = True
+    except (OSError, tarfile.TarError, EOFError) as exc:
+        raise ArchiveError(f"{source}: cannot read archive: {getattr(exc, 'strerror', None) or exc}") from None
+    if index_raw is None and docker_archive:
+        raise ArchiveError(f"{source} is a Docker archive (docker save); convert it with "
+                           f"`skopeo copy docker-archive:{source} oci-archive:OUT.tar`")
+    if index_raw is None:
+        raise ArchiveError(f"{source}: no index.json, so not an OCI archive or layout")
+    try:
+        entries = [Descriptor.from_dict(d) for d in json.loads(index_raw).get("manifests") or []]
+    except (ValueError, AttributeError, StoreError) as exc:
+        raise ArchiveError(f"{source}: malformed index.json: {exc}") from None
+    if tag is not None and len(entries) != 1:
+        raise ArchiveError(f"{source} holds {len(entries)} images; --tag needs exactly one")
+    named = []
+    for entry in entries:
+        _check_complete(store, entry, source)
+        named.append((tag or _name_of(entry, source), entry))
+    for ref, entry in named:
+        store.set_tag(ref, entry)
+    return [Loaded(ref.familiar(), entry) for ref, entry in named]
 
 
 def _entry(desc: Descriptor, ref: reference.Reference) -> Descriptor:

@@ -257,18 +257,27 @@ class Store:
     def gc(self) -> tuple[int, int]:
         """Remove blobs no tag reaches; returns (blobs removed, bytes freed)."""
         with self._locked("gc.lock"):
-            live: set[str] = set()
-            for tagged in self.tags():
-                live |= self.referenced(tagged.descriptor)
-            removed = freed = 0
-            for path in self.blobs_dir.iterdir():
-                if "sha256:" + path.name not in live:
-                    freed += path.stat().st_size
-                    path.unlink()
-                    removed += 1
             for path in self.ingest_dir.glob("blob-*"):
                 path.unlink()
-            return removed, freed
+            return self._remove_unreferenced({"sha256:" + p.name for p in self.blobs_dir.iterdir()})
+
+    def discard(self, digests: set[str]) -> None:
+        """Undo a failed import: remove those of these blobs that no tag reaches (others stay)."""
+        with self._locked("gc.lock"):
+            self._remove_unreferenced(digests)
+
+    def _remove_unreferenced(self, candidates: set[str]) -> tuple[int, int]:
+        live: set[str] = set()
+        for tagged in self.tags():
+            live |= self.referenced(tagged.descriptor)
+        removed = freed = 0
+        for digest in candidates - live:
+            path = self.blob_path(digest)
+            with contextlib.suppress(FileNotFoundError):
+                freed += path.stat().st_size
+                path.unlink()
+                removed += 1
+        return removed, freed
 
     # -- internals ---------------------------------------------------------------------------------
 

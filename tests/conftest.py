@@ -1,0 +1,96 @@
+"""Shared fixtures: an isolated store per test, the real `wasmctr` CLI, and wasm binaries built for real
+(WAT through wasmtime, C through zig)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import wasmtime
+
+REPO = Path(__file__).resolve().parent.parent
+
+HELLO_WAT = """
+(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "hello from wat\\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 15))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (call $proc_exit (i32.const 0))))
+"""
+
+COMPONENT_WAT = """
+(component
+  (import "wasi:cli/environment@0.2.0" (instance (export "get-arguments" (func (result (list string))))))
+  (core module $m (func (export "run") (result i32) i32.const 0))
+  (core instance $i (instantiate $m))
+  (func $run (result (result)) (canon lift (core func $i "run")))
+  (instance $runi (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.0" (instance $runi)))
+"""
+
+
+@pytest.fixture(autouse=True)
+def wasmctr_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "store"
+    monkeypatch.setenv("WASMCTR_HOME", str(home))
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    return home
+
+
+def wasmctr(*args: str, check: bool = True, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the installed `wasmctr` console script, as a user would."""
+    beside = Path(sys.executable).parent / "wasmctr"
+    exe = str(beside) if beside.exists() else shutil.which("wasmctr") or "wasmctr"
+    proc = subprocess.run([exe, *args], capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          cwd=cwd, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"wasmctr {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
+    return proc
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:
+    """A failure is one line on stderr, with the expected exit code, and never a traceback."""
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("wasmctr: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.fixture(scope="session")
+def hello_wasm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("wat") / "hello.wasm"
+    path.write_bytes(wasmtime.wat2wasm(HELLO_WAT))
+    return path
+
+
+@pytest.fixture(scope="session")
+def component_wasm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("component") / "component.wasm"
+    path.write_bytes(wasmtime.wat2wasm(COMPONENT_WAT))
+    return path
+
+
+def zig_cc(source: Path, output: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "ziglang", "cc", "--target=wasm32-wasi", "-O2", "-s", "-o",
+                    str(output), str(source)], check=True, timeout=600)
+    return output
+
+
+@pytest.fixture(scope="session")
+def hello_c_wasm() -> Path:
+    """examples/hello compiled with zig, in place, as its README says."""
+    example = REPO / "examples" / "hello"
+    return zig_cc(example / "hello.c", example / "hello.wasm")

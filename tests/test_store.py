@@ -1,0 +1,227 @@
+"""The local store and its interop: tags, rmi and GC, concurrent builds, save/load, and what skopeo and
+oci-image-tool make of our layouts and archives."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import assert_one_line_error, wasmctr
+
+import wasmctr as api
+from wasmctr.errors import DigestMismatch
+from wasmctr.store import Store
+
+
+def snapshot(home: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(home)): p.read_bytes() for p in sorted(home.rglob("*"))
+            if p.is_file() and not p.name.endswith(".lock")}
+
+
+def test_store_is_a_valid_oci_layout_read_by_skopeo_and_oci_image_tool(wasmctr_home: Path, hello_wasm: Path) -> None:
+    wasmctr("build", str(hello_wasm), "-t", "hello:1")
+    wasmctr("build", str(hello_wasm), "-t", "hello:2", "--platform", "linux/amd64")
+    assert json.loads((wasmctr_home / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+    for name in ("hello:1", "hello:2"):
+        subprocess.run(["oci-image-tool", "validate", "--type", "image", "--ref", f"name={name}", str(wasmctr_home)],
+                       check=True, capture_output=True)
+    inspected = json.loads(subprocess.run(["skopeo", "inspect", f"oci:{wasmctr_home}:hello:1"], check=True,
+                                          capture_output=True, text=True).stdout)
+    assert (inspected["Os"], inspected["Architecture"]) == ("wasi", "wasm")
+    assert inspected["Digest"] == api.inspect("hello:1")["digest"]
+
+
+def test_blob_with_wrong_digest_is_never_stored(wasmctr_home: Path) -> None:
+    store = Store()
+    with pytest.raises(DigestMismatch):
+        with store.writer("sha256:" + "0" * 64) as w:
+            w.write(b"not what was promised")
+            w.commit()
+    with pytest.raises(DigestMismatch, match="larger than"):
+        with store.writer(expected_size=4) as w:
+            w.write(b"12345")
+    assert list(store.blobs_dir.iterdir()) == []
+    assert list(store.ingest_dir.iterdir()) == []
+
+
+def test_concurrent_builds_into_one_store_keep_every_tag(wasmctr_home: Path, hello_wasm: Path) -> None:
+    def build(n: int) -> subprocess.CompletedProcess[str]:
+        return wasmctr("build", str(hello_wasm), "-t", f"con:{n}", "--platform",
+                       "wasi/wasm" if n % 2 else "linux/amd64", check=False)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(build, range(16)))
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results if r.returncode]
+    names = sorted(f"{i.repository}:{i.tag}" for i in api.images())
+    assert names == sorted(f"con:{n}" for n in range(16))
+    json.loads((wasmctr_home / "index.json").read_text())
+    assert not list((wasmctr_home / "ingest").iterdir())
+
+
+def test_concurrent_rmi_and_build_lose_nothing(wasmctr_home: Path, hello_wasm: Path, tmp_path: Path) -> None:
+    wasmctr("build", str(hello_wasm), "-t", "keep:1")
+    other = tmp_path / "other.wasm"
+    other.write_bytes(hello_wasm.read_bytes() + b"\0\x05\x04note")  # a custom section: another digest
+
+    def work(n: int) -> subprocess.CompletedProcess[str]:
+        if n % 2:
+            return wasmctr("build", str(other), "-t", f"new:{n}", check=False)
+        wasmctr("build", str(hello_wasm), "-t", f"tmp:{n}", check=False)
+        return wasmctr("rmi", f"tmp:{n}", check=False)
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(work, range(12)))
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results if r.returncode]
+    for image in api.images():
+        api.inspect(f"{image.repository}:{image.tag}")  # every blob of every image still readable
+    assert {i.tag for i in api.images() if i.repository == "new"} == {str(n) for n in range(1, 12, 2)}
+
+
+def test_tag_rmi_and_garbage_collection(wasmctr_home: Path, hello_wasm: Path, component_wasm: Path) -> None:
+    wasmctr("build", str(hello_wasm), "-t", "hello:1")
+    wasmctr("tag", "hello:1", "127.0.0.1:5000/team/hello:v1")
+    wasmctr("build", str(component_wasm), "-t", "comp:1")
+    listing = wasmctr("images").stdout.splitlines()
+    assert listing[0].split() == ["REPOSITORY", "TAG", "DIGEST", "PLATFORM", "FORMAT", "SIZE", "CREATED"]
+    assert any(line.startswith("127.0.0.1:5000/team/hello") for line in listing)
+    store = Store()
+    before = set(store.blobs_dir.iterdir())
+    out = wasmctr("rmi", "hello:1")
+    assert "Untagged: hello:1" in out.stdout and "Deleted 0 blobs" in out.stdout
+    digest = api.inspect("127.0.0.1:5000/team/hello:v1")["digest"]
+    out = wasmctr("rmi", f"127.0.0.1:5000/team/hello@{digest}")
+    assert "Untagged: 127.0.0.1:5000/team/hello:v1" in out.stdout
+    after = set(store.blobs_dir.iterdir())
+    assert after < before and len(before - after) == 3  # manifest, config, layer
+    api.inspect("comp:1")
+    assert_one_line_error(wasmctr("rmi", "hello:1", check=False), 1, "no image hello:1")
+
+
+def test_save_and_load_round_trip_through_an_oci_archive(wasmctr_home: Path, tmp_path: Path, hello_wasm: Path) -> None:
+    wasmctr("build", str(hello_wasm), "-t", "rt:1", "--platform", "wasi/wasm,linux/amd64")
+    digest = api.inspect("rt:1")["digest"]
+    archive = tmp_path / "rt.tar"
+    wasmctr("save", "rt:1", "-o", str(archive))
+    again = tmp_path / "rt2.tar"
+    wasmctr("save", "rt:1", "-o", str(again))
+    assert archive.read_bytes() == again.read_bytes(), "saving is deterministic"
+    fresh = {"WASMCTR_HOME": str(tmp_path / "fresh")}
+    out = wasmctr("load", "-i", str(archive), env=fresh)
+    assert out.stdout.strip() == "Loaded image: rt:1"
+    shown = json.loads(wasmctr("inspect", "rt:1", "--json", env=fresh).stdout)
+    assert shown["digest"] == digest and shown["platforms"] == ["wasi/wasm", "linux/amd64"]
+    # skopeo reads the archive, with every platform of the index
+    copy = tmp_path / "skopeo-copy"
+    subprocess.run(["skopeo", "copy", "--all", f"oci-archive:{archive}", f"oci:{copy}:rt"], check=True,
+                   capture_output=True)
+    raw = subprocess.run(["skopeo", "inspect", "--raw", f"oci:{copy}:rt"], check=True, capture_output=True).stdout
+    assert "sha256:" + __import__("hashlib").sha256(raw).hexdigest() == digest
+
+
+def test_save_into_an_oci_layout_directory_and_load_it_back(wasmctr_home: Path, tmp_path: Path,
+                                                             hello_wasm: Path) -> None:
+    wasmctr("build", str(hello_wasm), "-t", "dir:1")
+    wasmctr("build", str(hello_wasm), "-t", "dir:art", "--format", "artifact")
+    layout = tmp_path / "layout"
+    wasmctr("save", "dir:1", "--oci-dir", str(layout))
+    wasmctr("save", "dir:art", "--oci-dir", str(layout))
+    subprocess.run(["oci-image-tool", "validate", "--type", "image", "--ref", "name=dir:1", str(layout)], check=True,
+                   capture_output=True)
+    raw = subprocess.run(["skopeo", "inspect", "--raw", f"oci:{layout}:dir:art"], check=True, capture_output=True,
+                         text=True).stdout
+    assert json.loads(raw)["config"]["mediaType"] == "application/vnd.wasm.config.v0+json"
+    fresh = {"WASMCTR_HOME": str(tmp_path / "fresh")}
+    out = wasmctr("load", "-i", str(layout), env=fresh)
+    assert sorted(out.stdout.split("\n")[:2]) == ["Loaded image: dir:1", "Loaded image: dir:art"]
+
+
+def test_skopeo_written_archive_loads(wasmctr_home: Path, tmp_path: Path, hello_wasm: Path) -> None:
+    wasmctr("build", str(hello_wasm), "-t", "sk:1")
+    named, bare = tmp_path / "named.tar", tmp_path / "bare.tar"
+    subprocess.run(["skopeo", "copy", f"oci:{wasmctr_home}:sk:1", f"oci-archive:{named}:sk:1"], check=True,
+                   capture_output=True)
+    subprocess.run(["skopeo", "copy", f"oci:{wasmctr_home}:sk:1", f"oci-archive:{bare}:v1"], check=True,
+                   capture_output=True)
+    fresh = {"WASMCTR_HOME": str(tmp_path / "fresh")}
+    assert wasmctr("load", "-i", str(named), env=fresh).stdout.strip() == "Loaded image: sk:1"
+    archive = bare
+    assert_one_line_error(wasmctr("load", "-i", str(archive), env=fresh, check=False), 1, "--tag")
+    wasmctr("load", "-i", str(archive), "-t", "from-skopeo:1", env=fresh)
+    assert json.loads(wasmctr("inspect", "from-skopeo:1", "--json", env=fresh).stdout)["wasm"]["kind"] == "module"
+
+
+def test_damaged_archive_leaves_the_store_unchanged(wasmctr_home: Path, tmp_path: Path, hello_wasm: Path,
+                                                     component_wasm: Path) -> None:
+    wasmctr("build", str(hello_wasm), "-t", "dmg:1")
+    archive = tmp_path / "dmg.tar"
+    wasmctr("save", "dmg:1", "-o", str(archive))
+    target = tmp_path / "target"
+    wasmctr("build", str(component_wasm), "-t", "existing:1", env={"WASMCTR_HOME": str(target)})
+    before = snapshot(target)
+    # flip the content of the layer blob inside the archive, keep its name
+    damaged = tmp_path / "damaged.tar"
+    with tarfile.open(archive) as src, tarfile.open(damaged, "w") as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member).read() if member.isfile() else None  # type: ignore[union-attr]
+            if data is not None and member.size > 100 and data[:2] == b"\x1f\x8b":
+                data = data[:-1] + bytes([data[-1] ^ 0xFF])
+            dst.addfile(member, __import__("io").BytesIO(data) if data is not None else None)
+    proc = wasmctr("load", "-i", str(damaged), env={"WASMCTR_HOME": str(target)}, check=False)
+    assert_one_line_error(proc, 1, "digest mismatch")
+    assert snapshot(target) == before
+    truncated = tmp_path / "truncated.tar"
+    truncated.write_bytes(archive.read_bytes()[:700])
+    proc = wasmctr("load", "-i", str(truncated), env={"WASMCTR_HOME": str(target)}, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert snapshot(target) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "fragment"),
+    [
+        (["build", "/nonexistent/app.wasm", "-t", "x:1"], 2, "no such file"),
+        (["build", "{wasm}", "-t", "Not_Valid:ref"], 2, "invalid reference"),
+        (["build", "{wasm}", "-t", "x:1", "--format", "zip"], 2, "--format"),
+        (["build", "{wasm}", "-t", "x:1", "--platform", "wasi"], 2, "invalid platform"),
+        (["build", "{wasm}"], 2, "-t"),
+        (["inspect", "missing:1"], 1, "no image missing:1"),
+        (["tag", "missing:1", "x:2"], 1, "no image missing:1"),
+        (["save", "missing:1", "-o", "/tmp/x.tar"], 1, "no image"),
+        (["load", "-i", "/nonexistent.tar"], 2, "no such file"),
+        (["frobnicate"], 2, "No such command"),
+        (["images", "--bogus"], 2, "--bogus"),
+    ],
+)
+def test_bad_input_is_one_line_and_an_exit_code(hello_wasm: Path, args: list[str], code: int, fragment: str) -> None:
+    proc = wasmctr(*[a.replace("{wasm}", str(hello_wasm)) for a in args], check=False)
+    assert_one_line_error(proc, code, fragment)
+
+
+def test_unreadable_store_is_a_clear_error(tmp_path: Path, hello_wasm: Path) -> None:
+    blocker = tmp_path / "file-not-dir"
+    blocker.write_text("x")
+    proc = wasmctr("images", env={"WASMCTR_HOME": str(blocker / "store")}, check=False)
+    assert_one_line_error(proc, 1, "cannot use store")
+    home = tmp_path / "damaged"
+    wasmctr("build", str(hello_wasm), "-t", "x:1", env={"WASMCTR_HOME": str(home)})
+    (home / "index.json").write_text("{not json")
+    assert_one_line_error(wasmctr("images", env={"WASMCTR_HOME": str(home)}, check=False), 1, "damaged")
+
+
+def test_default_store_follows_xdg_data_home(tmp_path: Path, hello_wasm: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "WASMCTR_HOME"}
+    env["XDG_DATA_HOME"] = str(tmp_path / "xdg")
+    subprocess.run([str(Path(__import__("sys").executable).parent / "wasmctr"), "build", str(hello_wasm), "-t", "x:1"],
+                   check=True, env=env, capture_output=True)
+    assert (tmp_path / "xdg" / "wasmctr" / "index.json").is_file()
+
+
+def test_version_and_help() -> None:
+    assert wasmctr("--version").stdout.strip() == f"wasmctr {api.__version__}"
+    for command in ("build", "images", "inspect", "tag", "rmi", "save", "load"):
+        assert "Example: wasmctr" in wasmctr(command, "--help").stdout
