@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import archive, builder, dockerfile
+from . import archive, builder, credentials, distribution, dockerfile
 from . import images as stored
 from . import reference as references
 from .errors import UsageError
 from .model import Descriptor, Platform
+from .registry import Registry
 from .store import Store
 
 
@@ -180,3 +181,50 @@ def load(source: str | os.PathLike[str], tag: str | None = None, store: Store | 
         raise UsageError(f"{source}: no such file or directory")
     loaded = archive.load(_store(store), path, references.parse(tag) if tag else None)
     return [item.name for item in loaded]
+
+
+def _client(registry: str, insecure: bool, ca_cert: str | None) -> Registry:
+    if ca_cert is not None and not Path(ca_cert).is_file():
+        raise UsageError(f"--ca-cert {ca_cert}: no such file")
+    return Registry(registry, insecure=insecure, ca_cert=ca_cert)
+
+
+def pull(ref: str, *, platform: str | None = None, all_platforms: bool = False, insecure: bool = False,
+         ca_cert: str | None = None, progress: distribution.Progress | None = None,
+         store: Store | None = None) -> Descriptor:
+    """Fetch an image from its registry into the store (verified, resumable) and tag it `ref`."""
+    parsed = references.parse(ref)
+    wanted = parse_platforms(platform)[0] if platform else None
+    client = _client(parsed.registry, insecure, ca_cert)
+    return distribution.pull(_store(store), parsed, client, wanted, all_platforms, progress)
+
+
+def push(ref: str, *, insecure: bool = False, ca_cert: str | None = None,
+         progress: distribution.Progress | None = None, store: Store | None = None) -> Descriptor:
+    """Send the store's image named `ref` to the registry the name points at."""
+    parsed = references.parse(ref)
+    if parsed.digest:
+        raise UsageError(f"push takes a tag, not a digest: {ref}")
+    client = _client(parsed.registry, insecure, ca_cert)
+    return distribution.push(_store(store), parsed, parsed, client, progress)
+
+
+def login(registry: str, username: str, password: str, *, insecure: bool = False,
+          ca_cert: str | None = None) -> str:
+    """Check the credentials against the registry, then save them as Docker does; returns where."""
+    host = _registry_host(registry)
+    who = credentials.Credentials(username, password)
+    client = Registry(host, insecure=insecure, ca_cert=ca_cert, credentials=who)
+    client.ping()
+    return credentials.save(host, who)
+
+
+def logout(registry: str) -> bool:
+    return credentials.remove(_registry_host(registry))
+
+
+def _registry_host(registry: str) -> str:
+    host = registry.removeprefix("https://").removeprefix("http://").rstrip("/")
+    if not host or "/" in host:
+        raise UsageError(f"{registry!r} is not a registry host (such as 127.0.0.1:5000 or ghcr.io)")
+    return "docker.io" if host in ("index.docker.io", "registry-1.docker.io") else host

@@ -26,6 +26,7 @@ from .store import LAYOUT_VERSION, MAX_DOCUMENT, Store
 
 def save_archive(store: Store, desc: Descriptor, ref: reference.Reference, output: BinaryIO) -> None:
     """Write one image and everything it references as an OCI archive."""
+    store.ensure_complete(desc, ref.familiar())
     blobs = sorted(store.referenced(desc))
     index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [_entry(desc, ref).to_dict()]}
     with tarfile.open(fileobj=output, mode="w|", format=tarfile.PAX_FORMAT) as tar:
@@ -44,6 +45,7 @@ def save_archive(store: Store, desc: Descriptor, ref: reference.Reference, outpu
 
 def save_layout(store: Store, desc: Descriptor, ref: reference.Reference, directory: Path) -> None:
     """Copy one image into an OCI layout directory (created, or added to if it exists)."""
+    store.ensure_complete(desc, ref.familiar())
     target = Store(directory)
     with target.writing():
         for digest in sorted(store.referenced(desc)):
@@ -124,16 +126,8 @@ def _name_of(entry: Descriptor, source: Path) -> reference.Reference:
 
 
 def _check_complete(store: Store, entry: Descriptor, source: Path) -> None:
-    stack = [entry]
-    while stack:
-        d = stack.pop()
-        if not store.has_blob(d.digest):
-            raise ArchiveError(f"{source}: blob {d.digest} ({d.media_type}) is missing; nothing was tagged")
-        if d.media_type in mt.INDEXES:
-            stack.extend(store.read_index_blob(d).manifests)
-        elif d.media_type in mt.MANIFESTS:
-            m = store.read_manifest(d)
-            stack.extend([m.config, *m.layers])
+    for absent in store.missing(entry):
+        raise ArchiveError(f"{source}: blob {absent.digest} ({absent.media_type}) is missing; nothing was tagged")
 
 
 def _tar_members(path: Path) -> Iterator[tuple[str, int, BinaryIO]]:

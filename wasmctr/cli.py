@@ -14,8 +14,14 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from . import __version__, api
+from . import __version__, api, console
 from .errors import UsageError, WasmctrError
+
+Insecure = Annotated[bool, typer.Option("--insecure", help="Allow plain HTTP and unverified TLS (loopback "
+                                                          "registries are always allowed plain HTTP).")]
+CaCert = Annotated[str | None, typer.Option("--ca-cert", help="CA bundle to verify the registry's TLS "
+                                                              "certificate (default: SSL_CERT_FILE or the system's).")]
+Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress output; only the digest.")]
 
 app = typer.Typer(
     name="wasmctr",
@@ -54,6 +60,10 @@ def build(
     platform: Annotated[str, typer.Option("--platform", help="wasi/wasm (default), linux/amd64, linux/arm64, "
                                                             "or a comma-separated list for an index.")] = "wasi/wasm",
     author: Annotated[str | None, typer.Option("--author", help="Author recorded in an artifact's config.")] = None,
+    push: Annotated[bool, typer.Option("--push", help="Push the image to its registry after building.")] = False,
+    insecure: Insecure = False,
+    ca_cert: CaCert = None,
+    quiet: Quiet = False,
 ) -> None:
     """Build an image from a .wasm file or a Dockerfile, daemonless and reproducibly.
 
@@ -67,9 +77,92 @@ def build(
         args[key] = value if eq else os.environ.get(key, "")
     result = api.build(source, tag, dockerfile_path=file, build_args=args, format=format,  # type: ignore[arg-type]
                        platforms=platform, author=author)
-    typer.echo(f"built {result.name} ({result.format}, {', '.join(result.platforms)}, "
-               f"{result.kind} {result.program})")
+    if not quiet:
+        typer.echo(f"built {result.name} ({result.format}, {', '.join(result.platforms)}, "
+                   f"{result.kind} {result.program})", err=push)
+    if push:
+        with console.progress(quiet) as progress:
+            api.push(result.name, insecure=insecure, ca_cert=ca_cert, progress=progress)
     typer.echo(result.digest)
+
+
+@app.command()
+def push(
+    ref: Annotated[str, typer.Argument(help="Image in the store, named for its registry.")],
+    insecure: Insecure = False,
+    ca_cert: CaCert = None,
+    quiet: Quiet = False,
+) -> None:
+    """Push an image to the registry its name points at; prints the manifest digest.
+
+    Example: wasmctr tag hello:1 127.0.0.1:5000/hello:1 && wasmctr push 127.0.0.1:5000/hello:1
+    """
+    with console.progress(quiet) as progress:
+        desc = api.push(ref, insecure=insecure, ca_cert=ca_cert, progress=progress)
+    typer.echo(desc.digest)
+
+
+@app.command()
+def pull(
+    ref: Annotated[str, typer.Argument(help="Image to fetch, e.g. 127.0.0.1:5000/hello:1.")],
+    platform: Annotated[str | None, typer.Option("--platform", help="Platform of an index to fetch "
+                                                                   "(default wasi/wasm).")] = None,
+    all_platforms: Annotated[bool, typer.Option("--all-platforms", help="Fetch the layers of every "
+                                                                        "platform of an index.")] = False,
+    insecure: Insecure = False,
+    ca_cert: CaCert = None,
+    quiet: Quiet = False,
+) -> None:
+    """Pull an image from a registry into the local store, verifying every blob; prints its digest.
+
+    Example: wasmctr pull 127.0.0.1:5000/hello:1
+    """
+    with console.progress(quiet) as progress:
+        desc = api.pull(ref, platform=platform, all_platforms=all_platforms, insecure=insecure, ca_cert=ca_cert,
+                        progress=progress)
+    typer.echo(desc.digest)
+
+
+@app.command()
+def login(
+    registry: Annotated[str, typer.Argument(help="Registry host, e.g. ghcr.io or 127.0.0.1:5000.")],
+    username: Annotated[str | None, typer.Option("-u", "--username", help="User name.")] = None,
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from "
+                                                                          "stdin.")] = False,
+    insecure: Insecure = False,
+    ca_cert: CaCert = None,
+) -> None:
+    """Log in to a registry; credentials go where `docker login` keeps them.
+
+    Example: echo "$TOKEN" | wasmctr login ghcr.io -u me --password-stdin
+    """
+    interactive = sys.stdin.isatty()
+    if username is None:
+        if not interactive:
+            raise UsageError("no user name: give one with -u")
+        username = typer.prompt("Username")
+    if password_stdin:
+        password = sys.stdin.read().rstrip("\r\n")
+    elif interactive:
+        password = typer.prompt("Password", hide_input=True)
+    else:
+        raise UsageError("no password: pipe it in with --password-stdin")
+    if not password:
+        raise UsageError("empty password")
+    where = api.login(registry, username, password, insecure=insecure, ca_cert=ca_cert)
+    typer.echo(f"Login Succeeded (credentials saved in {where})")
+
+
+@app.command()
+def logout(registry: Annotated[str, typer.Argument(help="Registry host.")]) -> None:
+    """Forget the credentials of a registry.
+
+    Example: wasmctr logout 127.0.0.1:5000
+    """
+    if api.logout(registry):
+        typer.echo(f"Removing login credentials for {registry}")
+    else:
+        typer.echo(f"Not logged in to {registry}")
 
 
 @app.command("images")
@@ -87,7 +180,7 @@ def images_command(
         return
     table = [("REPOSITORY", "TAG", "DIGEST", "PLATFORM", "FORMAT", "SIZE", "CREATED")]
     for r in rows:
-        table.append((r.repository, r.tag, r.digest[7:19], ",".join(r.platforms), r.format, _size(r.size),
+        table.append((r.repository, r.tag, r.digest[7:19], ",".join(r.platforms), r.format, console.size(r.size),
                       _ago(r.created)))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
@@ -154,7 +247,7 @@ def rmi(refs: Annotated[list[str], typer.Argument(help="Images to remove.")]) ->
         removed = api.rmi(ref)
         for name in removed.untagged:
             typer.echo(f"Untagged: {name}")
-        typer.echo(f"Deleted {removed.blobs} blobs ({_size(removed.bytes)})")
+        typer.echo(f"Deleted {removed.blobs} blobs ({console.size(removed.bytes)})")
 
 
 @app.command()
@@ -183,14 +276,6 @@ def load(
     """
     for name in api.load(input, tag):
         typer.echo(f"Loaded image: {name}")
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.3g}{unit}"
-        n /= 1000  # type: ignore[assignment]
-    return str(n)
 
 
 def _ago(created: str) -> str:

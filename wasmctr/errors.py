@@ -48,3 +48,11 @@ class DigestMismatch(StoreError):
 
 class ArchiveError(WasmctrError):
     """An OCI archive or layout to load is malformed or incomplete."""
+
+
+class RegistryError(WasmctrError):
+    """A registry could not be reached or refused a request; the message names the registry."""
+
+
+class AuthError(RegistryError):
+    """The registry wants credentials we do not have, or rejected the ones we sent."""

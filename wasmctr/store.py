@@ -254,6 +254,27 @@ class Store:
                 stack.extend(m.layers)
         return seen
 
+    def missing(self, desc: Descriptor) -> list[Descriptor]:
+        """Blobs that the descriptor reaches but the store lacks (layers of platforms not pulled, say)."""
+        absent = []
+        stack = [desc]
+        while stack:
+            d = stack.pop()
+            if not self.has_blob(d.digest):
+                absent.append(d)
+            elif d.media_type in mt.INDEXES:
+                stack.extend(self.read_index_blob(d).manifests)
+            elif d.media_type in mt.MANIFESTS:
+                m = self.read_manifest(d)
+                stack.extend([m.config, *m.layers])
+        return absent
+
+    def ensure_complete(self, desc: Descriptor, name: str) -> None:
+        absent = self.missing(desc)
+        if absent:
+            raise StoreError(f"{name} is incomplete in the store ({len(absent)} blobs missing, such as "
+                             f"{absent[0].digest}); pull it again with --all-platforms")
+
     def gc(self) -> tuple[int, int]:
         """Remove blobs no tag reaches; returns (blobs removed, bytes freed)."""
         with self._locked("gc.lock"):
