@@ -42,6 +42,8 @@ COMPONENT_WAT = """
 def wasmctr_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "store"
     monkeypatch.setenv("WASMCTR_HOME", str(home))
+    (tmp_path / "docker-config").mkdir()
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
     return home
 
@@ -94,3 +96,33 @@ def hello_c_wasm() -> Path:
     """examples/hello compiled with zig, in place, as its README says."""
     example = REPO / "examples" / "hello"
     return zig_cc(example / "hello.c", example / "hello.wasm")
+
+
+@pytest.fixture(scope="session")
+def plain_registry(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from services import registry
+
+    with registry(tmp_path_factory.mktemp("registry")) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from services import make_tls
+
+    return make_tls(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def secure_registry(tmp_path_factory: pytest.TempPathFactory, tls):  # type: ignore[no-untyped-def]
+    """htpasswd (bcrypt) and TLS signed by a CA of the test's own."""
+    from services import registry
+
+    with registry(tmp_path_factory.mktemp("secure-registry"), users={"alice": "s3cret-pw"}, tls=tls) as reg:
+        yield reg
+
+
+@pytest.fixture
+def docker_config(tmp_path: Path) -> Path:
+    """The test's own Docker config directory (set for every test), so no real credentials are touched."""
+    return tmp_path / "docker-config"

@@ -1,0 +1,244 @@
+"""Real services for the tests, started on 127.0.0.1 and stopped afterwards: Debian's `docker-registry`
+(plain, or with htpasswd and TLS from a CA made here with openssl) and `containerd`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 15.0, what: str = "service") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if predicate():
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} did not come up in {timeout}s")
+
+
+@dataclass
+class Tls:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls(directory: Path) -> Tls:
+    """A throw-away CA and a server certificate for 127.0.0.1 and localhost, signed by it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca, key, csr, cert = (directory / n for n in ("ca.key", "ca.pem", "server.key", "server.csr",
+                                                          "server.pem"))
+    ext = directory / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True)  # noqa: E731
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=wasmctr test CA",
+        "-keyout", str(ca_key), "-out", str(ca))
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", str(key),
+        "-out", str(csr))
+    run("openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+        "-days", "2", "-extfile", str(ext), "-out", str(cert))
+    return Tls(ca, cert, key)
+
+
+class RegistryProcess:
+    """One `docker-registry serve` on 127.0.0.1, with its storage under `directory`."""
+
+    def __init__(self, directory: Path, *, users: dict[str, str] | None = None, tls: Tls | None = None,
+                 extra_auth: str = "") -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.storage = directory / "data"
+        self.tls = tls
+        self.users = users or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+        auth = extra_auth
+        if self.users:
+            htpasswd = directory / "htpasswd"
+            lines = [subprocess.run(["htpasswd", "-Bbn", u, p], check=True, capture_output=True,
+                                    text=True).stdout.strip() for u, p in self.users.items()]
+            htpasswd.write_text("\n".join(lines) + "\n")
+            auth = f"auth:\n  htpasswd:\n    realm: test\n    path: {htpasswd}\n"
+        tls_block = f"  tls:\n    certificate: {tls.cert}\n    key: {tls.key}\n" if tls else ""
+        self.config = directory / "config.yml"
+        self.config.write_text(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {self.storage}\n  delete:\n    enabled: true\n"
+            f"http:\n  addr: {self.host}\n{tls_block}{auth}"
+        )
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.host}"
+
+    def start(self) -> RegistryProcess:
+        log = open(self.directory / "registry.log", "ab")
+        self.proc = subprocess.Popen(["docker-registry", "serve", str(self.config)], stdout=log, stderr=log,
+                                     start_new_session=True)
+        verify = str(self.tls.ca) if self.tls else True
+        wait_for(lambda: requests.get(f"{self.url}/v2/", verify=verify, timeout=1).status_code in (200, 401),
+                 what="docker-registry")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def blob_file(self, digest: str) -> Path:
+        hex_digest = digest.split(":", 1)[1]
+        return self.storage / "docker/registry/v2/blobs/sha256" / hex_digest[:2] / hex_digest / "data"
+
+
+@contextlib.contextmanager
+def registry(directory: Path, **kwargs) -> Iterator[RegistryProcess]:  # type: ignore[no-untyped-def]
+    reg = RegistryProcess(directory, **kwargs).start()
+    try:
+        yield reg
+    finally:
+        reg.stop()
+
+
+class Containerd:
+    """A private containerd (own root, state and socket) for `ctr` interop tests."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.socket = directory / "containerd.sock"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Containerd:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        config = self.directory / "config.toml"
+        config.write_text(f'version = 2\n[grpc]\n  address = "{self.socket}"\n'
+                          f'[plugins."io.containerd.grpc.v1.cri"]\n  disable_tcp_service = true\n')
+        log = open(self.directory / "containerd.log", "ab")
+        self.proc = subprocess.Popen(
+            ["containerd", "--config", str(config), "--root", str(self.directory / "root"),
+             "--state", str(self.directory / "state"), "--address", str(self.socket)],
+            stdout=log, stderr=log, start_new_session=True)
+        wait_for(lambda: self.ctr("version").returncode == 0, what="containerd")
+        return self
+
+    def ctr(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ctr", "--address", str(self.socket), *args], capture_output=True, text=True,
+                              check=check, timeout=120)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        with contextlib.suppress(Exception):
+            subprocess.run(["umount", "-R", str(self.directory / "state")], capture_output=True)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class TokenServer:
+    """A Docker-style token service (the `Bearer realm=...` flow) that the registry trusts.
+
+    Issues RS256 JWTs whose `x5c` header carries a self-signed certificate that the registry has as its
+    `rootcertbundle`. Users given at start get the actions they ask for; anonymous callers get `pull`
+    only where `anonymous_pull` is set.
+    """
+
+    def __init__(self, directory: Path, users: dict[str, str], anonymous_pull: bool = False) -> None:
+        import base64
+        import http.server
+        import json
+        import threading
+        import urllib.parse
+        import uuid
+
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        directory.mkdir(parents=True, exist_ok=True)
+        self.key_path, self.cert_path = directory / "token.key", directory / "token.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                        "/CN=token-issuer", "-keyout", str(self.key_path), "-out", str(self.cert_path)],
+                       check=True, capture_output=True)
+        key = serialization.load_pem_private_key(self.key_path.read_bytes(), None)
+        der = subprocess.run(["openssl", "x509", "-in", str(self.cert_path), "-outform", "DER"], check=True,
+                             capture_output=True).stdout
+        self.issuer, self.service = "wasmctr-test-issuer", "wasmctr-test-registry"
+        self.port = free_port()
+        self.realm = f"http://127.0.0.1:{self.port}/token"
+        self.requests: list[str] = []
+        server = self
+
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+                auth = self.headers.get("Authorization", "")
+                user = None
+                if auth.startswith("Basic "):
+                    name, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+                    if users.get(name) != password:
+                        self.send_response(401)
+                        self.end_headers()
+                        return
+                    user = name
+                access = []
+                for scope in query.get("scope", []):
+                    for item in scope.split(" "):
+                        kind, name, actions = item.split(":")
+                        granted = actions.split(",") if user else (["pull"] if anonymous_pull else [])
+                        access.append({"type": kind, "name": name, "actions": granted})
+                server.requests.append(f"{user or 'anonymous'} {' '.join(query.get('scope', []))}")
+                now = int(time.time())
+                claims = {"iss": server.issuer, "sub": user or "", "aud": server.service, "exp": now + 300,
+                          "nbf": now - 10, "iat": now, "jti": str(uuid.uuid4()), "access": access}
+                header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(der).decode()]}
+                signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+                signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())  # type: ignore
+                body = json.dumps({"token": f"{signing_input}.{b64(signature)}"}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def registry_auth(self) -> str:
+        return (f"auth:\n  token:\n    realm: {self.realm}\n    service: {self.service}\n"
+                f"    issuer: {self.issuer}\n    rootcertbundle: {self.cert_path}\n")
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
