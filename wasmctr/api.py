@@ -10,15 +10,18 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import archive, builder, credentials, distribution, dockerfile
+from . import archive, builder, dockerfile
 from . import images as stored
 from . import reference as references
 from .errors import UsageError
 from .model import Descriptor, Platform
-from .registry import Registry
 from .store import Store
+
+if TYPE_CHECKING:  # the registry stack (requests, oras) is imported only by the commands that use it
+    from .distribution import Progress
+    from .registry import Registry
 
 
 @dataclass(frozen=True)
@@ -184,34 +187,43 @@ def load(source: str | os.PathLike[str], tag: str | None = None, store: Store | 
 
 
 def _client(registry: str, insecure: bool, ca_cert: str | None) -> Registry:
+    from .registry import Registry
+
     if ca_cert is not None and not Path(ca_cert).is_file():
         raise UsageError(f"--ca-cert {ca_cert}: no such file")
     return Registry(registry, insecure=insecure, ca_cert=ca_cert)
 
 
 def pull(ref: str, *, platform: str | None = None, all_platforms: bool = False, insecure: bool = False,
-         ca_cert: str | None = None, progress: distribution.Progress | None = None,
+         ca_cert: str | None = None, progress: Progress | None = None,
          store: Store | None = None) -> Descriptor:
     """Fetch an image from its registry into the store (verified, resumable) and tag it `ref`."""
     parsed = references.parse(ref)
     wanted = parse_platforms(platform)[0] if platform else None
     client = _client(parsed.registry, insecure, ca_cert)
+    from . import distribution
+
     return distribution.pull(_store(store), parsed, client, wanted, all_platforms, progress)
 
 
 def push(ref: str, *, insecure: bool = False, ca_cert: str | None = None,
-         progress: distribution.Progress | None = None, store: Store | None = None) -> Descriptor:
+         progress: Progress | None = None, store: Store | None = None) -> Descriptor:
     """Send the store's image named `ref` to the registry the name points at."""
     parsed = references.parse(ref)
     if parsed.digest:
         raise UsageError(f"push takes a tag, not a digest: {ref}")
     client = _client(parsed.registry, insecure, ca_cert)
+    from . import distribution
+
     return distribution.push(_store(store), parsed, parsed, client, progress)
 
 
 def login(registry: str, username: str, password: str, *, insecure: bool = False,
           ca_cert: str | None = None) -> str:
     """Check the credentials against the registry, then save them as Docker does; returns where."""
+    from . import credentials
+    from .registry import Registry
+
     host = _registry_host(registry)
     who = credentials.Credentials(username, password)
     client = Registry(host, insecure=insecure, ca_cert=ca_cert, credentials=who)
@@ -220,6 +232,8 @@ def login(registry: str, username: str, password: str, *, insecure: bool = False
 
 
 def logout(registry: str) -> bool:
+    from . import credentials
+
     return credentials.remove(_registry_host(registry))
 
 

@@ -7,9 +7,12 @@ import contextlib
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
-from .distribution import Progress, Silent
 from .model import Descriptor
+
+if TYPE_CHECKING:
+    from .distribution import Progress
 
 
 def _short(desc: Descriptor) -> str:
@@ -64,6 +67,8 @@ class RichProgress:
 @contextlib.contextmanager
 def progress(quiet: bool) -> Iterator[Progress]:
     if quiet:
+        from .distribution import Silent
+
         yield Silent()
         return
     if not sys.stderr.isatty():

@@ -29,6 +29,7 @@ import oras.auth
 import oras.auth.utils
 import oras.provider
 import requests
+import requests.adapters
 
 from . import credentials as creds
 from . import digest as digests
@@ -63,6 +64,9 @@ class Registry(oras.provider.Registry):
         verify: bool | str = ca_cert or os.environ.get("SSL_CERT_FILE") or True
         super().__init__(hostname=host, insecure=False, tls_verify=False if insecure else verify,
                          auth_backend="token")
+        adapter = _LargeBlockAdapter(pool_maxsize=8)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
         self.host = host
         self.api_host = "registry-1.docker.io" if host == "docker.io" else host
         self.plain_http_allowed = insecure or is_loopback(host)
@@ -265,6 +269,14 @@ class Registry(oras.provider.Registry):
         if not location:
             raise RegistryError(f"{self.host}: upload answered without a Location header")
         return urllib.parse.urljoin(f"{self.prefix}://{self.api_host}/", location)
+
+
+class _LargeBlockAdapter(requests.adapters.HTTPAdapter):
+    """Sends request bodies in 1 MiB blocks (http.client's default is 8 KiB: many small syscalls)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["blocksize"] = CHUNK
+        super().init_poolmanager(*args, **kwargs)
 
 
 class _ProgressReader:
