@@ -126,3 +126,9 @@ def secure_registry(tmp_path_factory: pytest.TempPathFactory, tls):  # type: ign
 def docker_config(tmp_path: Path) -> Path:
     """The test's own Docker config directory (set for every test), so no real credentials are touched."""
     return tmp_path / "docker-config"
+
+
+@pytest.fixture(scope="session")
+def hostile_wasm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/guests/hostile.c: one guest that tries every escape, chosen by argv[1]."""
+    return zig_cc(REPO / "tests" / "guests" / "hostile.c", tmp_path_factory.mktemp("hostile") / "hostile.wasm")

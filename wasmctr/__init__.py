@@ -4,11 +4,11 @@ The public API is re-exported here; see `wasmctr.api` for the functions and `was
 exceptions they raise.
 """
 
-from .api import BuildResult, ImageSummary, build, images, inspect, load, login, logout, pull, push, rmi, save, tag
+from .api import BuildResult, ImageSummary, build, images, inspect, load, login, logout, pull, push, rmi, run, save, tag
 from .errors import WasmctrError
 from .store import Store
 
 __version__ = "0.1.0"
 
 __all__ = ["BuildResult", "ImageSummary", "Store", "WasmctrError", "build", "images", "inspect", "load",
-           "login", "logout", "pull", "push", "rmi", "save", "tag", "__version__"]
+           "login", "logout", "pull", "push", "rmi", "run", "save", "tag", "__version__"]

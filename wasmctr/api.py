@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 from . import archive, builder, dockerfile
 from . import images as stored
 from . import reference as references
-from .errors import UsageError
+from .errors import ImageNotFound, UsageError
 from .model import Descriptor, Platform
 from .store import Store
 
-if TYPE_CHECKING:  # the registry stack (requests, oras) is imported only by the commands that use it
+if TYPE_CHECKING:  # the registry stack (requests, oras) and wasmtime are imported only where used
     from .distribution import Progress
+    from .executor import Executor, Outcome
     from .registry import Registry
 
 
@@ -61,7 +63,8 @@ def parse_platforms(text: str) -> list[Platform]:
 
 def build(source: str | os.PathLike[str], tag: str, *, dockerfile_path: str | os.PathLike[str] | None = None,
           build_args: dict[str, str] | None = None, format: builder.Format = "compat",
-          platforms: str = "wasi/wasm", author: str | None = None, store: Store | None = None) -> BuildResult:
+          platforms: str = "wasi/wasm", author: str | None = None, precompile: bool = False,
+          store: Store | None = None) -> BuildResult:
     """Build an image from a `.wasm` file, or from a directory holding a Dockerfile, and tag it."""
     ref = references.parse(tag)
     if format not in builder.FORMATS:
@@ -82,6 +85,10 @@ def build(source: str | os.PathLike[str], tag: str, *, dockerfile_path: str | os
     target = _store(store)
     built = builder.build(target, plan, format, wanted, author)
     target.set_tag(ref, built.descriptor)
+    if precompile:
+        source_file = plan.files[built.program].source
+        assert source_file is not None
+        executor(target).precompile(source_file)
     return BuildResult(ref.familiar(), built.descriptor.digest, built.format, [str(p) for p in built.platforms],
                        built.program, built.wasm.kind)
 
@@ -242,3 +249,63 @@ def _registry_host(registry: str) -> str:
     if not host or "/" in host:
         raise UsageError(f"{registry!r} is not a registry host (such as 127.0.0.1:5000 or ghcr.io)")
     return "docker.io" if host in ("index.docker.io", "registry-1.docker.io") else host
+
+
+def executor(store: Store | None = None) -> Executor:
+    """An executor whose compile cache lives in the store."""
+    from .compile_cache import CompileCache
+    from .executor import Executor
+
+    return Executor(CompileCache(_store(store).root / "cache" / "compiled"))
+
+
+def run(target: str, args: list[str] | None = None, *, entrypoint: str | None = None, workdir: str | None = None,
+        env: list[str] | None = None, env_files: list[str] | None = None, volumes: list[str] | None = None,
+        tmpfs: list[str] | None = None, memory: str | None = None, timeout: str | None = None,
+        fuel: int | None = None, network: bool = False, deny_wasi: list[str] | None = None,
+        allow_wasi: list[str] | None = None, syscall_policy: str = "refuse", stdin: bool | str = False,
+        stdout: str | None = None, stderr: str | None = None, platform: str | None = None,
+        pull_missing: bool = True,
+        insecure: bool = False, ca_cert: str | None = None, progress: Progress | None = None,
+        hard_stop: bool = False, store: Store | None = None) -> Outcome:
+    """Run an image (pulled first if it is not in the store) or a `.wasm` file under the WASI sandbox.
+
+    Nothing is granted unless asked for: `volumes` ("HOST:GUEST[:ro]"), `env` ("K=V" or "K" to copy
+    ours), `network`. stdin is closed unless `stdin` (True: ours; a path: that file); stdout and stderr
+    are ours unless paths are given. Returns the outcome; `outcome.exit_code` is what `docker run`
+    would exit with.
+    """
+    from . import launch
+    from .policy import Policy
+
+    options = launch.RunOptions(
+        args=list(args or []), entrypoint=entrypoint, workdir=workdir, env=list(env or []),
+        env_files=list(env_files or []), volumes=list(volumes or []), tmpfs=list(tmpfs or []), memory=memory,
+        timeout=timeout, fuel=fuel, policy=Policy.from_flags(network, deny_wasi, allow_wasi, syscall_policy),
+        stdin=bool(stdin))
+    st = _store(store)
+    cleanup: list[Path] = []
+    try:
+        path = Path(target)
+        if target.endswith((".wasm", ".wat")) or path.is_file():
+            if not path.is_file():
+                raise UsageError(f"{target}: no such file")
+            spec = launch.spec_for_file(path, options, cleanup)
+        else:
+            ref = references.parse(target)
+            wanted = parse_platforms(platform)[0] if platform else None
+            try:
+                desc = st.resolve(ref)
+            except ImageNotFound:
+                if not pull_missing:
+                    raise
+                desc = pull(target, platform=platform, insecure=insecure, ca_cert=ca_cert,
+                                         progress=progress, store=st)
+            spec = launch.spec_for_image(st, stored.load(st, desc, wanted), options, cleanup)
+        if isinstance(stdin, str):
+            spec.stdin = stdin
+        spec.stdout, spec.stderr = stdout, stderr
+        return executor(st).run(spec, hard_stop=hard_stop)
+    finally:
+        for directory in cleanup:
+            shutil.rmtree(directory, ignore_errors=True)

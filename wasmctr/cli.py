@@ -61,6 +61,8 @@ def build(
                                                             "or a comma-separated list for an index.")] = "wasi/wasm",
     author: Annotated[str | None, typer.Option("--author", help="Author recorded in an artifact's config.")] = None,
     push: Annotated[bool, typer.Option("--push", help="Push the image to its registry after building.")] = False,
+    precompile: Annotated[bool, typer.Option("--precompile", help="Compile the program into the cache now, so "
+                                                                  "the first run starts warm.")] = False,
     insecure: Insecure = False,
     ca_cert: CaCert = None,
     quiet: Quiet = False,
@@ -76,7 +78,7 @@ def build(
             raise UsageError(f"--build-arg {item!r}: expected KEY=VALUE")
         args[key] = value if eq else os.environ.get(key, "")
     result = api.build(source, tag, dockerfile_path=file, build_args=args, format=format,  # type: ignore[arg-type]
-                       platforms=platform, author=author)
+                       platforms=platform, author=author, precompile=precompile)
     if not quiet:
         typer.echo(f"built {result.name} ({result.format}, {', '.join(result.platforms)}, "
                    f"{result.kind} {result.program})", err=push)
@@ -84,6 +86,59 @@ def build(
         with console.progress(quiet) as progress:
             api.push(result.name, insecure=insecure, ca_cert=ca_cert, progress=progress)
     typer.echo(result.digest)
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def run(
+    target: Annotated[str, typer.Argument(help="Image (pulled if missing) or a .wasm file.")],
+    args: Annotated[list[str] | None, typer.Argument(help="Arguments; they replace the image's Cmd.")] = None,
+    interactive: Annotated[bool, typer.Option("-i", "--interactive", help="Pass our stdin to the guest "
+                                                                          "(closed otherwise).")] = False,
+    env: Annotated[list[str] | None, typer.Option("-e", "--env", help="K=V, or K to copy ours.")] = None,
+    env_file: Annotated[list[str] | None, typer.Option("--env-file", help="File of K=V lines.")] = None,
+    volume: Annotated[list[str] | None, typer.Option("-v", "--volume", help="Grant a directory: "
+                                                                            "HOST:GUEST[:ro|:rw].")] = None,
+    tmpfs: Annotated[list[str] | None, typer.Option("--tmpfs", help="An empty writable scratch directory at "
+                                                                    "this guest path.")] = None,
+    workdir: Annotated[str | None, typer.Option("-w", "--workdir", help="Working directory in the guest.")] = None,
+    entrypoint: Annotated[str | None, typer.Option("--entrypoint", help="Replace the image's entrypoint.")] = None,
+    network: Annotated[str, typer.Option("--network", help="none (default) or host (components only).")] = "none",
+    deny_wasi: Annotated[list[str] | None, typer.Option(
+        "--deny-wasi", help="Deny WASI imports, e.g. path_open,fd_write or wasi:sockets/*.")] = None,
+    allow_wasi: Annotated[list[str] | None, typer.Option(
+        "--allow-wasi", help="Allow WASI imports the default denies.")] = None,
+    syscall_policy: Annotated[str, typer.Option("--syscall-policy", help="refuse (default): do not start a "
+                                                "guest importing a denied call; trap: start it, denied calls "
+                                                "trap.")] = "refuse",
+    memory: Annotated[str | None, typer.Option("-m", "--memory", help="Linear memory cap, e.g. 64m.")] = None,
+    timeout: Annotated[str | None, typer.Option("--timeout", help="Wall-clock limit, e.g. 10s.")] = None,
+    fuel: Annotated[int | None, typer.Option("--fuel", help="Instruction budget (slows execution).")] = None,
+    platform: Annotated[str | None, typer.Option("--platform", help="Platform of an index.")] = None,
+    insecure: Insecure = False,
+    ca_cert: CaCert = None,
+    quiet: Quiet = False,
+) -> None:
+    """Run a wasm image or file under WASI, with only what you grant; exits with the guest's code.
+
+    Example: wasmctr run -v "$PWD/data:/data:ro" --memory 64m --timeout 10s hello:1 world
+    """
+    if network not in ("none", "host"):
+        raise UsageError(f"--network {network!r}: expected none or host")
+    with console.progress(quiet) as progress:
+        try:
+            outcome = api.run(target, args, entrypoint=entrypoint, workdir=workdir, env=env, env_files=env_file,
+                              volumes=volume, tmpfs=tmpfs, memory=memory, timeout=timeout, fuel=fuel,
+                              network=network == "host", deny_wasi=deny_wasi, allow_wasi=allow_wasi,
+                              syscall_policy=syscall_policy, stdin=interactive, platform=platform,
+                              insecure=insecure, ca_cert=ca_cert, progress=progress, hard_stop=True)
+        except UsageError:
+            raise
+        except WasmctrError as exc:
+            _fail(str(exc), 125)
+    if outcome.message:
+        print(f"wasmctr: {outcome.message}", file=sys.stderr)
+    sys.stdout.flush()
+    raise typer.Exit(outcome.exit_code)
 
 
 @app.command()

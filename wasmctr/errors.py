@@ -56,3 +56,9 @@ class RegistryError(WasmctrError):
 
 class AuthError(RegistryError):
     """The registry wants credentials we do not have, or rejected the ones we sent."""
+
+
+class ExecutorError(WasmctrError):
+    """wasmctr could not start the guest (bad spec, denied import, missing file): `run` exits 125."""
+
+    exit_code = 125

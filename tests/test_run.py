@@ -1,0 +1,308 @@
+"""`wasmctr run` and the executor: hostile guests are contained, limits hold, Docker's rules apply."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import wasmtime
+from conftest import assert_one_line_error, wasmctr
+
+import wasmctr as api
+
+EXE = str(Path(sys.executable).parent / "wasmctr")
+
+
+@pytest.fixture
+def granted(tmp_path: Path) -> Path:
+    """A directory to grant, with a symlink inside it pointing at a secret outside."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("host secret")
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "ok.txt").write_text("granted content")
+    (data / "escape").symlink_to(secret)
+    (data / "escape-dir").symlink_to(tmp_path)
+    return data
+
+
+def run(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    return wasmctr("run", *args, check=False, **kwargs)
+
+
+def test_granted_directory_is_readable(hostile_wasm: Path, granted: Path) -> None:
+    proc = run("-v", f"{granted}:/data", str(hostile_wasm), "read", "/data/ok.txt")
+    assert proc.returncode == 0 and "read: granted content" in proc.stdout
+
+
+@pytest.mark.parametrize("path", ["/data/../secret.txt", "/data/sub/../../secret.txt", "/data/escape",
+                                  "/data/escape-dir/secret.txt", "{secret}", "/etc/passwd", "../secret.txt"])
+def test_paths_out_of_a_granted_directory_are_denied(hostile_wasm: Path, granted: Path, path: str) -> None:
+    path = path.replace("{secret}", str(granted.parent / "secret.txt"))
+    proc = run("-v", f"{granted}:/data", "-w", "/data", str(hostile_wasm), "read", path)
+    assert proc.returncode == 1 and proc.stdout.startswith("denied"), proc.stdout
+    assert "host secret" not in proc.stdout
+
+
+def test_read_only_volume_cannot_be_written(hostile_wasm: Path, granted: Path) -> None:
+    proc = run("-v", f"{granted}:/data:ro", str(hostile_wasm), "write", "/data/new.txt")
+    assert proc.returncode == 1 and proc.stdout.startswith("denied")
+    assert not (granted / "new.txt").exists()
+    proc = run("-v", f"{granted}:/data:rw", str(hostile_wasm), "write", "/data/new.txt")
+    assert proc.returncode == 0 and (granted / "new.txt").read_text() == "pwned\n"
+
+
+def test_nothing_of_the_host_filesystem_is_visible(hostile_wasm: Path) -> None:
+    for path in ("/", "/etc", "/tmp", "."):
+        proc = run(str(hostile_wasm), "ls", path)
+        assert proc.returncode == 1 and proc.stdout.startswith("denied"), (path, proc.stdout)
+    proc = run(str(hostile_wasm), "write", "/tmp/wasmctr-escape")
+    assert proc.returncode == 1 and not Path("/tmp/wasmctr-escape").exists()
+
+
+def test_image_rootfs_is_read_only_at_root(hostile_wasm: Path, tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    (ctx / "etc").mkdir(parents=True)
+    shutil.copy(hostile_wasm, ctx / "hostile.wasm")
+    (ctx / "etc" / "motd").write_text("from the image")
+    (ctx / "Dockerfile").write_text('FROM scratch\nCOPY . /\nENTRYPOINT ["/hostile.wasm"]\n')
+    wasmctr("build", str(ctx), "-t", "hostile:1")
+    listing = run("hostile:1", "ls", "/")
+    assert listing.returncode == 0 and {"etc", "hostile.wasm", "Dockerfile"} <= set(listing.stdout.split())
+    assert "from the image" in run("hostile:1", "read", "/etc/motd").stdout
+    write = run("hostile:1", "write", "/etc/motd")
+    assert write.returncode == 1 and write.stdout.startswith("denied")
+    assert "from the image" in run("hostile:1", "read", "/etc/motd").stdout
+
+
+def test_only_granted_environment_reaches_the_guest(hostile_wasm: Path, tmp_path: Path) -> None:
+    env_file = tmp_path / "env"
+    env_file.write_text("# comment\nFROM_FILE=yes\n")
+    proc = run("-e", "GRANTED=1", "-e", "COPIED", "--env-file", str(env_file), str(hostile_wasm), "environ",
+               env={"COPIED": "from-host", "HOST_SECRET": "leak"})
+    assert sorted(proc.stdout.split()) == ["COPIED=from-host", "FROM_FILE=yes", "GRANTED=1"]
+
+
+def test_memory_bomb_is_capped(hostile_wasm: Path) -> None:
+    proc = run("--memory", "64m", str(hostile_wasm), "bomb")
+    assert proc.returncode == 2, proc.stderr
+    allocated = int(proc.stdout.split()[1])
+    assert 0 < allocated < 64
+
+
+def test_initial_memory_over_the_cap_is_a_memory_limit_trap(tmp_path: Path) -> None:
+    module = tmp_path / "big-memory.wasm"
+    module.write_bytes(wasmtime.wat2wasm('(module (memory (export "memory") 2048) (func (export "_start")))'))
+    proc = run("--memory", "64m", str(module))
+    assert proc.returncode == 134 and "memory limit exceeded (64 MiB)" in proc.stderr
+
+
+def test_spinning_guest_is_stopped_at_the_deadline(hostile_wasm: Path) -> None:
+    start = time.monotonic()
+    proc = run("--timeout", "1s", str(hostile_wasm), "spin")
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 137 and "timeout after 1s" in proc.stderr
+    assert elapsed < 5
+
+
+def test_deadline_precision_in_process(hostile_wasm: Path) -> None:
+    """Measured inside the process, excluding interpreter start-up: stop within 100 ms of the deadline."""
+    executor = api.api.executor()
+    from wasmctr.executor import RunSpec
+
+    executor.precompile(hostile_wasm)
+    start = time.monotonic()
+    outcome = executor.run(RunSpec(hostile_wasm, ["hostile", "spin"], timeout=0.5))
+    assert outcome.reason == "timeout" and outcome.exit_code == 137
+    assert time.monotonic() - start < 0.5 + 0.1
+
+
+def test_sigterm_stops_a_spinning_guest(hostile_wasm: Path) -> None:
+    proc = subprocess.Popen([EXE, "run", str(hostile_wasm), "spin"], stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    proc.terminate()
+    _, err = proc.communicate(timeout=5)
+    assert proc.returncode == 143 and "signal 15" in err
+
+
+def test_unbounded_recursion_traps(hostile_wasm: Path) -> None:
+    proc = run(str(hostile_wasm), "recurse")
+    assert proc.returncode == 134
+    assert proc.stderr.strip() == "wasmctr: guest trapped: wasm trap: call stack exhausted"
+
+
+def test_abort_is_a_trap_with_exit_134(hostile_wasm: Path) -> None:
+    proc = run(str(hostile_wasm), "abort")
+    assert proc.returncode == 134 and "unreachable" in proc.stderr
+
+
+def test_fuel_budget_stops_a_spinning_guest(hostile_wasm: Path) -> None:
+    proc = run("--fuel", "1000000", str(hostile_wasm), "spin")
+    assert proc.returncode == 134 and "fuel" in proc.stderr
+    assert run("--fuel", "10000000", str(hostile_wasm), "exit", "0").returncode == 0
+
+
+def test_a_gibibyte_of_output_streams_without_buffering(hostile_wasm: Path) -> None:
+    proc = subprocess.Popen([EXE, "run", str(hostile_wasm), "flood", "1024"], stdout=subprocess.PIPE)
+    total = 0
+    assert proc.stdout is not None
+    while chunk := proc.stdout.read(1 << 20):
+        total += len(chunk)
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert total == 1 << 30
+    assert usage.ru_maxrss < 150 * 1024, f"peak RSS {usage.ru_maxrss} KiB"
+
+
+def test_stdin_is_closed_unless_interactive(hostile_wasm: Path) -> None:
+    closed = subprocess.run([EXE, "run", str(hostile_wasm), "cat"], input="secret input", capture_output=True,
+                            text=True)
+    assert closed.stdout == "" and "0 bytes" in closed.stderr
+    passed = subprocess.run([EXE, "run", "-i", str(hostile_wasm), "cat"], input="hello guest",
+                            capture_output=True, text=True)
+    assert passed.stdout == "hello guest" and "11 bytes" in passed.stderr
+
+
+def test_tmpfs_is_writable_and_removed_afterwards(hostile_wasm: Path, tmp_path: Path) -> None:
+    before = set(Path("/tmp").glob("wasmctr-tmpfs-*"))
+    proc = run("--tmpfs", "/scratch", str(hostile_wasm), "write", "/scratch/file")
+    assert proc.returncode == 0
+    assert set(Path("/tmp").glob("wasmctr-tmpfs-*")) == before
+
+
+def test_sockets_are_denied_without_network(tmp_path: Path) -> None:
+    module = tmp_path / "net.wasm"
+    module.write_bytes(wasmtime.wat2wasm(
+        '(module (import "wasi_snapshot_preview1" "sock_accept" (func (param i32 i32 i32) (result i32)))'
+        ' (import "wasi_snapshot_preview1" "sock_send" (func (param i32 i32 i32 i32 i32) (result i32)))'
+        ' (memory (export "memory") 1) (func (export "_start")))'))
+    proc = run(str(module))
+    assert_one_line_error(proc, 125, "sock_accept (sockets need --network host)", "sock_send")
+    assert_one_line_error(run("--network", "host", str(module)), 125, "preview 1 modules have no call")
+    trapped = run("--syscall-policy", "trap", str(module))
+    assert trapped.returncode == 0, "denied functions linked to traps: the guest starts, and never calls them"
+
+
+def test_denied_import_is_refused_or_trapped(hostile_wasm: Path) -> None:
+    refused = run("--deny-wasi", "path_open", str(hostile_wasm), "exit", "0")
+    assert_one_line_error(refused, 125, "path_open (denied by --deny-wasi)")
+    still = run("--deny-wasi", "path_open", "--syscall-policy", "trap", str(hostile_wasm), "exit", "5")
+    assert still.returncode == 5
+    trapped = run("--deny-wasi", "fd_write", "--syscall-policy", "trap", str(hostile_wasm), "cwd")
+    assert trapped.returncode == 134 and "fd_write is denied by the syscall policy" in trapped.stderr
+    allowed = run("--deny-wasi", "path_*", "--allow-wasi", "path_*", str(hostile_wasm), "exit", "0")
+    assert allowed.returncode == 0, allowed.stderr
+    pattern = run("--deny-wasi", "fd_*", str(hostile_wasm), "exit", "0")
+    assert_one_line_error(pattern, 125, "fd_write (denied by --deny-wasi)", "fd_read (denied by --deny-wasi)")
+
+
+def test_non_wasi_imports_are_refused(tmp_path: Path) -> None:
+    module = tmp_path / "env.wasm"
+    module.write_bytes(wasmtime.wat2wasm('(module (import "env" "system" (func)) (func (export "_start")))'))
+    assert_one_line_error(run(str(module)), 125, "env.system (not a WASI import)")
+
+
+def test_exit_codes_args_env_and_workdir_follow_docker(hello_c_wasm: Path, tmp_path: Path) -> None:
+    wasmctr("build", str(hello_c_wasm.parent), "-t", "hello:1")
+    default = run("hello:1")
+    assert default.returncode == 0 and default.stdout == "Hello, world!\nargc=2\n"
+    replaced = run("-e", "GREETING=Hi", "hello:1", "there", "3")
+    assert replaced.returncode == 3 and replaced.stdout.startswith("Hi, there!")
+    entry = run("--entrypoint", "/hello.wasm", "hello:1")
+    assert entry.stdout.endswith("argc=1\n"), "--entrypoint drops the image's Cmd"
+    missing = run("--entrypoint", "/nope.wasm", "hello:1")
+    assert_one_line_error(missing, 125, "/nope.wasm is not a file in the image")
+
+
+def test_workdir_is_the_guests_current_directory(hostile_wasm: Path, granted: Path) -> None:
+    proc = run("-v", f"{granted}:/data", "-w", "/data", str(hostile_wasm), "read", "ok.txt")
+    assert proc.returncode == 0 and "granted content" in proc.stdout
+
+
+def test_artifact_image_runs(hostile_wasm: Path) -> None:
+    wasmctr("build", str(hostile_wasm), "-t", "art:1", "--format", "artifact")
+    proc = run("art:1", "exit", "4")
+    assert proc.returncode == 4
+
+
+def test_component_runs_wasi_cli_run(tmp_path: Path) -> None:
+    for value, code in ((0, 0), (1, 1)):
+        component = tmp_path / f"c{value}.wasm"
+        component.write_bytes(wasmtime.wat2wasm(f"""
+            (component
+              (core module $m (func (export "run") (result i32) i32.const {value}))
+              (core instance $i (instantiate $m))
+              (func $run (result (result)) (canon lift (core func $i "run")))
+              (instance $runi (export "run" (func $run)))
+              (export "wasi:cli/run@0.2.0" (instance $runi)))"""))
+        assert run(str(component)).returncode == code
+    wasmctr("build", str(tmp_path / "c0.wasm"), "-t", "comp:1", "--format", "artifact")
+    assert run("comp:1").returncode == 0
+
+
+def test_component_policy_by_interface(component_wasm: Path) -> None:
+    refused = run("--deny-wasi", "wasi:cli/*", str(component_wasm))
+    assert_one_line_error(refused, 125, "wasi:cli/environment@0.2.0 (denied by --deny-wasi)")
+
+
+def test_pull_and_run_from_a_registry(plain_registry, hello_c_wasm: Path, tmp_path: Path) -> None:
+    ref = f"{plain_registry.host}/runme:1"
+    wasmctr("build", str(hello_c_wasm.parent), "-t", ref, "--push")
+    proc = run(ref, "registry", env={"WASMCTR_HOME": str(tmp_path / "fresh")})
+    assert proc.returncode == 0 and proc.stdout.startswith("Hello, registry!")
+    assert_one_line_error(run(f"{plain_registry.host}/absent:1"), 125, "not found on the registry")
+
+
+def test_failures_before_the_guest_starts_exit_125(tmp_path: Path) -> None:
+    assert_one_line_error(run("/nonexistent/app.wasm"), 2, "no such file")
+    notwasm = tmp_path / "x.wasm"
+    notwasm.write_text("#!/bin/sh\n")
+    assert_one_line_error(run(str(notwasm)), 125, "not WebAssembly")
+    assert_one_line_error(run("missing-local-image:1", env={"WASMCTR_HOME": str(tmp_path / "h")}), 125)
+    assert_one_line_error(run("--memory", "lots", str(notwasm)), 2, "invalid size")
+    assert_one_line_error(run("-v", "/nonexistent:/x", str(notwasm)), 2, "not a directory")
+
+
+def test_compile_cache_is_used_and_a_corrupt_entry_is_rebuilt(hostile_wasm: Path, wasmctr_home: Path) -> None:
+    wasmctr("build", str(hostile_wasm), "-t", "cached:1")
+    cache = wasmctr_home / "cache" / "compiled"
+    assert run("cached:1", "exit", "0").returncode == 0
+    (entry,) = cache.glob("*.cwasm")
+    inode, mtime = entry.stat().st_ino, entry.stat().st_mtime_ns
+    assert run("cached:1", "exit", "0").returncode == 0
+    assert (entry.stat().st_ino, entry.stat().st_mtime_ns) == (inode, mtime), "second run did not compile"
+    data = bytearray(entry.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    entry.write_bytes(bytes(data))
+    proc = run("cached:1", "exit", "6")
+    assert proc.returncode == 6 and "Traceback" not in proc.stderr
+    (rebuilt,) = cache.glob("*.cwasm")
+    assert rebuilt.read_bytes() != bytes(data)
+
+
+def test_build_precompile_fills_the_cache(hostile_wasm: Path, wasmctr_home: Path) -> None:
+    wasmctr("build", str(hostile_wasm), "-t", "pre:1", "--precompile")
+    (entry,) = (wasmctr_home / "cache" / "compiled").glob("*.cwasm")
+    inode = entry.stat().st_ino
+    assert run("pre:1", "exit", "0").returncode == 0
+    assert entry.stat().st_ino == inode
+
+
+def test_python_api_in_place_of_subprocess(hostile_wasm: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    outcome = api.run(str(hostile_wasm), ["environ"], env=["A=1"], stdout=str(out))
+    assert outcome.exit_code == 0 and out.read_text() == "A=1\n"
+
+
+def test_inspect_lists_the_same_imports_the_policy_checks(hostile_wasm: Path) -> None:
+    wasmctr("build", str(hostile_wasm), "-t", "imports:1")
+    listed = json.loads(wasmctr("inspect", "imports:1", "--json").stdout)["wasm"]["imports"]
+    code = wasmtime.Module(wasmtime.Engine(), hostile_wasm.read_bytes())
+    assert listed == [f"{i.module}.{i.name}" for i in code.imports]
+

@@ -1,0 +1,71 @@
+"""Compiled code kept between runs, so the second run of an image does not compile.
+
+Entries live in `$WASMCTR_HOME/cache/compiled/`, named by a key over the wasm digest, the wasmtime
+version, the host architecture and the engine settings. Deserialising compiled code trusts it as
+machine code, so an entry is only loaded if its bytes hash to the digest recorded in its header when
+we wrote it; a damaged or foreign entry is discarded and rebuilt, never loaded, never a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+MAGIC = b"wasmctr-cwasm-1\n"
+DIGEST_SIZE = 32
+
+
+@functools.cache
+def _wasmtime_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("wasmtime")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def key(wasm_digest: str, settings: str) -> str:
+    material = "|".join([wasm_digest, _wasmtime_version(), platform.machine(), settings])
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+class CompileCache:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def path(self, cache_key: str) -> Path:
+        return self.directory / f"{cache_key}.cwasm"
+
+    def load(self, cache_key: str) -> bytes | None:
+        """The serialised code of an entry whose digest checks out; a bad entry is removed."""
+        path = self.path(cache_key)
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        head = len(MAGIC) + DIGEST_SIZE
+        if data[: len(MAGIC)] == MAGIC and hashlib.sha256(data[head:]).digest() == data[len(MAGIC):head]:
+            return data[head:]
+        self.discard(cache_key)
+        return None
+
+    def save(self, cache_key: str, serialized: bytes) -> None:
+        with contextlib.suppress(OSError):  # a read-only store still runs, just without a cache
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".entry-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(MAGIC + hashlib.sha256(serialized).digest() + serialized)
+                os.replace(tmp, self.path(cache_key))
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+
+    def discard(self, cache_key: str) -> None:
+        self.path(cache_key).unlink(missing_ok=True)

@@ -1,0 +1,417 @@
+"""The executor: run one WASI guest (preview 1 module or preview 2 component) under a sandbox.
+
+One API for every caller (`wasmctr run`, the containerd shim, the OCI runtime CLI), after runwasi's
+engine trait: `can_handle(spec)`, `precompile(path)`, and `run(spec) -> Outcome`. A `RunSpec` says
+what the guest may reach, and nothing else is reachable:
+
+- files: the rootfs (read-only at `/`) and the granted mounts, as WASI preopens; no host path otherwise;
+- environment: exactly `spec.env`; arguments: exactly `spec.args`;
+- network: none unless granted (components only; wasip1 has no call that creates a socket);
+- imports: checked against the policy before instantiation (refused, or linked to traps);
+- memory: linear memory capped by the store limiter; CPU: a wall-clock deadline enforced by epoch
+  interruption, and an optional fuel budget.
+
+The guest runs on a worker thread while the calling thread supervises: it turns a deadline or a signal
+into an epoch interrupt (the guest traps at its next loop or call), and, when `hard_stop` is set,
+ends the process if the guest sits in a blocking host call past the grace period. Imports the store's
+compile cache, the policy and wasm parsing; never the CLI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import digest as digests
+from . import policy as policies
+from . import wasm
+from .compile_cache import CompileCache, key
+from .errors import ExecutorError
+
+GRACE_SECONDS = 0.5
+EXIT_TRAP = 134
+EXIT_KILLED = 137
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host directory granted to the guest at `guest` (read-only if `readonly`)."""
+
+    host: Path
+    guest: str
+    readonly: bool = False
+
+
+@dataclass
+class RunSpec:
+    wasm: Path
+    args: list[str]
+    env: list[str] = field(default_factory=list)
+    cwd: str = "/"
+    rootfs: Path | None = None
+    mounts: list[Mount] = field(default_factory=list)
+    memory_limit: int | None = None
+    timeout: float | None = None
+    fuel: int | None = None
+    policy: policies.Policy = field(default_factory=policies.Policy)
+    stdin: bool | str = False  # closed, inherited, or a file/FIFO path; stdout/stderr: inherited or a path
+    stdout: str | None = None
+    stderr: str | None = None
+    wasm_digest: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended: `exit_code` as `docker run` reports it, `reason`, and a message for stderr."""
+
+    exit_code: int
+    reason: str  # exit | trap | oom | timeout | signal
+    message: str = ""
+
+
+class Executor:
+    def __init__(self, cache: CompileCache | None = None) -> None:
+        self.cache = cache
+        self._engines: dict[bool, Any] = {}
+        self._lock = threading.Lock()
+
+    # -- the engine trait ---------------------------------------------------------------------------
+
+    def can_handle(self, spec: RunSpec) -> bool:
+        try:
+            with open(spec.wasm, "rb") as f:
+                return wasm.sniff(f.read(8)) is not None
+        except OSError:
+            return False
+
+    def precompile(self, path: Path, digest: str | None = None, fuel: bool = False) -> bool:
+        """Compile into the cache ahead of the first run; False if it was already there."""
+        kind = _kind(path)
+        engine = self._engine(fuel)
+        cache_key = key(digest or _file_digest(path), _settings(fuel))
+        if self.cache is not None and self.cache.load(cache_key) is not None:
+            return False
+        self._compile(engine, kind, path, cache_key)
+        return True
+
+    def run(self, spec: RunSpec, hard_stop: bool = False) -> Outcome:
+        import wasmtime
+
+        kind = _kind(spec.wasm)
+        if spec.policy.network and kind == "module":
+            raise ExecutorError("--network host: WASI preview 1 modules have no call that creates a socket; "
+                                "network access needs a preview 2 component")
+        engine = self._engine(spec.fuel is not None)
+        code = self._load(engine, kind, spec)
+        imports = _imports(engine, kind, code)
+        verdict = policies.check(spec.policy, imports)
+        if verdict.denied and (spec.policy.mode == "refuse" or kind == "component"
+                               or any(r == "not a WASI import" for r in verdict.denied.values())):
+            listed = ", ".join(f"{name} ({why})" for name, why in sorted(verdict.denied.items()))
+            raise ExecutorError(f"refused: the guest imports {listed}")
+        store = wasmtime.Store(engine)
+        if spec.memory_limit is not None:
+            store.set_limits(memory_size=spec.memory_limit)
+        if spec.fuel is not None:
+            store.set_fuel(spec.fuel)
+        store.set_epoch_deadline(1)
+        store.set_wasi(self._wasi(spec))
+        guest = _Guest(engine, store, kind, code, spec, list(verdict.denied))
+        return _supervise(guest, engine, spec, hard_stop)
+
+    # -- compiling ---------------------------------------------------------------------------------
+
+    def _engine(self, fuel: bool) -> Any:
+        import wasmtime
+
+        with self._lock:
+            if fuel not in self._engines:
+                config = wasmtime.Config()
+                config.epoch_interruption = True
+                config.consume_fuel = fuel
+                self._engines[fuel] = wasmtime.Engine(config)
+            return self._engines[fuel]
+
+    def _load(self, engine: Any, kind: str, spec: RunSpec) -> Any:
+        cache_key = key(spec.wasm_digest or _file_digest(spec.wasm), _settings(spec.fuel is not None))
+        if self.cache is not None:
+            serialized = self.cache.load(cache_key)
+            if serialized is not None:
+                try:
+                    return _code_class(kind).deserialize(engine, serialized)
+                except Exception:  # a verified entry from another engine build: rebuild it
+                    self.cache.discard(cache_key)
+        return self._compile(engine, kind, spec.wasm, cache_key)
+
+    def _compile(self, engine: Any, kind: str, path: Path, cache_key: str) -> Any:
+        import wasmtime
+
+        try:
+            code = _code_class(kind)(engine, path.read_bytes())
+        except wasmtime.WasmtimeError as exc:
+            raise ExecutorError(f"{path}: invalid WebAssembly: {_one_line(str(exc))}") from None
+        if self.cache is not None:
+            self.cache.save(cache_key, bytes(code.serialize()))
+        return code
+
+    def _wasi(self, spec: RunSpec) -> Any:
+        import wasmtime
+
+        config = wasmtime.WasiConfig()
+        config.argv = spec.args
+        config.env = [tuple(item.split("=", 1)) if "=" in item else (item, "") for item in spec.env]
+        preopens: list[tuple[Path, str, bool]] = []
+        if spec.rootfs is not None:
+            preopens.append((spec.rootfs, "/", False))
+        for m in spec.mounts:
+            if not m.host.is_dir():
+                raise ExecutorError(f"volume {m.host}: not a directory on the host")
+            preopens.append((m.host, m.guest, not m.readonly))
+        cwd_host = _host_path(spec.cwd, preopens)
+        if spec.cwd != "/" and cwd_host is not None:
+            preopens.append((cwd_host[0], ".", cwd_host[1]))
+        for host, guest, mutable in preopens:
+            config.preopen_dir(str(host), guest, mutable)
+        if isinstance(spec.stdin, str):
+            config.stdin_file = spec.stdin
+        elif spec.stdin:
+            config.inherit_stdin()
+        if spec.stdout is not None:
+            config.stdout_file = spec.stdout
+        else:
+            config.inherit_stdout()
+        if spec.stderr is not None:
+            config.stderr_file = spec.stderr
+        else:
+            config.inherit_stderr()
+        if spec.policy.network:
+            from wasmtime import _ffi as ffi
+
+            ffi.wasi_config_inherit_network(config.ptr())
+            ffi.wasi_config_allow_ip_name_lookup(config.ptr(), True)
+        return config
+
+
+class _Guest(threading.Thread):
+    """The worker thread: instantiate and call the guest, record how it ended."""
+
+    def __init__(self, engine: Any, store: Any, kind: str, code: Any, spec: RunSpec, denied: list[str]) -> None:
+        super().__init__(name="wasm-guest", daemon=True)
+        self.engine, self.store, self.kind, self.code, self.spec, self.denied = engine, store, kind, code, spec, denied
+        self.result: tuple[str, int | str] | None = None
+        self.memory: Any = None
+
+    def run(self) -> None:
+        import wasmtime
+
+        try:
+            if self.kind == "component":
+                self.result = ("exit", self._component())
+            else:
+                self.result = ("exit", self._module())
+        except wasmtime.ExitTrap as exc:
+            self.result = ("exit", exc.code)
+        except ExecutorError as exc:
+            self.result = ("error", str(exc))
+        except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
+            self.result = ("trap", _trap_reason(str(exc)))
+        except Exception as exc:  # a host function raised: a trap as far as the guest is concerned
+            self.result = ("trap", f"{type(exc).__name__}: {exc}")
+
+    def _module(self) -> int:
+        import wasmtime
+
+        linker = wasmtime.Linker(self.engine)
+        linker.define_wasi()
+        if self.denied:
+            linker.allow_shadowing = True
+            for imp in self.code.imports:
+                if f"{imp.module}.{imp.name}" in self.denied and isinstance(imp.type, wasmtime.FuncType):
+                    linker.define_func(imp.module, imp.name, imp.type, _denied_call(f"{imp.module}.{imp.name}"))
+        instance = self._instantiate(linker)
+        exports = instance.exports(self.store)
+        memory = exports.get("memory")
+        if isinstance(memory, wasmtime.Memory):
+            self.memory = memory
+        start = exports.get("_start")
+        if not isinstance(start, wasmtime.Func):
+            raise ExecutorError("the module has no _start export: it is a library (reactor), not a command")
+        start(self.store)
+        return 0
+
+    def _component(self) -> int:
+        from wasmtime import component
+
+        linker = component.Linker(self.engine)
+        linker.add_wasip2()
+        instance = self._instantiate(linker)
+        names = [n for n in self.code.type.exports(self.engine) if n.startswith("wasi:cli/run@")]
+        if not names:
+            raise ExecutorError("the component does not export wasi:cli/run, so it is not a command")
+        run_index = instance.get_export_index(self.store, names[0])
+        func = instance.get_func(self.store, instance.get_export_index(self.store, "run", run_index))
+        result = func(self.store)
+        return 0 if getattr(result, "tag", "ok") == "ok" else 1
+
+    def _instantiate(self, linker: Any) -> Any:
+        import wasmtime
+
+        try:
+            return linker.instantiate(self.store, self.code)
+        except wasmtime.WasmtimeError as exc:
+            text = _one_line(str(exc))
+            if self.spec.memory_limit is not None and "memory" in text and "limit" in text.lower():
+                raise wasmtime.WasmtimeError(f"memory limit exceeded ({_mib(self.spec.memory_limit)})") from None
+            raise ExecutorError(f"cannot instantiate the guest: {text}") from None
+
+
+def _supervise(guest: _Guest, engine: Any, spec: RunSpec, hard_stop: bool) -> Outcome:
+    """Run the guest thread; stop it on deadline or signal; classify how it ended."""
+    stop: dict[str, Any] = {}
+
+    def interrupt(reason: str, code: int) -> None:
+        if not stop:
+            stop.update(reason=reason, code=code, at=time.monotonic())
+            engine.increment_epoch()
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            previous[signum] = signal.signal(signum, lambda s, _f: interrupt("signal", 128 + s))
+    deadline = time.monotonic() + spec.timeout if spec.timeout else None
+    guest.start()
+    try:
+        while guest.is_alive():
+            guest.join(0.02)
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                interrupt("timeout", EXIT_KILLED)
+            if stop and guest.is_alive() and now - stop["at"] > GRACE_SECONDS and hard_stop:
+                _report(_stopped(stop, spec))
+                os._exit(stop["code"])
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if stop:
+        return _stopped(stop, spec)
+    assert guest.result is not None
+    kind, value = guest.result
+    if kind == "exit":
+        return Outcome(int(value) & 0xFF if isinstance(value, int) else 1, "exit")
+    if kind == "error":
+        raise ExecutorError(str(value))
+    message = _one_line(str(value))
+    if spec.fuel is not None and "fuel" in message:
+        return Outcome(EXIT_TRAP, "trap", f"guest trapped: all fuel consumed ({spec.fuel} units)")
+    if spec.memory_limit is not None and message.startswith("memory limit exceeded"):
+        return Outcome(EXIT_TRAP, "oom", f"guest trapped: {message}")
+    if spec.memory_limit is not None and _memory_exhausted(guest, spec.memory_limit):
+        return Outcome(EXIT_TRAP, "oom", f"guest trapped: memory limit exceeded ({_mib(spec.memory_limit)}): "
+                                         f"{message}")
+    return Outcome(EXIT_TRAP, "trap", f"guest trapped: {message}")
+
+
+def _stopped(stop: dict[str, Any], spec: RunSpec) -> Outcome:
+    if stop["reason"] == "timeout":
+        return Outcome(EXIT_KILLED, "timeout", f"guest stopped: timeout after {spec.timeout:g}s")
+    return Outcome(stop["code"], "signal", f"guest stopped by signal {stop['code'] - 128}")
+
+
+def _report(outcome: Outcome) -> None:
+    with contextlib.suppress(OSError):
+        sys.stderr.write(f"wasmctr: {outcome.message}\n")
+        sys.stderr.flush()
+
+
+def _memory_exhausted(guest: _Guest, limit: int) -> bool:
+    """Whether the guest's memory stands at the cap (its last growth was refused)."""
+    if guest.memory is None:
+        return False
+    try:
+        return (guest.memory.size(guest.store) + 1) * 65536 > limit
+    except Exception:
+        return False
+
+
+def _denied_call(name: str):  # type: ignore[no-untyped-def]
+    def trap(*_args: Any) -> None:
+        import wasmtime
+
+        raise wasmtime.Trap(f"WASI call {name} is denied by the syscall policy")
+
+    return trap
+
+
+def _imports(engine: Any, kind: str, code: Any) -> list[tuple[str, str]]:
+    if kind == "component":
+        return [(name, "") for name in code.type.imports(engine)]
+    return [(imp.module, imp.name or "") for imp in code.imports]
+
+
+def _kind(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            kind = wasm.sniff(f.read(8))
+    except OSError as exc:
+        raise ExecutorError(f"{path}: {exc.strerror}") from None
+    if kind is None:
+        raise ExecutorError(f"{path} is not WebAssembly (no \\0asm header); run it with a Linux runtime such as runc")
+    return kind
+
+
+def _code_class(kind: str) -> Any:
+    import wasmtime
+    from wasmtime import component
+
+    return component.Component if kind == "component" else wasmtime.Module
+
+
+def _settings(fuel: bool) -> str:
+    return f"epoch=1,fuel={int(fuel)}"
+
+
+def _file_digest(path: Path) -> str:
+    with open(path, "rb") as f:
+        return digests.of_stream(f)[0]
+
+
+def _host_path(guest: str, preopens: list[tuple[Path, str, bool]]) -> tuple[Path, bool] | None:
+    """The host directory behind a guest path, through the longest matching preopen."""
+    best: tuple[Path, bool] | None = None
+    best_len = -1
+    for host, prefix, mutable in preopens:
+        norm = prefix.rstrip("/") or "/"
+        if guest == norm or guest.startswith(norm.rstrip("/") + "/"):
+            if len(norm) > best_len:
+                rest = guest[len(norm):].lstrip("/")
+                candidate = (host / rest).resolve()
+                if candidate == host.resolve() or host.resolve() in candidate.parents:
+                    best, best_len = (candidate, mutable), len(norm)
+    if best is not None and not best[0].is_dir():
+        return None
+    return best
+
+
+def _trap_reason(text: str) -> str:
+    """The cause of a trap without wasmtime's backtrace: `wasm trap: call stack exhausted`."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if "Caused by:" in lines:
+        lines = lines[lines.index("Caused by:") + 1:]
+    lines = [line for line in lines if not line.startswith("error while executing")
+             and not line[:1].isdigit()]
+    return "; ".join(lines) or text.strip()
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):g} MiB"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())[:500]

@@ -1,0 +1,197 @@
+"""From an image (or a bare `.wasm` file) and `docker run`-style flags to a `RunSpec`.
+
+Docker's rules: arguments replace the image's Cmd, `--entrypoint` replaces its Entrypoint (and drops
+its Cmd), `-w` replaces WorkingDir, `-e`/`--env-file` add to its Env. A compat image's layers are
+unpacked once per manifest into `$WASMCTR_HOME/rootfs/`, with tar's `data` filter (no absolute
+paths, no `..`, no links out, no devices), and that tree is the guest's read-only `/`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import posixpath
+import re
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import images as stored
+from .errors import ExecutorError, UsageError
+from .executor import Mount, RunSpec
+from .policy import Policy
+from .store import Store
+
+SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?$", re.IGNORECASE)
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+
+
+@dataclass
+class RunOptions:
+    """The `wasmctr run` flags, before they meet an image."""
+
+    args: list[str] = field(default_factory=list)
+    entrypoint: str | None = None
+    workdir: str | None = None
+    env: list[str] = field(default_factory=list)
+    env_files: list[str] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
+    tmpfs: list[str] = field(default_factory=list)
+    memory: str | None = None
+    timeout: str | None = None
+    fuel: int | None = None
+    policy: Policy = field(default_factory=Policy)
+    stdin: bool = False
+
+
+def parse_size(text: str) -> int:
+    """`64m`, `1g`, `512k`, `1048576` → bytes (binary units, as Docker's --memory)."""
+    m = SIZE.match(text.strip())
+    if not m:
+        raise UsageError(f"invalid size {text!r}: expected a number with an optional unit k, m or g (e.g. 64m)")
+    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " "))
+
+
+def parse_duration(text: str) -> float:
+    """`10s`, `500ms`, `2m`, `1h`, `30` (seconds) → seconds."""
+    m = DURATION.match(text.strip())
+    if not m or float(m.group(1)) <= 0:
+        raise UsageError(f"invalid duration {text!r}: expected e.g. 10s, 500ms, 2m")
+    return float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+
+
+def spec_for_file(path: Path, options: RunOptions, cleanup: list[Path]) -> RunSpec:
+    """A bare module or component: argv[0] is its file name; no filesystem but what is granted."""
+    spec = RunSpec(wasm=path, args=[path.name, *options.args], cwd=options.workdir or "/")
+    return _apply(spec, options, [], cleanup)
+
+
+def spec_for_image(store: Store, image: stored.Image, options: RunOptions, cleanup: list[Path]) -> RunSpec:
+    if not image.is_wasm:
+        raise ExecutorError(f"the image is a {image.format}; wasmctr runs wasm images (use runc or docker)")
+    rc = image.runtime_config
+    if image.format == "artifact":
+        layer = image.wasm_layer
+        assert layer is not None
+        program = image.program or "/module.wasm"
+        spec = RunSpec(wasm=store.blob_path(layer.digest), args=[program, *options.args],
+                       cwd=options.workdir or "/", wasm_digest=layer.digest)
+        return _apply(spec, options, [], cleanup)
+    entrypoint = [options.entrypoint] if options.entrypoint is not None else list(rc.get("Entrypoint") or [])
+    cmd = options.args if options.args or options.entrypoint is not None else list(rc.get("Cmd") or [])
+    argv = entrypoint + cmd
+    if not argv:
+        raise ExecutorError("no command: the image has no Entrypoint or Cmd and none was given")
+    cwd = options.workdir or rc.get("WorkingDir") or "/"
+    rootfs = unpack_rootfs(store, image)
+    program = posixpath.normpath(posixpath.join(cwd, argv[0]))
+    host_program = (rootfs / program.lstrip("/")).resolve()
+    if rootfs.resolve() not in host_program.parents or not host_program.is_file():
+        raise ExecutorError(f"entrypoint {argv[0]} is not a file in the image")
+    spec = RunSpec(wasm=host_program, args=argv, cwd=cwd, rootfs=rootfs)
+    return _apply(spec, options, list(rc.get("Env") or []), cleanup)
+
+
+def unpack_rootfs(store: Store, image: stored.Image) -> Path:
+    """The image's layers unpacked into a directory of the store (once per manifest digest)."""
+    target = store.root / "rootfs" / image.descriptor.digest.split(":", 1)[1]
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".unpack-"))
+    try:
+        for layer in image.manifest.layers:
+            with store.open_blob(layer.digest) as raw:
+                head = raw.read(2)
+                raw.seek(0)
+                stream = gzip.GzipFile(fileobj=raw) if head == b"\x1f\x8b" else raw
+                with tarfile.open(fileobj=stream, mode="r|") as tar:
+                    for member in tar:
+                        _apply_member(tar, member, staging)
+        os.rename(staging, target)
+    except FileExistsError:
+        shutil.rmtree(staging, ignore_errors=True)  # another run unpacked it first
+    except (OSError, tarfile.TarError) as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ExecutorError(f"cannot unpack the image's rootfs: {exc}") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _apply_member(tar: tarfile.TarFile, member: tarfile.TarInfo, root: Path) -> None:
+    """Extract one member safely, honouring OCI whiteouts (`.wh.NAME`, `.wh..wh..opq`)."""
+    name = posixpath.normpath(member.name.lstrip("/"))
+    base = posixpath.basename(name)
+    if base.startswith(".wh."):
+        parent = root / posixpath.dirname(name)
+        if base == ".wh..wh..opq":
+            if parent.is_dir():
+                for child in parent.iterdir():
+                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        else:
+            victim = parent / base[4:]
+            if victim.is_dir() and not victim.is_symlink():
+                shutil.rmtree(victim)
+            elif victim.exists() or victim.is_symlink():
+                victim.unlink()
+        return
+    tar.extract(member, root, filter="data")
+
+
+def _apply(spec: RunSpec, options: RunOptions, image_env: list[str], cleanup: list[Path]) -> RunSpec:
+    spec.env = _env(image_env, options)
+    spec.mounts = [_volume(v) for v in options.volumes]
+    for guest in options.tmpfs:
+        if not guest.startswith("/"):
+            raise UsageError(f"--tmpfs {guest}: the path in the guest must be absolute")
+        scratch = Path(tempfile.mkdtemp(prefix="wasmctr-tmpfs-"))
+        cleanup.append(scratch)
+        spec.mounts.append(Mount(scratch, guest, False))
+    spec.memory_limit = parse_size(options.memory) if options.memory else None
+    spec.timeout = parse_duration(options.timeout) if options.timeout else None
+    if options.fuel is not None and options.fuel <= 0:
+        raise UsageError("--fuel must be a positive number of units")
+    spec.fuel = options.fuel
+    spec.policy = options.policy
+    spec.stdin = options.stdin
+    return spec
+
+
+def _env(image_env: list[str], options: RunOptions) -> list[str]:
+    merged: dict[str, str] = {}
+    for item in image_env:
+        name, _, value = item.partition("=")
+        merged[name] = value
+    lines: list[str] = []
+    for path in options.env_files:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise UsageError(f"--env-file {path}: {exc.strerror}") from None
+        lines += [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    for item in lines + options.env:
+        name, eq, value = item.partition("=")
+        if not name or "\0" in item:
+            raise UsageError(f"invalid environment variable {item!r}")
+        if eq:
+            merged[name] = value
+        elif name in os.environ:
+            merged[name] = os.environ[name]
+    return [f"{k}={v}" for k, v in merged.items()]
+
+
+def _volume(text: str) -> Mount:
+    parts = text.split(":")
+    mode = "rw"
+    if len(parts) == 3:
+        mode = parts.pop()
+    if len(parts) != 2 or mode not in ("ro", "rw") or not parts[0] or not parts[1].startswith("/"):
+        raise UsageError(f"-v {text}: expected HOST_DIR:/GUEST/PATH[:ro|:rw]")
+    host = Path(parts[0]).expanduser()
+    if not host.is_dir():
+        raise UsageError(f"-v {text}: {host} is not a directory (WASI grants directories, not files)")
+    return Mount(host.resolve(), posixpath.normpath(parts[1]), mode == "ro")
