@@ -306,3 +306,32 @@ def test_inspect_lists_the_same_imports_the_policy_checks(hostile_wasm: Path) ->
     code = wasmtime.Module(wasmtime.Engine(), hostile_wasm.read_bytes())
     assert listed == [f"{i.module}.{i.name}" for i in code.imports]
 
+
+
+def test_spec_from_an_oci_runtime_bundle(hostile_wasm: Path, granted: Path, tmp_path: Path) -> None:
+    from wasmctr.ocispec import is_wasm, spec_from_bundle
+
+    bundle = tmp_path / "bundle"
+    (bundle / "rootfs" / "bin").mkdir(parents=True)
+    shutil.copy(hostile_wasm, bundle / "rootfs" / "bin" / "app.wasm")
+    config = {
+        "ociVersion": "1.0.2",
+        "root": {"path": "rootfs", "readonly": True},
+        "process": {"args": ["/bin/app.wasm", "environ"], "env": ["A=1"], "cwd": "/"},
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
+                   {"destination": "/data", "type": "bind", "source": str(granted), "options": ["rbind", "ro"]}],
+        "linux": {"resources": {"memory": {"limit": 64 << 20}}},
+        "annotations": {"wasmctr.io/timeout": "5s", "wasmctr.io/deny-wasi": "sock_*"},
+    }
+    assert is_wasm(bundle, config)
+    spec = spec_from_bundle(bundle, config)
+    assert spec.memory_limit == 64 << 20 and spec.timeout == 5 and spec.rootfs == (bundle / "rootfs").resolve()
+    assert [(m.guest, m.readonly) for m in spec.mounts] == [("/data", True)]
+    out = tmp_path / "out"
+    spec.stdout = str(out)
+    assert api.api.executor().run(spec).exit_code == 0 and out.read_text() == "A=1\n"
+    spec.args, spec.stdout = ["/bin/app.wasm", "write", "/data/x"], None
+    assert api.api.executor().run(spec).exit_code == 1 and not (granted / "x").exists()
+    (bundle / "rootfs" / "bin" / "sh").write_text("#!/bin/sh\n")
+    config["process"]["args"] = ["/bin/sh"]
+    assert not is_wasm(bundle, config)
