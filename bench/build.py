@@ -12,49 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-
-def uleb(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def synthesise(path: Path, size: int) -> None:
-    """A module with one memory big enough for one active data segment of `size` bytes."""
-    pages = size // 65536 + 1
-    memory = b"\x01\x00" + uleb(pages)
-    segment_head = b"\x01" + b"\x00\x41\x00\x0b" + uleb(size)
-    rng = random.Random(0)
-    with open(path, "wb") as f:
-        f.write(b"\0asm\x01\x00\x00\x00")
-        f.write(b"\x05" + uleb(len(memory)) + memory)
-        f.write(b"\x0b" + uleb(len(segment_head) + size) + segment_head)
-        block = 1 << 20
-        for _ in range(size // block):
-            half = rng.randbytes(block // 2)
-            f.write(half + bytes(block // 2))
-
-
-def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of one command, from its own rusage."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"{argv[0]} failed")
-    return wall, usage.ru_maxrss
+from common import data_module, half_random_block, timed
 
 
 def main() -> None:
@@ -65,7 +29,7 @@ def main() -> None:
     wasmctr = str(Path(sys.executable).parent / "wasmctr")
     with tempfile.TemporaryDirectory() as tmp:
         module = Path(tmp) / "big.wasm"
-        synthesise(module, args.size_mib << 20)
+        data_module(module, args.size_mib << 20, half_random_block())
         subprocess.run(["cat", str(module)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
         ours, rss, floor = [], [], []
         for n in range(args.repeat):

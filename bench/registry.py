@@ -16,40 +16,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from common import data_module, random_block, timed  # noqa: E402
 from services import RegistryProcess  # noqa: E402
-
-
-def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of one command, from its own rusage."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"failed: {' '.join(argv)}")
-    return time.perf_counter() - start, usage.ru_maxrss
-
-
-def module(path: Path, size: int) -> None:
-    """A valid module with `size` random bytes of data: an incompressible layer."""
-    def uleb(n: int) -> bytes:
-        out = bytearray()
-        while True:
-            b, n = n & 0x7F, n >> 7
-            out.append(b | (0x80 if n else 0))
-            if not n:
-                return bytes(out)
-
-    memory = b"\x01\x00" + uleb(size // 65536 + 1)
-    segment = b"\x01\x00\x41\x00\x0b" + uleb(size)
-    with open(path, "wb") as f:
-        f.write(b"\0asm\x01\x00\x00\x00\x05" + uleb(len(memory)) + memory)
-        f.write(b"\x0b" + uleb(len(segment) + size) + segment)
-        for _ in range(size >> 20):
-            f.write(os.urandom(1 << 20))
 
 
 def main() -> None:
@@ -61,7 +32,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         wasm = root / "big.wasm"
-        module(wasm, args.size_mib << 20)
+        data_module(wasm, args.size_mib << 20, random_block)
         store = root / "store"
         env = {**os.environ, "WASMCTR_HOME": str(store)}
         subprocess.run([wasmctr, "build", str(wasm), "-t", "bench:1", "--format", "artifact", "-q"], env=env,
@@ -74,18 +45,18 @@ def main() -> None:
             try:
                 ref = f"{ours.host}/bench:1"
                 subprocess.run([wasmctr, "tag", "bench:1", ref], env=env, check=True, stdout=subprocess.DEVNULL)
-                wall, rss = timed([wasmctr, "push", "-q", ref], env)
+                wall, rss = timed([wasmctr, "push", "-q", ref], env, quiet=True)
                 rows["push"].append(wall)
                 peak = max(peak, rss)
                 wall, _ = timed(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{store}:bench:1",
-                                 f"docker://{theirs.host}/bench:1"])
+                                 f"docker://{theirs.host}/bench:1"], quiet=True)
                 rows["skopeo push"].append(wall)
                 fresh = {**env, "WASMCTR_HOME": str(root / f"fresh-{n}")}
-                wall, rss = timed([wasmctr, "pull", "-q", ref], fresh)
+                wall, rss = timed([wasmctr, "pull", "-q", ref], fresh, quiet=True)
                 rows["pull"].append(wall)
                 peak = max(peak, rss)
                 wall, _ = timed(["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{theirs.host}/bench:1",
-                                 f"oci:{root / f'skopeo-{n}'}:bench"])
+                                 f"oci:{root / f'skopeo-{n}'}:bench"], quiet=True)
                 rows["skopeo pull"].append(wall)
             finally:
                 ours.stop()

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import uleb
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
@@ -33,15 +35,6 @@ def wall(argv: list[str], env: dict[str, str], repeat: int) -> float:
     return statistics.median(times)
 
 
-def uleb(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def big_code_module(path: Path, functions: int = 800, body_ops: int = 400) -> None:
     """A WASI command whose code section is several MiB of arithmetic, to make compilation real work."""
     body = bytearray(b"\x01\x02\x7f")  # one local group: 2 x i32
@@ -51,13 +44,11 @@ def big_code_module(path: Path, functions: int = 800, body_ops: int = 400) -> No
     body += b"\x20\x00\x0b"
     func = uleb(len(body)) + bytes(body)
     types = b"\x02" + b"\x60\x00\x01\x7f" + b"\x60\x00\x00"
-    imports = b"\x00"
     funcs = uleb(functions + 1) + b"\x00" * functions + b"\x01"
     exports = b"\x01" + uleb(6) + b"_start" + b"\x00" + uleb(functions)
     start_body = b"\x00\x0b"
     code = uleb(functions + 1) + func * functions + uleb(len(start_body)) + start_body
     sections = [(1, types), (3, funcs), (7, exports), (10, code)]
-    del imports
     with open(path, "wb") as f:
         f.write(b"\0asm\x01\x00\x00\x00")
         for sid, content in sections:
