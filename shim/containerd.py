@@ -1,0 +1,162 @@
+"""`containerd-shim-wasmctr-v1`: the containerd shim v2 binary for runtime `io.containerd.wasmctr.v1`.
+
+containerd runs it as `containerd-shim-wasmctr-v1 -namespace NS -address ADDR -publish-binary BIN
+-id ID [-debug] start` in the bundle directory, with TTRPC_ADDRESS (and 1.7+'s GRPC_ADDRESS,
+NAMESPACE...) set and runtime options on stdin. `start` binds the task socket, hands it to a new
+long-lived shim process, writes the bundle's `address` file and prints the address (and nothing
+else). Containers of one pod (annotation `io.kubernetes.cri.sandbox-id`) share a shim: `start`
+returns the address of the one already serving the group. `delete` cleans up after a shim that is
+gone and prints a DeleteResponse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SOCKET_DIR = Path(os.environ.get("WASMCTR_SHIM_SOCKET_DIR", "/run/wasmctr-shim"))
+GROUP_ANNOTATION = "io.kubernetes.cri.sandbox-id"
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="containerd-shim-wasmctr-v1", allow_abbrev=False)
+    for flag in ("namespace", "address", "publish-binary", "id", "bundle", "socket"):
+        parser.add_argument(f"-{flag}", f"--{flag}", dest=flag.replace("-", "_"), default="")
+    parser.add_argument("-debug", "--debug", action="store_true")
+    parser.add_argument("-v", "--version", action="store_true")
+    parser.add_argument("action", nargs="?", default="")
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse(sys.argv[1:])
+    if args.version:
+        from wasmctr import __version__
+
+        print(f"containerd-shim-wasmctr-v1 (wasmctr {__version__})")
+        return
+    if args.action == "start":
+        sys.exit(start(args))
+    if args.action == "delete":
+        sys.exit(delete(args))
+    if args.action == "serve":
+        sys.exit(serve(args))
+    print(f"containerd-shim-wasmctr-v1: unknown action {args.action!r} (start, delete)", file=sys.stderr)
+    sys.exit(2)
+
+
+def socket_path(namespace: str, group: str, address: str) -> Path:
+    digest = hashlib.sha256(f"{address}|{namespace}|{group}".encode()).hexdigest()[:32]
+    return SOCKET_DIR / f"{digest}.sock"
+
+
+def start(args: argparse.Namespace) -> int:
+    """Bind (or find) the shim socket, start the shim server on it, print the address."""
+    sys.stdin.read()  # runtime options: none are needed by this shim
+    bundle = Path(args.bundle or os.getcwd())
+    group = args.id
+    with contextlib.suppress(OSError, ValueError):
+        annotations = json.loads((bundle / "config.json").read_text()).get("annotations") or {}
+        group = annotations.get(GROUP_ANNOTATION) or args.id
+    path = socket_path(args.namespace, group, args.address)
+    address = f"unix://{path}"
+    SOCKET_DIR.mkdir(parents=True, exist_ok=True, mode=0o711)
+    if not _alive(path):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(path))
+        listener.listen(128)
+        log = _shim_log(bundle)
+        env = {**os.environ, "WASMCTR_SHIM_NAMESPACE": args.namespace}
+        subprocess.Popen(
+            [sys.executable, "-m", "shim.containerd", "-namespace", args.namespace, "-address", args.address,
+             "-id", args.id, "-socket", str(path), *(["-debug"] if args.debug else []), "serve"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, pass_fds=(listener.fileno(),),
+            env={**env, "WASMCTR_SHIM_LISTEN_FD": str(listener.fileno())}, start_new_session=True, cwd="/")
+        listener.close()
+        os.close(log)
+    (bundle / "address").write_text(address)
+    sys.stdout.write(address)
+    sys.stdout.flush()
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    """The long-lived shim: warm executor, ttrpc task service on the inherited socket."""
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    import wasmtime  # noqa: F401  (imported before any container is forked: every child starts warm)
+
+    from .events import Publisher
+    from .tasks import TaskService
+    from .ttrpc import Server
+
+    listener = socket.socket(fileno=int(os.environ["WASMCTR_SHIM_LISTEN_FD"]))
+    server: Server | None = None
+
+    def finish() -> None:
+        if server is not None:
+            server.stop()
+        with contextlib.suppress(OSError):
+            Path(args.socket).unlink()
+        logging.shutdown()
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, lambda *_: finish())
+    tasks = TaskService(Publisher(os.environ.get("TTRPC_ADDRESS")), args.namespace, finish)
+    server = Server([tasks.service()])
+    server.serve(listener)
+    return 0
+
+
+def delete(args: argparse.Namespace) -> int:
+    """Clean up after a shim that died: kill the task's process, unmount its rootfs, report."""
+    from .api import task_pb2
+    from .events import timestamp
+    from .mounts import unmount_all
+
+    bundle = Path(args.bundle or os.getcwd())
+    pid = 0
+    with contextlib.suppress(OSError, ValueError):
+        pid = int((bundle / "wasmctr.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    unmount_all(bundle / "rootfs")
+    response = task_pb2.DeleteResponse(pid=pid, exit_status=128 + signal.SIGKILL, exited_at=timestamp(0))
+    sys.stdout.buffer.write(response.SerializeToString())
+    sys.stdout.flush()
+    return 0
+
+
+def _shim_log(bundle: Path) -> int:
+    """containerd's `log` FIFO in the bundle (it copies what arrives into its own log), else /dev/null."""
+    try:
+        return os.open(bundle / "log", os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return os.open(os.devnull, os.O_WRONLY)
+
+
+def _alive(path: Path) -> bool:
+    if not path.exists():
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+            return True
+        except OSError:
+            return False
+
+
+if __name__ == "__main__":
+    main()

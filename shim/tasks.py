@@ -1,0 +1,298 @@
+"""The containerd task service: each container a forked process running the shared executor.
+
+The shim process imports wasmtime once and stays warm; `Create` forks a child per container that
+opens containerd's FIFOs, loads the compiled guest (from the compile cache) and waits on a pipe;
+`Start` releases it. Each container therefore has its own pid, is killed and reaped alone, and one
+guest's trap or crash cannot disturb another. Events go to containerd over ttrpc.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import empty_pb2
+
+from wasmctr.errors import WasmctrError
+from wasmctr.executor import RunSpec
+from wasmctr.ocispec import spec_from_bundle
+
+from . import mounts
+from .api import task_pb2
+from .events import Publisher, timestamp
+from .ttrpc import Call, Code, RpcError, Service
+
+SERVICE = "containerd.task.v2.Task"
+log = logging.getLogger("wasmctr.shim")
+
+
+@dataclass
+class Task:
+    id: str
+    bundle: Path
+    stdin: str
+    stdout: str
+    stderr: str
+    namespace: str
+    pid: int = 0
+    status: int = task_pb2.CREATED
+    exit_status: int = 0
+    exited_at: float = 0.0
+    rootfs_mounted: bool = False
+    start_fd: int = -1
+    report_fd: int = -1
+    exited: threading.Event = field(default_factory=threading.Event)
+
+
+class TaskService:
+    def __init__(self, publisher: Publisher, namespace: str, on_empty: Any) -> None:
+        self.namespace = namespace
+        self.tasks: dict[str, Task] = {}
+        self.lock = threading.Lock()
+        self.publisher = publisher
+        self.on_empty = on_empty
+        from wasmctr import api
+
+        self.executor = api.executor()
+
+    def service(self) -> Service:
+        s = Service(SERVICE)
+        for name, request in [("State", task_pb2.StateRequest), ("Create", task_pb2.CreateTaskRequest),
+                              ("Start", task_pb2.StartRequest), ("Delete", task_pb2.DeleteRequest),
+                              ("Pids", task_pb2.PidsRequest), ("Kill", task_pb2.KillRequest),
+                              ("Wait", task_pb2.WaitRequest), ("Connect", task_pb2.ConnectRequest),
+                              ("Shutdown", task_pb2.ShutdownRequest), ("CloseIO", task_pb2.CloseIORequest),
+                              ("Stats", task_pb2.StatsRequest), ("Update", task_pb2.UpdateTaskRequest)]:
+            s.method(name, request, getattr(self, name.lower()))
+        for name, request, why in [
+                ("Exec", task_pb2.ExecProcessRequest, "a wasm guest is one process; exec is not supported"),
+                ("Pause", task_pb2.PauseRequest, "pausing a wasm guest is not supported"),
+                ("Resume", task_pb2.ResumeRequest, "pausing a wasm guest is not supported"),
+                ("Checkpoint", task_pb2.CheckpointTaskRequest, "checkpointing a wasm guest is not supported"),
+                ("ResizePty", task_pb2.ResizePtyRequest, "wasm guests have no terminal")]:
+            s.method(name, request, _unimplemented(why))
+        return s
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def create(self, req: task_pb2.CreateTaskRequest, call: Call) -> task_pb2.CreateTaskResponse:
+        if req.terminal:
+            raise RpcError(Code.FAILED_PRECONDITION, "a terminal (-t) is not supported for wasm guests; their "
+                                                     "stdio is plain streams")
+        with self.lock:
+            if req.id in self.tasks:
+                raise RpcError(Code.ALREADY_EXISTS, f"task {req.id} already exists")
+        bundle = Path(req.bundle)
+        task = Task(req.id, bundle, req.stdin, req.stdout, req.stderr, call.namespace or self.namespace)
+        try:
+            config = json.loads((bundle / "config.json").read_text())
+            if req.rootfs:
+                mounts.mount_all(list(req.rootfs), bundle / "rootfs")
+                task.rootfs_mounted = True
+            spec = spec_from_bundle(bundle, config)
+            self._fork(task, spec)
+        except (WasmctrError, OSError, ValueError) as exc:
+            if task.rootfs_mounted:
+                mounts.unmount_all(bundle / "rootfs")
+            message = str(exc)
+            if "not WebAssembly" in message:
+                message += " (run it with io.containerd.runc.v2)"
+            raise RpcError(Code.FAILED_PRECONDITION, f"wasmctr cannot run {req.id}: {message}") from None
+        with self.lock:
+            self.tasks[req.id] = task
+        (bundle / "wasmctr.pid").write_text(str(task.pid))
+        self.publisher.task_create(task, list(req.rootfs))
+        return task_pb2.CreateTaskResponse(pid=task.pid)
+
+    def start(self, req: task_pb2.StartRequest, call: Call) -> task_pb2.StartResponse:
+        task = self._get(req.id)
+        if task.status != task_pb2.CREATED:
+            raise RpcError(Code.FAILED_PRECONDITION, f"task {req.id} is not in the created state")
+        os.write(task.start_fd, b"s")
+        os.close(task.start_fd)
+        task.start_fd = -1
+        task.status = task_pb2.RUNNING
+        self.publisher.task_start(task)
+        return task_pb2.StartResponse(pid=task.pid)
+
+    def kill(self, req: task_pb2.KillRequest, call: Call) -> empty_pb2.Empty:
+        task = self._get(req.id)
+        if task.exited.is_set():
+            raise RpcError(Code.NOT_FOUND, f"process {task.pid} of {req.id} already finished")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(task.pid, req.signal or signal.SIGKILL)
+        return empty_pb2.Empty()
+
+    def wait(self, req: task_pb2.WaitRequest, call: Call) -> task_pb2.WaitResponse:
+        task = self._get(req.id)
+        task.exited.wait()
+        return task_pb2.WaitResponse(exit_status=task.exit_status, exited_at=timestamp(task.exited_at))
+
+    def delete(self, req: task_pb2.DeleteRequest, call: Call) -> task_pb2.DeleteResponse:
+        task = self._get(req.id)
+        if task.status == task_pb2.RUNNING and not task.exited.is_set():
+            raise RpcError(Code.FAILED_PRECONDITION, f"task {req.id} is running; kill it first")
+        if not task.exited.is_set():  # created, never started
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(task.pid, signal.SIGKILL)
+            task.exited.wait(5)
+        if task.rootfs_mounted:
+            mounts.unmount_all(task.bundle / "rootfs")
+        with contextlib.suppress(OSError):
+            (task.bundle / "wasmctr.pid").unlink()
+        with self.lock:
+            self.tasks.pop(req.id, None)
+        self.publisher.task_delete(task)
+        return task_pb2.DeleteResponse(pid=task.pid, exit_status=task.exit_status,
+                                       exited_at=timestamp(task.exited_at))
+
+    def state(self, req: task_pb2.StateRequest, call: Call) -> task_pb2.StateResponse:
+        task = self._get(req.id)
+        return task_pb2.StateResponse(
+            id=task.id, bundle=str(task.bundle), pid=task.pid, status=task.status, stdin=task.stdin,
+            stdout=task.stdout, stderr=task.stderr, exit_status=task.exit_status,
+            exited_at=timestamp(task.exited_at) if task.exited_at else None)
+
+    def pids(self, req: task_pb2.PidsRequest, call: Call) -> task_pb2.PidsResponse:
+        task = self._get(req.id)
+        processes = [] if task.exited.is_set() else [task_pb2.ProcessInfo(pid=task.pid)]
+        return task_pb2.PidsResponse(processes=processes)
+
+    def connect(self, req: task_pb2.ConnectRequest, call: Call) -> task_pb2.ConnectResponse:
+        task = self.tasks.get(req.id)
+        return task_pb2.ConnectResponse(shim_pid=os.getpid(), task_pid=task.pid if task else 0,
+                                        version="wasmctr")
+
+    def shutdown(self, req: task_pb2.ShutdownRequest, call: Call) -> empty_pb2.Empty:
+        with self.lock:
+            empty = not self.tasks
+        if empty or req.now:
+            threading.Timer(0.05, self.on_empty).start()
+        return empty_pb2.Empty()
+
+    def closeio(self, req: task_pb2.CloseIORequest, call: Call) -> empty_pb2.Empty:
+        self._get(req.id)  # the guest holds the stdin FIFO; it sees EOF when containerd closes its end
+        return empty_pb2.Empty()
+
+    def stats(self, req: task_pb2.StatsRequest, call: Call) -> task_pb2.StatsResponse:
+        self._get(req.id)
+        raise RpcError(Code.UNIMPLEMENTED, "wasm tasks have no cgroup metrics to report")
+
+    def update(self, req: task_pb2.UpdateTaskRequest, call: Call) -> empty_pb2.Empty:
+        self._get(req.id)
+        raise RpcError(Code.UNIMPLEMENTED, "a running wasm guest's limits cannot be changed")
+
+    # -- the child ---------------------------------------------------------------------------------
+
+    def _fork(self, task: Task, spec: RunSpec) -> None:
+        start_r, start_w = os.pipe()
+        report_r, report_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the container process
+            try:
+                os.close(start_w)
+                os.close(report_r)
+                code = _child(self.executor, task, spec, start_r, report_w)
+            except BaseException as exc:  # noqa: BLE001 - nothing may escape a forked child
+                with contextlib.suppress(Exception):
+                    os.write(2, f"wasmctr: {exc}\n".encode())
+                code = 125
+            os._exit(code)
+        os.close(start_r)
+        os.close(report_w)
+        task.pid, task.start_fd, task.report_fd = pid, start_w, report_r
+        threading.Thread(target=self._reap, args=(task,), daemon=True).start()
+
+    def _reap(self, task: Task) -> None:
+        _, status = os.waitpid(task.pid, 0)
+        task.exit_status = os.waitstatus_to_exitcode(status)
+        if task.exit_status < 0:
+            task.exit_status = 128 - task.exit_status
+        with os.fdopen(task.report_fd, "rb") as report:
+            reason = report.read().decode(errors="replace")
+        task.exited_at = time.time()
+        task.status = task_pb2.STOPPED
+        if task.start_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(task.start_fd)
+            task.start_fd = -1
+        if reason == "oom":
+            self.publisher.task_oom(task)
+        task.exited.set()
+        self.publisher.task_exit(task)
+
+    def _get(self, task_id: str) -> Task:
+        with self.lock:
+            task = self.tasks.get(task_id)
+        if task is None:
+            raise RpcError(Code.NOT_FOUND, f"task {task_id} not found")
+        return task
+
+
+def _child(executor: Any, task: Task, spec: RunSpec, start_r: int, report_w: int) -> int:
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        signal.signal(signum, signal.SIG_DFL)
+    os.setsid()
+    _redirect(task.stdin, 0, os.O_RDONLY)
+    _redirect(task.stdout, 1, os.O_WRONLY)
+    _redirect(task.stderr, 2, os.O_WRONLY)
+    executor.precompile(spec.wasm, spec.wasm_digest, spec.fuel is not None)
+    if os.read(start_r, 1) != b"s":
+        return 137  # deleted before it was started
+    os.close(start_r)
+    spec.stdin = bool(task.stdin)
+    outcome = executor.run(spec, hard_stop=True)
+    os.write(report_w, outcome.reason.encode())
+    if outcome.message:
+        os.write(2, f"wasmctr: {outcome.message}\n".encode())
+    sys.stdout.flush()
+    return outcome.exit_code
+
+
+def _redirect(path: str, fd: int, mode: int) -> None:
+    """Put a stdio path (FIFO, file, or `file://` URI) on fd 0, 1 or 2; /dev/null when there is none.
+
+    A FIFO for stdin is opened non-blocking (nobody may ever write to it without `-i`) and then made
+    blocking, so that the guest reads what arrives and sees EOF when containerd closes its end.
+    """
+    if not path:
+        target = os.open(os.devnull, os.O_RDWR)
+    else:
+        path = path.removeprefix("file://")
+        if path.startswith("binary://"):
+            raise WasmctrError("binary:// log URIs are not supported yet")
+        if mode == os.O_RDONLY:
+            target = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            os.set_blocking(target, True)
+        elif _is_fifo(path):
+            target = os.open(path, os.O_WRONLY)
+        else:
+            target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(target, fd)
+    if target != fd:
+        os.close(target)
+
+
+def _is_fifo(path: str) -> bool:
+    import stat
+
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _unimplemented(why: str):  # type: ignore[no-untyped-def]
+    def handler(_req: Any, _call: Call) -> Any:
+        raise RpcError(Code.UNIMPLEMENTED, why)
+
+    return handler
