@@ -64,11 +64,7 @@ def start(args: argparse.Namespace) -> int:
     """Bind (or find) the shim socket, start the shim server on it, print the address."""
     sys.stdin.read()  # runtime options: none are needed by this shim
     bundle = Path(args.bundle or os.getcwd())
-    group = args.id
-    with contextlib.suppress(OSError, ValueError):
-        annotations = json.loads((bundle / "config.json").read_text()).get("annotations") or {}
-        group = annotations.get(GROUP_ANNOTATION) or args.id
-    path = socket_path(args.namespace, group, args.address)
+    path = socket_path(args.namespace, _group(bundle, args.id), args.address)
     address = f"unix://{path}"
     SOCKET_DIR.mkdir(parents=True, exist_ok=True, mode=0o711)
     if not _alive(path):
@@ -133,10 +129,22 @@ def delete(args: argparse.Namespace) -> int:
         os.kill(pid, signal.SIGKILL)
         time.sleep(0.05)
     unmount_all(bundle / "rootfs")
+    path = socket_path(args.namespace, _group(bundle, args.id), args.address)
+    if not _alive(path):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
     response = task_pb2.DeleteResponse(pid=pid, exit_status=128 + signal.SIGKILL, exited_at=timestamp(0))
     sys.stdout.buffer.write(response.SerializeToString())
     sys.stdout.flush()
     return 0
+
+
+def _group(bundle: Path, task_id: str) -> str:
+    """The containers that share one shim: a Kubernetes pod (its sandbox id), else the container alone."""
+    with contextlib.suppress(OSError, ValueError):
+        annotations = json.loads((bundle / "config.json").read_text()).get("annotations") or {}
+        return str(annotations.get(GROUP_ANNOTATION) or task_id)
+    return task_id
 
 
 def _shim_log(bundle: Path) -> int:

@@ -239,6 +239,7 @@ class TaskService:
 
 
 def _child(executor: Any, task: Task, spec: RunSpec, start_r: int, report_w: int) -> int:
+    _close_inherited_fds(keep={start_r, report_w})
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(signum, signal.SIG_DFL)
     os.setsid()
@@ -256,6 +257,16 @@ def _child(executor: Any, task: Task, spec: RunSpec, start_r: int, report_w: int
         os.write(2, f"wasmctr: {outcome.message}\n".encode())
     sys.stdout.flush()
     return outcome.exit_code
+
+
+def _close_inherited_fds(keep: set[int]) -> None:
+    """Drop the shim's sockets (listener, containerd's connections) from the container process: if it
+    kept them, containerd would never see the shim's connection close when the shim dies."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _redirect(path: str, fd: int, mode: int) -> None:

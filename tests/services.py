@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -128,6 +129,7 @@ class Containerd:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.socket = directory / "containerd.sock"
+        self.shims = Path(tempfile.mkdtemp(prefix="wasmctr-shims-"))  # short: unix socket paths are <= 108
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Containerd:
@@ -136,10 +138,14 @@ class Containerd:
         config.write_text(f'version = 2\n[grpc]\n  address = "{self.socket}"\n'
                           f'[plugins."io.containerd.grpc.v1.cri"]\n  disable_tcp_service = true\n')
         log = open(self.directory / "containerd.log", "ab")
+        import sys
+
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+               "WASMCTR_SHIM_SOCKET_DIR": str(self.shims)}
         self.proc = subprocess.Popen(
             ["containerd", "--config", str(config), "--root", str(self.directory / "root"),
              "--state", str(self.directory / "state"), "--address", str(self.socket)],
-            stdout=log, stderr=log, start_new_session=True)
+            stdout=log, stderr=log, start_new_session=True, env=env)
         wait_for(lambda: self.ctr("version").returncode == 0, what="containerd")
         return self
 
@@ -147,7 +153,15 @@ class Containerd:
         return subprocess.run(["ctr", "--address", str(self.socket), *args], capture_output=True, text=True,
                               check=check, timeout=120)
 
+    def restart(self) -> None:
+        """Stop containerd alone (its shims live on in their own sessions) and start it again."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(10)
+        self.start()
+
     def stop(self) -> None:
+        subprocess.run(["pkill", "-KILL", "-f", f"shim.containerd .*-address {self.socket}"], capture_output=True)
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -158,6 +172,7 @@ class Containerd:
         with contextlib.suppress(Exception):
             subprocess.run(["umount", "-R", str(self.directory / "state")], capture_output=True)
         shutil.rmtree(self.directory, ignore_errors=True)
+        shutil.rmtree(self.shims, ignore_errors=True)
 
 
 class TokenServer:

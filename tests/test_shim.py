@@ -1,0 +1,185 @@
+"""containerd-shim-wasmctr-v1 driven by a real containerd through `ctr`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import wasmctr
+from services import Containerd
+
+RUNTIME = ["--runtime", "io.containerd.wasmctr.v1"]
+
+
+@pytest.fixture(scope="module")
+def containerd(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    ctd = Containerd(tmp_path_factory.mktemp("ctd")).start()
+    try:
+        yield ctd
+    finally:
+        ctd.stop()
+
+
+@pytest.fixture(scope="module")
+def images(containerd, plain_registry, hostile_wasm: Path, hello_c_wasm: Path,  # type: ignore[no-untyped-def]
+           tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """hello and hostile as compat images, pushed to the registry and pulled by containerd."""
+    home = tmp_path_factory.mktemp("shim-store")
+    env = {"WASMCTR_HOME": str(home)}
+    refs = {"hello": f"{plain_registry.host}/shim-hello:1", "hostile": f"{plain_registry.host}/shim-hostile:1"}
+    wasmctr("build", str(hello_c_wasm.parent), "-t", refs["hello"], "--push", env=env)
+    wasmctr("build", str(hostile_wasm), "-t", refs["hostile"], "--push", env=env)
+    for ref in refs.values():
+        containerd.ctr("image", "pull", "--plain-http", "--platform", "wasi/wasm", ref, check=True)
+    return refs
+
+
+def ctr_run(containerd, *args: str, input: str | None = None, timeout: float = 60):  # type: ignore[no-untyped-def]
+    return subprocess.run(["ctr", "--address", str(containerd.socket), "run", *RUNTIME, "--platform", "wasi/wasm",
+                           *args], capture_output=True, text=True, input=input, timeout=timeout)
+
+
+def leftovers(containerd) -> dict[str, list[str]]:  # type: ignore[no-untyped-def]
+    shims = subprocess.run(["pgrep", "-f", f"shim.containerd .*-address {containerd.socket}"], capture_output=True,
+                           text=True).stdout.split()
+    mounts = [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(containerd.directory)
+              in line]
+    sockets = [p.name for p in containerd.shims.glob("*.sock")]
+    tasks = containerd.ctr("task", "ls", "-q").stdout.split()
+    return {k: v for k, v in {"shims": shims, "mounts": mounts, "sockets": sockets, "tasks": tasks}.items() if v}
+
+
+def wait_for_nothing_left(containerd, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while leftovers(containerd) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not leftovers(containerd)
+
+
+def test_ctr_run_prints_output_and_returns_the_exit_code(containerd, images) -> None:  # type: ignore[no-untyped-def]
+    proc = ctr_run(containerd, "--rm", images["hello"], "hello-1", "/hello.wasm", "containerd", "7")
+    assert proc.stdout == "Hello, containerd!\nargc=3\n", proc.stderr
+    assert proc.returncode == 7
+    default = ctr_run(containerd, "--rm", "--env", "GREETING=Hi", images["hello"], "hello-2")
+    assert default.returncode == 0 and default.stdout.startswith("Hi, world!")
+    wait_for_nothing_left(containerd)
+
+
+def test_detached_task_is_listed_killed_and_deleted(containerd, images) -> None:  # type: ignore[no-untyped-def]
+    proc = ctr_run(containerd, "-d", images["hostile"], "spinner", "/hostile.wasm", "spin")
+    assert proc.returncode == 0, proc.stderr
+    listed = containerd.ctr("task", "ls").stdout
+    assert "spinner" in listed and "RUNNING" in listed
+    pid = int(containerd.ctr("task", "ls", "-q").stdout.split()[0] and
+              [line.split()[1] for line in listed.splitlines() if line.startswith("spinner")][0])
+    assert Path(f"/proc/{pid}").exists()
+    start = time.monotonic()
+    assert containerd.ctr("task", "kill", "spinner").returncode == 0
+    while "STOPPED" not in containerd.ctr("task", "ls").stdout and time.monotonic() - start < 5:
+        time.sleep(0.02)
+    assert time.monotonic() - start < 1.0, "SIGTERM stops a spinning guest within 1 s"
+    assert containerd.ctr("task", "delete", "spinner").returncode == 0
+    assert containerd.ctr("container", "delete", "spinner").returncode == 0
+    wait_for_nothing_left(containerd)
+
+
+def test_wait_reports_128_plus_the_signal(containerd, images) -> None:  # type: ignore[no-untyped-def]
+    for name, sig, code in (("killme-9", "SIGKILL", 137), ("killme-15", "SIGTERM", 143)):
+        runner = subprocess.Popen(["ctr", "--address", str(containerd.socket), "run", *RUNTIME, "--platform",
+                                   "wasi/wasm", "--rm", images["hostile"], name, "/hostile.wasm", "spin"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 10
+        while "RUNNING" not in containerd.ctr("task", "ls").stdout and time.monotonic() < deadline:
+            time.sleep(0.05)
+        containerd.ctr("task", "kill", "--signal", sig, name, check=True)
+        runner.communicate(timeout=10)
+        assert runner.returncode == code
+    wait_for_nothing_left(containerd)
+
+
+def test_bind_mount_is_a_preopen_and_ro_is_honoured(containerd, images, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "in.txt").write_text("from the host")
+    read = ctr_run(containerd, "--rm", "--mount", f"type=bind,src={data},dst=/data,options=rbind:ro",
+                   images["hostile"], "mount-1", "/hostile.wasm", "read", "/data/in.txt")
+    assert read.returncode == 0 and "from the host" in read.stdout
+    write = ctr_run(containerd, "--rm", "--mount", f"type=bind,src={data},dst=/data,options=rbind:ro",
+                    images["hostile"], "mount-2", "/hostile.wasm", "write", "/data/out.txt")
+    assert write.returncode == 1 and not (data / "out.txt").exists()
+    outside = ctr_run(containerd, "--rm", images["hostile"], "mount-3", "/hostile.wasm", "read", "/etc/hostname")
+    assert outside.returncode == 1
+
+
+def test_stdin_reaches_the_guest(containerd, images) -> None:  # type: ignore[no-untyped-def]
+    proc = ctr_run(containerd, "--rm", images["hostile"], "stdin-1", "/hostile.wasm", "cat",
+                   input="piped through containerd")
+    assert proc.returncode == 0 and proc.stdout == "piped through containerd"
+
+
+def test_memory_limit_caps_the_guest(containerd, images) -> None:  # type: ignore[no-untyped-def]
+    proc = ctr_run(containerd, "--rm", "--memory-limit", str(32 << 20), images["hostile"], "mem-1",
+                   "/hostile.wasm", "bomb")
+    assert proc.returncode == 2, proc.stderr
+    assert int(proc.stdout.split()[1]) < 32
+
+
+def test_terminal_and_non_wasm_entrypoints_are_refused(containerd, images, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    command = (f"ctr --address {containerd.socket} run {' '.join(RUNTIME)} --platform wasi/wasm --rm -t "
+               f"{images['hello']} tty-1")
+    tty = subprocess.run(["script", "-qec", command, "/dev/null"], capture_output=True, text=True, timeout=60,
+                         stdin=subprocess.DEVNULL)  # ctr -t wants a console: script gives it one
+    assert tty.returncode != 0 and "terminal (-t) is not supported" in tty.stdout
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    shutil.copy("/bin/true", rootfs / "bin" / "true")
+    proc = subprocess.run(["ctr", "--address", str(containerd.socket), "run", *RUNTIME, "--rm", "--rootfs",
+                           str(rootfs), "native-1", "/bin/true"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "not WebAssembly" in proc.stderr and "runc" in proc.stderr
+    containerd.ctr("container", "delete", "tty-1")
+    containerd.ctr("container", "delete", "native-1")
+    wait_for_nothing_left(containerd)
+
+
+def test_twenty_concurrent_containers_leave_nothing_behind(containerd, images) -> None:  # type: ignore[no-untyped-def]
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(lambda n: ctr_run(containerd, "--rm", images["hello"], f"many-{n}", "/hello.wasm",
+                                                  str(n), str(n % 5)), range(20)))
+    for n, proc in enumerate(results):
+        assert proc.returncode == n % 5 and proc.stdout.startswith(f"Hello, {n}!"), (n, proc.stderr)
+    wait_for_nothing_left(containerd)
+
+
+def test_containerd_restart_while_a_task_runs(containerd, images) -> None:  # type: ignore[no-untyped-def]
+    assert ctr_run(containerd, "-d", images["hostile"], "survivor", "/hostile.wasm", "spin").returncode == 0
+    containerd.restart()
+    assert "RUNNING" in containerd.ctr("task", "ls").stdout
+    assert containerd.ctr("task", "kill", "--signal", "SIGKILL", "survivor").returncode == 0
+    for _ in range(50):
+        if "STOPPED" in containerd.ctr("task", "ls").stdout:
+            break
+        time.sleep(0.1)
+    containerd.ctr("task", "delete", "survivor", check=True)
+    containerd.ctr("container", "delete", "survivor", check=True)
+    wait_for_nothing_left(containerd)
+
+
+def test_shim_killed_with_sigkill_is_cleaned_up(containerd, images) -> None:  # type: ignore[no-untyped-def]
+    assert ctr_run(containerd, "-d", images["hostile"], "orphan", "/hostile.wasm", "spin").returncode == 0
+    shims = subprocess.run(["pgrep", "-f", "shim.containerd .*-id orphan .*serve"], capture_output=True,
+                           text=True).stdout.split()
+    assert shims
+    os.kill(int(shims[0]), signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while "orphan" in containerd.ctr("task", "ls").stdout and time.monotonic() < deadline:
+        time.sleep(0.1)
+    containerd.ctr("task", "delete", "orphan")
+    containerd.ctr("container", "delete", "orphan")
+    wait_for_nothing_left(containerd)
