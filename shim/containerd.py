@@ -102,15 +102,16 @@ def serve(args: argparse.Namespace) -> int:
     server: Server | None = None
 
     def finish() -> None:
+        with contextlib.suppress(OSError):
+            Path(args.socket).unlink()  # first: a `start` from now on spawns a new shim
         if server is not None:
             server.stop()
-        with contextlib.suppress(OSError):
-            Path(args.socket).unlink()
         logging.shutdown()
         os._exit(0)
 
     signal.signal(signal.SIGTERM, lambda *_: finish())
-    tasks = TaskService(Publisher(os.environ.get("TTRPC_ADDRESS")), args.namespace, finish)
+    linger = float(os.environ.get("WASMCTR_SHIM_LINGER", "2"))
+    tasks = TaskService(Publisher(os.environ.get("TTRPC_ADDRESS")), args.namespace, finish, linger)
     server = Server([tasks.service()])
     server.serve(listener)
     return 0
@@ -140,11 +141,11 @@ def delete(args: argparse.Namespace) -> int:
 
 
 def _group(bundle: Path, task_id: str) -> str:
-    """The containers that share one shim: a Kubernetes pod (its sandbox id), else the container alone."""
+    """The containers that share one shim: a Kubernetes pod (its sandbox id), else the namespace's."""
     with contextlib.suppress(OSError, ValueError):
         annotations = json.loads((bundle / "config.json").read_text()).get("annotations") or {}
-        return str(annotations.get(GROUP_ANNOTATION) or task_id)
-    return task_id
+        return str(annotations.get(GROUP_ANNOTATION) or "")
+    return ""
 
 
 def _shim_log(bundle: Path) -> int:

@@ -9,6 +9,7 @@ guest's trap or crash cannot disturb another. Events go to containerd over ttrpc
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -54,8 +55,9 @@ class Task:
 
 
 class TaskService:
-    def __init__(self, publisher: Publisher, namespace: str, on_empty: Any) -> None:
+    def __init__(self, publisher: Publisher, namespace: str, on_empty: Any, linger: float = 0.0) -> None:
         self.namespace = namespace
+        self.linger = linger
         self.tasks: dict[str, Task] = {}
         self.lock = threading.Lock()
         self.publisher = publisher
@@ -176,8 +178,16 @@ class TaskService:
         with self.lock:
             empty = not self.tasks
         if empty or req.now:
-            threading.Timer(0.05, self.on_empty).start()
+            threading.Timer(0.05 if req.now else max(self.linger, 0.05), self._exit_if_idle,
+                            args=(req.now,)).start()
         return empty_pb2.Empty()
+
+    def _exit_if_idle(self, now: bool) -> None:
+        """Exit once the response is out, unless a container of the group arrived in the meantime."""
+        with self.lock:
+            if self.tasks and not now:
+                return
+        self.on_empty()
 
     def closeio(self, req: task_pb2.CloseIORequest, call: Call) -> empty_pb2.Empty:
         self._get(req.id)  # the guest holds the stdin FIFO; it sees EOF when containerd closes its end
@@ -196,6 +206,7 @@ class TaskService:
     def _fork(self, task: Task, spec: RunSpec) -> None:
         start_r, start_w = os.pipe()
         report_r, report_w = os.pipe()
+        gc.freeze()  # the child shares the shim's objects: keep its collector from touching (copying) them
         pid = os.fork()
         if pid == 0:  # the container process
             try:
@@ -239,6 +250,7 @@ class TaskService:
 
 
 def _child(executor: Any, task: Task, spec: RunSpec, start_r: int, report_w: int) -> int:
+    gc.disable()
     _close_inherited_fds(keep={start_r, report_w})
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(signum, signal.SIG_DFL)

@@ -126,8 +126,9 @@ def registry(directory: Path, **kwargs) -> Iterator[RegistryProcess]:  # type: i
 class Containerd:
     """A private containerd (own root, state and socket) for `ctr` interop tests."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, extra_config: str = "") -> None:
         self.directory = directory
+        self.extra_config = extra_config
         self.socket = directory / "containerd.sock"
         self.shims = Path(tempfile.mkdtemp(prefix="wasmctr-shims-"))  # short: unix socket paths are <= 108
         self.proc: subprocess.Popen[bytes] | None = None
@@ -135,8 +136,7 @@ class Containerd:
     def start(self) -> Containerd:
         self.directory.mkdir(parents=True, exist_ok=True)
         config = self.directory / "config.toml"
-        config.write_text(f'version = 2\n[grpc]\n  address = "{self.socket}"\n'
-                          f'[plugins."io.containerd.grpc.v1.cri"]\n  disable_tcp_service = true\n')
+        config.write_text(f'version = 2\n[grpc]\n  address = "{self.socket}"\n{self.extra_config}\n')
         log = open(self.directory / "containerd.log", "ab")
         import sys
 

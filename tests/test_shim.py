@@ -183,3 +183,26 @@ def test_shim_killed_with_sigkill_is_cleaned_up(containerd, images) -> None:  # 
     containerd.ctr("task", "delete", "orphan")
     containerd.ctr("container", "delete", "orphan")
     wait_for_nothing_left(containerd)
+
+
+def test_a_pod_shares_one_shim_and_one_guests_trap_spares_the_other(containerd, images) -> None:  # type: ignore[no-untyped-def]
+    pod = ["--annotation", "io.kubernetes.cri.sandbox-id=pod-1"]
+    assert ctr_run(containerd, "-d", *pod, images["hostile"], "pod-sleeper", "/hostile.wasm", "sleep", "30"
+                   ).returncode == 0
+    crashed = ctr_run(containerd, "--rm", *pod, images["hostile"], "pod-crasher", "/hostile.wasm", "abort")
+    assert crashed.returncode == 134 and "unreachable" in crashed.stderr
+
+    def servers(first: str) -> list[str]:
+        pattern = f"shim.containerd .*-address {containerd.socket} -id {first} "
+        return subprocess.run(["pgrep", "-P", "1", "-f", pattern], capture_output=True, text=True).stdout.split()
+
+    assert "RUNNING" in containerd.ctr("task", "ls").stdout, "the other container of the pod still runs"
+    assert len(servers("pod-sleeper")) == 1 and not servers("pod-crasher"), "one shim served the whole pod"
+    containerd.ctr("task", "kill", "--signal", "SIGKILL", "pod-sleeper", check=True)
+    for _ in range(50):
+        if "STOPPED" in containerd.ctr("task", "ls").stdout:
+            break
+        time.sleep(0.05)
+    containerd.ctr("task", "delete", "pod-sleeper", check=True)
+    containerd.ctr("container", "delete", "pod-sleeper", check=True)
+    wait_for_nothing_left(containerd)

@@ -48,6 +48,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "cat")) { int c; long n = 0; while ((c = getchar()) != EOF) { putchar(c); n++; } fprintf(stderr, "%ld bytes\n", n); return 0; }
     if (!strcmp(mode, "cwd")) { char b[256]; printf("cwd=%s\n", getcwd(b, sizeof b) ? b : "?"); return 0; }
     if (!strcmp(mode, "exit")) return atoi(arg);
+    if (!strcmp(mode, "sleep")) { sleep((unsigned)atoi(arg)); return 0; }
     if (!strcmp(mode, "abort")) abort();
     return 64;
 }

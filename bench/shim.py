@@ -1,0 +1,122 @@
+"""Benchmark the containerd shim against runc on one containerd, in one run.
+
+1. latency: `ctr run --rm` of the hello wasm image through containerd-shim-wasmctr-v1 vs a busybox
+   `echo` through runc (aim <= 1.0x runc);
+2. density: 50 idle containers of one pod (guests asleep), total PSS of the shim and its container
+   processes / 50 (aim <= 5 MiB per container);
+3. throughput: 100 containers, 4 at a time, tasks per second (aim >= 10).
+
+Needs Debian's containerd, runc, docker-registry and busybox-static, and zig (pip install ziglang).
+
+    python bench/shim.py [--repeat 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from services import Containerd, RegistryProcess  # noqa: E402
+
+POD = ["--annotation", "io.kubernetes.cri.sandbox-id=bench-pod"]
+
+
+def pss_kib(pid: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--idle", type=int, default=50)
+    parser.add_argument("--total", type=int, default=100)
+    args = parser.parse_args()
+    if not shutil.which("busybox") and not Path("/bin/busybox").exists():
+        sys.exit("needs busybox-static (apt-get install busybox-static)")
+    python = sys.executable
+    wasmctr = str(Path(python).parent / "wasmctr")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        registry = RegistryProcess(root / "registry").start()
+        containerd = Containerd(root / "ctd").start()
+        try:
+            env = {**os.environ, "WASMCTR_HOME": str(root / "store")}
+            hello, sleeper = root / "hello.wasm", root / "hostile.wasm"
+            zig = [python, "-m", "ziglang", "cc", "--target=wasm32-wasi", "-O2", "-s", "-o"]
+            subprocess.run([*zig, str(hello), str(REPO / "examples/hello/hello.c")], check=True)
+            subprocess.run([*zig, str(sleeper), str(REPO / "tests/guests/hostile.c")], check=True)
+            refs = {"hello": f"{registry.host}/hello:1", "sleeper": f"{registry.host}/sleeper:1"}
+            for path, ref in ((hello, refs["hello"]), (sleeper, refs["sleeper"])):
+                subprocess.run([wasmctr, "build", str(path), "-t", ref, "--push", "--precompile", "-q"], env=env,
+                               check=True, stdout=subprocess.DEVNULL)
+                containerd.ctr("image", "pull", "--plain-http", "--platform", "wasi/wasm", ref, check=True)
+            rootfs = root / "busybox"
+            (rootfs / "bin").mkdir(parents=True)
+            shutil.copy(shutil.which("busybox") or "/bin/busybox", rootfs / "bin" / "busybox")
+            ctr = ["ctr", "--address", str(containerd.socket), "run", "--rm"]
+            ours = [*ctr, "--runtime", "io.containerd.wasmctr.v1", "--platform", "wasi/wasm", refs["hello"]]
+            theirs = [*ctr, "--rootfs", str(rootfs)]
+
+            def timed(argv: list[str]) -> float:
+                start = time.perf_counter()
+                subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+                return time.perf_counter() - start
+
+            wasm_times, runc_times = [], []
+            for n in range(args.repeat + 2):
+                w = timed([*ours, f"lat-w-{n}"])
+                r = timed([*theirs, f"lat-r-{n}", "/bin/busybox", "echo", "hi"])
+                if n >= 2:  # the first runs warm the page cache and the compile cache
+                    wasm_times.append(w)
+                    runc_times.append(r)
+            wasm_lat, runc_lat = statistics.median(wasm_times), statistics.median(runc_times)
+            print(f"latency: wasmctr shim {wasm_lat * 1000:5.0f} ms   runc busybox echo {runc_lat * 1000:5.0f} ms   "
+                  f"ratio {wasm_lat / runc_lat:.2f}x (aim <= 1.0x)")
+
+            for n in range(args.idle):
+                subprocess.run(["ctr", "--address", str(containerd.socket), "run", "-d", *POD, "--runtime",
+                                "io.containerd.wasmctr.v1", "--platform", "wasi/wasm", refs["sleeper"], f"idle-{n}",
+                                "/hostile.wasm", "sleep", "600"], check=True, stdout=subprocess.DEVNULL)
+            time.sleep(1)
+            pids = subprocess.run(["pgrep", "-f", f"shim.containerd .*-address {containerd.socket}"],
+                                  capture_output=True, text=True).stdout.split()
+            total = sum(pss_kib(pid) for pid in pids)
+            print(f"density: {args.idle} idle containers in one pod, {len(pids)} processes, total PSS "
+                  f"{total / 1024:.1f} MiB = {total / 1024 / args.idle:.2f} MiB per container (aim <= 5 MiB)")
+            for n in range(args.idle):
+                containerd.ctr("task", "kill", "--signal", "SIGKILL", f"idle-{n}")
+            time.sleep(1)
+            for n in range(args.idle):
+                containerd.ctr("task", "delete", f"idle-{n}")
+                containerd.ctr("container", "delete", f"idle-{n}")
+
+            start = time.perf_counter()
+            with ThreadPoolExecutor(4) as pool:
+                list(pool.map(lambda n: subprocess.run([*ours, f"tp-{n}"], check=True, stdout=subprocess.DEVNULL),
+                              range(args.total)))
+            elapsed = time.perf_counter() - start
+            print(f"throughput: {args.total} containers, 4 at a time, {elapsed:.1f} s = "
+                  f"{args.total / elapsed:.1f} tasks/s (aim >= 10)")
+        finally:
+            containerd.stop()
+            registry.stop()
+
+
+if __name__ == "__main__":
+    main()
