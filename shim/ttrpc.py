@@ -144,7 +144,7 @@ class Server:
                 raise RpcError(Code.UNIMPLEMENTED, f"{request.service}/{request.method} is not implemented")
             request_type, handler = method
             call = Call({kv.key: kv.value for kv in request.metadata}, request.timeout_nano)
-            result = handler(request_type.FromString(request.payload), call)
+            result = _within_deadline(handler, request_type.FromString(request.payload), call)
             response.payload = result.SerializeToString()
         except RpcError as exc:
             response.status.code, response.status.message = exc.code, exc.message
@@ -153,6 +153,28 @@ class Server:
             response.status.code, response.status.message = Code.INTERNAL, f"{type(exc).__name__}: {exc}"
         with contextlib.suppress(OSError, RpcError):
             write_frame(conn, lock, stream, TYPE_RESPONSE, response.SerializeToString())
+
+
+def _within_deadline(handler: Handler, message: Any, call: Call) -> Any:
+    """Run a handler; past the caller's `timeout_nano` answer DEADLINE_EXCEEDED (the work goes on)."""
+    if call.timeout_nano <= 0:
+        return handler(message, call)
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            outcome["result"] = handler(message, call)
+        except BaseException as exc:  # handed to the caller's thread below
+            outcome["error"] = exc
+        done.set()
+
+    threading.Thread(target=work, daemon=True).start()
+    if not done.wait(call.timeout_nano / 1e9):
+        raise RpcError(Code.DEADLINE_EXCEEDED, f"no answer within {call.timeout_nano / 1e9:g}s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 class Client:

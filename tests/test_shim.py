@@ -206,3 +206,51 @@ def test_a_pod_shares_one_shim_and_one_guests_trap_spares_the_other(containerd, 
     containerd.ctr("task", "delete", "pod-sleeper", check=True)
     containerd.ctr("container", "delete", "pod-sleeper", check=True)
     wait_for_nothing_left(containerd)
+
+
+def test_memory_limit_trap_publishes_an_oom_event(containerd, images) -> None:  # type: ignore[no-untyped-def]
+    events = subprocess.Popen(["ctr", "--address", str(containerd.socket), "events"], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    try:
+        time.sleep(0.3)
+        proc = ctr_run(containerd, "--rm", "--memory-limit", str(32 << 20), images["hostile"], "oom-1",
+                       "/hostile.wasm", "bomb", "abort")
+        assert proc.returncode == 134 and "memory limit exceeded (32 MiB)" in proc.stderr
+        time.sleep(0.5)
+    finally:
+        events.terminate()
+    out, _ = events.communicate(timeout=5)
+    topics = [token for line in out.splitlines() if "oom-1" in line
+              for token in line.split() if token.startswith("/tasks/")]
+    assert topics[:2] == ["/tasks/create", "/tasks/start"]
+    assert "/tasks/oom" in topics and topics.index("/tasks/oom") < topics.index("/tasks/exit")
+    assert "/tasks/delete" in topics
+
+
+def test_ttrpc_deadline_and_unknown_method(tmp_path: Path) -> None:
+    import socket
+    import threading as th
+
+    from google.protobuf import empty_pb2
+
+    from shim.api import task_pb2
+    from shim.ttrpc import Client, Code, RpcError, Server, Service
+
+    service = Service("test.Slow")
+    service.method("Sleep", task_pb2.WaitRequest, lambda req, call: (time.sleep(1), empty_pb2.Empty())[1])
+    service.method("Echo", task_pb2.StateRequest, lambda req, call: task_pb2.StateResponse(id=call.namespace))
+    server = Server([service])
+    path = tmp_path / "t.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen()
+    th.Thread(target=server.serve, args=(listener,), daemon=True).start()
+    client = Client(f"unix://{path}")
+    assert client.call("test.Slow", "Echo", task_pb2.StateRequest(), task_pb2.StateResponse, "ns1").id == "ns1"
+    with pytest.raises(RpcError) as slow:
+        client.call("test.Slow", "Sleep", task_pb2.WaitRequest(), empty_pb2.Empty, timeout=0.2)
+    assert slow.value.code == Code.DEADLINE_EXCEEDED
+    with pytest.raises(RpcError) as missing:
+        client.call("test.Slow", "Nope", task_pb2.WaitRequest(), empty_pb2.Empty)
+    assert missing.value.code == Code.UNIMPLEMENTED
+    server.stop()

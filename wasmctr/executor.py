@@ -331,11 +331,12 @@ def _report(outcome: Outcome) -> None:
 
 
 def _memory_exhausted(guest: _Guest, limit: int) -> bool:
-    """Whether the guest's memory stands at the cap (its last growth was refused)."""
+    """Whether the guest's memory stands near the cap: within one growth step an allocator would ask
+    for (an eighth of the cap, at least 2 MiB), so that its last growth was most likely refused."""
     if guest.memory is None:
         return False
     try:
-        return (guest.memory.size(guest.store) + 1) * 65536 > limit
+        return guest.memory.size(guest.store) * 65536 > limit - max(limit // 8, 2 << 20)
     except Exception:
         return False
 

@@ -35,7 +35,9 @@ int main(int argc, char **argv) {
         long mib = 0;
         static char *volatile keep;  /* keeps the allocations observable, so the loop is not optimised away */
         for (;;) { char *p = malloc(1 << 20); if (!p) break; memset(p, 1, 1 << 20); keep = p; mib++; }
-        printf("allocated %ld MiB before malloc failed\n", mib); return 2;
+        printf("allocated %ld MiB before malloc failed\n", mib);
+        if (!strcmp(arg, "abort")) abort();  /* as most programs do when out of memory */
+        return 2;
     }
     if (!strcmp(mode, "spin")) { volatile unsigned long i = 0; for (;;) i++; }
     if (!strcmp(mode, "recurse")) return depth(0);
