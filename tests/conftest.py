@@ -132,3 +132,28 @@ def docker_config(tmp_path: Path) -> Path:
 def hostile_wasm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tests/guests/hostile.c: one guest that tries every escape, chosen by argv[1]."""
     return zig_cc(REPO / "tests" / "guests" / "hostile.c", tmp_path_factory.mktemp("hostile") / "hostile.wasm")
+
+
+@pytest.fixture(scope="session")
+def containerd(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from services import Containerd
+
+    ctd = Containerd(tmp_path_factory.mktemp("ctd")).start()
+    try:
+        yield ctd
+    finally:
+        ctd.stop()
+
+
+@pytest.fixture(scope="session")
+def images(containerd, plain_registry, hostile_wasm: Path, hello_c_wasm: Path,  # type: ignore[no-untyped-def]
+           tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """hello and hostile as compat images, pushed to the registry and pulled by containerd."""
+    home = tmp_path_factory.mktemp("shim-store")
+    env = {"WASMCTR_HOME": str(home)}
+    refs = {"hello": f"{plain_registry.host}/shim-hello:1", "hostile": f"{plain_registry.host}/shim-hostile:1"}
+    wasmctr("build", str(hello_c_wasm.parent), "-t", refs["hello"], "--push", env=env)
+    wasmctr("build", str(hostile_wasm), "-t", refs["hostile"], "--push", env=env)
+    for ref in refs.values():
+        containerd.ctr("image", "pull", "--plain-http", "--platform", "wasi/wasm", ref, check=True)
+    return refs

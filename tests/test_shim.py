@@ -11,33 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import wasmctr
-from services import Containerd
 
 RUNTIME = ["--runtime", "io.containerd.wasmctr.v1"]
-
-
-@pytest.fixture(scope="module")
-def containerd(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    ctd = Containerd(tmp_path_factory.mktemp("ctd")).start()
-    try:
-        yield ctd
-    finally:
-        ctd.stop()
-
-
-@pytest.fixture(scope="module")
-def images(containerd, plain_registry, hostile_wasm: Path, hello_c_wasm: Path,  # type: ignore[no-untyped-def]
-           tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """hello and hostile as compat images, pushed to the registry and pulled by containerd."""
-    home = tmp_path_factory.mktemp("shim-store")
-    env = {"WASMCTR_HOME": str(home)}
-    refs = {"hello": f"{plain_registry.host}/shim-hello:1", "hostile": f"{plain_registry.host}/shim-hostile:1"}
-    wasmctr("build", str(hello_c_wasm.parent), "-t", refs["hello"], "--push", env=env)
-    wasmctr("build", str(hostile_wasm), "-t", refs["hostile"], "--push", env=env)
-    for ref in refs.values():
-        containerd.ctr("image", "pull", "--plain-http", "--platform", "wasi/wasm", ref, check=True)
-    return refs
 
 
 def ctr_run(containerd, *args: str, input: str | None = None, timeout: float = 60):  # type: ignore[no-untyped-def]

@@ -1,0 +1,384 @@
+"""`wasmctr-runtime`: a runc-compatible OCI runtime CLI that runs wasm containers and hands every other
+container, flags and all, to runc.
+
+Callers (containerd's runc shim via `--runc-binary`, `dockerd --add-runtime`, podman, CRI-O) drive it
+like runc: `create --bundle DIR --pid-file FILE ID` leaves a process that has loaded the guest and
+blocks on `ROOT/ID/exec.fifo`; its pid is the container's, and it becomes the guest, so the caller
+reaps it as its subreaper; `start ID` opens the FIFO and lets it run; `state`, `kill`, `delete`, `ps`
+follow the runtime-spec. State lives in `ROOT/ID/wasmctr.json` (ROOT from `--root`, default
+/run/wasmctr-runtime), beside runc's own files when both share a root.
+
+A container is wasm, as crun decides it, if annotation `run.oci.handler` is `wasm` (or `wasm-smart`),
+or `module.wasm.image/variant` is `compat` (or `compat-smart`), or `process.args[0]` is a wasm file in
+the rootfs; the smart variants also require that. Everything else runs under runc (`--delegate PATH`
+or `WASMCTR_RUNTIME_DELEGATE` to choose another).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+OCI_VERSION = "1.0.2"
+STATE_FILE = "wasmctr.json"
+WASM_HANDLERS = {"wasm", "wasm-smart", "compat", "compat-smart"}
+
+
+class SpecError(Exception):
+    """A runtime-spec error: printed (and logged) on one line, exit 1."""
+
+
+@dataclass
+class Globals:
+    root: Path
+    log: str | None
+    log_format: str
+    debug: bool
+    delegate: str
+    argv: list[str]
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    try:
+        g, command, rest = _parse_globals(argv)
+        if g is None:
+            return
+        _dispatch(g, command, rest)
+    except SpecError as exc:
+        _error(exc, argv)
+        sys.exit(1)
+
+
+def _parse_globals(argv: list[str]) -> tuple[Globals | None, str, list[str]]:
+    root, log, log_format, debug = "/run/wasmctr-runtime", None, "text", False
+    delegate = os.environ.get("WASMCTR_RUNTIME_DELEGATE", "runc")
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        flag, eq, value = argv[i].lstrip("-").partition("=")
+        if flag in ("root", "log", "log-format", "criu", "rootless", "delegate") and not eq:
+            i += 1
+            value = argv[i] if i < len(argv) else ""
+        if flag == "root":
+            root = value
+        elif flag == "log":
+            log = value
+        elif flag == "log-format":
+            log_format = value
+        elif flag == "delegate":
+            delegate = value
+        elif flag == "debug":
+            debug = True
+        elif flag in ("v", "version"):
+            from wasmctr import __version__
+
+            print(f"wasmctr-runtime version {__version__}\nspec: {OCI_VERSION}")
+            return None, "", []
+        elif flag in ("h", "help"):
+            print(__doc__)
+            return None, "", []
+        i += 1
+    if i >= len(argv):
+        raise SpecError("no command given (create, start, state, kill, delete, ps, run, features)")
+    os.environ.setdefault("WASMCTR_RUNTIME_LOG", log or "")
+    globals_ = Globals(Path(root), log, log_format, debug, delegate, argv)
+    return globals_, argv[i], argv[i + 1:]
+
+
+def _dispatch(g: Globals, command: str, rest: list[str]) -> None:
+    if command == "features":
+        print(json.dumps(_features(), indent=2))
+        return
+    if command in ("create", "run"):
+        opts, container_id = _options(rest)
+        bundle = Path(opts.get("bundle") or opts.get("b") or os.getcwd()).resolve()
+        config = _config(bundle)
+        if not _is_wasm(bundle, config):
+            _delegate(g)
+        if opts.get("console-socket"):
+            raise SpecError("a terminal is not supported for wasm containers (no --console-socket)")
+        pid = _create(g, container_id, bundle, config, opts.get("pid-file"))
+        if command == "run":
+            _start(g, container_id)
+            if "detach" in opts or "d" in opts:
+                return
+            _, status = os.waitpid(pid, 0)
+            sys.exit(_exit_code(status))
+        return
+    if command in ("start", "state", "kill", "delete", "ps"):
+        opts, container_id = _options(rest)
+        if not (g.root / container_id / STATE_FILE).exists():
+            _delegate(g)
+        if command == "start":
+            _start(g, container_id)
+        elif command == "state":
+            print(json.dumps(_state(g, container_id), indent=2))
+        elif command == "kill":
+            _kill(g, container_id, opts.get("_signal", "SIGTERM"))
+        elif command == "delete":
+            _delete(g, container_id, force="force" in opts or "f" in opts)
+        elif command == "ps":
+            state = _state(g, container_id)
+            pids = [state["pid"]] if state["status"] != "stopped" else []
+            if opts.get("format") == "json" or opts.get("f") == "json":
+                print(json.dumps(pids))
+            else:
+                print("PID\n" + "\n".join(str(p) for p in pids))
+        return
+    _delegate(g)  # update, events, pause, exec, checkpoint...: whatever runc makes of them
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any], pid_file: str | None) -> int:
+    from wasmctr import api
+    from wasmctr.ocispec import spec_from_bundle
+
+    state_dir = g.root / container_id
+    if (state_dir / STATE_FILE).exists():
+        raise SpecError(f"container with id {container_id} already exists")
+    try:
+        spec = spec_from_bundle(bundle, config)
+    except Exception as exc:
+        raise SpecError(str(exc)) from None
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fifo = state_dir / "exec.fifo"
+    with contextlib.suppress(FileNotFoundError):
+        fifo.unlink()
+    os.mkfifo(fifo, 0o600)
+    executor = api.executor()
+    pid = os.fork()
+    if pid == 0:  # the container process: it becomes the guest
+        code = 125
+        try:
+            code = _container(executor, spec, fifo)
+        except BaseException as exc:  # noqa: BLE001 - nothing may escape a forked child
+            with contextlib.suppress(Exception):
+                os.write(2, f"wasmctr-runtime: {exc}\n".encode())
+        os._exit(code)
+    state = {"ociVersion": OCI_VERSION, "id": container_id, "pid": pid, "bundle": str(bundle),
+             "created": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+             "owner": "", "annotations": config.get("annotations") or {}}
+    _write_json(state_dir / STATE_FILE, state)
+    if pid_file:
+        _write_text(Path(pid_file), str(pid))
+    return pid
+
+
+def _container(executor: Any, spec: Any, fifo: Path) -> int:
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+    executor.precompile(spec.wasm, spec.wasm_digest, spec.fuel is not None)
+    fd = os.open(fifo, os.O_WRONLY)  # blocks until `start` opens the other end
+    os.write(fd, b"0")
+    os.close(fd)
+    spec.stdin = True
+    outcome = executor.run(spec, hard_stop=True)
+    if outcome.message:
+        os.write(2, f"wasmctr: {outcome.message}\n".encode())
+    sys.stdout.flush()
+    return outcome.exit_code
+
+
+def _start(g: Globals, container_id: str) -> None:
+    state = _state(g, container_id)
+    if state["status"] != "created":
+        raise SpecError(f"cannot start a container that is {state['status']}")
+    fifo = g.root / container_id / "exec.fifo"
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if os.read(fd, 1):
+                    break
+            except BlockingIOError:
+                pass
+            if not _alive(state["pid"]):
+                raise SpecError(f"container {container_id} exited before it started")
+            if time.monotonic() > deadline:
+                raise SpecError(f"container {container_id} did not become ready")
+            time.sleep(0.002)
+    finally:
+        os.close(fd)
+    fifo.unlink()
+
+
+def _state(g: Globals, container_id: str) -> dict[str, Any]:
+    path = g.root / container_id / STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"container \"{container_id}\" does not exist") from None
+    if not _alive(state["pid"]):
+        state["status"] = "stopped"
+    elif (g.root / container_id / "exec.fifo").exists():
+        state["status"] = "created"
+    else:
+        state["status"] = "running"
+    return state
+
+
+def _kill(g: Globals, container_id: str, name: str) -> None:
+    state = _state(g, container_id)
+    if state["status"] == "stopped":
+        raise SpecError("container not running")
+    try:
+        os.kill(state["pid"], _signal(name))
+    except ProcessLookupError:
+        raise SpecError("container not running") from None
+
+
+def _delete(g: Globals, container_id: str, force: bool) -> None:
+    state = _state(g, container_id)
+    if state["status"] == "running" and not force:
+        raise SpecError(f"cannot delete container {container_id} that is not stopped: running")
+    if state["status"] != "stopped":
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(state["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while _alive(state["pid"]) and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(state["pid"], os.WNOHANG)
+            time.sleep(0.01)
+    state_dir = g.root / container_id
+    for name in (STATE_FILE, "exec.fifo"):
+        with contextlib.suppress(FileNotFoundError):
+            (state_dir / name).unlink()
+    with contextlib.suppress(OSError):
+        state_dir.rmdir()
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def _options(rest: list[str]) -> tuple[dict[str, str], str]:
+    """runc's command flags: `--flag value`, `--flag=value`, booleans; the container id; a signal."""
+    valued = {"bundle", "b", "pid-file", "console-socket", "preserve-fds", "format", "f", "log", "process"}
+    booleans = {"no-pivot", "no-new-keyring", "detach", "d", "force", "all", "a", "keep", "no-subreaper"}
+    opts: dict[str, str] = {}
+    positional: list[str] = []
+    i = 0
+    while i < len(rest):
+        arg = rest[i]
+        if arg.startswith("-") and arg != "-":
+            flag, eq, value = arg.lstrip("-").partition("=")
+            if flag in valued and not eq:
+                i += 1
+                value = rest[i] if i < len(rest) else ""
+            elif flag not in valued and flag not in booleans:
+                raise SpecError(f"flag provided but not defined: -{flag}")
+            opts[flag] = value
+        else:
+            positional.append(arg)
+        i += 1
+    if not positional:
+        raise SpecError("container id cannot be empty")
+    if len(positional) > 1:
+        opts["_signal"] = positional[1]
+    return opts, positional[0]
+
+
+def _config(bundle: Path) -> dict[str, Any]:
+    try:
+        return json.loads((bundle / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise SpecError(f"cannot read {bundle / 'config.json'}: {exc}") from None
+
+
+def _is_wasm(bundle: Path, config: dict[str, Any]) -> bool:
+    from wasmctr.ocispec import is_wasm
+
+    annotations = config.get("annotations") or {}
+    handler = annotations.get("run.oci.handler") or annotations.get("module.wasm.image/variant")
+    if handler in ("wasm", "compat"):
+        return True
+    if handler in ("wasm-smart", "compat-smart"):
+        args = (config.get("process") or {}).get("args") or []
+        return bool(args) and args[0].endswith((".wasm", ".wat")) and is_wasm(bundle, config)
+    return is_wasm(bundle, config)
+
+
+def _delegate(g: Globals) -> NoReturn:
+    try:
+        os.execvp(g.delegate, [g.delegate, *g.argv])
+    except OSError as exc:
+        raise SpecError(f"cannot run the delegate runtime {g.delegate!r}: {exc.strerror}") from None
+
+
+def _signal(name: str) -> int:
+    if name.isdigit():
+        return int(name)
+    upper = name.upper()
+    try:
+        return int(signal.Signals[upper if upper.startswith("SIG") else f"SIG{upper}"])
+    except KeyError:
+        raise SpecError(f"unknown signal {name!r}") from None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive: it is stopped, waiting for its parent to reap it
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _exit_code(status: int) -> int:
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def _features() -> dict[str, Any]:
+    return {"ociVersionMin": "1.0.0", "ociVersionMax": "1.1.0", "hooks": [],
+            "mountOptions": ["bind", "rbind", "ro", "rw"],
+            "annotations": {"run.oci.handler": "wasm | wasm-smart: run with wasmctr (others go to runc)",
+                            "wasmctr.io/timeout": "wall-clock limit", "wasmctr.io/deny-wasi": "WASI imports"}}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    _write_text(path, json.dumps(data))
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _error(exc: Exception, argv: list[str]) -> None:
+    message = str(exc)
+    log, log_format = None, "text"
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.lstrip("-").partition("=")
+        if flag == "log":
+            log = value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+        elif flag == "log-format":
+            log_format = value if eq else (argv[i + 1] if i + 1 < len(argv) else "text")
+    if log:
+        with contextlib.suppress(OSError), open(log, "a") as f:
+            if log_format == "json":
+                entry = {"level": "error", "msg": message,
+                         "time": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
+                f.write(json.dumps(entry) + "\n")
+            else:
+                f.write(f"time=\"{datetime.now(UTC).isoformat()}\" level=error msg=\"{message}\"\n")
+    print(f"wasmctr-runtime: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""wasmctr-runtime, the runc-compatible CLI: driven by containerd's runc shim and directly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+RUNTIME = str(Path(sys.executable).parent / "wasmctr-runtime")
+VIA_RUNC_SHIM = ["--runtime", "io.containerd.runc.v2", "--runc-binary", RUNTIME]
+
+
+def ctr(containerd, *args: str, input: str | None = None):  # type: ignore[no-untyped-def]
+    return subprocess.run(["ctr", "--address", str(containerd.socket), *args], capture_output=True, text=True,
+                          input=input, timeout=60)
+
+
+def test_ctr_runc_binary_runs_a_wasm_image(containerd, images) -> None:  # type: ignore[no-untyped-def]
+    proc = ctr(containerd, "run", "--rm", *VIA_RUNC_SHIM, images["hello"], "rt-hello", "/hello.wasm", "runtime", "6")
+    assert proc.stdout == "Hello, runtime!\nargc=3\n", proc.stderr
+    assert proc.returncode == 6
+
+
+def test_ctr_task_kill_stops_a_spinning_guest(containerd, images) -> None:  # type: ignore[no-untyped-def]
+    runner = subprocess.Popen(["ctr", "--address", str(containerd.socket), "run", "--rm", *VIA_RUNC_SHIM,
+                               images["hostile"], "rt-spin", "/hostile.wasm", "spin"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while "RUNNING" not in ctr(containerd, "task", "ls").stdout and time.monotonic() < deadline:
+        time.sleep(0.05)
+    start = time.monotonic()
+    ctr(containerd, "task", "kill", "rt-spin")
+    runner.communicate(timeout=10)
+    assert runner.returncode == 143 and time.monotonic() - start < 1.5
+
+
+def test_native_containers_are_delegated_to_runc(containerd, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    shutil.copy(shutil.which("busybox") or "/bin/busybox", rootfs / "bin" / "busybox")
+    proc = ctr(containerd, "run", "--rm", *VIA_RUNC_SHIM, "--rootfs", str(rootfs), "rt-native", "/bin/busybox",
+               "echo", "delegated to runc")
+    assert proc.returncode == 0 and proc.stdout == "delegated to runc\n", proc.stderr
+
+
+@pytest.fixture
+def bundle(tmp_path: Path, hostile_wasm: Path) -> Path:
+    bundle = tmp_path / "bundle"
+    (bundle / "rootfs").mkdir(parents=True)
+    shutil.copy(hostile_wasm, bundle / "rootfs" / "app.wasm")
+    config = {"ociVersion": "1.0.2", "root": {"path": "rootfs", "readonly": True},
+              "process": {"args": ["/app.wasm", "spin"], "env": [], "cwd": "/"},
+              "annotations": {"run.oci.handler": "wasm"}}
+    (bundle / "config.json").write_text(json.dumps(config))
+    return bundle
+
+
+def runtime(root: Path, *args: str, log: Path | None = None) -> subprocess.CompletedProcess[str]:
+    extra = ["--log", str(log), "--log-format", "json"] if log else []
+    return subprocess.run([RUNTIME, "--root", str(root), *extra, *args], capture_output=True, text=True, timeout=30)
+
+
+def test_direct_lifecycle_and_the_specs_errors(bundle: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    pid_file = tmp_path / "pid"
+    create = subprocess.Popen([RUNTIME, "--root", str(root), "create", "--bundle", str(bundle), "--pid-file",
+                               str(pid_file), "--no-pivot", "c1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert create.wait(30) == 0
+    state = json.loads(runtime(root, "state", "c1").stdout)
+    assert state["status"] == "created" and state["pid"] == int(pid_file.read_text())
+    assert state["bundle"] == str(bundle) and state["ociVersion"] and state["annotations"]["run.oci.handler"] == "wasm"
+    assert "container with id c1 already exists" in runtime(root, "create", "--bundle", str(bundle), "c1").stderr
+    assert runtime(root, "start", "c1").returncode == 0
+    assert json.loads(runtime(root, "state", "c1").stdout)["status"] == "running"
+    assert json.loads(runtime(root, "ps", "--format", "json", "c1").stdout) == [state["pid"]]
+    again = runtime(root, "start", "c1")
+    assert again.returncode == 1 and "cannot start a container that is running" in again.stderr
+    log = tmp_path / "log.json"
+    refused = runtime(root, "delete", "c1", log=log)
+    assert refused.returncode == 1 and "not stopped" in refused.stderr
+    assert json.loads(log.read_text().splitlines()[-1])["level"] == "error"
+    assert runtime(root, "kill", "c1", "TERM").returncode == 0
+    deadline = time.monotonic() + 5
+    while json.loads(runtime(root, "state", "c1").stdout)["status"] != "stopped" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert json.loads(runtime(root, "state", "c1").stdout)["status"] == "stopped"
+    assert runtime(root, "kill", "c1", "9").stderr.strip().endswith("container not running")
+    assert runtime(root, "delete", "c1").returncode == 0
+    assert "does not exist" in runtime(root, "state", "c1").stderr
+
+
+def test_delete_force_and_kill_by_number(bundle: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    for name in ("f1", "f2"):
+        subprocess.run([RUNTIME, "--root", str(root), "create", "--bundle", str(bundle), name], check=True,
+                       stdout=subprocess.DEVNULL, timeout=30)
+        assert runtime(root, "start", name).returncode == 0
+    pid = json.loads(runtime(root, "state", "f1").stdout)["pid"]
+    assert runtime(root, "delete", "--force", "f1").returncode == 0
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    assert runtime(root, "kill", "f2", "SIGKILL").returncode == 0
+    assert runtime(root, "kill", "f2", "BOGUS").returncode == 1
+    runtime(root, "delete", "--force", "f2")
+
+
+def test_version_and_features() -> None:
+    version = subprocess.run([RUNTIME, "--version"], capture_output=True, text=True).stdout
+    assert version.startswith("wasmctr-runtime version") and "spec: 1.0.2" in version
+    features = json.loads(subprocess.run([RUNTIME, "features"], capture_output=True, text=True).stdout)
+    assert features["ociVersionMin"] == "1.0.0"
