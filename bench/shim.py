@@ -14,6 +14,7 @@ Needs Debian's containerd, runc, docker-registry and busybox-static, and zig (pi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -21,7 +22,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,81 +44,108 @@ def pss_kib(pid: str) -> int:
     return 0
 
 
+@dataclass
+class Lab:
+    """A registry and a containerd with the hello and sleeper wasm images pulled, and a busybox rootfs."""
+
+    containerd: Containerd
+    refs: dict[str, str]
+    busybox: Path
+
+    def ctr_run(self, *args: str) -> list[str]:
+        return ["ctr", "--address", str(self.containerd.socket), "run", "--rm", *args]
+
+    def wasm(self, *runtime: str) -> list[str]:
+        return self.ctr_run(*runtime, "--platform", "wasi/wasm", self.refs["hello"])
+
+    def runc(self) -> list[str]:
+        return self.ctr_run("--rootfs", str(self.busybox))
+
+
+@contextlib.contextmanager
+def lab(root: Path) -> Iterator[Lab]:
+    if not shutil.which("busybox") and not Path("/bin/busybox").exists():
+        sys.exit("needs busybox-static (apt-get install busybox-static)")
+    python = sys.executable
+    wasmctr = str(Path(python).parent / "wasmctr")
+    registry = RegistryProcess(root / "registry").start()
+    containerd = Containerd(root / "ctd").start()
+    try:
+        env = {**os.environ, "WASMCTR_HOME": str(root / "store")}
+        hello, sleeper = root / "hello.wasm", root / "hostile.wasm"
+        zig = [python, "-m", "ziglang", "cc", "--target=wasm32-wasi", "-O2", "-s", "-o"]
+        subprocess.run([*zig, str(hello), str(REPO / "examples/hello/hello.c")], check=True)
+        subprocess.run([*zig, str(sleeper), str(REPO / "tests/guests/hostile.c")], check=True)
+        refs = {"hello": f"{registry.host}/hello:1", "sleeper": f"{registry.host}/sleeper:1"}
+        for path, ref in ((hello, refs["hello"]), (sleeper, refs["sleeper"])):
+            subprocess.run([wasmctr, "build", str(path), "-t", ref, "--push", "--precompile", "-q"], env=env,
+                           check=True, stdout=subprocess.DEVNULL)
+            containerd.ctr("image", "pull", "--plain-http", "--platform", "wasi/wasm", ref, check=True)
+        rootfs = root / "busybox"
+        (rootfs / "bin").mkdir(parents=True)
+        shutil.copy(shutil.which("busybox") or "/bin/busybox", rootfs / "bin" / "busybox")
+        yield Lab(containerd, refs, rootfs)
+    finally:
+        containerd.stop()
+        registry.stop()
+
+
+def latency(ours: list[str], theirs: list[str], repeat: int) -> tuple[float, float]:
+    """Median wall time of `ctr run --rm` through ours and runc, alternating; two warm-up rounds."""
+    def timed(argv: list[str]) -> float:
+        start = time.perf_counter()
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+        return time.perf_counter() - start
+
+    ours_times, runc_times = [], []
+    for n in range(repeat + 2):
+        w = timed(_named(ours, f"lat-w-{n}"))
+        r = timed(_named(theirs, f"lat-r-{n}", "/bin/busybox", "echo", "hi"))
+        if n >= 2:
+            ours_times.append(w)
+            runc_times.append(r)
+    return statistics.median(ours_times), statistics.median(runc_times)
+
+
+def _named(argv: list[str], name: str, *command: str) -> list[str]:
+    return [*argv, name, *command]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--idle", type=int, default=50)
     parser.add_argument("--total", type=int, default=100)
     args = parser.parse_args()
-    if not shutil.which("busybox") and not Path("/bin/busybox").exists():
-        sys.exit("needs busybox-static (apt-get install busybox-static)")
-    python = sys.executable
-    wasmctr = str(Path(python).parent / "wasmctr")
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        registry = RegistryProcess(root / "registry").start()
-        containerd = Containerd(root / "ctd").start()
-        try:
-            env = {**os.environ, "WASMCTR_HOME": str(root / "store")}
-            hello, sleeper = root / "hello.wasm", root / "hostile.wasm"
-            zig = [python, "-m", "ziglang", "cc", "--target=wasm32-wasi", "-O2", "-s", "-o"]
-            subprocess.run([*zig, str(hello), str(REPO / "examples/hello/hello.c")], check=True)
-            subprocess.run([*zig, str(sleeper), str(REPO / "tests/guests/hostile.c")], check=True)
-            refs = {"hello": f"{registry.host}/hello:1", "sleeper": f"{registry.host}/sleeper:1"}
-            for path, ref in ((hello, refs["hello"]), (sleeper, refs["sleeper"])):
-                subprocess.run([wasmctr, "build", str(path), "-t", ref, "--push", "--precompile", "-q"], env=env,
-                               check=True, stdout=subprocess.DEVNULL)
-                containerd.ctr("image", "pull", "--plain-http", "--platform", "wasi/wasm", ref, check=True)
-            rootfs = root / "busybox"
-            (rootfs / "bin").mkdir(parents=True)
-            shutil.copy(shutil.which("busybox") or "/bin/busybox", rootfs / "bin" / "busybox")
-            ctr = ["ctr", "--address", str(containerd.socket), "run", "--rm"]
-            ours = [*ctr, "--runtime", "io.containerd.wasmctr.v1", "--platform", "wasi/wasm", refs["hello"]]
-            theirs = [*ctr, "--rootfs", str(rootfs)]
-
-            def timed(argv: list[str]) -> float:
-                start = time.perf_counter()
-                subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
-                return time.perf_counter() - start
-
-            wasm_times, runc_times = [], []
-            for n in range(args.repeat + 2):
-                w = timed([*ours, f"lat-w-{n}"])
-                r = timed([*theirs, f"lat-r-{n}", "/bin/busybox", "echo", "hi"])
-                if n >= 2:  # the first runs warm the page cache and the compile cache
-                    wasm_times.append(w)
-                    runc_times.append(r)
-            wasm_lat, runc_lat = statistics.median(wasm_times), statistics.median(runc_times)
-            print(f"latency: wasmctr shim {wasm_lat * 1000:5.0f} ms   runc busybox echo {runc_lat * 1000:5.0f} ms   "
-                  f"ratio {wasm_lat / runc_lat:.2f}x (aim <= 1.0x)")
-
-            for n in range(args.idle):
-                subprocess.run(["ctr", "--address", str(containerd.socket), "run", "-d", *POD, "--runtime",
-                                "io.containerd.wasmctr.v1", "--platform", "wasi/wasm", refs["sleeper"], f"idle-{n}",
-                                "/hostile.wasm", "sleep", "600"], check=True, stdout=subprocess.DEVNULL)
-            time.sleep(1)
-            pids = subprocess.run(["pgrep", "-f", f"shim.containerd .*-address {containerd.socket}"],
-                                  capture_output=True, text=True).stdout.split()
-            total = sum(pss_kib(pid) for pid in pids)
-            print(f"density: {args.idle} idle containers in one pod, {len(pids)} processes, total PSS "
-                  f"{total / 1024:.1f} MiB = {total / 1024 / args.idle:.2f} MiB per container (aim <= 5 MiB)")
-            for n in range(args.idle):
-                containerd.ctr("task", "kill", "--signal", "SIGKILL", f"idle-{n}")
-            time.sleep(1)
-            for n in range(args.idle):
-                containerd.ctr("task", "delete", f"idle-{n}")
-                containerd.ctr("container", "delete", f"idle-{n}")
-
-            start = time.perf_counter()
-            with ThreadPoolExecutor(4) as pool:
-                list(pool.map(lambda n: subprocess.run([*ours, f"tp-{n}"], check=True, stdout=subprocess.DEVNULL),
-                              range(args.total)))
-            elapsed = time.perf_counter() - start
-            print(f"throughput: {args.total} containers, 4 at a time, {elapsed:.1f} s = "
-                  f"{args.total / elapsed:.1f} tasks/s (aim >= 10)")
-        finally:
-            containerd.stop()
-            registry.stop()
+    with tempfile.TemporaryDirectory() as tmp, lab(Path(tmp)) as setup:
+        wasm_lat, runc_lat = latency(setup.wasm("--runtime", "io.containerd.wasmctr.v1"), setup.runc(), args.repeat)
+        print(f"latency: wasmctr shim {wasm_lat * 1000:5.0f} ms   runc busybox echo {runc_lat * 1000:5.0f} ms   "
+              f"ratio {wasm_lat / runc_lat:.2f}x (aim <= 1.0x)")
+        containerd = setup.containerd
+        for n in range(args.idle):
+            subprocess.run(["ctr", "--address", str(containerd.socket), "run", "-d", *POD, "--runtime",
+                            "io.containerd.wasmctr.v1", "--platform", "wasi/wasm", setup.refs["sleeper"],
+                            f"idle-{n}", "/hostile.wasm", "sleep", "600"], check=True, stdout=subprocess.DEVNULL)
+        time.sleep(1)
+        pids = subprocess.run(["pgrep", "-f", f"shim.containerd .*-address {containerd.socket}"],
+                              capture_output=True, text=True).stdout.split()
+        total = sum(pss_kib(pid) for pid in pids)
+        print(f"density: {args.idle} idle containers in one pod, {len(pids)} processes, total PSS "
+              f"{total / 1024:.1f} MiB = {total / 1024 / args.idle:.2f} MiB per container (aim <= 5 MiB)")
+        for n in range(args.idle):
+            containerd.ctr("task", "kill", "--signal", "SIGKILL", f"idle-{n}")
+        time.sleep(1)
+        for n in range(args.idle):
+            containerd.ctr("task", "delete", f"idle-{n}")
+            containerd.ctr("container", "delete", f"idle-{n}")
+        ours = setup.wasm("--runtime", "io.containerd.wasmctr.v1")
+        start = time.perf_counter()
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda n: subprocess.run(_named(ours, f"tp-{n}"), check=True, stdout=subprocess.DEVNULL),
+                          range(args.total)))
+        elapsed = time.perf_counter() - start
+        print(f"throughput: {args.total} containers, 4 at a time, {elapsed:.1f} s = "
+              f"{args.total / elapsed:.1f} tasks/s (aim >= 10)")
 
 
 if __name__ == "__main__":

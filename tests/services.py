@@ -257,3 +257,42 @@ class TokenServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class Dockerd:
+    """Debian's dockerd on a private socket, with wasmctr-runtime added as runtime `wasmctr`."""
+
+    def __init__(self, directory: Path, runtime: str) -> None:
+        self.directory = directory
+        self.runtime = runtime
+        self.socket = directory / "docker.sock"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self) -> Dockerd:
+        import docker
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        log = open(self.directory / "dockerd.log", "ab")
+        self.proc = subprocess.Popen(
+            ["dockerd", "--data-root", str(self.directory / "data"), "--exec-root", str(self.directory / "exec"),
+             "-H", self.host, "--pidfile", str(self.directory / "dockerd.pid"), "--iptables=false",
+             "--ip-forward=false", "--bridge=none", "--storage-driver=vfs",
+             "--add-runtime", f"wasmctr={self.runtime}"],
+            stdout=log, stderr=log, start_new_session=True)
+        wait_for(lambda: docker.DockerClient(base_url=self.host).ping(), timeout=60, what="dockerd")
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        subprocess.run(["umount", "-R", str(self.directory / "exec")], capture_output=True)
+        shutil.rmtree(self.directory, ignore_errors=True)

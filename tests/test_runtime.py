@@ -6,10 +6,12 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from conftest import wasmctr
 
 RUNTIME = str(Path(sys.executable).parent / "wasmctr-runtime")
 VIA_RUNC_SHIM = ["--runtime", "io.containerd.runc.v2", "--runc-binary", RUNTIME]
@@ -113,3 +115,23 @@ def test_version_and_features() -> None:
     assert version.startswith("wasmctr-runtime version") and "spec: 1.0.2" in version
     features = json.loads(subprocess.run([RUNTIME, "features"], capture_output=True, text=True).stdout)
     assert features["ociVersionMin"] == "1.0.0"
+
+
+def test_docker_add_runtime_runs_a_linux_platform_wasm_image(plain_registry, hello_c_wasm: Path,
+                                                           tmp_path: Path) -> None:
+    import docker
+    from services import Dockerd
+
+    ref = f"{plain_registry.host}/docker-hello:1"
+    wasmctr("build", str(hello_c_wasm.parent), "-t", ref, "--platform", "linux/amd64", "--push",
+            env={"WASMCTR_HOME": str(tmp_path / "store")})
+    engine = Dockerd(Path(tempfile.mkdtemp(prefix="wasmctr-dockerd-")), RUNTIME).start()
+    try:
+        client = docker.DockerClient(base_url=engine.host)
+        assert "wasmctr" in client.info()["Runtimes"]
+        client.images.pull(ref)
+        output = client.containers.run(ref, ["docker"], runtime="wasmctr", network_mode="none", remove=True,
+                                       environment={"GREETING": "Hi"})
+        assert output == b"Hi, docker!\nargc=2\n"
+    finally:
+        engine.stop()
