@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -135,3 +136,21 @@ def test_docker_add_runtime_runs_a_linux_platform_wasm_image(plain_registry, hel
         assert output == b"Hi, docker!\nargc=2\n"
     finally:
         engine.stop()
+
+
+def test_podman_runtime_flag_runs_a_wasm_image(plain_registry, hello_c_wasm: Path, tmp_path: Path) -> None:
+    ref = f"{plain_registry.host}/podman-hello:1"
+    wasmctr("build", str(hello_c_wasm.parent), "-t", ref, "--platform", "linux/amd64", "--push",
+            env={"WASMCTR_HOME": str(tmp_path / "store")})
+    storage = Path(tempfile.mkdtemp(prefix="wasmctr-podman-"))
+    try:
+        proc = subprocess.run(["podman", "--root", str(storage / "root"), "--runroot", str(storage / "run"),
+                               "--runtime", RUNTIME, "run", "--rm", "--network", "none", "--tls-verify=false",
+                               "-e", "GREETING=Hej", ref, "podman"], capture_output=True, text=True, timeout=180,
+                              env={k: v for k, v in os.environ.items() if k != "DOCKER_CONFIG"})
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == "Hej, podman!\nargc=2\n"
+    finally:
+        subprocess.run(["podman", "--root", str(storage / "root"), "--runroot", str(storage / "run"), "system",
+                        "reset", "--force"], capture_output=True, timeout=120)
+        shutil.rmtree(storage, ignore_errors=True)
