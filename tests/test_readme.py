@@ -1,0 +1,51 @@
+"""The README's commands, run as a user would paste them, and the demo.
+
+Every `wasmctr`, `python -m ziglang` and `skopeo` line of the README's shell blocks runs here, in order,
+against a registry of the test's own (127.0.0.1:5000 in the README is replaced by its address). The
+lines that need a daemon or a host this test does not start run in their own tests: `ctr` and
+containerd (test_shim, test_runtime), `dockerd`/`docker run` and `podman` (test_runtime), `login`
+(test_registry), `./run-tests` (CI itself) and `./demo` (below).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO
+
+ELSEWHERE = ("ctr ", "dockerd ", "docker ", "podman ", "./run-tests", "./demo", "python3 -m venv", "echo \"$TOKEN\"")
+
+
+def readme_commands() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", text, re.S)
+    lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
+    return [line for line in lines if line and not line.startswith(ELSEWHERE)]
+
+
+def test_every_readme_command_runs(plain_registry, tmp_path: Path, wasmctr_home: Path) -> None:
+    commands = readme_commands()
+    assert any(c.startswith("wasmctr run") for c in commands) and any("--push" in c for c in commands)
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "HOME": str(tmp_path),
+           "ZIG_GLOBAL_CACHE_DIR": os.environ.get("ZIG_GLOBAL_CACHE_DIR", str(Path.home() / ".cache" / "zig"))}
+    env.pop("WASMCTR_HOME")  # the README's commands use the default store under $HOME
+    for command in commands:
+        command = command.replace("127.0.0.1:5000", plain_registry.host).replace("python ", f"{sys.executable} ")
+        proc = subprocess.run(["bash", "-c", command], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, f"README command failed: {command}\n{proc.stderr}"
+    assert (tmp_path / ".local" / "share" / "wasmctr" / "index.json").is_file()
+
+
+def test_the_demo_builds_runs_and_shows_the_sandbox(tmp_path: Path) -> None:
+    proc = subprocess.run(["bash", str(REPO / "demo")], env={**os.environ, "WASMCTR_HOME": str(tmp_path / "demo")},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    for expected in ("Hi, demo!", "exit code: 3", "/data/hello.c", "wc: /etc/passwd: No such file or directory",
+                     "refused: the guest imports wasi_snapshot_preview1.path_open", "wrote "):
+        assert expected in proc.stdout + proc.stderr, expected
