@@ -47,14 +47,13 @@ class Globals:
 
 
 def main() -> None:
-    argv = sys.argv[1:]
+    g: Globals | None = None
     try:
-        g, command, rest = _parse_globals(argv)
-        if g is None:
-            return
-        _dispatch(g, command, rest)
+        g, command, rest = _parse_globals(sys.argv[1:])
+        if g is not None:
+            _dispatch(g, command, rest)
     except SpecError as exc:
-        _error(exc, argv)
+        _error(exc, g)
         sys.exit(1)
 
 
@@ -88,7 +87,6 @@ def _parse_globals(argv: list[str]) -> tuple[Globals | None, str, list[str]]:
         i += 1
     if i >= len(argv):
         raise SpecError("no command given (create, start, state, kill, delete, ps, run, features)")
-    os.environ.setdefault("WASMCTR_RUNTIME_LOG", log or "")
     globals_ = Globals(Path(root), log, log_format, debug, delegate, argv)
     return globals_, argv[i], argv[i + 1:]
 
@@ -175,18 +173,17 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
 
 
 def _container(executor: Any, spec: Any, fifo: Path) -> int:
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL)
-    executor.precompile(spec.wasm, spec.wasm_digest, spec.fuel is not None)
-    fd = os.open(fifo, os.O_WRONLY)  # blocks until `start` opens the other end
-    os.write(fd, b"0")
-    os.close(fd)
+    from .container import become_guest
+
+    def started() -> bool:
+        fd = os.open(fifo, os.O_WRONLY)  # blocks until `start` opens the other end
+        os.write(fd, b"0")
+        os.close(fd)
+        return True
+
     spec.stdin = True
-    outcome = executor.run(spec, hard_stop=True)
-    if outcome.message:
-        os.write(2, f"wasmctr: {outcome.message}\n".encode())
-    sys.stdout.flush()
-    return outcome.exit_code
+    outcome = become_guest(executor, spec, started)
+    return outcome.exit_code if outcome is not None else 137
 
 
 def _start(g: Globals, container_id: str) -> None:
@@ -360,23 +357,16 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _error(exc: Exception, argv: list[str]) -> None:
+def _error(exc: Exception, g: Globals | None) -> None:
+    """One line on stderr, and in `--log` as runc's callers read it (JSON lines with --log-format json)."""
     message = str(exc)
-    log, log_format = None, "text"
-    for i, arg in enumerate(argv):
-        flag, eq, value = arg.lstrip("-").partition("=")
-        if flag == "log":
-            log = value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
-        elif flag == "log-format":
-            log_format = value if eq else (argv[i + 1] if i + 1 < len(argv) else "text")
-    if log:
-        with contextlib.suppress(OSError), open(log, "a") as f:
-            if log_format == "json":
-                entry = {"level": "error", "msg": message,
-                         "time": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
-                f.write(json.dumps(entry) + "\n")
+    if g is not None and g.log:
+        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        with contextlib.suppress(OSError), open(g.log, "a") as f:
+            if g.log_format == "json":
+                f.write(json.dumps({"level": "error", "msg": message, "time": now}) + "\n")
             else:
-                f.write(f"time=\"{datetime.now(UTC).isoformat()}\" level=error msg=\"{message}\"\n")
+                f.write(f'time="{now}" level=error msg="{message}"\n')
     print(f"wasmctr-runtime: {message}", file=sys.stderr)
 
 

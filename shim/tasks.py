@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from wasmctr.ocispec import spec_from_bundle
 
 from . import mounts
 from .api import task_pb2
+from .container import become_guest
 from .events import Publisher, timestamp
 from .ttrpc import Call, Code, RpcError, Service
 
@@ -252,22 +252,15 @@ class TaskService:
 def _child(executor: Any, task: Task, spec: RunSpec, start_r: int, report_w: int) -> int:
     gc.disable()
     _close_inherited_fds(keep={start_r, report_w})
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-        signal.signal(signum, signal.SIG_DFL)
     os.setsid()
     _redirect(task.stdin, 0, os.O_RDONLY)
     _redirect(task.stdout, 1, os.O_WRONLY)
     _redirect(task.stderr, 2, os.O_WRONLY)
-    executor.precompile(spec.wasm, spec.wasm_digest, spec.fuel is not None)
-    if os.read(start_r, 1) != b"s":
-        return 137  # deleted before it was started
-    os.close(start_r)
     spec.stdin = bool(task.stdin)
-    outcome = executor.run(spec, hard_stop=True)
+    outcome = become_guest(executor, spec, lambda: os.read(start_r, 1) == b"s")
+    if outcome is None:
+        return 137  # deleted before it was started
     os.write(report_w, outcome.reason.encode())
-    if outcome.message:
-        os.write(2, f"wasmctr: {outcome.message}\n".encode())
-    sys.stdout.flush()
     return outcome.exit_code
 
 
