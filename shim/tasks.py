@@ -45,7 +45,7 @@ class Task:
     stderr: str
     namespace: str
     pid: int = 0
-    status: int = task_pb2.CREATED
+    status: task_pb2.Status = task_pb2.CREATED
     exit_status: int = 0
     exited_at: float = 0.0
     rootfs_mounted: bool = False

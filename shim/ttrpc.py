@@ -62,9 +62,9 @@ class Service:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.methods: dict[str, tuple[type, Handler]] = {}
+        self.methods: dict[str, tuple[Any, Handler]] = {}
 
-    def method(self, name: str, request_type: type, handler: Handler) -> None:
+    def method(self, name: str, request_type: Any, handler: Handler) -> None:
         self.methods[name] = (request_type, handler)
 
 
@@ -187,12 +187,13 @@ class Client:
         self._write_lock = threading.Lock()
         self._stream = 1
 
-    def call(self, service: str, method: str, message: Any, response_type: type, namespace: str = "",
+    def call(self, service: str, method: str, message: Any, response_type: Any, namespace: str = "",
              timeout: float = 5.0) -> Any:
         request = ttrpc_pb2.Request(service=service, method=method, payload=message.SerializeToString(),
                                     timeout_nano=int(timeout * 1e9))
         if namespace:
             request.metadata.add(key="containerd-namespace", value=namespace)
+        frame: tuple[int, int, int, bytes | None] | None = None
         with self._lock:
             for attempt in range(2):
                 try:
@@ -210,6 +211,7 @@ class Client:
                     self.close()
                     if attempt:
                         raise
+        assert frame is not None
         response = ttrpc_pb2.Response.FromString(frame[3] or b"")
         if response.status.code != Code.OK:
             raise RpcError(response.status.code, response.status.message)

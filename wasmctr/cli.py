@@ -238,8 +238,8 @@ def images_command(
         table.append((r.repository, r.tag, r.digest[7:19], ",".join(r.platforms), r.format, console.size(r.size),
                       _ago(r.created)))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        typer.echo("   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for line in table:
+        typer.echo("   ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
 
 
 @app.command()

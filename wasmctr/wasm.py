@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass, field
-from typing import BinaryIO, Literal
+from typing import IO, BinaryIO, Literal
 
 from .errors import InvalidWasm
 
@@ -73,7 +73,7 @@ def analyse(path: str | os.PathLike[str]) -> WasmInfo:
         raise InvalidWasm(f"{os.fspath(path)}: {exc.strerror or exc}") from None
 
 
-def module_imports(stream: BinaryIO) -> list[Import]:
+def module_imports(stream: IO[bytes]) -> list[Import]:
     """A module's imports read from a stream positioned after the header; stops at the import section."""
     while True:
         section = stream.read(1)
@@ -265,14 +265,14 @@ def _parse_exports(body: bytes) -> list[str]:
     return exports
 
 
-def _read_exact(f: BinaryIO, n: int) -> bytes:
+def _read_exact(f: IO[bytes], n: int) -> bytes:
     data = f.read(n)
     if len(data) != n:
         raise EOFError
     return data
 
 
-def _skip(f: BinaryIO, n: int) -> None:
+def _skip(f: IO[bytes], n: int) -> None:
     while n > 0:
         chunk = f.read(min(n, 1 << 20))
         if not chunk:
@@ -280,7 +280,7 @@ def _skip(f: BinaryIO, n: int) -> None:
         n -= len(chunk)
 
 
-def _read_leb_bytes(f: BinaryIO) -> bytes:
+def _read_leb_bytes(f: IO[bytes]) -> bytes:
     out = bytearray()
     while True:
         b = _read_exact(f, 1)[0]
@@ -291,7 +291,7 @@ def _read_leb_bytes(f: BinaryIO) -> bytes:
             raise EOFError
 
 
-def _read_uleb_stream(f: BinaryIO) -> int:
+def _read_uleb_stream(f: IO[bytes]) -> int:
     result = shift = 0
     for b in _read_leb_bytes(f):
         result |= (b & 0x7F) << shift
