@@ -229,3 +229,12 @@ def test_ttrpc_deadline_and_unknown_method(tmp_path: Path) -> None:
         client.call("test.Slow", "Nope", task_pb2.WaitRequest(), empty_pb2.Empty)
     assert missing.value.code == Code.UNIMPLEMENTED
     server.stop()
+
+
+def test_hand_encoded_delete_response_matches_the_generated_message() -> None:
+    from shim.api import task_pb2
+    from shim.containerd import delete_response
+
+    decoded = task_pb2.DeleteResponse.FromString(delete_response(4242, 137, 1700000000.25))
+    assert (decoded.pid, decoded.exit_status) == (4242, 137)
+    assert (decoded.exited_at.seconds, decoded.exited_at.nanos) == (1700000000, 250000000)
