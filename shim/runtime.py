@@ -29,7 +29,6 @@ from typing import Any, NoReturn
 
 OCI_VERSION = "1.0.2"
 STATE_FILE = "wasmctr.json"
-WASM_HANDLERS = {"wasm", "wasm-smart", "compat", "compat-smart"}
 
 
 class SpecError(Exception):

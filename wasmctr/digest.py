@@ -48,6 +48,3 @@ def of_stream(stream: BinaryIO) -> tuple[str, int]:
         writer.write(chunk)
     return writer.digest, writer.size
 
-
-def hex_part(digest: str) -> str:
-    return digest.split(":", 1)[1]

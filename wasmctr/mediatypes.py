@@ -28,9 +28,6 @@ MANIFESTS = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 INDEXES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
 IMAGE_CONFIGS = frozenset({OCI_CONFIG, DOCKER_CONFIG})
 WASM_CONFIGS = frozenset({WASM_CONFIG_V0, WASM_CONFIG_V1})
-ROOTFS_LAYERS = frozenset({OCI_LAYER_TAR, OCI_LAYER_TAR_GZIP, OCI_LAYER_TAR_ZSTD, DOCKER_LAYER_TAR_GZIP,
-                           "application/vnd.docker.image.rootfs.diff.tar"})
-
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 ANNOTATION_CONTAINERD_NAME = "io.containerd.image.name"
 ANNOTATION_CREATED = "org.opencontainers.image.created"

@@ -59,12 +59,6 @@ class Reference:
     def __str__(self) -> str:
         return self.name + self._suffix()
 
-    def with_tag(self, tag: str) -> Reference:
-        return Reference(self.registry, self.repository, tag, None)
-
-    def with_digest(self, digest: str) -> Reference:
-        return Reference(self.registry, self.repository, None, digest)
-
     def _suffix(self) -> str:
         if self.digest:
             return (f":{self.tag}" if self.tag else "") + f"@{self.digest}"
@@ -111,7 +105,3 @@ def parse(text: str) -> Reference:
         tag = DEFAULT_TAG
     return Reference(registry, path, tag, digest)
 
-
-def is_digest(text: str) -> bool:
-    """True for `sha256:<64 hex>`, the only algorithm wasmctr stores."""
-    return bool(_SHA256.match(text))
