@@ -56,22 +56,18 @@ def big_code_module(path: Path, functions: int = 800, body_ops: int = 400) -> No
 
 
 def in_process_load(path: Path, home: Path) -> tuple[float, float]:
-    """Compile (cold cache) vs load (verified cache hit) of the same module, inside one process."""
+    """Compile (cold cache) vs load (verified cache hit, new executor) of one module, inside one process."""
     sys.path.insert(0, str(REPO))
     from wasmctr.compile_cache import CompileCache
-    from wasmctr.executor import Executor, RunSpec
+    from wasmctr.executor import Executor
 
-    spec = RunSpec(path, ["big"])
     compile_times, load_times = [], []
     for n in range(3):
-        executor = Executor(CompileCache(home / str(n)))
-        engine = executor._engine(False)
-        start = time.perf_counter()
-        executor._load(engine, "module", spec)
-        compile_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        executor._load(engine, "module", spec)
-        load_times.append(time.perf_counter() - start)
+        cache = CompileCache(home / str(n))
+        for executor, times in ((Executor(cache), compile_times), (Executor(cache), load_times)):
+            start = time.perf_counter()
+            executor.precompile(path)
+            times.append(time.perf_counter() - start)
     return statistics.median(compile_times), statistics.median(load_times)
 
 

@@ -101,6 +101,8 @@ class TaskService:
                 mounts.mount_all(list(req.rootfs), bundle / "rootfs")
                 task.rootfs_mounted = True
             spec = spec_from_bundle(bundle, config)
+            # loaded here, before the fork: the container process starts at once and shares the code
+            self.executor.precompile(spec.wasm, spec.wasm_digest, spec.fuel is not None)
             self._fork(task, spec)
         except (WasmctrError, OSError, ValueError) as exc:
             if task.rootfs_mounted:

@@ -36,6 +36,7 @@ from .compile_cache import CompileCache, key
 from .errors import ExecutorError
 
 GRACE_SECONDS = 0.5
+LOADED_CODE_LIMIT = 64
 EXIT_TRAP = 134
 EXIT_KILLED = 137
 
@@ -80,6 +81,8 @@ class Executor:
     def __init__(self, cache: CompileCache | None = None) -> None:
         self.cache = cache
         self._engines: dict[bool, Any] = {}
+        self._loaded: dict[str, Any] = {}
+        self._digests: dict[tuple[int, int, int, int], str] = {}
         self._lock = threading.Lock()
 
     # -- the engine trait ---------------------------------------------------------------------------
@@ -92,14 +95,10 @@ class Executor:
             return False
 
     def precompile(self, path: Path, digest: str | None = None, fuel: bool = False) -> bool:
-        """Compile into the cache ahead of the first run; False if it was already there."""
-        kind = _kind(path)
-        engine = self._engine(fuel)
-        cache_key = key(digest or _file_digest(path), _settings(fuel))
-        if self.cache is not None and self.cache.load(cache_key) is not None:
-            return False
-        self._compile(engine, kind, path, cache_key)
-        return True
+        """Compile (or load from the cache) ahead of the first run and keep the code loaded, so that a
+        run in this process, or in a process forked from it, starts at once and shares the code pages.
+        False if nothing had to be compiled."""
+        return self._code(path, digest, fuel)[1]
 
     def run(self, spec: RunSpec, hard_stop: bool = False) -> Outcome:
         import wasmtime
@@ -109,7 +108,7 @@ class Executor:
             raise ExecutorError("--network host: WASI preview 1 modules have no call that creates a socket; "
                                 "network access needs a preview 2 component")
         engine = self._engine(spec.fuel is not None)
-        code = self._load(engine, kind, spec)
+        code, _ = self._code(spec.wasm, spec.wasm_digest, spec.fuel is not None)
         imports = _imports(engine, kind, code)
         verdict = policies.check(spec.policy, imports)
         if verdict.denied and (spec.policy.mode == "refuse" or kind == "component"
@@ -139,16 +138,39 @@ class Executor:
                 self._engines[fuel] = wasmtime.Engine(config)
             return self._engines[fuel]
 
-    def _load(self, engine: Any, kind: str, spec: RunSpec) -> Any:
-        cache_key = key(spec.wasm_digest or _file_digest(spec.wasm), _settings(spec.fuel is not None))
-        if self.cache is not None:
-            serialized = self.cache.load(cache_key)
-            if serialized is not None:
-                try:
-                    return _code_class(kind).deserialize(engine, serialized)
-                except Exception:  # a verified entry from another engine build: rebuild it
-                    self.cache.discard(cache_key)
-        return self._compile(engine, kind, spec.wasm, cache_key)
+    def _code(self, path: Path, digest: str | None, fuel: bool) -> tuple[Any, bool]:
+        """The guest's compiled code: already loaded, from the verified cache, or compiled now."""
+        kind = _kind(path)
+        engine = self._engine(fuel)
+        cache_key = key(digest or self._digest(path), _settings(fuel))
+        with self._lock:
+            if cache_key in self._loaded:
+                return self._loaded[cache_key], False
+        code = None
+        serialized = self.cache.load(cache_key) if self.cache is not None else None
+        if serialized is not None:
+            try:
+                code = _code_class(kind).deserialize(engine, serialized)
+            except Exception:  # a verified entry from another engine build: rebuild it
+                assert self.cache is not None
+                self.cache.discard(cache_key)
+        compiled = code is None
+        if code is None:
+            code = self._compile(engine, kind, path, cache_key)
+        with self._lock:
+            if len(self._loaded) >= LOADED_CODE_LIMIT:
+                self._loaded.pop(next(iter(self._loaded)))
+            self._loaded[cache_key] = code
+        return code, compiled
+
+    def _digest(self, path: Path) -> str:
+        """The file's sha256, remembered while the file is unchanged (same inode, size and mtime)."""
+        st = path.stat()
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if identity not in self._digests:
+            with open(path, "rb") as f:
+                self._digests[identity] = digests.of_stream(f)[0]
+        return self._digests[identity]
 
     def _compile(self, engine: Any, kind: str, path: Path, cache_key: str) -> Any:
         import wasmtime
@@ -376,11 +398,6 @@ def _code_class(kind: str) -> Any:
 
 def _settings(fuel: bool) -> str:
     return f"epoch=1,fuel={int(fuel)}"
-
-
-def _file_digest(path: Path) -> str:
-    with open(path, "rb") as f:
-        return digests.of_stream(f)[0]
 
 
 def _host_path(guest: str, preopens: list[tuple[Path, str, bool]]) -> tuple[Path, bool] | None:
