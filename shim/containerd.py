@@ -67,7 +67,7 @@ def start(args: argparse.Namespace) -> int:
     path = socket_path(args.namespace, _group(bundle, args.id), args.address)
     address = f"unix://{path}"
     SOCKET_DIR.mkdir(parents=True, exist_ok=True, mode=0o711)
-    if not _alive(path):
+    if not _reserve(path):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -112,7 +112,7 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: finish())
     linger = float(os.environ.get("WASMCTR_SHIM_LINGER", "2"))
     tasks = TaskService(Publisher(os.environ.get("TTRPC_ADDRESS")), args.namespace, finish, linger)
-    server = Server([tasks.service()])
+    server = Server([tasks.service(), tasks.reservation_service()])
     server.serve(listener)
     return 0
 
@@ -175,6 +175,29 @@ def _shim_log(bundle: Path) -> int:
         return os.open(bundle / "log", os.O_WRONLY | os.O_NONBLOCK)
     except OSError:
         return os.open(os.devnull, os.O_WRONLY)
+
+
+def _reserve(path: Path) -> bool:
+    """Ask the shim on `path` to stay for the container being started; False if there is none (or it
+    is on its way out). One ttrpc call, `wasmctr.shim.v1.Shim/Reserve`, framed here with the standard
+    library: `start` runs once per container and must stay cheap."""
+    if not path.exists():
+        return False
+    service, method = b"wasmctr.shim.v1.Shim", b"Reserve"
+    request = b"\x0a" + _varint(len(service)) + service + b"\x12" + _varint(len(method)) + method
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(2)
+            conn.connect(str(path))
+            conn.sendall(len(request).to_bytes(4, "big") + (1).to_bytes(4, "big") + b"\x01\x00" + request)
+            header = conn.recv(10, socket.MSG_WAITALL)
+            if len(header) != 10:
+                return False
+            length = int.from_bytes(header[:4], "big")
+            body = conn.recv(length, socket.MSG_WAITALL) if length else b""
+    except OSError:
+        return False
+    return not body.startswith(b"\x0a")  # a Response whose field 1 (status) is set is an error
 
 
 def _alive(path: Path) -> bool:

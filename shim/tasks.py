@@ -33,6 +33,8 @@ from .events import Publisher, timestamp
 from .ttrpc import Call, Code, RpcError, Service
 
 SERVICE = "containerd.task.v2.Task"
+RESERVE_SERVICE = "wasmctr.shim.v1.Shim"  # our own: `start` reserves a lingering shim before reusing it
+RESERVATION_SECONDS = 10.0
 log = logging.getLogger("wasmctr.shim")
 
 
@@ -62,6 +64,7 @@ class TaskService:
         self.lock = threading.Lock()
         self.publisher = publisher
         self.on_empty = on_empty
+        self.reserved_until = 0.0
         from wasmctr import api
 
         self.executor = api.executor()
@@ -91,6 +94,7 @@ class TaskService:
             raise RpcError(Code.FAILED_PRECONDITION, "a terminal (-t) is not supported for wasm guests; their "
                                                      "stdio is plain streams")
         with self.lock:
+            self.reserved_until = 0.0  # the container the reservation was for has arrived
             if req.id in self.tasks:
                 raise RpcError(Code.ALREADY_EXISTS, f"task {req.id} already exists")
         bundle = Path(req.bundle)
@@ -185,11 +189,27 @@ class TaskService:
         return empty_pb2.Empty()
 
     def _exit_if_idle(self, now: bool) -> None:
-        """Exit once the response is out, unless a container of the group arrived in the meantime."""
+        """Exit once the response is out, unless a container of the group arrived in the meantime or a
+        `start` reserved this shim for one that is coming. The check and the exit happen under the
+        lock that `reserve` takes, so a reservation either lands before the exit or fails."""
         with self.lock:
-            if self.tasks and not now:
+            if not now and self.tasks:
                 return
-        self.on_empty()
+            wait = self.reserved_until - time.monotonic()
+            if not now and wait > 0:
+                threading.Timer(wait + max(self.linger, 0.05), self._exit_if_idle, args=(False,)).start()
+                return
+            self.on_empty()
+
+    def reserve(self, req: empty_pb2.Empty, call: Call) -> empty_pb2.Empty:
+        with self.lock:
+            self.reserved_until = time.monotonic() + RESERVATION_SECONDS
+        return empty_pb2.Empty()
+
+    def reservation_service(self) -> Service:
+        s = Service(RESERVE_SERVICE)
+        s.method("Reserve", empty_pb2.Empty, self.reserve)
+        return s
 
     def closeio(self, req: task_pb2.CloseIORequest, call: Call) -> empty_pb2.Empty:
         self._get(req.id)  # the guest holds the stdin FIFO; it sees EOF when containerd closes its end

@@ -238,3 +238,17 @@ def test_hand_encoded_delete_response_matches_the_generated_message() -> None:
     decoded = task_pb2.DeleteResponse.FromString(delete_response(4242, 137, 1700000000.25))
     assert (decoded.pid, decoded.exit_status) == (4242, 137)
     assert (decoded.exited_at.seconds, decoded.exited_at.nanos) == (1700000000, 250000000)
+
+
+def test_a_lingering_shim_is_reserved_before_it_is_reused(containerd, images) -> None:  # type: ignore[no-untyped-def]
+    """The next container reuses the warm shim; a `start` racing the shim's exit never gets a dead address."""
+    first = ctr_run(containerd, "--rm", images["hello"], "linger-1")
+    assert first.returncode == 0
+    pattern = f"shim.containerd .*-address {containerd.socket} .*serve"
+    before = subprocess.run(["pgrep", "-P", "1", "-f", pattern], capture_output=True, text=True).stdout.split()
+    assert before, "the shim lingers after its last container"
+    for n in range(12):  # around the 2 s linger: some starts find the shim leaving
+        time.sleep(0.35)
+        proc = ctr_run(containerd, "--rm", images["hello"], f"linger-race-{n}")
+        assert proc.returncode == 0, proc.stderr
+    wait_for_nothing_left(containerd)
