@@ -10,26 +10,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-
-def uleb(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def data_module(path: Path, size: int, block: Callable[[], bytes]) -> None:
-    """A valid module with one memory big enough for one active data segment of `size` bytes, filled by
-    1 MiB blocks from `block`."""
-    memory = b"\x01\x00" + uleb(size // 65536 + 1)
-    segment = b"\x01\x00\x41\x00\x0b" + uleb(size)
-    with open(path, "wb") as f:
-        f.write(b"\0asm\x01\x00\x00\x00\x05" + uleb(len(memory)) + memory)
-        f.write(b"\x0b" + uleb(len(segment) + size) + segment)
-        for _ in range(size >> 20):
-            f.write(block())
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from synth import data_module  # noqa: E402,F401  (re-exported for the benchmarks)
 
 
 def half_random_block(seed: int = 0) -> Callable[[], bytes]:

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import uleb
+from wasmctr.leb128 import encode_unsigned as uleb
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

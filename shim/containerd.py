@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from wasmctr.leb128 import encode_unsigned as _varint
+
 SOCKET_DIR = Path(os.environ.get("WASMCTR_SHIM_SOCKET_DIR", "/run/wasmctr-shim"))
 GROUP_ANNOTATION = "io.kubernetes.cri.sandbox-id"
 
@@ -150,15 +152,6 @@ def delete_response(pid: int, exit_status: int, exited_at: float) -> bytes:
 
 def _field(number: int, value: int) -> bytes:
     return bytes([number << 3]) + _varint(value) if value else b""
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 def _group(bundle: Path, task_id: str) -> str:

@@ -258,16 +258,11 @@ def test_artifact_rejects_several_files_and_suggests_compat(tmp_path: Path, hell
 
 
 def test_large_module_with_data_segment_builds_and_validates(tmp_path: Path) -> None:
+    from synth import data_module
+
     from wasmctr import wasm
 
-    path = tmp_path / "big.wasm"
-    payload = 3 << 20
-    data = b"\x01" + b"\x00\x41\x00\x0b" + wasm._uleb(payload)
-    with open(path, "wb") as f:
-        f.write(b"\0asm\x01\x00\x00\x00")
-        f.write(b"\x05\x03\x01\x00\x40")  # memory: min 64 pages (4 MiB)
-        f.write(b"\x0b" + wasm._uleb(len(data) + payload) + data)
-        f.write(os.urandom(payload))
+    path = data_module(tmp_path / "big.wasm", 3 << 20, lambda: os.urandom(1 << 20))
     assert wasm.analyse(path).kind == "module"
     with open(path, "r+b") as f:
         f.truncate(path.stat().st_size - 10)

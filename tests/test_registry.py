@@ -15,6 +15,7 @@ import pytest
 import requests
 from conftest import assert_one_line_error, wasmctr
 from services import Containerd, registry
+from synth import data_module
 
 import wasmctr as api
 from wasmctr import mediatypes as mt
@@ -29,20 +30,6 @@ def last_line(proc: subprocess.CompletedProcess[str]) -> str:
 def snapshot(home: Path) -> dict[str, bytes]:
     return {str(p.relative_to(home)): p.read_bytes() for p in sorted(home.rglob("*"))
             if p.is_file() and not p.name.endswith(".lock")}
-
-
-def big_module(path: Path, size: int) -> Path:
-    """A valid module carrying `size` random bytes in a data segment: a large, incompressible layer."""
-    from wasmctr.wasm import _uleb
-
-    seg = b"\x01\x00\x41\x00\x0b" + _uleb(size)
-    memory = b"\x01\x00" + _uleb(size // 65536 + 1)
-    with open(path, "wb") as f:
-        f.write(b"\0asm\x01\x00\x00\x00\x05" + _uleb(len(memory)) + memory)
-        f.write(b"\x0b" + _uleb(len(seg) + size) + seg)
-        for _ in range(size >> 20):
-            f.write(os.urandom(1 << 20))
-    return path
 
 
 @pytest.mark.parametrize("fmt", ["compat", "artifact"])
@@ -233,7 +220,7 @@ def test_manifest_too_large_and_blob_larger_than_its_descriptor(tmp_path: Path, 
 
 
 def test_push_interrupted_by_a_registry_crash_completes_when_run_again(tmp_path: Path) -> None:
-    module = big_module(tmp_path / "big.wasm", 96 << 20)
+    module = data_module(tmp_path / "big.wasm", 96 << 20, lambda: os.urandom(1 << 20))
     with registry(tmp_path / "reg") as reg:
         ref = f"{reg.host}/big:1"
         wasmctr("build", str(module), "-t", ref, "--format", "artifact")

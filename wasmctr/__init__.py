@@ -1,14 +1,51 @@
 """wasmctr: WebAssembly containers — build, push, pull and run wasm as OCI images, with no daemon.
 
-The public API is re-exported here; see `wasmctr.api` for the functions and `wasmctr.errors` for the
-exceptions they raise.
+The public API (`wasmctr.build`, `wasmctr.run`, ...; see `wasmctr.api`) and `wasmctr.errors` are loaded
+on first use, so that the runtime-facing entry points, which import single modules of this package,
+do not pay for all of it at every container start.
 """
 
-from .api import BuildResult, ImageSummary, build, images, inspect, load, login, logout, pull, push, rmi, run, save, tag
-from .errors import WasmctrError
-from .store import Store
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["BuildResult", "ImageSummary", "Store", "WasmctrError", "build", "images", "inspect", "load",
-           "login", "logout", "pull", "push", "rmi", "run", "save", "tag", "__version__"]
+_API = ("BuildResult", "ImageSummary", "build", "images", "inspect", "load", "login", "logout", "pull", "push",
+        "rmi", "run", "save", "tag")
+_ELSEWHERE = {"Store": "store", "WasmctrError": "errors"}
+
+__all__ = ["BuildResult", "ImageSummary", "Store", "WasmctrError", "__version__", "build", "images", "inspect",
+           "load", "login", "logout", "pull", "push", "rmi", "run", "save", "tag"]
+
+if TYPE_CHECKING:
+    from .api import (
+        BuildResult,
+        ImageSummary,
+        build,
+        images,
+        inspect,
+        load,
+        login,
+        logout,
+        pull,
+        push,
+        rmi,
+        run,
+        save,
+        tag,
+    )
+    from .errors import WasmctrError
+    from .store import Store
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(importlib.import_module(".api", __name__), name)
+    if name in _ELSEWHERE:
+        return getattr(importlib.import_module(f".{_ELSEWHERE[name]}", __name__), name)
+    try:
+        return importlib.import_module(f".{name}", __name__)  # submodules: wasmctr.api, wasmctr.wasm...
+    except ModuleNotFoundError:
+        raise AttributeError(f"module 'wasmctr' has no attribute {name!r}") from None

@@ -1,4 +1,4 @@
-"""The Python API: what the CLI does, callable from Python (`wasmctr.build(...)`, `wasmctr.images()`).
+"""The Python API: what the CLI does, callable from Python (`wasmctr.build(...)`, `wasmctr.image()`).
 
 Each function takes an optional `store` (default: the local store at `$WASMCTR_HOME`) and returns plain
 data. The CLI is a thin layer over these; nothing here prints.
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import archive, builder, dockerfile
-from . import images as stored
+from . import image as stored
 from . import reference as references
 from .errors import ImageNotFound, UsageError
 from .model import Descriptor, Platform

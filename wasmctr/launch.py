@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import images as stored
+from . import image as stored
 from .errors import ExecutorError, UsageError
 from .executor import Mount, RunSpec
 from .policy import Policy

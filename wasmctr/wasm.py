@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import IO, BinaryIO, Literal
 
 from .errors import InvalidWasm
+from .leb128 import encode_unsigned as _uleb
 
 MAGIC = b"\0asm"
 MODULE_VERSION = b"\x01\x00\x00\x00"
@@ -297,15 +298,3 @@ def _read_uleb_stream(f: IO[bytes]) -> int:
         result |= (b & 0x7F) << shift
         shift += 7
     return result
-
-
-def _uleb(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
