@@ -26,7 +26,7 @@ from wasmctr.errors import WasmctrError
 from wasmctr.executor import RunSpec
 from wasmctr.ocispec import spec_from_bundle
 
-from . import mounts
+from . import mounts, stdio
 from .api import task_pb2
 from .container import become_guest
 from .events import Publisher, timestamp
@@ -53,6 +53,7 @@ class Task:
     rootfs_mounted: bool = False
     start_fd: int = -1
     report_fd: int = -1
+    logger: stdio.BinaryLogger | None = None
     exited: threading.Event = field(default_factory=threading.Event)
 
 
@@ -107,8 +108,13 @@ class TaskService:
             spec = spec_from_bundle(bundle, config)
             # loaded here, before the fork: the container process starts at once and shares the code
             self.executor.precompile(spec.wasm, spec.wasm_digest, spec.fuel is not None)
+            if stdio.is_binary_uri(req.stdout):
+                task.logger = stdio.BinaryLogger.start(req.stdout, req.id, task.namespace)
             self._fork(task, spec)
         except (WasmctrError, OSError, ValueError) as exc:
+            if task.logger:
+                task.logger.release()
+                task.logger.stop()
             if task.rootfs_mounted:
                 mounts.unmount_all(bundle / "rootfs")
             message = str(exc)
@@ -153,6 +159,8 @@ class TaskService:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(task.pid, signal.SIGKILL)
             task.exited.wait(5)
+        if task.logger:
+            task.logger.stop()
         if task.rootfs_mounted:
             mounts.unmount_all(task.bundle / "rootfs")
         with contextlib.suppress(OSError):
@@ -242,6 +250,8 @@ class TaskService:
             os._exit(code)
         os.close(start_r)
         os.close(report_w)
+        if task.logger:
+            task.logger.release()
         task.pid, task.start_fd, task.report_fd = pid, start_w, report_r
         threading.Thread(target=self._reap, args=(task,), daemon=True).start()
 
@@ -273,11 +283,15 @@ class TaskService:
 
 def _child(executor: Any, task: Task, spec: RunSpec, start_r: int, report_w: int) -> int:
     gc.disable()
-    _close_inherited_fds(keep={start_r, report_w})
+    _close_inherited_fds(keep={start_r, report_w, *((task.logger.stdout, task.logger.stderr) if task.logger else ())})
     os.setsid()
-    _redirect(task.stdin, 0, os.O_RDONLY)
-    _redirect(task.stdout, 1, os.O_WRONLY)
-    _redirect(task.stderr, 2, os.O_WRONLY)
+    stdio.redirect(task.stdin, 0, os.O_RDONLY)
+    if task.logger:
+        stdio.move(task.logger.stdout, 1)
+        stdio.move(task.logger.stderr, 2)
+    else:
+        stdio.redirect(task.stdout, 1, os.O_WRONLY)
+        stdio.redirect(task.stderr, 2, os.O_WRONLY)
     spec.stdin = bool(task.stdin)
     outcome = become_guest(executor, spec, lambda: os.read(start_r, 1) == b"s")
     if outcome is None:
@@ -294,39 +308,6 @@ def _close_inherited_fds(keep: set[int]) -> None:
         if fd > 2 and fd not in keep:
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-
-def _redirect(path: str, fd: int, mode: int) -> None:
-    """Put a stdio path (FIFO, file, or `file://` URI) on fd 0, 1 or 2; /dev/null when there is none.
-
-    A FIFO for stdin is opened non-blocking (nobody may ever write to it without `-i`) and then made
-    blocking, so that the guest reads what arrives and sees EOF when containerd closes its end.
-    """
-    if not path:
-        target = os.open(os.devnull, os.O_RDWR)
-    else:
-        path = path.removeprefix("file://")
-        if path.startswith("binary://"):
-            raise WasmctrError("binary:// log URIs are not supported yet")
-        if mode == os.O_RDONLY:
-            target = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-            os.set_blocking(target, True)
-        elif _is_fifo(path):
-            target = os.open(path, os.O_WRONLY)
-        else:
-            target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(target, fd)
-    if target != fd:
-        os.close(target)
-
-
-def _is_fifo(path: str) -> bool:
-    import stat
-
-    try:
-        return stat.S_ISFIFO(os.stat(path).st_mode)
-    except OSError:
-        return False
 
 
 def _unimplemented(why: str):  # type: ignore[no-untyped-def]

@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -96,6 +97,46 @@ def test_stdin_reaches_the_guest(containerd, images) -> None:  # type: ignore[no
     proc = ctr_run(containerd, "--rm", images["hostile"], "stdin-1", "/hostile.wasm", "cat",
                    input="piped through containerd")
     assert proc.returncode == 0 and proc.stdout == "piped through containerd"
+
+
+LOGGER = """#!{python}
+# A containerd logging binary: stdout on fd 3, stderr on fd 4, ready when fd 5 is closed.
+import os, sys, threading
+log = open(sys.argv[sys.argv.index("--file") + 1], "a")
+os.close(5)
+lock = threading.Lock()
+def pump(fd, name):
+    with os.fdopen(fd, "rb") as stream:
+        for line in stream:
+            with lock:
+                log.write(f"{{name}} {{os.environ['CONTAINER_NAMESPACE']}}/{{os.environ['CONTAINER_ID']}}: "
+                          f"{{line.decode()}}")
+                log.flush()
+threads = [threading.Thread(target=pump, args=(fd, name)) for fd, name in ((3, "out"), (4, "err"))]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"""
+
+
+def test_binary_log_uri_starts_a_containerd_logging_binary(containerd, images, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    logger = tmp_path / "logger"
+    logger.write_text(LOGGER.format(python=sys.executable))
+    logger.chmod(0o755)
+    log = tmp_path / "guest.log"
+    uri = f"binary://{logger}?--file={log}"
+    hello = ctr_run(containerd, "--rm", "--log-uri", uri, images["hello"], "log-1", "/hello.wasm", "logs", "3")
+    assert hello.returncode == 3, hello.stderr
+    cat = ctr_run(containerd, "--rm", "--log-uri", uri, images["hostile"], "log-2", "/hostile.wasm", "cat")
+    assert cat.returncode == 0, cat.stderr
+    assert log.read_text().splitlines() == ["out default/log-1: Hello, logs!", "out default/log-1: argc=3",
+                                            "err default/log-2: 0 bytes"]
+    assert subprocess.run(["pgrep", "-f", str(logger)], capture_output=True).returncode == 1
+    missing = ctr_run(containerd, "--rm", "--log-uri", f"binary://{tmp_path}/nothing", images["hello"], "log-3")
+    assert missing.returncode != 0 and f"logging binary {tmp_path}/nothing" in missing.stderr
+    containerd.ctr("container", "delete", "log-3")
+    wait_for_nothing_left(containerd)
 
 
 def test_memory_limit_caps_the_guest(containerd, images) -> None:  # type: ignore[no-untyped-def]
