@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import data_module, half_random_block, timed
+from common import compile_sources, data_module, half_random_block, timed
 
 
 def main() -> None:
@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    compile_sources()
     wasmctr = str(Path(sys.executable).parent / "wasmctr")
     with tempfile.TemporaryDirectory() as tmp:
         module = Path(tmp) / "big.wasm"

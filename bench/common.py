@@ -10,7 +10,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
 from synth import data_module  # noqa: E402,F401  (re-exported for the benchmarks)
 
 
@@ -32,3 +33,10 @@ def timed(argv: list[str], env: dict[str, str] | None = None, quiet: bool = Fals
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"failed: {' '.join(argv)}")
     return time.perf_counter() - start, usage.ru_maxrss
+
+
+def compile_sources() -> None:
+    """Write wasmctr's bytecode now: an editable install run with PYTHONDONTWRITEBYTECODE (as CI sets it)
+    would otherwise compile every module at every start, which a wheel install never does."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "wasmctr"), str(REPO / "shim")],
+                   check=True, stdout=subprocess.DEVNULL)

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from common import data_module, random_block, timed  # noqa: E402
+from common import compile_sources, data_module, random_block, timed  # noqa: E402
 from services import RegistryProcess  # noqa: E402
 
 
@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    compile_sources()
     wasmctr = str(Path(sys.executable).parent / "wasmctr")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import compile_sources
+
 from wasmctr.leb128 import encode_unsigned as uleb
 
 HERE = Path(__file__).resolve().parent
@@ -75,6 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
+    compile_sources()
     python = sys.executable
     wasmctr = str(Path(python).parent / "wasmctr")
     with tempfile.TemporaryDirectory() as tmp:

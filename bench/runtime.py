@@ -11,6 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from common import compile_sources
+
 from shim import lab, latency
 
 
@@ -18,6 +20,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=10)
     args = parser.parse_args()
+    compile_sources()
     runtime = str(Path(sys.executable).parent / "wasmctr-runtime")
     with tempfile.TemporaryDirectory() as tmp, lab(Path(tmp)) as setup:
         ours, runc = latency(setup.wasm("--runtime", "io.containerd.runc.v2", "--runc-binary", runtime),

@@ -29,6 +29,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+from common import compile_sources  # noqa: E402
 from services import Containerd, RegistryProcess  # noqa: E402
 
 POD = ["--annotation", "io.kubernetes.cri.sandbox-id=bench-pod"]
@@ -117,6 +118,7 @@ def main() -> None:
     parser.add_argument("--idle", type=int, default=50)
     parser.add_argument("--total", type=int, default=100)
     args = parser.parse_args()
+    compile_sources()
     with tempfile.TemporaryDirectory() as tmp, lab(Path(tmp)) as setup:
         wasm_lat, runc_lat = latency(setup.wasm("--runtime", "io.containerd.wasmctr.v1"), setup.runc(), args.repeat)
         print(f"latency: wasmctr shim {wasm_lat * 1000:5.0f} ms   runc busybox echo {runc_lat * 1000:5.0f} ms   "

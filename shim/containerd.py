@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -69,25 +70,36 @@ def start(args: argparse.Namespace) -> int:
     path = socket_path(args.namespace, _group(bundle, args.id), args.address)
     address = f"unix://{path}"
     SOCKET_DIR.mkdir(parents=True, exist_ok=True, mode=0o711)
-    if not _reserve(path):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(str(path))
-        listener.listen(128)
-        log = _shim_log(bundle)
-        env = {**os.environ, "WASMCTR_SHIM_NAMESPACE": args.namespace}
-        subprocess.Popen(
-            [sys.executable, "-m", "shim.containerd", "-namespace", args.namespace, "-address", args.address,
-             "-id", args.id, "-socket", str(path), *(["-debug"] if args.debug else []), "serve"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, pass_fds=(listener.fileno(),),
-            env={**env, "WASMCTR_SHIM_LISTEN_FD": str(listener.fileno())}, start_new_session=True, cwd="/")
-        listener.close()
-        os.close(log)
+    lock = os.open(SOCKET_DIR, os.O_RDONLY)
+    try:
+        # concurrent starts of one group: the first spawns the shim, the others then find it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _reserve(path, args.id):
+            _spawn(args, path, bundle)
+    finally:
+        os.close(lock)
     (bundle / "address").write_text(address)
     sys.stdout.write(address)
     sys.stdout.flush()
     return 0
+
+
+def _spawn(args: argparse.Namespace, path: Path, bundle: Path) -> None:
+    """Bind the socket here, so it accepts connections at once, and hand it to a new shim process."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(128)
+    log = _shim_log(bundle)
+    env = {**os.environ, "WASMCTR_SHIM_NAMESPACE": args.namespace}
+    subprocess.Popen(
+        [sys.executable, "-m", "shim.containerd", "-namespace", args.namespace, "-address", args.address,
+         "-id", args.id, "-socket", str(path), *(["-debug"] if args.debug else []), "serve"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, pass_fds=(listener.fileno(),),
+        env={**env, "WASMCTR_SHIM_LISTEN_FD": str(listener.fileno())}, start_new_session=True, cwd="/")
+    listener.close()
+    os.close(log)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -147,11 +159,15 @@ def delete_response(pid: int, exit_status: int, exited_at: float) -> bytes:
     """containerd.task.v2.DeleteResponse{pid=1, exit_status=2, exited_at=3 (Timestamp{seconds=1, nanos=2})}."""
     seconds, nanos = int(exited_at), int((exited_at % 1) * 1e9)
     timestamp = _field(1, seconds) + _field(2, nanos)
-    return _field(1, pid) + _field(2, exit_status) + bytes([3 << 3 | 2]) + _varint(len(timestamp)) + timestamp
+    return _field(1, pid) + _field(2, exit_status) + _bytes_field(3, timestamp)
 
 
 def _field(number: int, value: int) -> bytes:
     return bytes([number << 3]) + _varint(value) if value else b""
+
+
+def _bytes_field(number: int, value: bytes) -> bytes:
+    return bytes([number << 3 | 2]) + _varint(len(value)) + value
 
 
 def _group(bundle: Path, task_id: str) -> str:
@@ -170,14 +186,14 @@ def _shim_log(bundle: Path) -> int:
         return os.open(os.devnull, os.O_WRONLY)
 
 
-def _reserve(path: Path) -> bool:
+def _reserve(path: Path, container_id: str) -> bool:
     """Ask the shim on `path` to stay for the container being started; False if there is none (or it
-    is on its way out). One ttrpc call, `wasmctr.shim.v1.Shim/Reserve`, framed here with the standard
-    library: `start` runs once per container and must stay cheap."""
+    is on its way out). One ttrpc call, `wasmctr.shim.v1.Shim/Reserve` (shim/proto/shim.proto), framed
+    here with the standard library: `start` runs once per container and must stay cheap."""
     if not path.exists():
         return False
-    service, method = b"wasmctr.shim.v1.Shim", b"Reserve"
-    request = b"\x0a" + _varint(len(service)) + service + b"\x12" + _varint(len(method)) + method
+    request = (_bytes_field(1, b"wasmctr.shim.v1.Shim") + _bytes_field(2, b"Reserve")
+               + _bytes_field(3, _bytes_field(1, container_id.encode())))
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(2)

@@ -27,7 +27,7 @@ from wasmctr.executor import RunSpec
 from wasmctr.ocispec import spec_from_bundle
 
 from . import mounts, stdio
-from .api import task_pb2
+from .api import shim_pb2, task_pb2
 from .container import become_guest
 from .events import Publisher, timestamp
 from .ttrpc import Call, Code, RpcError, Service
@@ -55,6 +55,24 @@ class Task:
     report_fd: int = -1
     logger: stdio.BinaryLogger | None = None
     exited: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # status and start_fd
+
+    def close_start_pipe(self, start: bool) -> bool:
+        """Close the start pipe, after writing the go-ahead if `start`; False if it was already closed
+        or the container process is gone. Called with `lock` held: Start and the reaper both close it,
+        and a second close could hit a number the shim has since reused for another container's
+        connection, which containerd would then see drop."""
+        fd, self.start_fd = self.start_fd, -1
+        if fd < 0:
+            return False
+        try:
+            if start:
+                os.write(fd, b"s")
+        except BrokenPipeError:
+            return False
+        finally:
+            os.close(fd)
+        return True
 
 
 class TaskService:
@@ -65,7 +83,7 @@ class TaskService:
         self.lock = threading.Lock()
         self.publisher = publisher
         self.on_empty = on_empty
-        self.reserved_until = 0.0
+        self.reservations: dict[str, float] = {}  # container id -> until when (monotonic)
         from wasmctr import api
 
         self.executor = api.executor()
@@ -95,7 +113,7 @@ class TaskService:
             raise RpcError(Code.FAILED_PRECONDITION, "a terminal (-t) is not supported for wasm guests; their "
                                                      "stdio is plain streams")
         with self.lock:
-            self.reserved_until = 0.0  # the container the reservation was for has arrived
+            self.reservations.pop(req.id, None)  # the container the reservation was for has arrived
             if req.id in self.tasks:
                 raise RpcError(Code.ALREADY_EXISTS, f"task {req.id} already exists")
         bundle = Path(req.bundle)
@@ -129,13 +147,13 @@ class TaskService:
 
     def start(self, req: task_pb2.StartRequest, call: Call) -> task_pb2.StartResponse:
         task = self._get(req.id)
-        if task.status != task_pb2.CREATED:
-            raise RpcError(Code.FAILED_PRECONDITION, f"task {req.id} is not in the created state")
-        os.write(task.start_fd, b"s")
-        os.close(task.start_fd)
-        task.start_fd = -1
-        task.status = task_pb2.RUNNING
-        self.publisher.task_start(task)
+        with task.lock:  # against the reaper: a guest that exits at once is STOPPED after RUNNING, not before
+            if task.status != task_pb2.CREATED:
+                raise RpcError(Code.FAILED_PRECONDITION, f"task {req.id} is not in the created state")
+            if not task.close_start_pipe(start=True):
+                raise RpcError(Code.FAILED_PRECONDITION, f"task {req.id} exited before it was started")
+            task.status = task_pb2.RUNNING
+            self.publisher.task_start(task)
         return task_pb2.StartResponse(pid=task.pid)
 
     def kill(self, req: task_pb2.KillRequest, call: Call) -> empty_pb2.Empty:
@@ -201,22 +219,26 @@ class TaskService:
         `start` reserved this shim for one that is coming. The check and the exit happen under the
         lock that `reserve` takes, so a reservation either lands before the exit or fails."""
         with self.lock:
-            if not now and self.tasks:
-                return
-            wait = self.reserved_until - time.monotonic()
-            if not now and wait > 0:
-                threading.Timer(wait + max(self.linger, 0.05), self._exit_if_idle, args=(False,)).start()
-                return
+            if not now:
+                if self.tasks:
+                    return
+                clock = time.monotonic()
+                self.reservations = {cid: until for cid, until in self.reservations.items() if until > clock}
+                if self.reservations:
+                    wait = max(self.reservations.values()) - clock
+                    threading.Timer(wait + max(self.linger, 0.05), self._exit_if_idle, args=(False,)).start()
+                    return
             self.on_empty()
 
-    def reserve(self, req: empty_pb2.Empty, call: Call) -> empty_pb2.Empty:
+    def reserve(self, req: shim_pb2.ReserveRequest, call: Call) -> empty_pb2.Empty:
+        """One reservation per container: each lasts until that container's Create, or expires."""
         with self.lock:
-            self.reserved_until = time.monotonic() + RESERVATION_SECONDS
+            self.reservations[req.id] = time.monotonic() + RESERVATION_SECONDS
         return empty_pb2.Empty()
 
     def reservation_service(self) -> Service:
         s = Service(RESERVE_SERVICE)
-        s.method("Reserve", empty_pb2.Empty, self.reserve)
+        s.method("Reserve", shim_pb2.ReserveRequest, self.reserve)
         return s
 
     def closeio(self, req: task_pb2.CloseIORequest, call: Call) -> empty_pb2.Empty:
@@ -262,12 +284,10 @@ class TaskService:
             task.exit_status = 128 - task.exit_status
         with os.fdopen(task.report_fd, "rb") as report:
             reason = report.read().decode(errors="replace")
-        task.exited_at = time.time()
-        task.status = task_pb2.STOPPED
-        if task.start_fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(task.start_fd)
-            task.start_fd = -1
+        with task.lock:
+            task.exited_at = time.time()
+            task.status = task_pb2.STOPPED
+            task.close_start_pipe(start=False)
         if reason == "oom":
             self.publisher.task_oom(task)
         task.exited.set()

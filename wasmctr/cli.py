@@ -2,9 +2,10 @@
 
 Each command parses its flags, calls one API function and prints the result. Every failure becomes one
 line on stderr (`wasmctr: error: ...`) and an exit code: 2 for usage errors, 1 otherwise; no traceback.
-"""
 
-from __future__ import annotations
+Annotations are real objects here, not strings (no `from __future__ import annotations`): typer reads
+every command's signature at each start, and evaluating string annotations costs ~10 ms.
+"""
 
 import json
 import os

@@ -390,10 +390,13 @@ def _kind(path: Path) -> str:
 
 
 def _code_class(kind: str) -> Any:
-    import wasmtime
-    from wasmtime import component
+    if kind == "component":  # wasmtime.component costs ~10 ms of imports: only for components
+        from wasmtime import component
 
-    return component.Component if kind == "component" else wasmtime.Module
+        return component.Component
+    import wasmtime
+
+    return wasmtime.Module
 
 
 def _settings(fuel: bool) -> str:
