@@ -84,6 +84,7 @@ class TaskService:
         self.publisher = publisher
         self.on_empty = on_empty
         self.reservations: dict[str, float] = {}  # container id -> until when (monotonic)
+        self.last_activity = time.monotonic()
         from wasmctr import api
 
         self.executor = api.executor()
@@ -109,11 +110,13 @@ class TaskService:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def create(self, req: task_pb2.CreateTaskRequest, call: Call) -> task_pb2.CreateTaskResponse:
+        with self.lock:
+            self.reservations.pop(req.id, None)  # the container the reservation was for has arrived
+            self.last_activity = time.monotonic()
         if req.terminal:
             raise RpcError(Code.FAILED_PRECONDITION, "a terminal (-t) is not supported for wasm guests; their "
                                                      "stdio is plain streams")
         with self.lock:
-            self.reservations.pop(req.id, None)  # the container the reservation was for has arrived
             if req.id in self.tasks:
                 raise RpcError(Code.ALREADY_EXISTS, f"task {req.id} already exists")
         bundle = Path(req.bundle)
@@ -185,6 +188,7 @@ class TaskService:
             (task.bundle / "wasmctr.pid").unlink()
         with self.lock:
             self.tasks.pop(req.id, None)
+            self.last_activity = time.monotonic()
         self.publisher.task_delete(task)
         return task_pb2.DeleteResponse(pid=task.pid, exit_status=task.exit_status,
                                        exited_at=timestamp(task.exited_at))
@@ -210,30 +214,31 @@ class TaskService:
         with self.lock:
             empty = not self.tasks
         if empty or req.now:
-            threading.Timer(0.05 if req.now else max(self.linger, 0.05), self._exit_if_idle,
-                            args=(req.now,)).start()
+            threading.Timer(0.05 if req.now else self.linger, self._exit_if_idle, args=(req.now,)).start()
         return empty_pb2.Empty()
 
     def _exit_if_idle(self, now: bool) -> None:
-        """Exit once the response is out, unless a container of the group arrived in the meantime or a
-        `start` reserved this shim for one that is coming. The check and the exit happen under the
-        lock that `reserve` takes, so a reservation either lands before the exit or fails."""
+        """Exit once the response is out, unless the group is not idle: a container is there, a `start`
+        reserved this shim for one on its way, or one came or went less than `linger` seconds ago. The
+        check and the exit happen under the lock that `reserve` takes, so a reservation either lands
+        before the exit or fails (and `start` spawns a new shim)."""
         with self.lock:
             if not now:
                 if self.tasks:
-                    return
+                    return  # the Shutdown that follows the last one's Delete checks again
                 clock = time.monotonic()
                 self.reservations = {cid: until for cid, until in self.reservations.items() if until > clock}
-                if self.reservations:
-                    wait = max(self.reservations.values()) - clock
-                    threading.Timer(wait + max(self.linger, 0.05), self._exit_if_idle, args=(False,)).start()
+                quiet_at = max([self.last_activity + self.linger, *self.reservations.values()])
+                if quiet_at > clock:
+                    threading.Timer(quiet_at - clock, self._exit_if_idle, args=(False,)).start()
                     return
             self.on_empty()
 
     def reserve(self, req: shim_pb2.ReserveRequest, call: Call) -> empty_pb2.Empty:
         """One reservation per container: each lasts until that container's Create, or expires."""
         with self.lock:
-            self.reservations[req.id] = time.monotonic() + RESERVATION_SECONDS
+            self.last_activity = time.monotonic()
+            self.reservations[req.id] = self.last_activity + RESERVATION_SECONDS
         return empty_pb2.Empty()
 
     def reservation_service(self) -> Service:

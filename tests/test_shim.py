@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -170,6 +171,36 @@ def test_twenty_concurrent_containers_leave_nothing_behind(containerd, images) -
                                                   str(n), str(n % 5)), range(20)))
     for n, proc in enumerate(results):
         assert proc.returncode == n % 5 and proc.stdout.startswith(f"Hello, {n}!"), (n, proc.stderr)
+    wait_for_nothing_left(containerd)
+
+
+def test_one_shim_serves_a_continuous_stream_of_containers(containerd, images) -> None:  # type: ignore[no-untyped-def]
+    """Containers arriving 4 at a time for longer than the shim's linger: each one's reservation holds
+    the shim until that container is created, so the shim neither exits under a container on its way
+    (containerd would see `ttrpc: closed`) nor restarts."""
+    pattern = f"shim.containerd .*-address {containerd.socket} .*serve"
+    shims: set[str] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            shims.update(subprocess.run(["pgrep", "-P", "1", "-f", pattern], capture_output=True,
+                                        text=True).stdout.split())
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        started = time.monotonic()
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda n: ctr_run(containerd, "--rm", images["hello"], f"stream-{n}"), range(40)))
+        elapsed = time.monotonic() - started
+    finally:
+        done.set()
+        watcher.join()
+    assert [p.stderr for p in results if p.returncode != 0] == []
+    assert elapsed > 2.5, "the stream outlasts the 2 s linger"
+    assert len(shims) == 1, shims
     wait_for_nothing_left(containerd)
 
 
