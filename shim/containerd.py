@@ -7,6 +7,10 @@ long-lived shim process, writes the bundle's `address` file and prints the addre
 else). Containers of one pod (annotation `io.kubernetes.cri.sandbox-id`) share a shim: `start`
 returns the address of the one already serving the group. `delete` cleans up after a shim that is
 gone and prints a DeleteResponse.
+
+containerd runs this binary twice for every container (`start`, then `delete` once the connection
+closes), so what those two verbs import is kept to the standard library they need: modules that only
+the long-lived `serve` (or spawning it) uses are imported there.
 """
 
 from __future__ import annotations
@@ -16,11 +20,9 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -86,6 +88,7 @@ def start(args: argparse.Namespace) -> int:
 
 def _spawn(args: argparse.Namespace, path: Path, bundle: Path) -> None:
     """Bind the socket here, so it accepts connections at once, and hand it to a new shim process."""
+    import subprocess
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -104,6 +107,7 @@ def _spawn(args: argparse.Namespace, path: Path, bundle: Path) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     """The long-lived shim: warm executor, ttrpc task service on the inherited socket."""
+    import logging
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     import wasmtime  # noqa: F401  (imported before any container is forked: every child starts warm)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .api import task_pb2
+if TYPE_CHECKING:  # not at run time: the shim's `delete` verb imports this module and must start fast
+    from .api import task_pb2
 
 
 def mount_all(mounts: list[task_pb2.Mount], target: Path) -> None:

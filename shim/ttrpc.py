@@ -14,6 +14,7 @@ import logging
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -134,10 +135,13 @@ class Server:
 
     def _request(self, conn: socket.socket, lock: threading.Lock, stream: int, data: bytes | None) -> None:
         response = ttrpc_pb2.Response()
+        started = time.monotonic()
+        name = "?"
         try:
             if data is None:
                 raise RpcError(Code.RESOURCE_EXHAUSTED, "request over the 4 MiB limit")
             request = ttrpc_pb2.Request.FromString(data)
+            name = f"{request.service}/{request.method}"
             service = self.services.get(request.service)
             method = service.methods.get(request.method) if service else None
             if method is None:
@@ -153,6 +157,7 @@ class Server:
             response.status.code, response.status.message = Code.INTERNAL, f"{type(exc).__name__}: {exc}"
         with contextlib.suppress(OSError, RpcError):
             write_frame(conn, lock, stream, TYPE_RESPONSE, response.SerializeToString())
+        log.debug("%s: code %d in %.1f ms", name, response.status.code, (time.monotonic() - started) * 1000)
 
 
 def _within_deadline(handler: Handler, message: Any, call: Call) -> Any:
