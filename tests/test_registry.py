@@ -69,6 +69,24 @@ def test_skopeo_reads_what_we_pushed(plain_registry, tmp_path: Path, hello_wasm:
     assert "sha256:" + hashlib.sha256(raw).hexdigest() == digest
 
 
+def test_zstd_layers_recompressed_by_skopeo_are_pulled_and_run(plain_registry, tmp_path: Path,
+                                                              hello_c_wasm: Path) -> None:
+    ref = f"{plain_registry.host}/gz:1"
+    wasmctr("build", str(hello_c_wasm), "-t", ref, "--push")
+    zstd_ref = f"{plain_registry.host}/zstd:1"
+    subprocess.run(["skopeo", "copy", "--src-tls-verify=false", "--dest-tls-verify=false",
+                    "--dest-compress-format", "zstd", f"docker://{ref}", f"docker://{zstd_ref}"], check=True,
+                   capture_output=True)
+    raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{zstd_ref}"], check=True,
+                         capture_output=True).stdout
+    assert [layer["mediaType"] for layer in json.loads(raw)["layers"]] == [mt.OCI_LAYER_TAR_ZSTD]
+    fresh = {"WASMCTR_HOME": str(tmp_path / "fresh")}
+    proc = wasmctr("run", zstd_ref, "zstd", "5", env=fresh, check=False)
+    assert (proc.returncode, proc.stdout) == (5, "Hello, zstd!\nargc=3\n"), proc.stderr
+    shown = json.loads(wasmctr("inspect", zstd_ref, "--json", env=fresh).stdout)
+    assert shown["wasm"]["kind"] == "module"
+
+
 def test_image_pushed_by_skopeo_from_a_docker_archive_is_pulled_and_inspected(
         plain_registry, tmp_path: Path, hello_wasm: Path, wasmctr_home: Path) -> None:
     wasmctr("build", str(hello_wasm), "-t", "src:1")

@@ -1,14 +1,13 @@
 """Reading images back out of the store: which manifest serves a platform, what format an image is,
 where its wasm program lives, and the summaries `images` and `inspect` show.
 
-Layers are only ever streamed: finding a program inside a compat rootfs walks the tar+gzip stream
+Layers are only ever streamed: finding a program inside a compat rootfs walks the layer's tar stream
 and stops at the member. Imports the store and model, never the CLI or the network.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gzip
 import posixpath
 import shutil
 import tarfile
@@ -16,11 +15,12 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any
 
 from . import mediatypes as mt
 from . import wasm
 from .errors import ImageNotFound, StoreError
+from .layer import open_tar
 from .model import WASI_WASM, Descriptor, Manifest, Platform, parse_config
 from .store import Store
 
@@ -163,16 +163,8 @@ def describe_program(store: Store, image: Image) -> WasmSummary | None:
 
 @contextlib.contextmanager
 def _open_layer(store: Store, layer: Descriptor) -> Iterator[tarfile.TarFile]:
-    with store.open_blob(layer.digest) as raw:
-        stream: BinaryIO = raw
-        head = raw.read(2)
-        raw.seek(0)
-        if head == b"\x1f\x8b":
-            stream = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
-        elif layer.media_type.endswith("zstd"):
-            raise StoreError(f"layer {layer.digest} is zstd-compressed, which wasmctr cannot read yet")
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            yield tar
+    with store.open_blob(layer.digest) as raw, open_tar(raw) as tar:
+        yield tar
 
 
 def _find_member(tar: tarfile.TarFile, path: str) -> tarfile.TarInfo | None:

@@ -8,7 +8,6 @@ paths, no `..`, no links out, no devices), and that tree is the guest's read-onl
 
 from __future__ import annotations
 
-import gzip
 import os
 import posixpath
 import re
@@ -21,6 +20,7 @@ from pathlib import Path
 from . import image as stored
 from .errors import ExecutorError, UsageError
 from .executor import Mount, RunSpec
+from .layer import open_tar
 from .policy import Policy
 from .store import Store
 
@@ -103,13 +103,9 @@ def unpack_rootfs(store: Store, image: stored.Image) -> Path:
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".unpack-"))
     try:
         for layer in image.manifest.layers:
-            with store.open_blob(layer.digest) as raw:
-                head = raw.read(2)
-                raw.seek(0)
-                stream = gzip.GzipFile(fileobj=raw) if head == b"\x1f\x8b" else raw
-                with tarfile.open(fileobj=stream, mode="r|") as tar:
-                    for member in tar:
-                        _apply_member(tar, member, staging)
+            with store.open_blob(layer.digest) as raw, open_tar(raw) as tar:
+                for member in tar:
+                    _apply_member(tar, member, staging)
         os.rename(staging, target)
     except FileExistsError:
         shutil.rmtree(staging, ignore_errors=True)  # another run unpacked it first

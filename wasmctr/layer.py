@@ -1,4 +1,5 @@
-"""Reproducible rootfs layers: a sorted tar, gzip-compressed, streamed straight into the store.
+"""Rootfs layers: written reproducibly (a sorted tar, gzip-compressed, streamed straight into the store)
+and read back as a tar stream whatever they were compressed with.
 
 One pass over each input file feeds three things at once: the tar stream, the sha256 of the
 uncompressed tar (the layer's diff ID, which the image config records) and, after gzip, the sha256 of
@@ -9,11 +10,14 @@ and no file name: the same files give the same bytes on any machine.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import posixpath
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from . import digest as digests
 from . import mediatypes as mt
@@ -21,6 +25,8 @@ from .model import Descriptor
 from .store import Store
 
 GZIP_LEVEL = 6
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 @dataclass(frozen=True)
@@ -86,3 +92,20 @@ def _add(tar: tarfile.TarFile, entry: LayerEntry, mtime: int) -> None:
         with open(entry.source, "rb") as f:
             info.size = entry.source.stat().st_size
             tar.addfile(info, f)
+
+
+@contextlib.contextmanager
+def open_tar(raw: BinaryIO) -> Iterator[tarfile.TarFile]:
+    """A layer blob (seekable) as a streaming tar: gzip, zstd (including zstd:chunked's extra frames) or
+    uncompressed, told apart by the blob's first bytes, as containerd does, not by its media type."""
+    head = raw.read(len(ZSTD_MAGIC))
+    raw.seek(0)
+    stream: BinaryIO = raw
+    if head.startswith(GZIP_MAGIC):
+        stream = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
+    elif head == ZSTD_MAGIC:
+        import zstandard  # only images with zstd layers need it
+
+        stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)  # type: ignore[assignment]
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        yield tar
