@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import empty_pb2
+from google.protobuf import any_pb2, empty_pb2
 
 from wasmctr.errors import WasmctrError
 from wasmctr.executor import RunSpec
@@ -30,6 +30,7 @@ from . import mounts, stdio
 from .api import shim_pb2, task_pb2
 from .container import become_guest
 from .events import Publisher, timestamp
+from .metrics import metrics
 from .ttrpc import Call, Code, RpcError, Service
 
 SERVICE = "containerd.task.v2.Task"
@@ -54,6 +55,7 @@ class Task:
     start_fd: int = -1
     report_fd: int = -1
     logger: stdio.BinaryLogger | None = None
+    memory_limit: int = 0
     exited: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)  # status and start_fd
 
@@ -127,6 +129,7 @@ class TaskService:
                 mounts.mount_all(list(req.rootfs), bundle / "rootfs")
                 task.rootfs_mounted = True
             spec = spec_from_bundle(bundle, config)
+            task.memory_limit = spec.memory_limit or 0
             # loaded here, before the fork: the container process starts at once and shares the code
             self.executor.precompile(spec.wasm, spec.wasm_digest, spec.fuel is not None)
             if stdio.is_binary_uri(req.stdout):
@@ -251,8 +254,15 @@ class TaskService:
         return empty_pb2.Empty()
 
     def stats(self, req: task_pb2.StatsRequest, call: Call) -> task_pb2.StatsResponse:
-        self._get(req.id)
-        raise RpcError(Code.UNIMPLEMENTED, "wasm tasks have no cgroup metrics to report")
+        task = self._get(req.id)
+        try:
+            if task.exited.is_set():
+                raise ProcessLookupError
+            usage = metrics(task.pid, task.memory_limit)
+        except OSError:
+            raise RpcError(Code.NOT_FOUND, f"task {req.id} has no running process") from None
+        return task_pb2.StatsResponse(stats=any_pb2.Any(type_url=usage.DESCRIPTOR.full_name,
+                                                        value=usage.SerializeToString()))
 
     def update(self, req: task_pb2.UpdateTaskRequest, call: Call) -> empty_pb2.Empty:
         self._get(req.id)

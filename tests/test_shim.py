@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -63,6 +64,29 @@ def test_detached_task_is_listed_killed_and_deleted(containerd, images) -> None:
     assert time.monotonic() - start < 1.0, "SIGTERM stops a spinning guest within 1 s"
     assert containerd.ctr("task", "delete", "spinner").returncode == 0
     assert containerd.ctr("container", "delete", "spinner").returncode == 0
+    wait_for_nothing_left(containerd)
+
+
+def test_task_metrics_report_the_container_process_cpu_and_memory(containerd, images) -> None:  # type: ignore[no-untyped-def]
+    proc = ctr_run(containerd, "-d", "--memory-limit", str(64 << 20), images["hostile"], "metered",
+                   "/hostile.wasm", "spin")
+    assert proc.returncode == 0, proc.stderr
+    time.sleep(1)
+    shown = containerd.ctr("task", "metrics", "metered", "--format", "json")
+    assert shown.returncode == 0, shown.stderr
+    metrics = json.loads(shown.stdout)
+    assert metrics["pids"]["current"] == 1
+    assert metrics["cpu"]["usage_usec"] > 500_000, "a second of spinning"
+    assert 1 << 20 < metrics["memory"]["usage"] < 64 << 20
+    assert metrics["memory"]["usage_limit"] == 64 << 20
+    containerd.ctr("task", "kill", "--signal", "SIGKILL", "metered", check=True)
+    deadline = time.monotonic() + 5
+    while "STOPPED" not in containerd.ctr("task", "ls").stdout and time.monotonic() < deadline:
+        time.sleep(0.05)
+    gone = containerd.ctr("task", "metrics", "metered")
+    assert gone.returncode != 0 and "no metrics" in gone.stderr  # containerd drops our NotFound
+    containerd.ctr("task", "delete", "metered", check=True)
+    containerd.ctr("container", "delete", "metered", check=True)
     wait_for_nothing_left(containerd)
 
 

@@ -102,6 +102,18 @@ def test_tag_rmi_and_garbage_collection(wasmctr_home: Path, hello_wasm: Path, co
     assert_one_line_error(wasmctr("rmi", "hello:1", check=False), 1, "no image hello:1")
 
 
+def test_rmi_removes_the_unpacked_rootfs_of_an_image_it_deletes(wasmctr_home: Path, hello_c_wasm: Path) -> None:
+    wasmctr("build", str(hello_c_wasm), "-t", "unpacked:1")
+    wasmctr("tag", "unpacked:1", "unpacked:2")
+    assert wasmctr("run", "unpacked:1").stdout.startswith("Hello, world!")
+    rootfs = wasmctr_home / "rootfs" / api.inspect("unpacked:1")["digest"].split(":")[1]
+    assert (rootfs / "hello.wasm").is_file()
+    wasmctr("rmi", "unpacked:1")
+    assert rootfs.is_dir(), "still an image: unpacked:2"
+    wasmctr("rmi", "unpacked:2")
+    assert not rootfs.exists()
+
+
 def test_save_and_load_round_trip_through_an_oci_archive(wasmctr_home: Path, tmp_path: Path, hello_wasm: Path) -> None:
     wasmctr("build", str(hello_wasm), "-t", "rt:1", "--platform", "wasi/wasm,linux/amd64")
     digest = api.inspect("rt:1")["digest"]

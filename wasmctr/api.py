@@ -159,6 +159,9 @@ def rmi(ref: str, store: Store | None = None) -> Removed:
         names = {parsed.familiar()}
     untagged = st.remove_tags(names)
     blobs, freed = st.gc()
+    from . import launch
+
+    launch.prune_rootfs(st)  # the unpacked copies `run` made of images now gone
     return Removed(sorted(t.name for t in untagged), blobs, freed)
 
 

@@ -8,6 +8,7 @@ paths, no `..`, no links out, no devices), and that tree is the guest's read-onl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import re
@@ -116,6 +117,18 @@ def unpack_rootfs(store: Store, image: stored.Image) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def prune_rootfs(store: Store) -> int:
+    """Remove the unpacked rootfs of every manifest no longer in the store (after `rmi`'s GC); returns
+    how many. Staging directories of unpacks in progress (`.unpack-*`) are left alone."""
+    removed = 0
+    with contextlib.suppress(FileNotFoundError):
+        for unpacked in (store.root / "rootfs").iterdir():
+            if not unpacked.name.startswith(".") and not store.has_blob(f"sha256:{unpacked.name}"):
+                shutil.rmtree(unpacked, ignore_errors=True)
+                removed += 1
+    return removed
 
 
 def _apply_member(tar: tarfile.TarFile, member: tarfile.TarInfo, root: Path) -> None:
