@@ -143,8 +143,10 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
     state_dir = g.root / container_id
     if (state_dir / STATE_FILE).exists():
         raise SpecError(f"container with id {container_id} already exists")
+    executor = api.executor()
     try:
-        spec = spec_from_bundle(bundle, config)
+        # before the fork: a guest the policy refuses fails `create`, and the container process starts warm
+        guest = executor.prepare(spec_from_bundle(bundle, config))
     except Exception as exc:
         raise SpecError(str(exc)) from None
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -152,12 +154,11 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
     with contextlib.suppress(FileNotFoundError):
         fifo.unlink()
     os.mkfifo(fifo, 0o600)
-    executor = api.executor()
     pid = os.fork()
     if pid == 0:  # the container process: it becomes the guest
         code = 125
         try:
-            code = _container(executor, spec, fifo)
+            code = _container(executor, guest, fifo)
         except BaseException as exc:  # noqa: BLE001 - nothing may escape a forked child
             with contextlib.suppress(Exception):
                 os.write(2, f"wasmctr-runtime: {exc}\n".encode())
@@ -171,7 +172,7 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
     return pid
 
 
-def _container(executor: Any, spec: Any, fifo: Path) -> int:
+def _container(executor: Any, guest: Any, fifo: Path) -> int:
     from .container import become_guest
 
     def started() -> bool:
@@ -180,8 +181,8 @@ def _container(executor: Any, spec: Any, fifo: Path) -> int:
         os.close(fd)
         return True
 
-    spec.stdin = True
-    outcome = become_guest(executor, spec, started)
+    guest.spec.stdin = True
+    outcome = become_guest(executor, guest, started)
     return outcome.exit_code if outcome is not None else 137
 
 

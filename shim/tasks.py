@@ -23,7 +23,7 @@ from typing import Any
 from google.protobuf import any_pb2, empty_pb2
 
 from wasmctr.errors import WasmctrError
-from wasmctr.executor import RunSpec
+from wasmctr.executor import Prepared
 from wasmctr.ocispec import spec_from_bundle
 
 from . import mounts, stdio
@@ -130,11 +130,11 @@ class TaskService:
                 task.rootfs_mounted = True
             spec = spec_from_bundle(bundle, config)
             task.memory_limit = spec.memory_limit or 0
-            # loaded here, before the fork: the container process starts at once and shares the code
-            self.executor.precompile(spec.wasm, spec.wasm_digest, spec.fuel is not None)
+            # prepared here, before the fork: the container process starts at once and shares the code
+            guest = self.executor.prepare(spec)
             if stdio.is_binary_uri(req.stdout):
                 task.logger = stdio.BinaryLogger.start(req.stdout, req.id, task.namespace)
-            self._fork(task, spec)
+            self._fork(task, guest)
         except (WasmctrError, OSError, ValueError) as exc:
             if task.logger:
                 task.logger.release()
@@ -270,7 +270,7 @@ class TaskService:
 
     # -- the child ---------------------------------------------------------------------------------
 
-    def _fork(self, task: Task, spec: RunSpec) -> None:
+    def _fork(self, task: Task, guest: Prepared) -> None:
         start_r, start_w = os.pipe()
         report_r, report_w = os.pipe()
         gc.freeze()  # the child shares the shim's objects: keep its collector from touching (copying) them
@@ -279,7 +279,7 @@ class TaskService:
             try:
                 os.close(start_w)
                 os.close(report_r)
-                code = _child(self.executor, task, spec, start_r, report_w)
+                code = _child(self.executor, task, guest, start_r, report_w)
             except BaseException as exc:  # noqa: BLE001 - nothing may escape a forked child
                 with contextlib.suppress(Exception):
                     os.write(2, f"wasmctr: {exc}\n".encode())
@@ -316,7 +316,7 @@ class TaskService:
         return task
 
 
-def _child(executor: Any, task: Task, spec: RunSpec, start_r: int, report_w: int) -> int:
+def _child(executor: Any, task: Task, guest: Prepared, start_r: int, report_w: int) -> int:
     gc.disable()
     _close_inherited_fds(keep={start_r, report_w, *((task.logger.stdout, task.logger.stderr) if task.logger else ())})
     os.setsid()
@@ -327,8 +327,8 @@ def _child(executor: Any, task: Task, spec: RunSpec, start_r: int, report_w: int
     else:
         stdio.redirect(task.stdout, 1, os.O_WRONLY)
         stdio.redirect(task.stderr, 2, os.O_WRONLY)
-    spec.stdin = bool(task.stdin)
-    outcome = become_guest(executor, spec, lambda: os.read(start_r, 1) == b"s")
+    guest.spec.stdin = bool(task.stdin)
+    outcome = become_guest(executor, guest, lambda: os.read(start_r, 1) == b"s")
     if outcome is None:
         return 137  # deleted before it was started
     os.write(report_w, outcome.reason.encode())

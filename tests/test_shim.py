@@ -189,6 +189,19 @@ def test_terminal_and_non_wasm_entrypoints_are_refused(containerd, images, tmp_p
     wait_for_nothing_left(containerd)
 
 
+def test_policy_annotations_refuse_at_create_or_trap(containerd, images) -> None:  # type: ignore[no-untyped-def]
+    deny = ["--annotation", "wasmctr.io/deny-wasi=fd_write"]
+    refused = ctr_run(containerd, "--rm", *deny, images["hello"], "policy-1")
+    assert refused.returncode != 0
+    assert "refused: the guest imports wasi_snapshot_preview1.fd_write" in refused.stderr, refused.stderr
+    trapped = ctr_run(containerd, "--rm", *deny, "--annotation", "wasmctr.io/syscall-policy=trap", images["hello"],
+                      "policy-2")
+    assert trapped.returncode == 134 and trapped.stdout == ""
+    assert "WASI call wasi_snapshot_preview1.fd_write is denied" in trapped.stderr, trapped.stderr
+    containerd.ctr("container", "delete", "policy-1")
+    wait_for_nothing_left(containerd)
+
+
 def test_twenty_concurrent_containers_leave_nothing_behind(containerd, images) -> None:  # type: ignore[no-untyped-def]
     with ThreadPoolExecutor(20) as pool:
         results = list(pool.map(lambda n: ctr_run(containerd, "--rm", images["hello"], f"many-{n}", "/hello.wasm",

@@ -1,8 +1,9 @@
 """The executor: run one WASI guest (preview 1 module or preview 2 component) under a sandbox.
 
 One API for every caller (`wasmctr run`, the containerd shim, the OCI runtime CLI), after runwasi's
-engine trait: `can_handle(spec)`, `precompile(path)`, and `run(spec) -> Outcome`. A `RunSpec` says
-what the guest may reach, and nothing else is reachable:
+engine trait: `can_handle(spec)`, `precompile(path)`, and `run(spec) -> Outcome`, which is
+`start(prepare(spec))` (the shims prepare before they fork a container). A `RunSpec` says what the
+guest may reach, and nothing else is reachable:
 
 - files: the rootfs (read-only at `/`) and the granted mounts, as WASI preopens; no host path otherwise;
 - environment: exactly `spec.env`; arguments: exactly `spec.args`;
@@ -77,6 +78,18 @@ class Outcome:
     message: str = ""
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A guest ready to start: its spec, kind (module or component), engine, loaded code, and the
+    imports the policy denies (linked to traps)."""
+
+    spec: RunSpec
+    kind: str
+    engine: Any
+    code: Any
+    denied: list[str]
+
+
 class Executor:
     def __init__(self, cache: CompileCache | None = None) -> None:
         self.cache = cache
@@ -101,29 +114,40 @@ class Executor:
         return self._code(path, digest, fuel)[1]
 
     def run(self, spec: RunSpec, hard_stop: bool = False) -> Outcome:
-        import wasmtime
+        return self.start(self.prepare(spec), hard_stop)
 
+    def prepare(self, spec: RunSpec) -> Prepared:
+        """Everything about a run that does not need the guest's own store: the code, loaded, and its
+        imports checked against the policy (a refused guest fails here). The shims prepare in the
+        long-lived process, before forking the container: the container process then only creates the
+        store and starts, and shares, rather than copies, the pages this work touched."""
         kind = _kind(spec.wasm)
         if spec.policy.network and kind == "module":
             raise ExecutorError("--network host: WASI preview 1 modules have no call that creates a socket; "
                                 "network access needs a preview 2 component")
         engine = self._engine(spec.fuel is not None)
         code, _ = self._code(spec.wasm, spec.wasm_digest, spec.fuel is not None)
-        imports = _imports(engine, kind, code)
-        verdict = policies.check(spec.policy, imports)
+        verdict = policies.check(spec.policy, _imports(engine, kind, code))
         if verdict.denied and (spec.policy.mode == "refuse" or kind == "component"
                                or any(r == "not a WASI import" for r in verdict.denied.values())):
             listed = ", ".join(f"{name} ({why})" for name, why in sorted(verdict.denied.items()))
             raise ExecutorError(f"refused: the guest imports {listed}")
-        store = wasmtime.Store(engine)
+        return Prepared(spec, kind, engine, code, list(verdict.denied))
+
+    def start(self, prepared: Prepared, hard_stop: bool = False) -> Outcome:
+        """Run a prepared guest to its end (stdio and grants as its spec says at this point)."""
+        import wasmtime
+
+        spec = prepared.spec
+        store = wasmtime.Store(prepared.engine)
         if spec.memory_limit is not None:
             store.set_limits(memory_size=spec.memory_limit)
         if spec.fuel is not None:
             store.set_fuel(spec.fuel)
         store.set_epoch_deadline(1)
         store.set_wasi(self._wasi(spec))
-        guest = _Guest(engine, store, kind, code, spec, list(verdict.denied))
-        return _supervise(guest, engine, spec, hard_stop)
+        guest = _Guest(prepared.engine, store, prepared.kind, prepared.code, spec, prepared.denied)
+        return _supervise(guest, prepared.engine, spec, hard_stop)
 
     # -- compiling ---------------------------------------------------------------------------------
 
