@@ -50,14 +50,15 @@ def main() -> None:
 
         print(f"containerd-shim-wasmctr-v1 (wasmctr {__version__})")
         return
-    if args.action == "start":
-        sys.exit(start(args))
-    if args.action == "delete":
-        sys.exit(delete(args))
-    if args.action == "serve":
-        sys.exit(serve(args))
-    print(f"containerd-shim-wasmctr-v1: unknown action {args.action!r} (start, delete)", file=sys.stderr)
-    sys.exit(2)
+    actions = {"start": start, "delete": delete, "serve": serve}
+    if args.action not in actions:
+        print(f"containerd-shim-wasmctr-v1: unknown action {args.action!r} (start, delete)", file=sys.stderr)
+        sys.exit(2)
+    try:
+        sys.exit(actions[args.action](args))
+    except OSError as exc:  # containerd shows this line in its error: "failed to start shim: ..."
+        print(f"containerd-shim-wasmctr-v1 {args.action}: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 def socket_path(namespace: str, group: str, address: str) -> Path:

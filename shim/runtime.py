@@ -51,7 +51,7 @@ def main() -> None:
         g, command, rest = _parse_globals(sys.argv[1:])
         if g is not None:
             _dispatch(g, command, rest)
-    except SpecError as exc:
+    except (SpecError, OSError) as exc:  # OSError: e.g. an unwritable --root; one line, as for runc
         _error(exc, g)
         sys.exit(1)
 

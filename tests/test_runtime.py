@@ -111,6 +111,23 @@ def test_delete_force_and_kill_by_number(bundle: Path, tmp_path: Path) -> None:
     runtime(root, "delete", "--force", "f2")
 
 
+def test_an_unusable_root_and_a_refused_guest_fail_create_in_one_line(bundle: Path, tmp_path: Path) -> None:
+    log = tmp_path / "log.json"
+    unusable = runtime(Path("/proc/no-such-root"), "create", "--bundle", str(bundle), "c1", log=log)
+    assert unusable.returncode == 1
+    assert unusable.stderr.splitlines() == [
+        "wasmctr-runtime: [Errno 2] No such file or directory: '/proc/no-such-root'"]
+    config = json.loads((bundle / "config.json").read_text())
+    config.setdefault("annotations", {})["wasmctr.io/deny-wasi"] = "fd_write"
+    (bundle / "config.json").write_text(json.dumps(config))
+    refused = runtime(tmp_path / "root", "create", "--bundle", str(bundle), "c2", log=log)
+    assert refused.returncode == 1 and len(refused.stderr.splitlines()) == 1
+    assert "refused: the guest imports wasi_snapshot_preview1.fd_write" in refused.stderr
+    logged = json.loads(log.read_text().splitlines()[-1])["msg"]
+    assert logged == refused.stderr.strip().removeprefix("wasmctr-runtime: ")
+    assert not (tmp_path / "root" / "c2").exists()
+
+
 def test_version_and_features() -> None:
     version = subprocess.run([RUNTIME, "--version"], capture_output=True, text=True).stdout
     assert version.startswith("wasmctr-runtime version") and "spec: 1.0.2" in version
