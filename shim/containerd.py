@@ -9,8 +9,8 @@ returns the address of the one already serving the group. `delete` cleans up aft
 gone and prints a DeleteResponse.
 
 containerd runs this binary twice for every container (`start`, then `delete` once the connection
-closes), so what those two verbs import is kept to the standard library they need: modules that only
-the long-lived `serve` (or spawning it) uses are imported there.
+closes), so what those two verbs import is kept to the standard library they need (os.path, not
+pathlib): modules that only the long-lived `serve` (or spawning it) uses are imported there.
 """
 
 from __future__ import annotations
@@ -25,11 +25,10 @@ import signal
 import socket
 import sys
 import time
-from pathlib import Path
 
 from wasmctr.leb128 import encode_unsigned as _varint
 
-SOCKET_DIR = Path(os.environ.get("WASMCTR_SHIM_SOCKET_DIR", "/run/wasmctr-shim"))
+SOCKET_DIR = os.environ.get("WASMCTR_SHIM_SOCKET_DIR", "/run/wasmctr-shim")
 GROUP_ANNOTATION = "io.kubernetes.cri.sandbox-id"
 
 
@@ -61,18 +60,18 @@ def main() -> None:
         sys.exit(1)
 
 
-def socket_path(namespace: str, group: str, address: str) -> Path:
+def socket_path(namespace: str, group: str, address: str) -> str:
     digest = hashlib.sha256(f"{address}|{namespace}|{group}".encode()).hexdigest()[:32]
-    return SOCKET_DIR / f"{digest}.sock"
+    return os.path.join(SOCKET_DIR, f"{digest}.sock")
 
 
 def start(args: argparse.Namespace) -> int:
     """Bind (or find) the shim socket, start the shim server on it, print the address."""
     sys.stdin.read()  # runtime options: none are needed by this shim
-    bundle = Path(args.bundle or os.getcwd())
+    bundle = args.bundle or os.getcwd()
     path = socket_path(args.namespace, _group(bundle, args.id), args.address)
     address = f"unix://{path}"
-    SOCKET_DIR.mkdir(parents=True, exist_ok=True, mode=0o711)
+    os.makedirs(SOCKET_DIR, mode=0o711, exist_ok=True)
     lock = os.open(SOCKET_DIR, os.O_RDONLY)
     try:
         # concurrent starts of one group: the first spawns the shim, the others then find it
@@ -81,25 +80,26 @@ def start(args: argparse.Namespace) -> int:
             _spawn(args, path, bundle)
     finally:
         os.close(lock)
-    (bundle / "address").write_text(address)
+    with open(os.path.join(bundle, "address"), "w") as f:
+        f.write(address)
     sys.stdout.write(address)
     sys.stdout.flush()
     return 0
 
 
-def _spawn(args: argparse.Namespace, path: Path, bundle: Path) -> None:
+def _spawn(args: argparse.Namespace, path: str, bundle: str) -> None:
     """Bind the socket here, so it accepts connections at once, and hand it to a new shim process."""
     import subprocess
     with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+        os.unlink(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(path))
+    listener.bind(path)
     listener.listen(128)
     log = _shim_log(bundle)
     env = {**os.environ, "WASMCTR_SHIM_NAMESPACE": args.namespace}
     subprocess.Popen(
         [sys.executable, "-m", "shim.containerd", "-namespace", args.namespace, "-address", args.address,
-         "-id", args.id, "-socket", str(path), *(["-debug"] if args.debug else []), "serve"],
+         "-id", args.id, "-socket", path, *(["-debug"] if args.debug else []), "serve"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, pass_fds=(listener.fileno(),),
         env={**env, "WASMCTR_SHIM_LISTEN_FD": str(listener.fileno())}, start_new_session=True, cwd="/")
     listener.close()
@@ -122,7 +122,7 @@ def serve(args: argparse.Namespace) -> int:
 
     def finish() -> None:
         with contextlib.suppress(OSError):
-            Path(args.socket).unlink()  # first: a `start` from now on spawns a new shim
+            os.unlink(args.socket)  # first: a `start` from now on spawns a new shim
         if server is not None:
             server.stop()
         logging.shutdown()
@@ -144,17 +144,17 @@ def delete(args: argparse.Namespace) -> int:
     """
     from .mounts import unmount_all
 
-    bundle = Path(args.bundle or os.getcwd())
+    bundle = args.bundle or os.getcwd()
     pid = 0
-    with contextlib.suppress(OSError, ValueError):
-        pid = int((bundle / "wasmctr.pid").read_text())
+    with contextlib.suppress(OSError, ValueError), open(os.path.join(bundle, "wasmctr.pid")) as f:
+        pid = int(f.read())
         os.kill(pid, signal.SIGKILL)
         time.sleep(0.05)
-    unmount_all(bundle / "rootfs")
+    unmount_all(os.path.join(bundle, "rootfs"))
     path = socket_path(args.namespace, _group(bundle, args.id), args.address)
     if not _alive(path):
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+            os.unlink(path)
     sys.stdout.buffer.write(delete_response(pid, 128 + signal.SIGKILL, time.time()))
     sys.stdout.flush()
     return 0
@@ -175,34 +175,35 @@ def _bytes_field(number: int, value: bytes) -> bytes:
     return bytes([number << 3 | 2]) + _varint(len(value)) + value
 
 
-def _group(bundle: Path, task_id: str) -> str:
+def _group(bundle: str, task_id: str) -> str:
     """The containers that share one shim: a Kubernetes pod (its sandbox id), else the namespace's."""
     with contextlib.suppress(OSError, ValueError):
-        annotations = json.loads((bundle / "config.json").read_text()).get("annotations") or {}
+        with open(os.path.join(bundle, "config.json"), "rb") as f:
+            annotations = json.load(f).get("annotations") or {}
         return str(annotations.get(GROUP_ANNOTATION) or "")
     return ""
 
 
-def _shim_log(bundle: Path) -> int:
+def _shim_log(bundle: str) -> int:
     """containerd's `log` FIFO in the bundle (it copies what arrives into its own log), else /dev/null."""
     try:
-        return os.open(bundle / "log", os.O_WRONLY | os.O_NONBLOCK)
+        return os.open(os.path.join(bundle, "log"), os.O_WRONLY | os.O_NONBLOCK)
     except OSError:
         return os.open(os.devnull, os.O_WRONLY)
 
 
-def _reserve(path: Path, container_id: str) -> bool:
+def _reserve(path: str, container_id: str) -> bool:
     """Ask the shim on `path` to stay for the container being started; False if there is none (or it
     is on its way out). One ttrpc call, `wasmctr.shim.v1.Shim/Reserve` (shim/proto/shim.proto), framed
     here with the standard library: `start` runs once per container and must stay cheap."""
-    if not path.exists():
+    if not os.path.exists(path):
         return False
     request = (_bytes_field(1, b"wasmctr.shim.v1.Shim") + _bytes_field(2, b"Reserve")
                + _bytes_field(3, _bytes_field(1, container_id.encode())))
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(2)
-            conn.connect(str(path))
+            conn.connect(path)
             conn.sendall(len(request).to_bytes(4, "big") + (1).to_bytes(4, "big") + b"\x01\x00" + request)
             header = conn.recv(10, socket.MSG_WAITALL)
             if len(header) != 10:
@@ -214,12 +215,12 @@ def _reserve(path: Path, container_id: str) -> bool:
     return not body.startswith(b"\x0a")  # a Response whose field 1 (status) is set is an error
 
 
-def _alive(path: Path) -> bool:
-    if not path.exists():
+def _alive(path: str) -> bool:
+    if not os.path.exists(path):
         return False
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         try:
-            probe.connect(str(path))
+            probe.connect(path)
             return True
         except OSError:
             return False
