@@ -260,13 +260,15 @@ def test_pull_and_run_from_a_registry(plain_registry, hello_c_wasm: Path, tmp_pa
 
 
 def test_failures_before_the_guest_starts_exit_125(tmp_path: Path) -> None:
-    assert_one_line_error(run("/nonexistent/app.wasm"), 2, "no such file")
+    assert_one_line_error(run("/nonexistent/app.wasm"), 125, "no such file")
     notwasm = tmp_path / "x.wasm"
     notwasm.write_text("#!/bin/sh\n")
     assert_one_line_error(run(str(notwasm)), 125, "not WebAssembly")
     assert_one_line_error(run("missing-local-image:1", env={"WASMCTR_HOME": str(tmp_path / "h")}), 125)
-    assert_one_line_error(run("--memory", "lots", str(notwasm)), 2, "invalid size")
-    assert_one_line_error(run("-v", "/nonexistent:/x", str(notwasm)), 2, "not a directory")
+    assert_one_line_error(run("--memory", "lots", str(notwasm)), 125, "invalid size")
+    assert_one_line_error(run("-v", "/nonexistent:/x", str(notwasm)), 125, "not a directory")
+    assert_one_line_error(run("--bogus", str(notwasm)), 125, "No such option: --bogus")
+    assert_one_line_error(run("--network", "bridge", str(notwasm)), 125, "expected none or host")
 
 
 def test_compile_cache_is_used_and_a_corrupt_entry_is_rebuilt(hostile_wasm: Path, wasmctr_home: Path) -> None:

@@ -1,4 +1,4 @@
-"""The Python API: what the CLI does, callable from Python (`wasmctr.build(...)`, `wasmctr.image()`).
+"""The Python API: what the CLI does, callable from Python (`wasmctr.build(...)`, `wasmctr.images()`).
 
 Each function takes an optional `store` (default: the local store at `$WASMCTR_HOME`) and returns plain
 data. The CLI is a thin layer over these; nothing here prints.

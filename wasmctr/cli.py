@@ -18,6 +18,10 @@ import typer
 from . import __version__, api, console
 from .errors import UsageError, WasmctrError
 
+# `run` exits with the guest's code, so its own failures, bad flags included, use docker run's 125 rather
+# than 2, which a guest may well return
+EXIT_RUN_FAILED = 125
+
 Insecure = Annotated[bool, typer.Option("--insecure", help="Allow plain HTTP and unverified TLS (loopback "
                                                           "registries are always allowed plain HTTP).")]
 CaCert = Annotated[str | None, typer.Option("--ca-cert", help="CA bundle to verify the registry's TLS "
@@ -124,7 +128,7 @@ def run(
     Example: wasmctr run -v "$PWD/data:/data:ro" --memory 64m --timeout 10s hello:1 world
     """
     if network not in ("none", "host"):
-        raise UsageError(f"--network {network!r}: expected none or host")
+        _fail(f"--network {network!r}: expected none or host", EXIT_RUN_FAILED)
     with console.progress(quiet) as progress:
         try:
             outcome = api.run(target, args, entrypoint=entrypoint, workdir=workdir, env=env, env_files=env_file,
@@ -132,10 +136,8 @@ def run(
                               network=network == "host", deny_wasi=deny_wasi, allow_wasi=allow_wasi,
                               syscall_policy=syscall_policy, stdin=interactive, platform=platform,
                               insecure=insecure, ca_cert=ca_cert, progress=progress, hard_stop=True)
-        except UsageError:
-            raise
         except WasmctrError as exc:
-            _fail(str(exc), 125)
+            _fail(str(exc), EXIT_RUN_FAILED)
     if outcome.message:
         print(f"wasmctr: {outcome.message}", file=sys.stderr)
     sys.stdout.flush()
@@ -362,7 +364,8 @@ def main() -> None:
         if type(exc).__name__ == "NoArgsIsHelpError":
             typer.echo(exc.format_message())
             sys.exit(0)
-        _fail(exc.format_message(), exc.exit_code)
+        command = getattr(getattr(exc, "ctx", None), "command", None)
+        _fail(exc.format_message(), EXIT_RUN_FAILED if getattr(command, "name", "") == "run" else exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         _fail("interrupted", 130)
     except OSError as exc:
