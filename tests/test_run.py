@@ -296,6 +296,27 @@ def test_build_precompile_fills_the_cache(hostile_wasm: Path, wasmctr_home: Path
     assert entry.stat().st_ino == inode
 
 
+def test_compile_cache_is_bounded_and_evicts_the_least_recently_used(tmp_path: Path) -> None:
+    from wasmctr.compile_cache import CompileCache
+
+    cache = CompileCache(tmp_path, max_bytes=3000)  # room for two 1000-byte entries with their headers
+    for key in ("a", "b"):
+        cache.save(key, bytes(1000))
+        time.sleep(0.01)
+    assert cache.load("a") == bytes(1000)  # a hit: a is now the most recently used
+    time.sleep(0.01)
+    cache.save("c", bytes(1000))
+    assert cache.load("b") is None
+    assert cache.load("a") == cache.load("c") == bytes(1000)
+
+
+def test_compile_cache_limit_comes_from_the_environment(hostile_wasm: Path, hello_c_wasm: Path,
+                                                        wasmctr_home: Path) -> None:
+    assert run(str(hello_c_wasm)).returncode == 0
+    assert run(str(hostile_wasm), "exit", "0", env={"WASMCTR_COMPILE_CACHE_MAX_MIB": "0"}).returncode == 0
+    assert len(list((wasmctr_home / "cache" / "compiled").glob("*.cwasm"))) == 1, "0 MiB keeps only the newest"
+
+
 def test_python_api_in_place_of_subprocess(hostile_wasm: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.txt"
     outcome = api.run(str(hostile_wasm), ["environ"], env=["A=1"], stdout=str(out))
