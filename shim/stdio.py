@@ -91,8 +91,9 @@ class BinaryLogger:
                 os.close(fd)
         logger = cls(pid, out_w, err_w)
         try:
-            readable, _, _ = select.select([ready_r], [], [], READY_TIMEOUT)
-            if not readable:
+            poller = select.poll()  # not select(): a busy shim's fds pass FD_SETSIZE
+            poller.register(ready_r, select.POLLIN)
+            if not poller.poll(READY_TIMEOUT * 1000):
                 raise WasmctrError(f"logging binary {path} was not ready within {READY_TIMEOUT:.0f} s")
         except BaseException:
             logger.release()
@@ -103,10 +104,12 @@ class BinaryLogger:
         return logger
 
     def release(self) -> None:
-        """Close the shim's copies of the write ends (after the container process has its own)."""
+        """Close the shim's copies of the write ends (after the container process has its own); once
+        only, since a second close could hit a number reused for something else."""
         for fd in (self.stdout, self.stderr):
-            with contextlib.suppress(OSError):
+            if fd >= 0:
                 os.close(fd)
+        self.stdout = self.stderr = -1
 
     def stop(self) -> None:
         """SIGTERM, so it can flush; SIGKILL if it is still there after STOP_TIMEOUT; reap it."""
