@@ -115,12 +115,11 @@ class TaskService:
         with self.lock:
             self.reservations.pop(req.id, None)  # the container the reservation was for has arrived
             self.last_activity = time.monotonic()
+            if req.id in self.tasks:
+                raise RpcError(Code.ALREADY_EXISTS, f"task {req.id} already exists")
         if req.terminal:
             raise RpcError(Code.FAILED_PRECONDITION, "a terminal (-t) is not supported for wasm guests; their "
                                                      "stdio is plain streams")
-        with self.lock:
-            if req.id in self.tasks:
-                raise RpcError(Code.ALREADY_EXISTS, f"task {req.id} already exists")
         bundle = Path(req.bundle)
         task = Task(req.id, bundle, req.stdin, req.stdout, req.stderr, call.namespace or self.namespace)
         try:
@@ -255,12 +254,12 @@ class TaskService:
 
     def stats(self, req: task_pb2.StatsRequest, call: Call) -> task_pb2.StatsResponse:
         task = self._get(req.id)
-        try:
-            if task.exited.is_set():
-                raise ProcessLookupError
-            usage = metrics(task.pid, task.memory_limit)
-        except OSError:
-            raise RpcError(Code.NOT_FOUND, f"task {req.id} has no running process") from None
+        usage = None
+        if not task.exited.is_set():
+            with contextlib.suppress(OSError):  # it may exit while we read /proc
+                usage = metrics(task.pid, task.memory_limit)
+        if usage is None:
+            raise RpcError(Code.NOT_FOUND, f"task {req.id} has no running process")
         return task_pb2.StatsResponse(stats=any_pb2.Any(type_url=usage.DESCRIPTOR.full_name,
                                                         value=usage.SerializeToString()))
 
