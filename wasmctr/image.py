@@ -20,7 +20,7 @@ from typing import IO, Any
 from . import mediatypes as mt
 from . import wasm
 from .errors import ImageNotFound, StoreError
-from .layer import open_tar
+from .layer import open_layer
 from .model import WASI_WASM, Descriptor, Manifest, Platform, parse_config
 from .store import Store
 
@@ -118,12 +118,12 @@ def open_program(store: Store, image: Image) -> Iterator[IO[bytes]]:
         raise StoreError("the image has no entrypoint")
     found: Descriptor | None = None
     for candidate in image.manifest.layers:
-        with _open_layer(store, candidate) as tar:
+        with open_layer(store, candidate.digest) as tar:
             if _find_member(tar, program) is not None:
                 found = candidate
     if found is None:
         raise StoreError(f"entrypoint {program} is not in the image's layers")
-    with _open_layer(store, found) as tar:
+    with open_layer(store, found.digest) as tar:
         member = _find_member(tar, program)
         assert member is not None
         stream = tar.extractfile(member)
@@ -159,12 +159,6 @@ def describe_program(store: Store, image: Image) -> WasmSummary | None:
             tmp.flush()
             info = wasm.analyse(Path(tmp.name))
         return WasmSummary("component", image.program, [str(i) for i in info.imports])
-
-
-@contextlib.contextmanager
-def _open_layer(store: Store, layer: Descriptor) -> Iterator[tarfile.TarFile]:
-    with store.open_blob(layer.digest) as raw, open_tar(raw) as tar:
-        yield tar
 
 
 def _find_member(tar: tarfile.TarFile, path: str) -> tarfile.TarInfo | None:

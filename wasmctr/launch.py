@@ -21,7 +21,7 @@ from pathlib import Path
 from . import image as stored
 from .errors import ExecutorError, UsageError
 from .executor import Mount, RunSpec
-from .layer import open_tar
+from .layer import open_layer
 from .policy import Policy
 from .store import Store
 
@@ -104,7 +104,7 @@ def unpack_rootfs(store: Store, image: stored.Image) -> Path:
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".unpack-"))
     try:
         for layer in image.manifest.layers:
-            with store.open_blob(layer.digest) as raw, open_tar(raw) as tar:
+            with open_layer(store, layer.digest) as tar:
                 for member in tar:
                     _apply_member(tar, member, staging)
         os.rename(staging, target)
@@ -119,16 +119,13 @@ def unpack_rootfs(store: Store, image: stored.Image) -> Path:
     return target
 
 
-def prune_rootfs(store: Store) -> int:
-    """Remove the unpacked rootfs of every manifest no longer in the store (after `rmi`'s GC); returns
-    how many. Staging directories of unpacks in progress (`.unpack-*`) are left alone."""
-    removed = 0
+def prune_rootfs(store: Store) -> None:
+    """Remove the unpacked rootfs of every manifest no longer in the store (after `rmi`'s GC).
+    Staging directories of unpacks in progress (`.unpack-*`) are left alone."""
     with contextlib.suppress(FileNotFoundError):
         for unpacked in (store.root / "rootfs").iterdir():
             if not unpacked.name.startswith(".") and not store.has_blob(f"sha256:{unpacked.name}"):
                 shutil.rmtree(unpacked, ignore_errors=True)
-                removed += 1
-    return removed
 
 
 def _apply_member(tar: tarfile.TarFile, member: tarfile.TarInfo, root: Path) -> None:

@@ -95,17 +95,18 @@ def _add(tar: tarfile.TarFile, entry: LayerEntry, mtime: int) -> None:
 
 
 @contextlib.contextmanager
-def open_tar(raw: BinaryIO) -> Iterator[tarfile.TarFile]:
-    """A layer blob (seekable) as a streaming tar: gzip, zstd (including zstd:chunked's extra frames) or
+def open_layer(store: Store, digest: str) -> Iterator[tarfile.TarFile]:
+    """A stored layer blob as a streaming tar: gzip, zstd (including zstd:chunked's extra frames) or
     uncompressed, told apart by the blob's first bytes, as containerd does, not by its media type."""
-    head = raw.read(len(ZSTD_MAGIC))
-    raw.seek(0)
-    stream: BinaryIO = raw
-    if head.startswith(GZIP_MAGIC):
-        stream = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
-    elif head == ZSTD_MAGIC:
-        import zstandard  # only images with zstd layers need it
+    with store.open_blob(digest) as raw:
+        head = raw.read(len(ZSTD_MAGIC))
+        raw.seek(0)
+        stream: BinaryIO = raw
+        if head.startswith(GZIP_MAGIC):
+            stream = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
+        elif head == ZSTD_MAGIC:
+            import zstandard  # only images with zstd layers need it
 
-        stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)  # type: ignore[assignment]
-    with tarfile.open(fileobj=stream, mode="r|") as tar:
-        yield tar
+            stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)  # type: ignore[assignment]
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            yield tar
