@@ -353,9 +353,9 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from wasmctr import atomic
+
+    atomic.write_bytes(path, text.encode())
 
 
 def _now() -> str:

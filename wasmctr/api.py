@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import archive, builder, dockerfile
+from . import archive, atomic, builder, dockerfile
 from . import image as stored
 from . import reference as references
 from .errors import ImageNotFound, UsageError
@@ -159,9 +159,9 @@ def rmi(ref: str, store: Store | None = None) -> Removed:
         names = {parsed.familiar()}
     untagged = st.remove_tags(names)
     blobs, freed = st.gc()
-    from . import launch
+    from . import unpack
 
-    launch.prune_rootfs(st)  # the unpacked copies `run` made of images now gone
+    unpack.prune(st)  # the unpacked copies `run` made of images now gone
     return Removed(sorted(t.name for t in untagged), blobs, freed)
 
 
@@ -177,13 +177,8 @@ def save(ref: str, output: str | os.PathLike[str] | None = None, oci_dir: str | 
         archive.save_layout(st, desc, parsed, Path(oci_dir))
         return desc
     assert output is not None
-    tmp = Path(f"{output}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            archive.save_archive(st, desc, parsed, f)
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic.open_output(output) as f:
+        archive.save_archive(st, desc, parsed, f)
     return desc
 
 

@@ -17,9 +17,10 @@ import functools
 import hashlib
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
+
+from . import atomic
 
 MAGIC = b"wasmctr-cwasm-1\n"
 DIGEST_SIZE = 32
@@ -74,14 +75,8 @@ class CompileCache:
     def save(self, cache_key: str, serialized: bytes) -> None:
         with contextlib.suppress(OSError):  # a read-only store still runs, just without a cache
             self.directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".entry-")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(MAGIC + hashlib.sha256(serialized).digest() + serialized)
-                os.replace(tmp, self.path(cache_key))
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with atomic.open_output(self.path(cache_key)) as f:
+                f.write(MAGIC + hashlib.sha256(serialized).digest() + serialized)
             self._evict(keep=self.path(cache_key))
 
     def discard(self, cache_key: str) -> None:

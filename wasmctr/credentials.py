@@ -11,11 +11,11 @@ from __future__ import annotations
 import base64
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import atomic
 from .errors import AuthError
 
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
@@ -120,13 +120,4 @@ def _read(path: Path) -> dict[str, Any]:
 
 def _write(path: Path, config: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config.json.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(config, f, indent="\t")
-            f.write("\n")
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_bytes(path, json.dumps(config, indent="\t").encode() + b"\n", 0o600)

@@ -240,6 +240,8 @@ class _Parser:
     def chmod(self, value: str) -> int:
         if not re.fullmatch(r"[0-7]{3,4}", value):
             raise self.fail(f"--chmod={value}: expected an octal mode such as 755")
+        if int(value, 8) & 0o6000:
+            raise self.fail(f"--chmod={value}: setuid and setgid bits are not allowed in an image")
         return int(value, 8)
 
     def chown(self, value: str) -> tuple[int, int]:

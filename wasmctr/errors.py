@@ -46,6 +46,10 @@ class DigestMismatch(StoreError):
     """Content did not hash to the digest it was announced with; it was not stored."""
 
 
+class LayerError(WasmctrError):
+    """A layer is corrupt, or holds what no image may (a device node, a link out of the image)."""
+
+
 class ArchiveError(WasmctrError):
     """An OCI archive or layout to load is malformed or incomplete."""
 

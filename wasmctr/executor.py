@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from . import digest as digests
+from . import inroot, wasm
 from . import policy as policies
-from . import wasm
 from .compile_cache import CompileCache, key
 from .errors import ExecutorError
 
@@ -428,17 +428,17 @@ def _settings(fuel: bool) -> str:
 
 
 def _host_path(guest: str, preopens: list[tuple[Path, str, bool]]) -> tuple[Path, bool] | None:
-    """The host directory behind a guest path, through the longest matching preopen."""
+    """The host directory behind a guest path, through the longest matching preopen; symlinks on the
+    way are followed within that preopen only, as the guest would follow them."""
     best: tuple[Path, bool] | None = None
     best_len = -1
     for host, prefix, mutable in preopens:
         norm = prefix.rstrip("/") or "/"
-        if guest == norm or guest.startswith(norm.rstrip("/") + "/"):
-            if len(norm) > best_len:
-                rest = guest[len(norm):].lstrip("/")
-                candidate = (host / rest).resolve()
-                if candidate == host.resolve() or host.resolve() in candidate.parents:
-                    best, best_len = (candidate, mutable), len(norm)
+        if (guest == norm or guest.startswith(norm.rstrip("/") + "/")) and len(norm) > best_len:
+            try:
+                best, best_len = (inroot.resolve(host, guest[len(norm):]), mutable), len(norm)
+            except (OSError, ValueError):
+                best, best_len = None, len(norm)
     if best is not None and not best[0].is_dir():
         return None
     return best

@@ -2,28 +2,26 @@
 
 Docker's rules: arguments replace the image's Cmd, `--entrypoint` replaces its Entrypoint (and drops
 its Cmd), `-w` replaces WorkingDir, `-e`/`--env-file` add to its Env. A compat image's layers are
-unpacked once per manifest into `$WASMCTR_HOME/rootfs/`, with tar's `data` filter (no absolute
-paths, no `..`, no links out, no devices), and that tree is the guest's read-only `/`.
+unpacked once per manifest into `$WASMCTR_HOME/rootfs/` by the one safe extractor (`unpack`), and that
+tree is the guest's read-only `/`; the entrypoint is found in it as the guest would find it (`inroot`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import posixpath
 import re
-import shutil
-import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import image as stored
+from . import inroot
 from .errors import ExecutorError, UsageError
 from .executor import Mount, RunSpec
-from .layer import open_layer
 from .policy import Policy
 from .store import Store
+from .unpack import unpack_image
 
 SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?$", re.IGNORECASE)
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
@@ -86,66 +84,12 @@ def spec_for_image(store: Store, image: stored.Image, options: RunOptions, clean
     if not argv:
         raise ExecutorError("no command: the image has no Entrypoint or Cmd and none was given")
     cwd = options.workdir or rc.get("WorkingDir") or "/"
-    rootfs = unpack_rootfs(store, image)
-    program = posixpath.normpath(posixpath.join(cwd, argv[0]))
-    host_program = (rootfs / program.lstrip("/")).resolve()
-    if rootfs.resolve() not in host_program.parents or not host_program.is_file():
+    rootfs = unpack_image(store, image)
+    host_program = inroot.is_file(rootfs, posixpath.join(cwd, argv[0]))
+    if host_program is None:
         raise ExecutorError(f"entrypoint {argv[0]} is not a file in the image")
     spec = RunSpec(wasm=host_program, args=argv, cwd=cwd, rootfs=rootfs)
     return _apply(spec, options, list(rc.get("Env") or []), cleanup)
-
-
-def unpack_rootfs(store: Store, image: stored.Image) -> Path:
-    """The image's layers unpacked into a directory of the store (once per manifest digest)."""
-    target = store.root / "rootfs" / image.descriptor.digest.split(":", 1)[1]
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".unpack-"))
-    try:
-        for layer in image.manifest.layers:
-            with open_layer(store, layer.digest) as tar:
-                for member in tar:
-                    _apply_member(tar, member, staging)
-        os.rename(staging, target)
-    except FileExistsError:
-        shutil.rmtree(staging, ignore_errors=True)  # another run unpacked it first
-    except (OSError, tarfile.TarError) as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise ExecutorError(f"cannot unpack the image's rootfs: {exc}") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
-
-
-def prune_rootfs(store: Store) -> None:
-    """Remove the unpacked rootfs of every manifest no longer in the store (after `rmi`'s GC).
-    Staging directories of unpacks in progress (`.unpack-*`) are left alone."""
-    with contextlib.suppress(FileNotFoundError):
-        for unpacked in (store.root / "rootfs").iterdir():
-            if not unpacked.name.startswith(".") and not store.has_blob(f"sha256:{unpacked.name}"):
-                shutil.rmtree(unpacked, ignore_errors=True)
-
-
-def _apply_member(tar: tarfile.TarFile, member: tarfile.TarInfo, root: Path) -> None:
-    """Extract one member safely, honouring OCI whiteouts (`.wh.NAME`, `.wh..wh..opq`)."""
-    name = posixpath.normpath(member.name.lstrip("/"))
-    base = posixpath.basename(name)
-    if base.startswith(".wh."):
-        parent = root / posixpath.dirname(name)
-        if base == ".wh..wh..opq":
-            if parent.is_dir():
-                for child in parent.iterdir():
-                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-        else:
-            victim = parent / base[4:]
-            if victim.is_dir() and not victim.is_symlink():
-                shutil.rmtree(victim)
-            elif victim.exists() or victim.is_symlink():
-                victim.unlink()
-        return
-    tar.extract(member, root, filter="data")
 
 
 def _apply(spec: RunSpec, options: RunOptions, image_env: list[str], cleanup: list[Path]) -> RunSpec:

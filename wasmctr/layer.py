@@ -14,6 +14,7 @@ import contextlib
 import gzip
 import posixpath
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import BinaryIO
 
 from . import digest as digests
 from . import mediatypes as mt
+from .errors import LayerError
 from .model import Descriptor
 from .store import Store
 
@@ -77,7 +79,7 @@ def write_tar_gzip(store: Store, entries: list[LayerEntry], mtime: int) -> Layer
 def _add(tar: tarfile.TarFile, entry: LayerEntry, mtime: int) -> None:
     info = tarfile.TarInfo(entry.path.lstrip("/") + ("/" if entry.is_dir else ""))
     info.mtime = mtime
-    info.mode = entry.mode
+    info.mode = safe_mode(entry.mode, entry.is_dir)
     info.uid, info.gid = entry.uid, entry.gid
     info.uname = info.gname = ""
     if entry.is_dir:
@@ -94,10 +96,18 @@ def _add(tar: tarfile.TarFile, entry: LayerEntry, mtime: int) -> None:
             tar.addfile(info, f)
 
 
+def safe_mode(mode: int, is_dir: bool) -> int:
+    """The permission bits an image entry may carry: never setuid or setgid (sticky only on directories).
+    `build` writes and `run` unpacks with this one rule, so the two agree on what an image may hold."""
+    return mode & (0o1777 if is_dir else 0o777)
+
+
 @contextlib.contextmanager
 def open_layer(store: Store, digest: str) -> Iterator[tarfile.TarFile]:
     """A stored layer blob as a streaming tar: gzip, zstd (including zstd:chunked's extra frames) or
-    uncompressed, told apart by the blob's first bytes, as containerd does, not by its media type."""
+    uncompressed, told apart by the blob's first bytes, as containerd does, not by its media type.
+    A corrupt stream (bad compression, not a tar, cut short) is a `LayerError` naming the layer."""
+    corrupt: tuple[type[BaseException], ...] = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
     with store.open_blob(digest) as raw:
         head = raw.read(len(ZSTD_MAGIC))
         raw.seek(0)
@@ -108,5 +118,9 @@ def open_layer(store: Store, digest: str) -> Iterator[tarfile.TarFile]:
             import zstandard  # only images with zstd layers need it
 
             stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)  # type: ignore[assignment]
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            yield tar
+            corrupt += (zstandard.ZstdError,)
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                yield tar
+        except corrupt as exc:
+            raise LayerError(f"layer {digest} is corrupt: {exc or type(exc).__name__}") from None

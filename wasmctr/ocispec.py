@@ -16,7 +16,7 @@ import posixpath
 from pathlib import Path
 from typing import Any
 
-from . import wasm
+from . import inroot, wasm
 from .errors import ExecutorError, WasmctrError
 from .executor import Mount, RunSpec
 from .launch import parse_duration
@@ -37,12 +37,7 @@ def program_of(bundle: Path, config: dict[str, Any]) -> Path | None:
     args = process.get("args") or []
     if not args:
         return None
-    rootfs = rootfs_of(bundle, config)
-    program = posixpath.normpath(posixpath.join(process.get("cwd") or "/", args[0]))
-    host = (rootfs / program.lstrip("/")).resolve()
-    if host != rootfs and rootfs not in host.parents:
-        return None
-    return host if host.is_file() else None
+    return inroot.is_file(rootfs_of(bundle, config), posixpath.join(process.get("cwd") or "/", args[0]))
 
 
 def is_wasm(bundle: Path, config: dict[str, Any]) -> bool:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from . import atomic
 from . import digest as digests
 from . import mediatypes as mt
 from .errors import DigestMismatch, ImageNotFound, StoreError
@@ -90,6 +91,7 @@ class BlobWriter:
                 f"size mismatch for {got}: expected {self._expected_size} bytes, got {self._hasher.size}"
             )
         os.replace(self._path, self._store.blob_path(got))
+        atomic.fsync_dir(self._store.blobs_dir)
         self.descriptor = Descriptor(media_type, got, self._hasher.size)
         return self.descriptor
 
@@ -120,7 +122,7 @@ class Store:
             self.ingest_dir.mkdir(exist_ok=True)
             layout = self.root / "oci-layout"
             if not layout.exists():
-                self._write_atomic(layout, canonical_json(LAYOUT_VERSION))
+                atomic.write_bytes(layout, canonical_json(LAYOUT_VERSION))
             if not self.index_path.exists():
                 with self._locked("index.lock"):
                     if not self.index_path.exists():
@@ -326,18 +328,5 @@ class Store:
     def _write_index(self, entries: list[Descriptor]) -> None:
         entries = sorted(entries, key=lambda d: (d.annotations.get(mt.ANNOTATION_REF_NAME, ""), d.digest))
         doc = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [d.to_dict() for d in entries]}
-        self._write_atomic(self.index_path, json.dumps(doc, indent=2).encode() + b"\n")
+        atomic.write_bytes(self.index_path, json.dumps(doc, indent=2).encode() + b"\n")
 
-    def _write_atomic(self, path: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
