@@ -287,10 +287,13 @@ def _options(rest: list[str]) -> tuple[dict[str, str], str]:
 
 
 def _config(bundle: Path) -> dict[str, Any]:
+    from wasmctr.errors import WasmctrError
+    from wasmctr.ocispec import load_config
+
     try:
-        return json.loads((bundle / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise SpecError(f"cannot read {bundle / 'config.json'}: {exc}") from None
+        return load_config(bundle)
+    except WasmctrError as exc:
+        raise SpecError(str(exc)) from None
 
 
 def _is_wasm(bundle: Path, config: dict[str, Any]) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import os
 import signal
@@ -24,7 +23,7 @@ from google.protobuf import any_pb2, empty_pb2
 
 from wasmctr.errors import WasmctrError
 from wasmctr.executor import Prepared
-from wasmctr.ocispec import spec_from_bundle
+from wasmctr.ocispec import load_config, spec_from_bundle
 
 from . import mounts, stdio
 from .api import shim_pb2, task_pb2
@@ -123,7 +122,7 @@ class TaskService:
         bundle = Path(req.bundle)
         task = Task(req.id, bundle, req.stdin, req.stdout, req.stderr, call.namespace or self.namespace)
         try:
-            config = json.loads((bundle / "config.json").read_text())
+            config = load_config(bundle)
             if req.rootfs:
                 mounts.mount_all(list(req.rootfs), bundle / "rootfs")
                 task.rootfs_mounted = True

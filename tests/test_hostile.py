@@ -68,7 +68,10 @@ def corpus(canary: Path) -> dict[str, tuple[list[list[Entry]], str]]:
         "fifo": ([[Entry("fifo", tarfile.FIFOTYPE)]], "refused"),
         "setuid-file": ([[Entry("suid", data=b"x", mode=0o6755)]], "runs"),
         "long-name": ([[Entry("n" * 5000, data=b"x")]], "refused"),
-        "deep-nesting": ([[Entry("d/" * 1500 + "f", data=b"x")]], "runs"),
+        "deep-nesting": ([[Entry("d/" * 200 + "f", data=b"x")]], "runs"),
+        "too-deep-nesting": ([[Entry("d/" * 1500 + "f", data=b"x")]], "refused"),
+        "too-deep-through-a-symlink": ([[Entry("a/" * 200 + "f", data=b"x"), symlink("s", "/" + "a/" * 200),
+                                         Entry("s/" + "b/" * 100 + "f", data=b"x")]], "refused"),
         "invalid-whiteout": ([[Entry("dir/.wh..")]], "refused"),
     }
 

@@ -171,3 +171,34 @@ def test_podman_runtime_flag_runs_a_wasm_image(plain_registry, hello_c_wasm: Pat
         subprocess.run(["podman", "--root", str(storage / "root"), "--runroot", str(storage / "run"), "system",
                         "reset", "--force"], capture_output=True, timeout=120)
         shutil.rmtree(storage, ignore_errors=True)
+
+
+MALFORMED_BUNDLES = {
+    "not-an-object": [1, 2],
+    "args-not-a-list": {"process": {"args": 5}},
+    "args-not-strings": {"process": {"args": ["/app.wasm", 7]}},
+    "root-not-an-object": {"root": "rootfs", "process": {"args": ["/app.wasm"]}},
+    "mounts-not-objects": {"process": {"args": ["/app.wasm"]}, "mounts": ["x"]},
+    "annotations-not-strings": {"process": {"args": ["/app.wasm"]}, "annotations": {"run.oci.handler": 1}},
+    "memory-limit-a-string": {"process": {"args": ["/app.wasm"]},
+                              "linux": {"resources": {"memory": {"limit": "64m"}}}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_BUNDLES))
+def test_a_malformed_bundle_fails_create_in_one_line_in_the_runtime_and_the_shim(
+        bundle: Path, tmp_path: Path, case: str) -> None:
+    from shim.api import task_pb2
+    from shim.events import Publisher
+    from shim.tasks import TaskService
+    from shim.ttrpc import Call, Code, RpcError
+
+    (bundle / "config.json").write_text(json.dumps(MALFORMED_BUNDLES[case]))
+    proc = runtime(tmp_path / "root", "create", "--bundle", str(bundle), "bad")
+    assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "config.json" in proc.stderr and "Error" not in proc.stderr and "Traceback" not in proc.stderr
+    service = TaskService(Publisher(None), "default", on_empty=lambda: None)
+    with pytest.raises(RpcError) as refused:
+        service.create(task_pb2.CreateTaskRequest(id="bad", bundle=str(bundle)), Call({}, 0))
+    assert refused.value.code == Code.FAILED_PRECONDITION
+    assert "config.json" in str(refused.value) and "Error" not in str(refused.value)

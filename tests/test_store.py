@@ -237,3 +237,136 @@ def test_version_and_help() -> None:
     assert wasmctr("--version").stdout.strip() == f"wasmctr {api.__version__}"
     for command in ("build", "images", "inspect", "tag", "rmi", "save", "load"):
         assert "Example: wasmctr" in wasmctr(command, "--help").stdout
+
+
+def test_every_mix_of_build_pull_tag_rmi_load_and_prune_leaves_complete_images(
+        wasmctr_home: Path, hello_wasm: Path, tmp_path: Path, plain_registry) -> None:
+    """Parallel loops of every store-changing command; then each tag names a complete image that
+    oci-image-tool validates, nothing is left in ingest/, and no blob is unreferenced."""
+    def unique(worker: int, i: int) -> str:
+        """A module of its own (a custom section naming it), so its blobs are no other image's."""
+        module = tmp_path / f"m{worker}-{i}.wasm"
+        module.write_bytes(hello_wasm.read_bytes() + b"\0\x05\x04n" + bytes([worker, i]) + b"x")
+        return str(module)
+
+    remote = f"{plain_registry.host}/mix:1"
+    seed = {"WASMCTR_HOME": str(tmp_path / "seed")}
+    wasmctr("build", unique(99, 0), "-t", remote, "--push", env=seed)
+    wasmctr("save", remote, "-o", str(tmp_path / "mix.tar"), env=seed)
+
+    def loop(worker: int) -> list[subprocess.CompletedProcess[str]]:
+        done = []
+        for i in range(6):
+            step = (worker + i) % 6
+            if step == 0:
+                done.append(wasmctr("build", unique(worker, i), "-t", f"b{worker}:{i}", check=False))
+            elif step == 1:
+                done.append(wasmctr("pull", remote, check=False))
+            elif step == 2:
+                wasmctr("build", unique(worker, i), "-t", f"t{worker}:src", check=False)
+                done.append(wasmctr("tag", f"t{worker}:src", f"t{worker}:{i}", check=False))
+            elif step == 3:
+                done.append(wasmctr("load", "-i", str(tmp_path / "mix.tar"), "--tag", f"l:{worker}", check=False))
+            elif step == 4:
+                wasmctr("build", unique(worker, i), "-t", f"gone:{worker}", check=False)
+                done.append(wasmctr("rmi", f"gone:{worker}", check=False))
+            else:
+                done.append(wasmctr("image", "prune", check=False))
+        return done
+
+    with ThreadPoolExecutor(6) as pool:
+        results = [r for batch in pool.map(loop, range(6)) for r in batch]
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results if r.returncode]
+    store = Store(wasmctr_home)
+    live: set[str] = set()
+    for tagged in store.tags():
+        assert store.missing(tagged.descriptor) == [], tagged.name
+        live |= store.referenced(tagged.descriptor)
+    for n, digest in enumerate(sorted({t.descriptor.digest for t in store.tags()})):
+        # oci-image-tool 1.0.0-rc calls a ref "not unique" when another tag names the same manifest:
+        # validate a layout of each image alone
+        name = next(t.name for t in store.tags() if t.descriptor.digest == digest)
+        wasmctr("save", name, "--oci-dir", str(tmp_path / f"check{n}"))
+        subprocess.run(["oci-image-tool", "validate", "--type", "image", "--ref", f"name={name}",
+                        str(tmp_path / f"check{n}")], check=True, capture_output=True)
+    assert not any(t.name.startswith("gone:") for t in store.tags())
+    assert {"sha256:" + p.name for p in store.blobs_dir.iterdir()} == live
+    assert list(store.ingest_dir.iterdir()) == []
+
+
+def test_load_keeps_no_blob_that_no_loaded_image_references(wasmctr_home: Path, hello_wasm: Path,
+                                                            tmp_path: Path) -> None:
+    layout = tmp_path / "layout"
+    wasmctr("build", str(hello_wasm), "-t", "one:1")
+    wasmctr("save", "one:1", "--oci-dir", str(layout))
+    (layout / "blobs" / "sha256" / ("ab" * 32)).write_bytes(b"stray")  # named wrongly: refused
+    stray = b"a stray blob nothing references"
+    import hashlib
+
+    (layout / "blobs" / "sha256" / hashlib.sha256(stray).hexdigest()).write_bytes(stray)
+    home = tmp_path / "fresh"
+    proc = wasmctr("load", "-i", str(layout), env={"WASMCTR_HOME": str(home)}, check=False)
+    assert proc.returncode == 1 and "digest mismatch" in proc.stderr  # the wrongly named blob spoils it
+    (layout / "blobs" / "sha256" / ("ab" * 32)).unlink()
+    wasmctr("load", "-i", str(layout), env={"WASMCTR_HOME": str(home)})
+    assert not (home / "blobs" / "sha256" / hashlib.sha256(stray).hexdigest()).exists()
+    assert len(list((home / "blobs" / "sha256").iterdir())) == len(list((wasmctr_home / "blobs" / "sha256").iterdir()))
+
+
+def test_a_rebuild_over_a_tag_leaves_blobs_that_image_prune_removes(wasmctr_home: Path, hello_wasm: Path,
+                                                                     tmp_path: Path) -> None:
+    other = tmp_path / "other.wasm"
+    other.write_bytes(hello_wasm.read_bytes() + b"\0\x05\x04note")
+    wasmctr("build", str(hello_wasm), "-t", "app:1")
+    before = set((wasmctr_home / "blobs" / "sha256").iterdir())
+    wasmctr("build", str(other), "-t", "app:1")
+    pruned = wasmctr("image", "prune").stdout
+    assert "Deleted 3 blobs" in pruned and "Total reclaimed space" in pruned  # manifest, config, layer
+    assert not before & set((wasmctr_home / "blobs" / "sha256").iterdir())
+    assert wasmctr("run", "app:1").stdout == "hello from wat\n"
+
+
+def test_save_writes_into_fifos_devices_symlinks_and_stdout_and_replaces_regular_files(
+        wasmctr_home: Path, hello_wasm: Path, tmp_path: Path) -> None:
+    """Never rename over what is not a regular file: `save -o /dev/null` once replaced the node's
+    /dev/null. Here the device is one of the test's own, made in its temp dir."""
+    import stat
+    import threading
+
+    wasmctr("build", str(hello_wasm), "-t", "out:1")
+    reference = tmp_path / "ref.tar"
+    wasmctr("save", "out:1", "-o", str(reference))
+    expected = reference.read_bytes()
+
+    device = tmp_path / "null"
+    os.mknod(device, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    wasmctr("save", "out:1", "-o", str(device))
+    assert stat.S_ISCHR(device.lstat().st_mode)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith((".null", "null."))]
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    wasmctr("save", "out:1", "-o", str(fifo))
+    reader.join(30)
+    assert received == [expected] and stat.S_ISFIFO(fifo.lstat().st_mode)
+
+    target = tmp_path / "target.tar"
+    target.write_bytes(b"old content, longer than nothing")
+    link = tmp_path / "link.tar"
+    link.symlink_to(target)
+    wasmctr("save", "out:1", "-o", str(link))
+    assert link.is_symlink() and target.read_bytes() == expected
+
+    to_stdout = subprocess.run([str(Path(os.sys.executable).parent / "wasmctr"), "save", "out:1", "-o", "-"],
+                               capture_output=True, check=True)
+    assert to_stdout.stdout == expected
+
+    regular = tmp_path / "regular.tar"
+    regular.write_bytes(b"old")
+    inode = regular.stat().st_ino
+    wasmctr("save", "out:1", "-o", str(regular))
+    assert regular.read_bytes() == expected and regular.stat().st_ino != inode  # replaced whole, by rename
+    assert_one_line_error(wasmctr("save", "out:1", "-o", str(tmp_path), check=False), 1, "directory")

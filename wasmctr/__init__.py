@@ -13,12 +13,12 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~3 ms): 
 
 __version__ = "0.1.0"
 
-_API = ("BuildResult", "ImageSummary", "build", "images", "inspect", "load", "login", "logout", "pull", "push",
-        "rmi", "run", "save", "tag")
+_API = ("BuildResult", "ImageSummary", "build", "images", "inspect", "load", "login", "logout", "prune", "pull",
+        "push", "rmi", "run", "save", "tag")
 _ELSEWHERE = {"Store": "store", "WasmctrError": "errors"}
 
 __all__ = ["BuildResult", "ImageSummary", "Store", "WasmctrError", "__version__", "build", "images", "inspect",
-           "load", "login", "logout", "pull", "push", "rmi", "run", "save", "tag"]
+           "load", "login", "logout", "prune", "pull", "push", "rmi", "run", "save", "tag"]
 
 if TYPE_CHECKING:
     from typing import Any
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         load,
         login,
         logout,
+        prune,
         pull,
         push,
         rmi,

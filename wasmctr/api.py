@@ -83,8 +83,9 @@ def build(source: str | os.PathLike[str], tag: str, *, dockerfile_path: str | os
     else:
         raise UsageError(f"{source}: no such file or directory")
     target = _store(store)
-    built = builder.build(target, plan, format, wanted, author)
-    target.set_tag(ref, built.descriptor)
+    with target.writing():  # tagged before the lock goes, so no garbage collection sees it untagged
+        built = builder.build(target, plan, format, wanted, author)
+        target.set_tag(ref, built.descriptor)
     if precompile:
         source_file = plan.files[built.program].source
         assert source_file is not None
@@ -133,11 +134,11 @@ def inspect(ref: str, platform: str | None = None, store: Store | None = None) -
 
 def tag(source: str, target: str, store: Store | None = None) -> str:
     st = _store(store)
-    desc = st.resolve(references.parse(source))
     dst = references.parse(target)
     if dst.digest:
         raise UsageError(f"cannot tag with a digest: {target}")
-    st.set_tag(dst, desc)
+    with st.writing():  # a concurrent rmi cannot collect the image between resolving and tagging it
+        st.set_tag(dst, st.resolve(references.parse(source)))
     return dst.familiar()
 
 
@@ -158,11 +159,19 @@ def rmi(ref: str, store: Store | None = None) -> Removed:
     else:
         names = {parsed.familiar()}
     untagged = st.remove_tags(names)
-    blobs, freed = st.gc()
+    collected = prune(st)
+    return Removed(sorted(t.name for t in untagged), collected.blobs, collected.bytes)
+
+
+def prune(store: Store | None = None) -> Removed:
+    """Delete every blob no tag reaches (images replaced by a rebuild under their tag, blobs of removed
+    images, what interrupted pulls left in `ingest/`) and the rootfs `run` unpacked from them."""
     from . import unpack
 
-    unpack.prune(st)  # the unpacked copies `run` made of images now gone
-    return Removed(sorted(t.name for t in untagged), blobs, freed)
+    st = _store(store)
+    blobs, freed = st.gc()
+    unpack.prune(st)
+    return Removed([], blobs, freed)
 
 
 def save(ref: str, output: str | os.PathLike[str] | None = None, oci_dir: str | os.PathLike[str] | None = None,

@@ -3,14 +3,13 @@
 An OCI archive is a tar of an OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/...`), the
 format of `skopeo copy oci-archive:` and `ctr import`. Output is deterministic (sorted members, fixed
 mtime). Input is streamed: each blob member goes into the store through a verifying writer, so a
-damaged archive adds nothing; its `index.json` is applied last, and only names whose every blob
-arrived are tagged.
+damaged archive adds nothing; its `index.json` is applied last, only names whose every blob arrived
+are tagged, and blobs of the archive that no tagged image references are not kept.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +19,8 @@ from typing import BinaryIO
 from . import mediatypes as mt
 from . import reference
 from .errors import ArchiveError, StoreError, WasmctrError
-from .model import Descriptor, canonical_json
+from .layer import TAR_ERRORS
+from .model import Descriptor, Index, canonical_json
 from .store import LAYOUT_VERSION, MAX_DOCUMENT, Store
 
 
@@ -67,9 +67,8 @@ def load(store: Store, source: Path, tag: reference.Reference | None = None) -> 
     try:
         with store.writing():
             return _load(store, source, tag, added)
-    except BaseException:
+    finally:  # on failure everything it added; on success what no image of the archive references
         store.discard(added)
-        raise
 
 
 def _load(store: Store, source: Path, tag: reference.Reference | None, added: set[str]) -> list[Loaded]:
@@ -87,7 +86,7 @@ def _load(store: Store, source: Path, tag: reference.Reference | None, added: se
                 index_raw = stream.read(MAX_DOCUMENT + 1)
             elif name == "manifest.json":
                 docker_archive = True
-    except (OSError, tarfile.TarError, EOFError) as exc:
+    except TAR_ERRORS + (OSError,) as exc:
         raise ArchiveError(f"{source}: cannot read archive: {getattr(exc, 'strerror', None) or exc}") from None
     if index_raw is None and docker_archive:
         raise ArchiveError(f"{source} is a Docker archive (docker save); convert it with "
@@ -95,8 +94,8 @@ def _load(store: Store, source: Path, tag: reference.Reference | None, added: se
     if index_raw is None:
         raise ArchiveError(f"{source}: no index.json, so not an OCI archive or layout")
     try:
-        entries = [Descriptor.from_dict(d) for d in json.loads(index_raw).get("manifests") or []]
-    except (ValueError, AttributeError, StoreError) as exc:
+        entries = Index.parse(index_raw).manifests
+    except StoreError as exc:
         raise ArchiveError(f"{source}: malformed index.json: {exc}") from None
     if tag is not None and len(entries) != 1:
         raise ArchiveError(f"{source} holds {len(entries)} images; --tag needs exactly one")

@@ -56,16 +56,16 @@ def timestamp(epoch: int) -> str:
 
 def build(store: Store, plan: BuildPlan, fmt: Format = "compat", platforms: list[Platform] | None = None,
           author: str | None = None) -> Built:
+    """Write the image's blobs; the caller holds `store.writing()` until it has tagged the result."""
     platforms = platforms or [WASI_WASM]
     epoch = source_date_epoch()
     infos = {path: wasm.analyse(entry.source) for path, entry in sorted(plan.files.items())
              if entry.source is not None and _looks_like_wasm(entry)}
     program = _program(plan, infos)
-    with store.writing():
-        if fmt == "artifact":
-            descriptor = _artifact(store, plan, program, infos[program], epoch, author, platforms)
-        else:
-            descriptor = _compat(store, plan, epoch, platforms)
+    if fmt == "artifact":
+        descriptor = _artifact(store, plan, program, infos[program], epoch, author, platforms)
+    else:
+        descriptor = _compat(store, plan, epoch, platforms)
     return Built(descriptor, fmt, platforms, program, infos[program])
 
 

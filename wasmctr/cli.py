@@ -308,6 +308,22 @@ def rmi(refs: Annotated[list[str], typer.Argument(help="Images to remove.")]) ->
         typer.echo(f"Deleted {removed.blobs} blobs ({console.size(removed.bytes)})")
 
 
+image_app = typer.Typer(name="image", help="Manage images.", no_args_is_help=True)
+app.add_typer(image_app)
+
+
+@image_app.command("prune")
+def image_prune(
+    force: Annotated[bool, typer.Option("-f", "--force", help="Accepted as docker's; wasmctr never prompts.")] = False,
+) -> None:
+    """Delete blobs no tagged image uses: images replaced by a rebuild, leftovers of interrupted pulls.
+
+    Example: wasmctr image prune
+    """
+    removed = api.prune()
+    typer.echo(f"Deleted {removed.blobs} blobs\nTotal reclaimed space: {console.size(removed.bytes)}")
+
+
 @app.command()
 def save(
     ref: Annotated[str, typer.Argument(help="Image to save.")],
@@ -319,7 +335,8 @@ def save(
     Example: wasmctr save hello:1 -o hello.tar
     """
     desc = api.save(ref, output, oci_dir)
-    typer.echo(desc.digest)
+    if output != "-":  # the archive itself went to stdout
+        typer.echo(desc.digest)
 
 
 @app.command()

@@ -27,6 +27,12 @@ class HashingWriter:
             self._sink.write(data)
         return len(data)
 
+    def absorb(self, stream: BinaryIO) -> None:
+        """Count and hash the rest of `stream` without writing it: what a resumed download already has."""
+        while chunk := stream.read(CHUNK):
+            self._hash.update(chunk)
+            self.size += len(chunk)
+
     def flush(self) -> None:
         flush = getattr(self._sink, "flush", None)
         if flush is not None:

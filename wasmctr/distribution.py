@@ -2,8 +2,10 @@
 
 Pull fetches the manifest (or index, and every manifest and config under it), then the layers of the
 chosen platform (all with `all_platforms`), each streamed into a verifying store writer; blobs the
-store already has are skipped, so an interrupted pull, run again, only fetches what is missing. If
-anything fails, the blobs this pull added are discarded and no tag changes.
+store already has are skipped, and a blob an interrupted pull left half-fetched in `ingest/` is
+resumed with a range request. If anything fails, the complete blobs this pull added are discarded and
+no tag changes; the image is tagged before the store's GC lock is released, so a concurrent `rmi`
+never collects it half-way.
 
 Push sends blobs first (skipping those the registry has, trying a cross-repository mount from another
 repository of ours on the same registry), then child manifests by digest, then the tagged manifest or
@@ -80,7 +82,7 @@ def pull(store: Store, ref: Reference, client: Registry, platform: Platform | No
                 else:
                     todo.append(d)
             _parallel(lambda d: _download(store, client, ref, d, progress, added), todo)
-        store.set_tag(ref, top)
+            store.set_tag(ref, top)
     except BaseException:
         store.discard(added)
         raise
@@ -115,7 +117,9 @@ def _media_type(raw: bytes, header_type: str) -> str:
     try:
         declared = json.loads(raw).get("mediaType")
     except (ValueError, AttributeError):
-        raise RegistryError("the registry sent a manifest that is not JSON") from None
+        raise RegistryError("the registry sent a manifest that is not a JSON object") from None
+    if declared is not None and not isinstance(declared, str):
+        raise RegistryError("the registry sent a manifest whose mediaType is not a string")
     return declared or header_type or mt.OCI_MANIFEST
 
 
@@ -164,9 +168,11 @@ def _fetch_small(store: Store, client: Registry, ref: Reference, desc: Descripto
 
 def _download(store: Store, client: Registry, ref: Reference, desc: Descriptor, progress: Progress,
               added: set[str]) -> None:
-    advance = progress.begin(desc, "pulling")
-    with store.writer(desc.digest, desc.size) as writer:
-        client.download_blob(ref.repository, desc, writer, advance)
+    with store.writer(desc.digest, desc.size, resumable=True) as writer:
+        if store.has_blob(desc.digest):  # another pull fetched it while we waited for its ingest lock
+            progress.end(desc, "already present")
+            return
+        client.download_blob(ref.repository, desc, writer, progress.begin(desc, "pulling"))
         writer.commit(desc.media_type)
     added.add(desc.digest)
     progress.end(desc, "pulled")

@@ -96,6 +96,11 @@ def _add(tar: tarfile.TarFile, entry: LayerEntry, mtime: int) -> None:
             tar.addfile(info, f)
 
 
+# what reading a damaged tar stream raises: a bad header or PAX record (not UTF-8), a cut-off stream,
+# bad deflate data
+TAR_ERRORS: tuple[type[BaseException], ...] = (tarfile.TarError, EOFError, zlib.error, UnicodeDecodeError)
+
+
 def safe_mode(mode: int, is_dir: bool) -> int:
     """The permission bits an image entry may carry: never setuid or setgid (sticky only on directories).
     `build` writes and `run` unpacks with this one rule, so the two agree on what an image may hold."""
@@ -107,7 +112,7 @@ def open_layer(store: Store, digest: str) -> Iterator[tarfile.TarFile]:
     """A stored layer blob as a streaming tar: gzip, zstd (including zstd:chunked's extra frames) or
     uncompressed, told apart by the blob's first bytes, as containerd does, not by its media type.
     A corrupt stream (bad compression, not a tar, cut short) is a `LayerError` naming the layer."""
-    corrupt: tuple[type[BaseException], ...] = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
+    corrupt: tuple[type[BaseException], ...] = (*TAR_ERRORS, gzip.BadGzipFile)
     with store.open_blob(digest) as raw:
         head = raw.read(len(ZSTD_MAGIC))
         raw.seek(0)

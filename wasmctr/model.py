@@ -3,17 +3,25 @@
 Parsed objects keep the exact bytes they came from (`raw`), so a digest is always of the stored bytes,
 never of a re-serialisation. New documents are serialised canonically (sorted keys, no spaces) so the
 same content always gives the same digest. This module knows nothing of disks or HTTP.
+
+Documents come from registries and archives, so parsing checks the type of every field the rest of
+wasmctr reads: a wrong shape (`"config": 5`, `"layers": "x"`, a digest that is not sha256 hex) is a
+`StoreError` with one line that says which field, never an AttributeError further on.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import digest as digests
 from . import mediatypes as mt
+from . import shape
 from .errors import StoreError
+
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def canonical_json(value: Any) -> bytes:
@@ -36,7 +44,9 @@ class Platform:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Platform:
-        return cls(str(data.get("os", "")), str(data.get("architecture", "")), data.get("variant"))
+        what = "platform"
+        return cls(shape.field(data, "os", str, what) or "", shape.field(data, "architecture", str, what) or "",
+                   shape.field(data, "variant", str, what))
 
     def to_dict(self) -> dict[str, str]:
         out = {"architecture": self.architecture, "os": self.os}
@@ -65,19 +75,24 @@ class Descriptor:
         return cls(media_type, digests.of_bytes(data), len(data), **extra)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Descriptor:
-        try:
-            platform = data.get("platform")
-            return cls(
-                media_type=str(data["mediaType"]),
-                digest=str(data["digest"]),
-                size=int(data["size"]),
-                annotations=dict(data.get("annotations") or {}),
-                platform=Platform.from_dict(platform) if isinstance(platform, dict) else None,
-                artifact_type=data.get("artifactType"),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StoreError(f"malformed descriptor {data!r}: {exc}") from None
+    def from_dict(cls, data: Any, what: str = "descriptor") -> Descriptor:
+        if not isinstance(data, dict):
+            raise StoreError(f"{what} must be a JSON object, not {shape.shown(data)}")
+        digest = shape.field(data, "digest", str, what, required=True)
+        if not DIGEST.fullmatch(digest):
+            raise StoreError(f"{what}: digest {digest[:80]!r} is not sha256:<64 hex digits>")
+        size = shape.field(data, "size", int, what, required=True)
+        if size < 0:
+            raise StoreError(f"{what}: size {size} is negative")
+        platform = shape.field(data, "platform", dict, what)
+        return cls(
+            media_type=shape.field(data, "mediaType", str, what, required=True),
+            digest=digest,
+            size=size,
+            annotations=shape.string_map(data, "annotations", what),
+            platform=Platform.from_dict(platform) if platform is not None else None,
+            artifact_type=shape.field(data, "artifactType", str, what),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
@@ -116,13 +131,13 @@ class Manifest:
     @classmethod
     def parse(cls, raw: bytes, media_type: str | None = None) -> Manifest:
         data = _load_json(raw, "manifest")
-        try:
-            config = Descriptor.from_dict(data["config"])
-            layers = [Descriptor.from_dict(layer) for layer in data.get("layers") or []]
-        except (KeyError, TypeError):
-            raise StoreError("manifest has no config descriptor") from None
-        return cls(raw, data.get("mediaType") or media_type or mt.OCI_MANIFEST, config, layers,
-                   dict(data.get("annotations") or {}))
+        if "config" not in data:
+            raise StoreError("manifest has no config descriptor")
+        config = Descriptor.from_dict(data["config"], "manifest config")
+        layers = shape.field(data, "layers", list, "manifest") or []
+        return cls(raw, shape.field(data, "mediaType", str, "manifest") or media_type or mt.OCI_MANIFEST, config,
+                   [Descriptor.from_dict(layer, "manifest layer") for layer in layers],
+                   shape.string_map(data, "annotations", "manifest"))
 
     @classmethod
     def build(cls, config: Descriptor, layers: list[Descriptor], annotations: dict[str, str]) -> Manifest:
@@ -156,9 +171,10 @@ class Index:
     @classmethod
     def parse(cls, raw: bytes, media_type: str | None = None) -> Index:
         data = _load_json(raw, "index")
-        manifests = [Descriptor.from_dict(m) for m in data.get("manifests") or []]
-        return cls(raw, data.get("mediaType") or media_type or mt.OCI_INDEX, manifests,
-                   dict(data.get("annotations") or {}))
+        entries = shape.field(data, "manifests", list, "index") or []
+        return cls(raw, shape.field(data, "mediaType", str, "index") or media_type or mt.OCI_INDEX,
+                   [Descriptor.from_dict(m, "index entry") for m in entries],
+                   shape.string_map(data, "annotations", "index"))
 
     @classmethod
     def build(cls, manifests: list[Descriptor], annotations: dict[str, str]) -> Index:
@@ -186,4 +202,16 @@ class Index:
 
 
 def parse_config(raw: bytes) -> dict[str, Any]:
-    return _load_json(raw, "image config")
+    """An image config (or a wasm artifact's), with the fields wasmctr reads checked for type."""
+    what = "image config"
+    config = _load_json(raw, what)
+    for key in ("os", "architecture", "variant", "created"):
+        shape.field(config, key, str, what)
+    rc = shape.field(config, "config", dict, what)
+    if rc is not None:
+        what = "image config's config"
+        for key in ("Entrypoint", "Cmd", "Env"):
+            shape.strings(rc, key, what)
+        shape.field(rc, "WorkingDir", str, what)
+        shape.string_map(rc, "Labels", what)
+    return config

@@ -12,11 +12,12 @@
 
 from __future__ import annotations
 
+import json
 import posixpath
 from pathlib import Path
 from typing import Any
 
-from . import inroot, wasm
+from . import inroot, shape, wasm
 from .errors import ExecutorError, WasmctrError
 from .executor import Mount, RunSpec
 from .launch import parse_duration
@@ -24,6 +25,39 @@ from .policy import Policy
 
 ANNOTATION_PREFIX = "wasmctr.io/"
 KERNEL_FILESYSTEMS = {"proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2", "tmpfs", "shm"}
+
+
+def load_config(bundle: Path) -> dict[str, Any]:
+    """The bundle's `config.json`, with the type of every field read here checked, so that a malformed
+    one fails Create in one line (a gRPC error text, a runtime CLI error), not as an AttributeError."""
+    what = f"{bundle / 'config.json'}"
+    try:
+        config = json.loads((bundle / "config.json").read_bytes())
+    except OSError as exc:
+        raise ExecutorError(f"cannot read {what}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ExecutorError(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise ExecutorError(f"{what} is not a JSON object")
+    root = shape.field(config, "root", dict, what, error=ExecutorError) or {}
+    shape.field(root, "path", str, f"{what} root", error=ExecutorError)
+    process = shape.field(config, "process", dict, what, error=ExecutorError) or {}
+    for key in ("args", "env"):
+        shape.strings(process, key, f"{what} process", error=ExecutorError)
+    shape.field(process, "cwd", str, f"{what} process", error=ExecutorError)
+    shape.string_map(config, "annotations", what, error=ExecutorError)
+    for mount in shape.field(config, "mounts", list, what, error=ExecutorError) or []:
+        if not isinstance(mount, dict):
+            raise ExecutorError(f"{what}: each of mounts must be a JSON object")
+        shape.field(mount, "destination", str, f"{what} mount", required=True, error=ExecutorError)
+        for key in ("source", "type"):
+            shape.field(mount, key, str, f"{what} mount", error=ExecutorError)
+        shape.strings(mount, "options", f"{what} mount", error=ExecutorError)
+    level: Any = config
+    for key in ("linux", "resources", "memory"):
+        level = shape.field(level, key, dict, f"{what} {key}", error=ExecutorError) or {}
+    shape.field(level, "limit", int, f"{what} linux.resources.memory", error=ExecutorError)
+    return config
 
 
 def rootfs_of(bundle: Path, config: dict[str, Any]) -> Path:

@@ -1,13 +1,14 @@
-"""An OCI distribution client: oras-py's `Registry`, extended where it falls short for images.
+"""An OCI distribution client: the registry API over `transport`'s bounded, retrying HTTP session.
 
-Kept from oras-py: the `requests` session with its cookie policy and TLS settings, and its auth
-backends (the Bearer token flow with scopes, anonymous tokens, basic auth encoding). Added here:
-- one request path that answers both Basic and Bearer challenges, re-authenticating when a new scope
-  is asked for, and that turns 401/403 into an actionable error instead of a retry loop;
-- bounded retries with backoff for transient failures only (connection reset, 429 with Retry-After,
-  5xx), not for refused connections or unknown hosts, which fail at once with one line;
-- streaming uploads straight from disk (oras-py's monolithic upload reads the file into memory) and
-  streaming downloads into a verifying store writer;
+What it adds to plain HTTP:
+- one request path that answers both Basic and Bearer challenges (the token service asked as the
+  distribution token spec says, with the challenge parsed by oras-py), re-authenticating when a new
+  scope is asked for, and that turns 401/403 into an actionable error instead of a retry loop;
+- time bounds: every request, the token service's included, must finish within `timeout` seconds
+  (`WASMCTR_REGISTRY_TIMEOUT`, default 60); a blob transfer may take longer but must move at least
+  1 MiB in every such window. A silent or drip-feeding server ends in one line naming the host;
+- streaming uploads straight from disk and streaming downloads into a verifying store writer, resumed
+  with an HTTP range request from what an interrupted pull left;
 - manifests of every accepted media type, capped at 4 MiB, digests checked;
 - transport policy as Docker's: HTTPS with verification, plain HTTP only for loopback or --insecure.
 Imports the model, store writer and errors; never the CLI.
@@ -16,33 +17,31 @@ Imports the model, store writer and errors; never the CLI.
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
+import json
 import os
 import re
 import threading
-import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
-import oras.auth
 import oras.auth.utils
-import oras.provider
 import requests
-import requests.adapters
 
 from . import credentials as creds
 from . import digest as digests
 from . import mediatypes as mt
+from . import transport
 from .errors import AuthError, DigestMismatch, ImageNotFound, RegistryError
 from .model import Descriptor
 from .store import MAX_DOCUMENT, BlobWriter
 
 ACCEPT_MANIFESTS = ", ".join([mt.OCI_MANIFEST, mt.OCI_INDEX, mt.DOCKER_MANIFEST, mt.DOCKER_MANIFEST_LIST])
-ATTEMPTS = 4
-TRANSIENT_STATUS = {429, 500, 502, 503, 504}
-TIMEOUT = (10, 120)
-CHUNK = 1 << 20
+CHUNK = transport.CHUNK
+DEFAULT_TIMEOUT = 60.0
+MAX_TOKEN_RESPONSE = 1 << 20
 
 
 def is_loopback(host: str) -> bool:
@@ -56,20 +55,27 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class Registry(oras.provider.Registry):
+def default_timeout() -> float:
+    text = os.environ.get("WASMCTR_REGISTRY_TIMEOUT", "")
+    try:
+        return float(text) if text and float(text) > 0 else DEFAULT_TIMEOUT
+    except ValueError:
+        return DEFAULT_TIMEOUT
+
+
+class Registry:
     """One registry host, as a client session. Thread-safe for parallel blob transfers."""
 
     def __init__(self, host: str, *, insecure: bool = False, ca_cert: str | None = None,
-                 credentials: creds.Credentials | None = None, lookup_credentials: bool = True) -> None:
-        verify: bool | str = ca_cert or os.environ.get("SSL_CERT_FILE") or True
-        super().__init__(hostname=host, insecure=False, tls_verify=False if insecure else verify,
-                         auth_backend="token")
-        adapter = _LargeBlockAdapter(pool_maxsize=8)
-        self.session.mount("https://", adapter)
-        self.session.mount("http://", adapter)
+                 credentials: creds.Credentials | None = None, lookup_credentials: bool = True,
+                 timeout: float | None = None) -> None:
         self.host = host
         self.api_host = "registry-1.docker.io" if host == "docker.io" else host
+        self.scheme = "https"
+        self.verify: bool | str = False if insecure else (ca_cert or os.environ.get("SSL_CERT_FILE") or True)
         self.plain_http_allowed = insecure or is_loopback(host)
+        self.timeout = timeout or default_timeout()
+        self.session = transport.session()
         self._credentials = credentials
         self._lookup = lookup_credentials and credentials is None
         self._auth_header: dict[str, str] = {}
@@ -80,7 +86,7 @@ class Registry(oras.provider.Registry):
 
     def url(self, path: str) -> str:
         self._choose_scheme()
-        return f"{self.prefix}://{self.api_host}/v2/{path}"
+        return f"{self.scheme}://{self.api_host}/v2/{path}"
 
     def credentials(self) -> creds.Credentials | None:
         if self._lookup:
@@ -90,22 +96,37 @@ class Registry(oras.provider.Registry):
 
     def ping(self) -> None:
         """Check the registry answers the v2 API (and that our credentials work, if it wants some)."""
-        self._choose_scheme()
-        response = self.do_request(self.url(""), "GET")
+        with self.bounded():
+            response = self.do_request(self.url(""), "GET")
         if response.status_code != 200:
             raise RegistryError(f"{self.host}: /v2/ answered {response.status_code} {response.reason}")
 
+    @contextlib.contextmanager
+    def bounded(self) -> Iterator[transport.Deadline]:
+        """Run an exchange (request, authentication, body) under this client's deadline; an expired
+        deadline becomes one line that names the host and the bound."""
+        with transport.bounded(self.timeout) as deadline:
+            try:
+                yield deadline
+            except (RegistryError, requests.exceptions.RequestException, OSError):
+                if deadline.expired:
+                    raise RegistryError(f"{self.host}: gave up after {self.timeout:g} s without an answer or "
+                                        "progress (WASMCTR_REGISTRY_TIMEOUT)") from None
+                raise
+
     def do_request(self, url: str, method: str = "GET", data: Any = None, headers: dict | None = None,
-                   json: dict | None = None, stream: bool = False) -> requests.Response:
-        """One request, authenticated on demand (Basic or Bearer), retried only when the fault is transient."""
+                   stream: bool = False) -> requests.Response:
+        """One request, authenticated on demand (Basic or Bearer); transient faults are retried by the
+        session. Call it inside `bounded()`."""
         self._choose_scheme()
         headers = {**(headers or {}), **self._auth_header}
-        response = self._send(method, url, data, headers, json, stream)
+        response = self._send(method, url, data, headers, stream)
         if response.status_code == 401:
+            response.close()
             self._authenticate(response)
             _rewind(data)
             headers.update(self._auth_header)
-            response = self._send(method, url, data, headers, json, stream)
+            response = self._send(method, url, data, headers, stream)
             if response.status_code == 401:
                 who = self.credentials()
                 raise AuthError(f"{self.host}: authentication failed"
@@ -116,28 +137,20 @@ class Registry(oras.provider.Registry):
                             f" ({_error_text(response)})")
         return response
 
-    def _send(self, method: str, url: str, data: Any, headers: dict, json: dict | None,
-              stream: bool) -> requests.Response:
-        for attempt in range(ATTEMPTS):
-            last = attempt == ATTEMPTS - 1
-            try:
-                response = self.session.request(method, url, data=data, headers=headers, json=json, stream=stream,
-                                                verify=self._tls_verify, timeout=TIMEOUT, allow_redirects=True)
-            except requests.exceptions.SSLError as exc:
-                raise RegistryError(f"{self.host}: TLS error ({_reason(exc)}); pass --ca-cert FILE for a private "
-                                    f"CA, or --insecure") from None
-            except requests.exceptions.RequestException as exc:
-                reason = _reason(exc)
-                if last or reason == "unknown host" or not _rewind(data):
-                    raise RegistryError(f"cannot reach {self.host}: {reason}") from None
-                time.sleep(0.25 * 2**attempt)
-                continue
-            if response.status_code in TRANSIENT_STATUS and not last and _rewind(data):
-                response.close()
-                time.sleep(_retry_after(response, attempt))
-                continue
-            return response
-        raise AssertionError("unreachable")
+    def _send(self, method: str, url: str, data: Any, headers: dict, stream: bool) -> requests.Response:
+        try:
+            return self.session.request(method, url, data=data, headers=headers, stream=stream, verify=self.verify,
+                                        timeout=self._socket_timeouts(), allow_redirects=True)
+        except requests.exceptions.SSLError as exc:
+            raise RegistryError(f"{self.host}: TLS error ({_reason(exc)}); pass --ca-cert FILE for a private "
+                                f"CA, or --insecure") from None
+        except requests.exceptions.RequestException as exc:
+            raise RegistryError(f"cannot reach {self.host}: {_reason(exc)}") from None
+
+    def _socket_timeouts(self) -> tuple[float, float]:
+        """Connect, and each read: a backstop only, longer than the deadline, which ends a stalled
+        exchange first and with the clearer message."""
+        return transport.CONNECT_TIMEOUT, 2 * self.timeout
 
     def _choose_scheme(self) -> None:
         """HTTPS first; plain HTTP only where Docker allows it (loopback, --insecure)."""
@@ -148,17 +161,19 @@ class Registry(oras.provider.Registry):
                 self._scheme_checked = True
 
     def _probe_scheme(self) -> None:
+        timeout = self._socket_timeouts()
         try:
-            self.session.get(f"https://{self.api_host}/v2/", verify=self._tls_verify, timeout=TIMEOUT)
+            self.session.get(f"https://{self.api_host}/v2/", verify=self.verify, timeout=timeout).close()
         except requests.exceptions.SSLError as exc:
             try:
-                probe = self.session.get(f"http://{self.api_host}/v2/", timeout=TIMEOUT)
+                probe = self.session.get(f"http://{self.api_host}/v2/", timeout=timeout)
             except requests.exceptions.RequestException:
                 raise RegistryError(f"{self.host}: TLS error ({_reason(exc)})") from None
+            probe.close()
             if probe.status_code == 400:  # an HTTPS server that we could not verify
                 raise RegistryError(f"{self.host}: TLS error ({_reason(exc)}); pass --ca-cert FILE for a private "
                                     f"CA, or --insecure") from None
-            self.prefix = "http"
+            self.scheme = "http"
         except requests.exceptions.RequestException:
             pass  # reported with context by the request that follows
 
@@ -169,31 +184,52 @@ class Registry(oras.provider.Registry):
         if scheme == "basic":
             if who is None:
                 raise AuthError(f"{self.host} requires authentication; log in with `wasmctr login {self.host}`")
-            token = base64.b64encode(f"{who.username}:{who.password}".encode()).decode()
-            self._auth_header = {"Authorization": f"Basic {token}"}
+            self._auth_header = {"Authorization": f"Basic {_basic(who)}"}
         elif scheme == "bearer":
-            backend = self.auth
-            assert isinstance(backend, oras.auth.TokenAuth)
-            header = oras.auth.utils.parse_auth_header(challenge)
-            if who is not None:
-                backend.set_basic_auth(who.username, who.password)
-                token = backend.request_token(header)
-            else:
-                token = backend.request_anonymous_token(header)
-            if not token:
-                raise AuthError(f"{self.host}: the token service refused us"
-                                + (f" (user {who.username!r})" if who else
-                                   f"; log in with `wasmctr login {self.host}`"))
+            token = self._token(oras.auth.utils.parse_auth_header(challenge), who)
             self._auth_header = {"Authorization": f"Bearer {token}"}
         else:
-            raise AuthError(f"{self.host}: unsupported authentication challenge {challenge!r}")
+            raise AuthError(f"{self.host}: unsupported authentication challenge {challenge[:100]!r}")
+
+    def _token(self, challenge: oras.auth.utils.authHeader, who: creds.Credentials | None) -> str:
+        """A token from the challenge's realm (distribution's token spec), with our credentials if any."""
+        if not challenge.realm or not challenge.realm.startswith(("https://", "http://")):
+            raise AuthError(f"{self.host}: the Bearer challenge names no token service")
+        params = {k: v for k, v in (("service", challenge.service), ("scope", challenge.scope)) if v}
+        headers = {"Authorization": f"Basic {_basic(who)}"} if who else {}
+        realm = urllib.parse.urlparse(challenge.realm).netloc
+        try:
+            with self.session.get(challenge.realm, params=params, headers=headers, verify=self.verify, stream=True,
+                                  timeout=self._socket_timeouts()) as answer:
+                body = answer.raw.read(MAX_TOKEN_RESPONSE, decode_content=True)
+                status = answer.status_code
+        except requests.exceptions.RequestException as exc:
+            raise RegistryError(f"cannot reach the token service {realm} of {self.host}: {_reason(exc)}") from None
+        token = None
+        if status == 200:
+            with contextlib.suppress(ValueError, AttributeError):
+                doc = json.loads(body)
+                token = doc.get("token") or doc.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise AuthError(f"{self.host}: the token service {realm} refused us ({status})"
+                            + (f" (user {who.username!r})" if who else f"; log in with `wasmctr login {self.host}`"))
+        return token
 
     # -- manifests ---------------------------------------------------------------------------------
 
     def get_manifest_raw(self, repository: str, locator: str) -> tuple[bytes, str]:
         """Raw manifest bytes and media type; the digest is checked when the locator is one."""
-        response = self.do_request(self.url(f"{repository}/manifests/{locator}"), "GET",
-                                   headers={"Accept": ACCEPT_MANIFESTS}, stream=True)
+        with self.bounded():
+            response = self.do_request(self.url(f"{repository}/manifests/{locator}"), "GET",
+                                       headers={"Accept": ACCEPT_MANIFESTS}, stream=True)
+            raw = self._read_manifest(response, repository, locator)
+        if locator.startswith("sha256:") and digests.of_bytes(raw) != locator:
+            raise DigestMismatch(f"manifest {repository}@{locator}: the registry sent content with digest "
+                                 f"{digests.of_bytes(raw)}")
+        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        return raw, media_type
+
+    def _read_manifest(self, response: requests.Response, repository: str, locator: str) -> bytes:
         with response:
             if response.status_code == 404:
                 raise ImageNotFound(f"{self.host}/{repository}:{locator} not found on the registry "
@@ -202,24 +238,26 @@ class Registry(oras.provider.Registry):
             length = int(response.headers.get("Content-Length") or 0)
             if length > MAX_DOCUMENT:
                 raise RegistryError(f"manifest {repository}:{locator} is {length} bytes, over the 4 MiB limit")
-            raw = response.raw.read(MAX_DOCUMENT + 1, decode_content=True)
+            try:
+                raw = response.raw.read(MAX_DOCUMENT + 1, decode_content=True)
+            except Exception as exc:  # urllib3's own errors (ProtocolError, ReadTimeoutError...), not requests'
+                raise RegistryError(f"{self.host}: manifest {repository}:{locator} broke off: {_reason(exc)}") \
+                    from None
         if len(raw) > MAX_DOCUMENT:
             raise RegistryError(f"manifest {repository}:{locator} is over the 4 MiB limit")
-        if locator.startswith("sha256:") and digests.of_bytes(raw) != locator:
-            raise DigestMismatch(f"manifest {repository}@{locator}: the registry sent content with digest "
-                                 f"{digests.of_bytes(raw)}")
-        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
-        return raw, media_type
+        return raw
 
     def put_manifest(self, repository: str, locator: str, raw: bytes, media_type: str) -> None:
-        response = self.do_request(self.url(f"{repository}/manifests/{locator}"), "PUT", data=raw,
-                                   headers={"Content-Type": media_type})
-        _expect(response, 201, f"PUT manifest {repository}:{locator}")
+        with self.bounded():
+            response = self.do_request(self.url(f"{repository}/manifests/{locator}"), "PUT", data=raw,
+                                       headers={"Content-Type": media_type})
+            _expect(response, 201, f"PUT manifest {repository}:{locator}")
 
     # -- blobs -------------------------------------------------------------------------------------
 
     def has_blob(self, repository: str, digest: str) -> bool:
-        response = self.do_request(self.url(f"{repository}/blobs/{digest}"), "HEAD")
+        with self.bounded():
+            response = self.do_request(self.url(f"{repository}/blobs/{digest}"), "HEAD")
         if response.status_code == 404:
             return False
         _expect(response, 200, f"HEAD blob {digest}")
@@ -227,56 +265,69 @@ class Registry(oras.provider.Registry):
 
     def download_blob(self, repository: str, desc: Descriptor, writer: BlobWriter,
                       advance: Callable[[int], None]) -> None:
-        """Stream a blob into a store writer (which verifies digest and size when it commits)."""
-        response = self.do_request(self.url(f"{repository}/blobs/{desc.digest}"), "GET", stream=True)
-        with response:
-            if response.status_code == 404:
-                raise RegistryError(f"{self.host}/{repository}: blob {desc.digest} not found on the registry")
-            _expect(response, 200, f"GET blob {desc.digest}")
-            try:
-                for chunk in response.iter_content(CHUNK):
-                    writer.write(chunk)
-                    advance(len(chunk))
-            except requests.exceptions.RequestException as exc:
-                raise RegistryError(f"{self.host}: download of {desc.digest} broke off: {_reason(exc)}") from None
+        """Stream a blob into a store writer (which verifies digest and size when it commits), asking
+        only for the rest when the writer already holds the start of it."""
+        if writer.size == desc.size:
+            return
+        headers = {"Range": f"bytes={writer.size}-"} if writer.size else {}
+        with self.bounded() as deadline:
+            response = self.do_request(self.url(f"{repository}/blobs/{desc.digest}"), "GET", headers=headers,
+                                       stream=True)
+            with response:
+                if response.status_code == 404:
+                    raise RegistryError(f"{self.host}/{repository}: blob {desc.digest} not found on the registry")
+                if response.status_code == 206 and _range_start(response) == writer.size:
+                    advance(writer.size)
+                else:
+                    _expect(response, 200, f"GET blob {desc.digest}")
+                    writer.restart()  # the server sent the whole blob
+                try:
+                    for chunk in response.iter_content(CHUNK):
+                        writer.write(chunk)
+                        advance(len(chunk))
+                        deadline.extend()
+                except requests.exceptions.RequestException as exc:
+                    raise RegistryError(f"{self.host}: download of {desc.digest} broke off: {_reason(exc)}") \
+                        from None
 
     def mount_blob(self, repository: str, digest: str, source: str) -> str | None:
         """Try a cross-repository mount; returns None if mounted, else the upload URL the registry opened."""
-        response = self.do_request(self.url(f"{repository}/blobs/uploads/?mount={digest}&from={source}"), "POST")
+        with self.bounded():
+            response = self.do_request(self.url(f"{repository}/blobs/uploads/?mount={digest}&from={source}"),
+                                       "POST")
         if response.status_code == 201:
             return None
         _expect(response, 202, f"POST mount {digest}")
         return self._location(response)
 
     def start_upload(self, repository: str) -> str:
-        response = self.do_request(self.url(f"{repository}/blobs/uploads/"), "POST",
-                                   headers={"Content-Length": "0"})
+        with self.bounded():
+            response = self.do_request(self.url(f"{repository}/blobs/uploads/"), "POST",
+                                       headers={"Content-Length": "0"})
         _expect(response, 202, "POST blob upload")
         return self._location(response)
 
     def upload_blob(self, location: str, desc: Descriptor, stream: IO[bytes],
                     advance: Callable[[int], None]) -> None:
-        """One monolithic PUT whose body streams from disk (never read whole into memory)."""
+        """One monolithic PUT whose body streams from disk (never read whole into memory); it may take as
+        long as it needs while it keeps moving."""
         separator = "&" if "?" in location else "?"
-        body = _ProgressReader(stream, desc.size, advance)
-        response = self.do_request(f"{location}{separator}digest={desc.digest}", "PUT", data=body,
-                                   headers={"Content-Type": "application/octet-stream",
-                                            "Content-Length": str(desc.size)})
-        _expect(response, 201, f"PUT blob {desc.digest}")
+        with self.bounded() as deadline:
+            def moved(n: int) -> None:
+                advance(n)
+                deadline.extend()
+
+            body = _ProgressReader(stream, desc.size, moved)
+            response = self.do_request(f"{location}{separator}digest={desc.digest}", "PUT", data=body,
+                                       headers={"Content-Type": "application/octet-stream",
+                                                "Content-Length": str(desc.size)})
+            _expect(response, 201, f"PUT blob {desc.digest}")
 
     def _location(self, response: requests.Response) -> str:
         location = response.headers.get("Location")
         if not location:
             raise RegistryError(f"{self.host}: upload answered without a Location header")
-        return urllib.parse.urljoin(f"{self.prefix}://{self.api_host}/", location)
-
-
-class _LargeBlockAdapter(requests.adapters.HTTPAdapter):
-    """Sends request bodies in 1 MiB blocks (http.client's default is 8 KiB: many small syscalls)."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["blocksize"] = CHUNK
-        super().init_poolmanager(*args, **kwargs)
+        return urllib.parse.urljoin(f"{self.scheme}://{self.api_host}/", location)
 
 
 class _ProgressReader:
@@ -314,11 +365,14 @@ def _rewind(data: Any) -> bool:
     return True
 
 
-def _retry_after(response: requests.Response, attempt: int) -> float:
-    value = response.headers.get("Retry-After", "")
-    if value.isdigit():
-        return min(float(value), 30.0)
-    return 0.5 * 2**attempt
+def _basic(who: creds.Credentials) -> str:
+    return base64.b64encode(f"{who.username}:{who.password}".encode()).decode()
+
+
+def _range_start(response: requests.Response) -> int | None:
+    """The first byte of a 206 answer (`Content-Range: bytes START-END/SIZE`)."""
+    m = re.fullmatch(r"bytes (\d+)-\d+/(?:\d+|\*)", response.headers.get("Content-Range", "").strip())
+    return int(m.group(1)) if m else None
 
 
 def _expect(response: requests.Response, status: int, what: str) -> None:

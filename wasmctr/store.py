@@ -51,17 +51,39 @@ class Tagged:
 
 
 class BlobWriter:
-    """Streams one blob into `ingest/`, hashing as it goes; `commit` verifies and renames it in."""
+    """Streams one blob into `ingest/`, hashing as it goes; `commit` verifies and renames it in.
 
-    def __init__(self, store: Store, expected_digest: str | None = None, expected_size: int | None = None):
+    A `resumable` writer (a download of a known digest) writes `ingest/<hex>.partial` under an
+    exclusive lock: what an interrupted download left is kept and hashed again, so the next attempt
+    asks only for the rest (`size` says how much is there), and a second download of the same blob
+    waits for the first instead of fetching it twice."""
+
+    def __init__(self, store: Store, expected_digest: str | None = None, expected_size: int | None = None,
+                 resumable: bool = False):
         self._store = store
         self._expected_digest = expected_digest
         self._expected_size = expected_size
-        fd, name = tempfile.mkstemp(dir=store.ingest_dir, prefix="blob-")
-        self._path = Path(name)
-        self._file = os.fdopen(fd, "wb")
+        self._resumable = resumable and expected_digest is not None
+        self._file: BinaryIO
+        if expected_digest is not None and self._resumable:
+            self._path = store.ingest_dir / f"{store.blob_path(expected_digest).name}.partial"
+            self._file = os.fdopen(_open_locked(self._path), "r+b")
+        else:
+            fd, name = tempfile.mkstemp(dir=store.ingest_dir, prefix="blob-")
+            self._path = Path(name)
+            self._file = os.fdopen(fd, "wb")
         self._hasher = digests.HashingWriter(self._file)
         self.descriptor: Descriptor | None = None
+        if self._resumable:
+            self._hasher.absorb(self._file)
+            if expected_size is not None and self._hasher.size > expected_size:
+                self.restart()
+
+    def restart(self) -> None:
+        """Throw away what is there and start the blob again (the server would not resume)."""
+        self._file.seek(0)
+        self._file.truncate()
+        self._hasher = digests.HashingWriter(self._file)
 
     def write(self, data: bytes) -> int:
         if self._expected_size is not None and self._hasher.size + len(data) > self._expected_size:
@@ -95,18 +117,35 @@ class BlobWriter:
         self.descriptor = Descriptor(media_type, got, self._hasher.size)
         return self.descriptor
 
-    def abort(self) -> None:
+    def abort(self, keep_partial: bool = False) -> None:
+        """Close and delete the ingest file; a resumable one is kept when `keep_partial` (a broken
+        connection or an interrupt, not bad content)."""
         if not self._file.closed:
             self._file.close()
-        with contextlib.suppress(FileNotFoundError):
-            self._path.unlink()
+        if not (keep_partial and self._resumable):
+            with contextlib.suppress(FileNotFoundError):
+                self._path.unlink()
 
     def __enter__(self) -> BlobWriter:
         return self
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         if exc_type is not None or self.descriptor is None:
-            self.abort()
+            self.abort(keep_partial=exc_type is not None and not issubclass(exc_type, DigestMismatch))
+
+
+def _open_locked(path: Path) -> int:
+    """Open (creating) and exclusively lock `path`, making sure the lock is on the file that is still
+    at that path: a holder that finished renamed it away (into `blobs/`) while we waited."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 class Store:
@@ -141,8 +180,9 @@ class Store:
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).is_file()
 
-    def writer(self, expected_digest: str | None = None, expected_size: int | None = None) -> BlobWriter:
-        return BlobWriter(self, expected_digest, expected_size)
+    def writer(self, expected_digest: str | None = None, expected_size: int | None = None,
+               resumable: bool = False) -> BlobWriter:
+        return BlobWriter(self, expected_digest, expected_size, resumable)
 
     def put_bytes(self, data: bytes, media_type: str) -> Descriptor:
         desc = Descriptor.of(media_type, data)
@@ -278,14 +318,20 @@ class Store:
                              f"{absent[0].digest}); pull it again with --all-platforms")
 
     def gc(self) -> tuple[int, int]:
-        """Remove blobs no tag reaches; returns (blobs removed, bytes freed)."""
+        """Remove blobs no tag reaches, and what interrupted writes left in `ingest/` (no writer is active
+        while this holds the lock); returns (blobs removed, bytes freed)."""
         with self._locked("gc.lock"):
-            for path in self.ingest_dir.glob("blob-*"):
-                path.unlink()
-            return self._remove_unreferenced({"sha256:" + p.name for p in self.blobs_dir.iterdir()})
+            freed = 0
+            for path in self.ingest_dir.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    freed += path.stat().st_size
+                    path.unlink()
+            removed, blob_bytes = self._remove_unreferenced({"sha256:" + p.name for p in self.blobs_dir.iterdir()})
+            return removed, freed + blob_bytes
 
     def discard(self, digests: set[str]) -> None:
-        """Undo a failed import: remove those of these blobs that no tag reaches (others stay)."""
+        """Remove those of these blobs that no tag reaches (others stay): after a failed pull or load, or
+        the blobs of an archive that none of its images uses."""
         with self._locked("gc.lock"):
             self._remove_unreferenced(digests)
 
@@ -318,11 +364,10 @@ class Store:
 
     def _read_index(self) -> list[Descriptor]:
         try:
-            data = json.loads(self.index_path.read_bytes())
-            return [Descriptor.from_dict(d) for d in data.get("manifests") or []]
+            return Index.parse(self.index_path.read_bytes()).manifests
         except OSError as exc:
             raise StoreError(f"cannot read {self.index_path}: {exc.strerror}") from None
-        except (ValueError, AttributeError) as exc:
+        except StoreError as exc:
             raise StoreError(f"{self.index_path} is damaged: {exc}") from None
 
     def _write_index(self, entries: list[Descriptor]) -> None:

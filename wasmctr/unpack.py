@@ -38,6 +38,7 @@ from .store import Store
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 MAX_NAME = 4096  # PATH_MAX: longer member names or link targets cannot be created anyway
+MAX_DEPTH = 256  # directories below the root: deeper trees could not be removed again (rmtree recurses)
 CHUNK = 1 << 20
 
 
@@ -77,6 +78,7 @@ def prune(store: Store) -> None:
 def apply_layer(tar: tarfile.TarFile, root: Path, name: str = "layer") -> None:
     """Apply one layer's tar stream on top of the directory `root`."""
     root_fd = os.open(root, DIRECTORY | os.O_CLOEXEC)
+    root_path = _fd_path(root_fd)
     written: set[str] = set()  # paths this layer created: whiteouts of the same layer leave them alone
     try:
         for member in tar:
@@ -84,7 +86,7 @@ def apply_layer(tar: tarfile.TarFile, root: Path, name: str = "layer") -> None:
                 path = _clean(member.name)
                 if path == "/":
                     continue
-                _apply_member(tar, member, root_fd, path, written)
+                _apply_member(tar, member, root_fd, root_path, path, written)
             except (OSError, ValueError, LayerError) as exc:
                 reason = getattr(exc, "strerror", None) or str(exc)
                 raise LayerError(f"{name}: cannot unpack {member.name[:200]!r}: {reason}") from None
@@ -98,7 +100,7 @@ def _clean(member_name: str) -> str:
     return posixpath.normpath("/" + member_name.lstrip("/"))
 
 
-def _apply_member(tar: tarfile.TarFile, member: tarfile.TarInfo, root_fd: int, path: str,
+def _apply_member(tar: tarfile.TarFile, member: tarfile.TarInfo, root_fd: int, root_path: str, path: str,
                   written: set[str]) -> None:
     parent, base = posixpath.split(path)
     if base.startswith(WHITEOUT):
@@ -108,7 +110,7 @@ def _apply_member(tar: tarfile.TarFile, member: tarfile.TarInfo, root_fd: int, p
         raise LayerError("a device or FIFO; an image may hold only files, directories and links")
     if not (member.isdir() or member.isreg() or member.issym() or member.islnk()):
         raise LayerError(f"unsupported tar entry type {member.type!r}")
-    parent_fd = _make_dirs(root_fd, parent)
+    parent_fd = _make_dirs(root_fd, root_path, parent, 1 if member.isdir() else 0)
     try:
         existing = _lstat(base, parent_fd)
         if member.isdir() and existing is not None and stat.S_ISDIR(existing.st_mode):
@@ -191,9 +193,10 @@ def _whiteout(root_fd: int, parent: str, base: str, written: set[str]) -> None:
         os.close(parent_fd)
 
 
-def _make_dirs(root_fd: int, path: str) -> int:
+def _make_dirs(root_fd: int, root_path: str, path: str, below: int) -> int:
     """An fd for directory `path` (clean, absolute) in the root, creating missing directories (0755) as
-    containerd does. A name under a dangling symlink is refused (mkdir does not follow the link)."""
+    containerd does; `below` more levels are about to go under it, and no directory may end up deeper
+    than MAX_DEPTH. A name under a dangling symlink is refused (mkdir does not follow the link)."""
     missing: list[str] = []
     while True:
         try:
@@ -203,6 +206,9 @@ def _make_dirs(root_fd: int, path: str) -> int:
             path, base = posixpath.split(path)
             missing.append(base)
     try:
+        depth = len(_fd_path(fd)[len(root_path):].split("/")) - 1
+        if depth + len(missing) + below > MAX_DEPTH:
+            raise LayerError(f"directories nest deeper than {MAX_DEPTH} levels")
         for base in reversed(missing):
             with contextlib.suppress(FileExistsError):
                 os.mkdir(base, 0o755, dir_fd=fd)
@@ -213,6 +219,14 @@ def _make_dirs(root_fd: int, path: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _fd_path(fd: int) -> str:
+    """Where an open directory is (the kernel's word, through /proc); too long a path is too deep."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError as exc:
+        raise LayerError(f"directories nest too deep ({exc.strerror})") from None
 
 
 def _lstat(name: str, dir_fd: int) -> os.stat_result | None:

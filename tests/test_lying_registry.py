@@ -1,0 +1,135 @@
+"""Pull from a registry that lies: silent, drip-fed, endless, wrong bytes, busy, stalling, malformed.
+Each ends in one line naming the host within the documented bound (WASMCTR_REGISTRY_TIMEOUT, set to
+2 s here), leaves the store as it was, or succeeds when the fault is one a client should ride out."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import assert_one_line_error, wasmctr
+from imagekit import Entry, tar_bytes
+from liar import LyingRegistry, image
+
+BOUND = {"WASMCTR_REGISTRY_TIMEOUT": "2"}
+
+
+@pytest.fixture
+def liar(hello_wasm: Path, tmp_path: Path) -> Iterator[LyingRegistry]:
+    layer = gzip.compress(tar_bytes([Entry("hello.wasm", data=hello_wasm.read_bytes())]), mtime=0)
+    server = LyingRegistry(*image(tmp_path, layer))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def store_files(home: Path) -> list[str]:
+    return sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file() and not p.name.endswith(".lock")
+                  and p.name not in ("index.json", "oci-layout"))
+
+
+@pytest.mark.parametrize("behaviour", ["silent", "drip", "silent-token"])
+def test_a_server_that_never_finishes_answering_ends_in_one_line(liar: LyingRegistry, behaviour: str,
+                                                                wasmctr_home: Path) -> None:
+    liar.behaviour = behaviour
+    proc = wasmctr("pull", f"{liar.host}/img:1", env=BOUND, check=False)
+    assert_one_line_error(proc, 1, liar.host, "after 2 s")
+    assert store_files(wasmctr_home) == []
+    assert json.loads((wasmctr_home / "index.json").read_text())["manifests"] == []
+
+
+def test_an_endless_manifest_is_cut_at_the_limit(liar: LyingRegistry, wasmctr_home: Path) -> None:
+    liar.behaviour = "endless"
+    assert_one_line_error(wasmctr("pull", f"{liar.host}/img:1", env=BOUND, check=False), 1, "over the 4 MiB limit")
+    assert store_files(wasmctr_home) == []
+
+
+def test_wrong_bytes_are_never_stored(liar: LyingRegistry, wasmctr_home: Path) -> None:
+    liar.behaviour = "wrong-bytes"
+    proc = wasmctr("pull", f"{liar.host}/img:1", env=BOUND, check=False)
+    assert proc.returncode == 1 and "digest mismatch" in proc.stderr.splitlines()[-1], proc.stderr
+    assert store_files(wasmctr_home) == []
+
+
+def test_a_busy_registry_is_retried_honouring_retry_after(liar: LyingRegistry) -> None:
+    liar.behaviour = "busy"
+    wasmctr("pull", f"{liar.host}/img:1", env=BOUND)
+    manifest_gets = [r for r in liar.requests if r[0] == "GET" and "/manifests/" in r[1]]
+    assert len(manifest_gets) == 3  # 503 with Retry-After: 1, 503 with an HTTP date, then 200
+
+
+def test_an_interrupted_pull_resumes_with_a_range_request(tmp_path: Path, wasmctr_home: Path) -> None:
+    layer = os.urandom(4 << 20)  # pull does not unpack: any bytes will do
+    server = LyingRegistry(*image(tmp_path, layer))
+    digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+    try:
+        server.behaviour = "stall-blob"
+        assert_one_line_error(wasmctr("pull", f"{server.host}/img:1", env=BOUND, check=False) , 1, "after 2 s")
+        partial = wasmctr_home / "ingest" / f"{digest.split(':')[1]}.partial"
+        assert partial.stat().st_size == 2 << 20
+        assert not (wasmctr_home / "blobs" / "sha256" / digest.split(":")[1]).exists()
+        server.behaviour = "honest"
+        server.requests.clear()
+        wasmctr("pull", f"{server.host}/img:1", env=BOUND)
+        assert ("GET", f"/v2/img/blobs/{digest}", f"bytes={2 << 20}-") in server.requests
+        assert hashlib.sha256((wasmctr_home / "blobs" / "sha256" / digest.split(":")[1]).read_bytes()).hexdigest() \
+            == digest.split(":")[1]
+        assert list((wasmctr_home / "ingest").iterdir()) == []
+    finally:
+        server.stop()
+
+
+def test_rmi_collects_what_an_abandoned_pull_left_in_ingest(tmp_path: Path, wasmctr_home: Path,
+                                                           hello_wasm: Path) -> None:
+    server = LyingRegistry(*image(tmp_path, os.urandom(4 << 20)))
+    try:
+        server.behaviour = "stall-blob"
+        wasmctr("pull", f"{server.host}/img:1", env=BOUND, check=False)
+    finally:
+        server.stop()
+    assert list((wasmctr_home / "ingest").iterdir())
+    wasmctr("build", str(hello_wasm), "-t", "x:1")
+    wasmctr("image", "prune")
+    assert list((wasmctr_home / "ingest").iterdir()) == []
+    assert wasmctr("run", "x:1").stdout == "hello from wat\n"
+
+
+VALID = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": "sha256:" + "a" * 64,
+                    "size": 2},
+         "layers": []}
+MALFORMED = {
+    "config-is-a-number": {**VALID, "config": 5},
+    "config-missing": {k: v for k, v in VALID.items() if k != "config"},
+    "layers-is-a-string": {**VALID, "layers": "x"},
+    "layer-is-a-number": {**VALID, "layers": [5]},
+    "digest-not-hex": {**VALID, "config": {**VALID["config"], "digest": "sha256:../../etc/passwd"}},  # type: ignore
+    "size-is-a-string": {**VALID, "config": {**VALID["config"], "size": "2"}},  # type: ignore
+    "size-negative": {**VALID, "config": {**VALID["config"], "size": -1}},  # type: ignore
+    "size-is-a-bool": {**VALID, "config": {**VALID["config"], "size": True}},  # type: ignore
+    "media-type-is-a-number": {**VALID, "mediaType": 5},
+    "annotation-not-a-string": {**VALID, "annotations": {"a": 1}},
+    "a-list": [VALID],
+    "index-entries-not-a-list": {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                                 "manifests": {"a": 1}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_manifests_are_one_line_errors(liar: LyingRegistry, case: str, wasmctr_home: Path) -> None:
+    liar.behaviour = "manifest"
+    liar.manifest_override = json.dumps(MALFORMED[case]).encode()
+    assert_one_line_error(wasmctr("pull", f"{liar.host}/img:1", env=BOUND, check=False), 1)
+    assert store_files(wasmctr_home) == []
+
+
+def test_a_manifest_that_is_not_json_is_one_line(liar: LyingRegistry) -> None:
+    liar.behaviour = "manifest"
+    liar.manifest_override = b"\x00\xff not json"
+    assert_one_line_error(wasmctr("pull", f"{liar.host}/img:1", env=BOUND, check=False), 1, "not a JSON object")
