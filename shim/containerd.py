@@ -29,6 +29,7 @@ import time
 from wasmctr.leb128 import encode_unsigned as _varint
 
 SOCKET_DIR = os.environ.get("WASMCTR_SHIM_SOCKET_DIR", "/run/wasmctr-shim")
+RUNC_ROOT = os.path.join(SOCKET_DIR, "runc")  # runc's state for the native containers, one dir per namespace
 GROUP_ANNOTATION = "io.kubernetes.cri.sandbox-id"
 
 
@@ -114,6 +115,7 @@ def serve(args: argparse.Namespace) -> int:
     import wasmtime  # noqa: F401  (imported before any container is forked: every child starts warm)
 
     from .events import Publisher
+    from .native import become_subreaper
     from .tasks import TaskService
     from .ttrpc import Server
 
@@ -129,8 +131,10 @@ def serve(args: argparse.Namespace) -> int:
         os._exit(0)
 
     signal.signal(signal.SIGTERM, lambda *_: finish())
+    become_subreaper()  # the init of a native (runc) container is re-parented here when `runc create` exits
     linger = float(os.environ.get("WASMCTR_SHIM_LINGER", "2"))
-    tasks = TaskService(Publisher(os.environ.get("TTRPC_ADDRESS")), args.namespace, finish, linger)
+    tasks = TaskService(Publisher(os.environ.get("TTRPC_ADDRESS")), args.namespace, finish, linger,
+                        runc_root=RUNC_ROOT)
     server = Server([tasks.service(), tasks.reservation_service()])
     server.serve(listener)
     return 0
@@ -150,6 +154,11 @@ def delete(args: argparse.Namespace) -> int:
         pid = int(f.read())
         os.kill(pid, signal.SIGKILL)
         time.sleep(0.05)
+    if os.path.exists(os.path.join(bundle, "runc.pid")):  # a native container: runc's state and cgroup too
+        import subprocess
+
+        subprocess.run([os.environ.get("WASMCTR_RUNC", "runc"), "--root", os.path.join(RUNC_ROOT, args.namespace),
+                        "delete", "--force", args.id], capture_output=True)
     unmount_all(os.path.join(bundle, "rootfs"))
     path = socket_path(args.namespace, _group(bundle, args.id), args.address)
     if not _alive(path):

@@ -1,11 +1,13 @@
-"""A container's resource usage for the task service's Stats, read from /proc.
+"""A container's resource usage for the task service's Stats: from its cgroup, else from /proc.
 
-A wasm container here is one process forked from the shim, not a cgroup, so the figures are that
-process's: CPU time from /proc/PID/stat, and memory as its proportional set size (PSS) from
-/proc/PID/smaps_rollup. PSS, not RSS: the engine and the compiled guest are pages shared with the shim
-and its other containers, and RSS would count them in full for every container. They are reported in
-containerd's cgroup v2 message, which `ctr task metrics` and the CRI plugin (kubelet, `kubectl top`)
-read for runc's containers too.
+A container with a cgroup (every one containerd or Kubernetes creates names `linux.cgroupsPath`) is
+measured there, as runc's containers are: the kernel's CPU time, the memory charged to it (the pages
+it touched, not those it shares with the shim and its other guests), its processes. Without one, a
+wasm container is one process forked from the shim, so the figures are that process's: CPU time from
+/proc/PID/stat, and memory as its proportional set size (PSS) from /proc/PID/smaps_rollup — PSS, not
+RSS, which would count the shared engine and code in full for every container. Either way they are
+reported in containerd's cgroup v2 message, which `ctr task metrics` and the CRI plugin (kubelet,
+`kubectl top`) read.
 """
 
 from __future__ import annotations
@@ -14,11 +16,20 @@ import os
 
 from .api import metrics_pb2
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .cgroups import Cgroup
+
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def metrics(pid: int, memory_limit: int) -> metrics_pb2.Metrics:
-    """Raises OSError when the process is gone."""
+def metrics(pid: int, memory_limit: int, cgroup: Cgroup | None = None) -> metrics_pb2.Metrics:
+    """Raises OSError when the process (or its cgroup) is gone."""
+    if cgroup is not None:
+        cpu_usec, memory, limit, processes = cgroup.usage()
+        return metrics_pb2.Metrics(pids=metrics_pb2.PidsStat(current=processes, limit=0),
+                                   cpu=metrics_pb2.CPUStat(usage_usec=cpu_usec),
+                                   memory=metrics_pb2.MemoryStat(usage=memory, usage_limit=limit or memory_limit))
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)": state is field 3
     user_usec, system_usec = (int(ticks) * 1_000_000 // _TICKS for ticks in fields[11:13])  # utime, stime

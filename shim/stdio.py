@@ -30,23 +30,27 @@ def is_binary_uri(uri: str) -> bool:
 
 
 def redirect(path: str, fd: int, mode: int) -> None:
-    """Put a stdio path (FIFO, file, or `file://` URI) on fd 0, 1 or 2; /dev/null when there is none.
+    """Put a stdio path on fd 0, 1 or 2 (see `open_stdio`)."""
+    move(open_stdio(path, mode), fd)
+
+
+def open_stdio(path: str, mode: int) -> int:
+    """Open a stdio path (FIFO, file, or `file://` URI) for reading (stdin) or writing; /dev/null when
+    there is none.
 
     A FIFO for stdin is opened non-blocking (nobody may ever write to it without `-i`) and then made
     blocking, so that the guest reads what arrives and sees EOF when containerd closes its end.
     """
     if not path:
-        target = os.open(os.devnull, os.O_RDWR)
-    else:
-        path = path.removeprefix("file://")
-        if mode == os.O_RDONLY:
-            target = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-            os.set_blocking(target, True)
-        elif _is_fifo(path):
-            target = os.open(path, os.O_WRONLY)
-        else:
-            target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    move(target, fd)
+        return os.open(os.devnull, os.O_RDWR)
+    path = path.removeprefix("file://")
+    if mode == os.O_RDONLY:
+        target = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        os.set_blocking(target, True)
+        return target
+    if _is_fifo(path):
+        return os.open(path, os.O_WRONLY)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
 
 def move(source: int, fd: int) -> None:

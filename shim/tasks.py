@@ -1,9 +1,12 @@
-"""The containerd task service: each container a forked process running the shared executor.
+"""The containerd task service: each wasm container a forked process running the shared executor,
+every other container (a pod's sandbox, native sidecars) a runc container.
 
-The shim process imports wasmtime once and stays warm; `Create` forks a child per container that
-opens containerd's FIFOs, loads the compiled guest (from the compile cache) and waits on a pipe;
-`Start` releases it. Each container therefore has its own pid, is killed and reaped alone, and one
-guest's trap or crash cannot disturb another. Events go to containerd over ttrpc.
+The shim process imports wasmtime once and stays warm; `Create` forks a child per wasm container that
+opens containerd's FIFOs, joins the pod's network namespace, loads the compiled guest and waits on a
+pipe, and puts it in the cgroup the spec names (with the spec's limits); `Start` releases it. Each
+container therefore has its own pid, is killed and reaped alone, and one guest's trap or crash cannot
+disturb another. A container that is not wasm goes to runc (`native`), with the same Task API, events,
+stdio and exit codes. Events go to containerd over ttrpc.
 """
 
 from __future__ import annotations
@@ -23,16 +26,20 @@ from google.protobuf import any_pb2, empty_pb2
 
 from wasmctr.errors import WasmctrError
 from wasmctr.executor import Prepared
-from wasmctr.ocispec import load_config, spec_from_bundle
+from wasmctr.ocispec import is_wasm, load_config, network_namespace, spec_from_bundle
 
 from . import mounts, stdio
 from .api import shim_pb2, task_pb2
+from .cgroups import Cgroup
 from .container import become_guest
 from .events import Publisher, timestamp
 from .metrics import metrics
+from .native import Runc
 from .ttrpc import Call, Code, RpcError, Service
 
 SERVICE = "containerd.task.v2.Task"
+CONTAINER_TYPE_ANNOTATION = "io.kubernetes.cri.container-type"
+CLONE_NEWNET = 0x40000000
 RESERVE_SERVICE = "wasmctr.shim.v1.Shim"  # our own: `start` reserves a lingering shim before reusing it
 RESERVATION_SECONDS = 10.0
 log = logging.getLogger("wasmctr.shim")
@@ -55,6 +62,9 @@ class Task:
     report_fd: int = -1
     logger: stdio.BinaryLogger | None = None
     memory_limit: int = 0
+    native: bool = False  # run by runc, not forked from the shim
+    cgroup: Cgroup | None = None
+    netns: str | None = None
     exited: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)  # status and start_fd
 
@@ -77,7 +87,8 @@ class Task:
 
 
 class TaskService:
-    def __init__(self, publisher: Publisher, namespace: str, on_empty: Any, linger: float = 0.0) -> None:
+    def __init__(self, publisher: Publisher, namespace: str, on_empty: Any, linger: float = 0.0,
+                 runc_root: str = "/run/wasmctr-runc") -> None:
         self.namespace = namespace
         self.linger = linger
         self.tasks: dict[str, Task] = {}
@@ -89,6 +100,7 @@ class TaskService:
         from wasmctr import api
 
         self.executor = api.executor()
+        self.runc = Runc(os.path.join(runc_root, namespace or "default"))
 
     def service(self) -> Service:
         s = Service(SERVICE)
@@ -126,23 +138,33 @@ class TaskService:
             if req.rootfs:
                 mounts.mount_all(list(req.rootfs), bundle / "rootfs")
                 task.rootfs_mounted = True
-            spec = spec_from_bundle(bundle, config)
-            task.memory_limit = spec.memory_limit or 0
-            # prepared here, before the fork: the container process starts at once and shares the code
-            guest = self.executor.prepare(spec)
+            linux = config.get("linux") or {}
+            task.native = _is_native(bundle, config)
             if stdio.is_binary_uri(req.stdout):
                 task.logger = stdio.BinaryLogger.start(req.stdout, req.id, task.namespace)
-            self._fork(task, guest)
+            if task.native:
+                self._create_native(task)
+            else:
+                spec = spec_from_bundle(bundle, config)
+                task.memory_limit = spec.memory_limit or 0
+                task.netns = network_namespace(config)
+                # prepared here, before the fork: the container process starts at once and shares the code
+                guest = self.executor.prepare(spec)
+                if linux.get("cgroupsPath"):
+                    task.cgroup = Cgroup.create(linux["cgroupsPath"], linux.get("resources") or {})
+                self._fork(task, guest)
         except (WasmctrError, OSError, ValueError) as exc:
             if task.logger:
                 task.logger.release()
                 task.logger.stop()
+            if task.pid and not task.native:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(task.pid, signal.SIGKILL)
+            if task.cgroup:
+                task.cgroup.remove()
             if task.rootfs_mounted:
                 mounts.unmount_all(bundle / "rootfs")
-            message = str(exc)
-            if "not WebAssembly" in message:
-                message += " (run it with io.containerd.runc.v2)"
-            raise RpcError(Code.FAILED_PRECONDITION, f"wasmctr cannot run {req.id}: {message}") from None
+            raise RpcError(Code.FAILED_PRECONDITION, f"wasmctr cannot run {req.id}: {exc}") from None
         with self.lock:
             self.tasks[req.id] = task
         (bundle / "wasmctr.pid").write_text(str(task.pid))
@@ -154,7 +176,12 @@ class TaskService:
         with task.lock:  # against the reaper: a guest that exits at once is STOPPED after RUNNING, not before
             if task.status != task_pb2.CREATED:
                 raise RpcError(Code.FAILED_PRECONDITION, f"task {req.id} is not in the created state")
-            if not task.close_start_pipe(start=True):
+            if task.native:
+                try:
+                    self.runc.start(task.id, str(task.bundle))
+                except WasmctrError as exc:
+                    raise RpcError(Code.FAILED_PRECONDITION, f"task {req.id}: {exc}") from None
+            elif not task.close_start_pipe(start=True):
                 raise RpcError(Code.FAILED_PRECONDITION, f"task {req.id} exited before it was started")
             task.status = task_pb2.RUNNING
             self.publisher.task_start(task)
@@ -183,6 +210,11 @@ class TaskService:
             task.exited.wait(5)
         if task.logger:
             task.logger.stop()
+        if task.native:
+            with contextlib.suppress(WasmctrError):  # gone already: runc's state is what we remove
+                self.runc.delete(task.id, str(task.bundle))
+        elif task.cgroup:
+            task.cgroup.remove()
         if task.rootfs_mounted:
             mounts.unmount_all(task.bundle / "rootfs")
         with contextlib.suppress(OSError):
@@ -255,8 +287,8 @@ class TaskService:
         task = self._get(req.id)
         usage = None
         if not task.exited.is_set():
-            with contextlib.suppress(OSError):  # it may exit while we read /proc
-                usage = metrics(task.pid, task.memory_limit)
+            with contextlib.suppress(OSError):  # it may exit while we read /proc or its cgroup
+                usage = metrics(task.pid, task.memory_limit, task.cgroup)
         if usage is None:
             raise RpcError(Code.NOT_FOUND, f"task {req.id} has no running process")
         return task_pb2.StatsResponse(stats=any_pb2.Any(type_url=usage.DESCRIPTOR.full_name,
@@ -265,6 +297,29 @@ class TaskService:
     def update(self, req: task_pb2.UpdateTaskRequest, call: Call) -> empty_pb2.Empty:
         self._get(req.id)
         raise RpcError(Code.UNIMPLEMENTED, "a running wasm guest's limits cannot be changed")
+
+    # -- native containers -------------------------------------------------------------------------
+
+    def _create_native(self, task: Task) -> None:
+        """`runc create` with the container's stdio; the init it leaves behind is ours to reap."""
+        if task.logger:
+            fds = (stdio.open_stdio(task.stdin, os.O_RDONLY), task.logger.stdout, task.logger.stderr)
+        else:
+            fds = (stdio.open_stdio(task.stdin, os.O_RDONLY), stdio.open_stdio(task.stdout, os.O_WRONLY),
+                   stdio.open_stdio(task.stderr, os.O_WRONLY))
+        try:
+            task.pid = self.runc.create(task.id, str(task.bundle), fds)
+        finally:
+            os.close(fds[0])
+            if task.logger:
+                task.logger.release()
+            else:
+                os.close(fds[1])
+                os.close(fds[2])
+        cgroups_path = (load_config(task.bundle).get("linux") or {}).get("cgroupsPath")
+        if cgroups_path:
+            task.cgroup = Cgroup.open(cgroups_path)  # runc made it; Stats reads it
+        threading.Thread(target=self._reap, args=(task,), daemon=True).start()
 
     # -- the child ---------------------------------------------------------------------------------
 
@@ -289,14 +344,18 @@ class TaskService:
             task.logger.release()
         task.pid, task.start_fd, task.report_fd = pid, start_w, report_r
         threading.Thread(target=self._reap, args=(task,), daemon=True).start()
+        if task.cgroup:  # before Start: the guest runs only once it is inside
+            task.cgroup.add(pid)
 
     def _reap(self, task: Task) -> None:
         _, status = os.waitpid(task.pid, 0)
         task.exit_status = os.waitstatus_to_exitcode(status)
         if task.exit_status < 0:
             task.exit_status = 128 - task.exit_status
-        with os.fdopen(task.report_fd, "rb") as report:
-            reason = report.read().decode(errors="replace")
+        reason = ""
+        if task.report_fd >= 0:
+            with os.fdopen(task.report_fd, "rb") as report:
+                reason = report.read().decode(errors="replace")
         with task.lock:
             task.exited_at = time.time()
             task.status = task_pb2.STOPPED
@@ -318,6 +377,8 @@ def _child(executor: Any, task: Task, guest: Prepared, start_r: int, report_w: i
     gc.disable()
     _close_inherited_fds(keep={start_r, report_w, *((task.logger.stdout, task.logger.stderr) if task.logger else ())})
     os.setsid()
+    if task.netns:
+        _join_network_namespace(task.netns)
     stdio.redirect(task.stdin, 0, os.O_RDONLY)
     if task.logger:
         stdio.move(task.logger.stdout, 1)
@@ -331,6 +392,26 @@ def _child(executor: Any, task: Task, guest: Prepared, start_r: int, report_w: i
         return 137  # deleted before it was started
     os.write(report_w, outcome.reason.encode())
     return outcome.exit_code
+
+
+def _is_native(bundle: Path, config: dict[str, Any]) -> bool:
+    """A pod's sandbox container, or any container whose program is not WebAssembly, goes to runc."""
+    annotations = config.get("annotations") or {}
+    if annotations.get(CONTAINER_TYPE_ANNOTATION) == "sandbox":
+        return True
+    return not is_wasm(bundle, config)
+
+
+def _join_network_namespace(path: str) -> None:
+    """setns(2) into the pod's network namespace (os.setns exists only from Python 3.12)."""
+    import ctypes
+
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {path}")
+    finally:
+        os.close(fd)
 
 
 def _close_inherited_fds(keep: set[int]) -> None:

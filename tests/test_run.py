@@ -358,3 +358,20 @@ def test_spec_from_an_oci_runtime_bundle(hostile_wasm: Path, granted: Path, tmp_
     (bundle / "rootfs" / "bin" / "sh").write_text("#!/bin/sh\n")
     config["process"]["args"] = ["/bin/sh"]
     assert not is_wasm(bundle, config)
+
+
+def test_a_bare_program_name_is_found_in_the_specs_path_as_runc_finds_it(hostile_wasm: Path, tmp_path: Path) -> None:
+    from wasmctr.ocispec import program_of
+
+    bundle = tmp_path / "bundle"
+    for directory in ("opt/tools", "usr/bin"):
+        (bundle / "rootfs" / directory).mkdir(parents=True)
+    shutil.copy(hostile_wasm, bundle / "rootfs" / "opt" / "tools" / "app.wasm")
+    shutil.copy(hostile_wasm, bundle / "rootfs" / "usr" / "bin" / "default.wasm")
+    config: dict = {"root": {"path": "rootfs"}, "process": {"args": ["app.wasm"], "env": ["PATH=/nope:/opt/tools"],
+                                                             "cwd": "/"}}
+    assert program_of(bundle, config) == (bundle / "rootfs" / "opt" / "tools" / "app.wasm").resolve()
+    config["process"] = {"args": ["default.wasm"], "cwd": "/"}  # no PATH in env: runc's default one
+    assert program_of(bundle, config) == (bundle / "rootfs" / "usr" / "bin" / "default.wasm").resolve()
+    config["process"] = {"args": ["missing.wasm"], "env": ["PATH=/opt/tools"], "cwd": "/"}
+    assert program_of(bundle, config) is None

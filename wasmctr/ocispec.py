@@ -24,6 +24,7 @@ from .launch import parse_duration
 from .policy import Policy
 
 ANNOTATION_PREFIX = "wasmctr.io/"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # runc's, when env has none
 KERNEL_FILESYSTEMS = {"proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2", "tmpfs", "shm"}
 
 
@@ -53,11 +54,27 @@ def load_config(bundle: Path) -> dict[str, Any]:
         for key in ("source", "type"):
             shape.field(mount, key, str, f"{what} mount", error=ExecutorError)
         shape.strings(mount, "options", f"{what} mount", error=ExecutorError)
-    level: Any = config
-    for key in ("linux", "resources", "memory"):
-        level = shape.field(level, key, dict, f"{what} {key}", error=ExecutorError) or {}
-    shape.field(level, "limit", int, f"{what} linux.resources.memory", error=ExecutorError)
+    linux = shape.field(config, "linux", dict, what, error=ExecutorError) or {}
+    shape.field(linux, "cgroupsPath", str, f"{what} linux", error=ExecutorError)
+    for namespace in shape.field(linux, "namespaces", list, f"{what} linux", error=ExecutorError) or []:
+        if not isinstance(namespace, dict):
+            raise ExecutorError(f"{what}: each of linux.namespaces must be a JSON object")
+        for key in ("type", "path"):
+            shape.field(namespace, key, str, f"{what} linux.namespaces", error=ExecutorError)
+    resources = shape.field(linux, "resources", dict, f"{what} linux", error=ExecutorError) or {}
+    for group, keys in (("memory", ("limit",)), ("cpu", ("shares", "quota", "period")), ("pids", ("limit",))):
+        values = shape.field(resources, group, dict, f"{what} linux.resources", error=ExecutorError) or {}
+        for key in keys:
+            shape.field(values, key, int, f"{what} linux.resources.{group}", error=ExecutorError)
     return config
+
+
+def network_namespace(config: dict[str, Any]) -> str | None:
+    """The network namespace the spec joins (a pod's, `/proc/PID/ns/net` or a bind mount), if any."""
+    for namespace in (config.get("linux") or {}).get("namespaces") or []:
+        if namespace.get("type") == "network" and namespace.get("path"):
+            return str(namespace["path"])
+    return None
 
 
 def rootfs_of(bundle: Path, config: dict[str, Any]) -> Path:
@@ -66,12 +83,21 @@ def rootfs_of(bundle: Path, config: dict[str, Any]) -> Path:
 
 
 def program_of(bundle: Path, config: dict[str, Any]) -> Path | None:
-    """The host path of `process.args[0]` inside the rootfs, if it is a file there."""
+    """The host path of `process.args[0]` inside the rootfs, if it is a file there: a name without a
+    slash is looked up in the spec's PATH, as runc does; a relative path is taken from `process.cwd`."""
     process = config.get("process") or {}
     args = process.get("args") or []
     if not args:
         return None
-    return inroot.is_file(rootfs_of(bundle, config), posixpath.join(process.get("cwd") or "/", args[0]))
+    rootfs = rootfs_of(bundle, config)
+    if "/" in args[0]:
+        return inroot.is_file(rootfs, posixpath.join(process.get("cwd") or "/", args[0]))
+    env = dict(item.partition("=")[::2] for item in process.get("env") or [])
+    for directory in (env.get("PATH") or DEFAULT_PATH).split(":"):
+        found = inroot.is_file(rootfs, posixpath.join(directory or ".", args[0]))
+        if found is not None:
+            return found
+    return None
 
 
 def is_wasm(bundle: Path, config: dict[str, Any]) -> bool:

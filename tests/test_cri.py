@@ -1,0 +1,170 @@
+"""Kubernetes for real: pods with `runtime_handler: wasmctr` driven through containerd's CRI plugin as a
+kubelet drives it (RunPodSandbox, CreateContainer, StartContainer, ContainerStatus, stats, StopPodSandbox,
+RemovePodSandbox), with the documented containerd config, a pause image of the tests' own and images
+pulled by CRI from a local registry. The sandbox and native sidecars run through runc inside the wasmctr
+shim; wasm containers are forked guests in the pod's cgroup."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import wasmctr
+from cri import api_pb2 as cri
+from cri.node import Node, native_image, node_config, pause_binary
+from services import Containerd
+
+from shim import cgroups
+
+CGROUP_PARENT = "/wasmctr-cri-test"
+
+
+@pytest.fixture(scope="module")
+def node(plain_registry, hello_c_wasm: Path, hostile_wasm: Path,  # type: ignore[no-untyped-def]
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, dict[str, str], Containerd]]:
+    work = tmp_path_factory.mktemp("cri")
+    host = plain_registry.host
+    refs = {"pause": f"{host}/pause:1", "busybox": f"{host}/busybox:1", "hello": f"{host}/cri-hello:1",
+            "hostile": f"{host}/cri-hostile:1"}
+    native_image(work / "pause", refs["pause"], {"pause": pause_binary(work / "pause.bin")}, ["/pause"])
+    native_image(work / "busybox", refs["busybox"], {"bin/busybox": Path("/bin/busybox").read_bytes()},
+                 ["/bin/busybox"])
+    env = {"WASMCTR_HOME": str(work / "store")}
+    wasmctr("build", str(hello_c_wasm.parent), "-t", refs["hello"], "--push", env=env)
+    wasmctr("build", str(hostile_wasm), "-t", refs["hostile"], "--push", env=env)
+    containerd = Containerd(work / "ctd", extra_config=node_config(host, refs["pause"])).start()
+    client = Node(containerd.socket, work / "logs")
+    try:
+        for ref in ("busybox", "hello", "hostile"):
+            client.pull(refs[ref])
+        yield client, refs, containerd
+    finally:
+        client.close()
+        containerd.stop()
+        for mount in _v1_or_v2_roots():
+            _remove_tree(mount + CGROUP_PARENT)
+
+
+def _v1_or_v2_roots() -> list[str]:
+    if cgroups.is_v2():
+        return [cgroups.ROOT]
+    return sorted(set(cgroups._v1_mounts().values()))
+
+
+def _remove_tree(path: str) -> None:
+    """rmdir a cgroup tree bottom-up (cgroup directories cannot be removed with their files)."""
+    if not os.path.isdir(path):
+        return
+    for root, dirs, _ in sorted(os.walk(path), key=lambda item: -len(item[0])):
+        for d in dirs:
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(root, d))
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+
+
+def pod_cgroups(pod_parent: str) -> list[str]:
+    """The cgroup directories below a pod's parent, in every hierarchy."""
+    found = []
+    for root in _v1_or_v2_roots():
+        base = root + pod_parent
+        if os.path.isdir(base):
+            found += [os.path.join(base, d) for d in os.listdir(base) if os.path.isdir(os.path.join(base, d))]
+    return found
+
+
+def test_a_wasm_pod_runs_logs_exits_and_leaves_nothing_behind(node) -> None:  # type: ignore[no-untyped-def]
+    client, refs, containerd = node
+    parent = f"{CGROUP_PARENT}/pod-hello"
+    pod, config = client.run_pod("hello", cgroup_parent=parent)
+    assert client.runtime.PodSandboxStatus(cri.PodSandboxStatusRequest(pod_sandbox_id=pod)).status.state \
+        == cri.SANDBOX_READY
+    container = client.create(pod, config, "hello", refs["hello"], ["kubernetes"])
+    client.start(container)
+    status = client.wait_exited(container)
+    assert status.state == cri.CONTAINER_EXITED and status.exit_code == 0, status
+    assert ("stdout", "F", "Hello, kubernetes!") in client.log(config, "hello")
+    sandbox_stats = client.runtime.PodSandboxStats(cri.PodSandboxStatsRequest(pod_sandbox_id=pod)).stats
+    assert sandbox_stats.linux.memory.usage_bytes.value > 0
+    client.remove_pod(pod)
+    assert pod_cgroups(parent) == []
+    assert "pod-hello" not in subprocess.run(["pgrep", "-af", "pause"], capture_output=True, text=True).stdout
+    assert str(containerd.directory) not in Path("/proc/self/mountinfo").read_text()
+
+
+def test_a_running_guest_is_in_its_cgroup_reports_stats_and_stops(node) -> None:  # type: ignore[no-untyped-def]
+    client, refs, _ = node
+    parent = f"{CGROUP_PARENT}/pod-spin"
+    pod, config = client.run_pod("spin", cgroup_parent=parent)
+    container = client.create(pod, config, "spin", refs["hostile"], ["spin"], memory=64 << 20)
+    client.start(container)
+    deadline = time.monotonic() + 10
+    stats = None
+    while time.monotonic() < deadline:
+        stats = client.runtime.ContainerStats(cri.ContainerStatsRequest(container_id=container)).stats
+        if stats.cpu.usage_core_nano_seconds.value > 0:
+            break
+        time.sleep(0.2)
+    assert stats is not None and stats.cpu.usage_core_nano_seconds.value > 0
+    listed = client.runtime.ListContainerStats(cri.ListContainerStatsRequest()).stats
+    assert container in [s.attributes.id for s in listed]
+    cgroup = cgroups.Cgroup.open(f"{parent}/{container}")
+    if not cgroups.is_v2():
+        assert int(Path(cgroup.directories["memory"], "memory.limit_in_bytes").read_text()) == 64 << 20
+        assert Path(cgroup.directories["memory"], "cgroup.procs").read_text().split()  # the guest is in it
+    with pytest.raises(grpc.RpcError) as refused:
+        client.runtime.ExecSync(cri.ExecSyncRequest(container_id=container, cmd=["ls"], timeout=5))
+    assert "exec" in refused.value.details().lower()
+    client.runtime.StopContainer(cri.StopContainerRequest(container_id=container, timeout=2))
+    assert client.wait_exited(container).exit_code in (137, 143)
+    client.remove_pod(pod)
+    assert pod_cgroups(parent) == []
+
+
+def test_two_wasm_containers_and_a_native_sidecar_share_a_pod(node) -> None:  # type: ignore[no-untyped-def]
+    client, refs, _ = node
+    pod, config = client.run_pod("mixed", cgroup_parent=f"{CGROUP_PARENT}/pod-mixed")
+    sidecar = client.create(pod, config, "sidecar", refs["busybox"], ["sh", "-c", "echo from busybox; sleep 30"])
+    first = client.create(pod, config, "first", refs["hello"], ["first"])
+    second = client.create(pod, config, "second", refs["hello"], ["second"])
+    for container in (sidecar, first, second):
+        client.start(container)
+    for name, container in (("first", first), ("second", second)):
+        assert client.wait_exited(container).exit_code == 0
+        assert ("stdout", "F", f"Hello, {name}!") in client.log(config, name)
+    assert client.status(sidecar).state == cri.CONTAINER_RUNNING
+    deadline = time.monotonic() + 10
+    while ("stdout", "F", "from busybox") not in client.log(config, "sidecar") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ("stdout", "F", "from busybox") in client.log(config, "sidecar")
+    client.runtime.StopContainer(cri.StopContainerRequest(container_id=sidecar, timeout=1))
+    assert client.wait_exited(sidecar).exit_code == 143  # SIGTERM: the pod's pid 1 is pause, not the sidecar
+    client.remove_pod(pod)
+
+
+def test_pod_annotations_carry_the_policy(node) -> None:  # type: ignore[no-untyped-def]
+    """containerd passes `wasmctr.io/*` pod annotations on because the example config lists them."""
+    client, refs, _ = node
+    pod, config = client.run_pod("denied", annotations={"wasmctr.io/deny-wasi": "fd_write"})
+    container = client.create(pod, config, "hello", refs["hello"], ["x"])
+    with pytest.raises(grpc.RpcError) as refused:
+        client.start(container)  # the shim's Create runs at StartContainer
+    assert "fd_write" in refused.value.details()
+    client.remove_pod(pod)
+
+
+def test_shims_leave_no_process_behind(node) -> None:  # type: ignore[no-untyped-def]
+    client, _, containerd = node
+    for pod in list(client.pods):
+        client.remove_pod(pod)
+    deadline = time.monotonic() + 15
+    pattern = f"shim.containerd .*-address {containerd.socket}"
+    while subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode != 0
