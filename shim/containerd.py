@@ -3,8 +3,9 @@
 containerd runs it as `containerd-shim-wasmctr-v1 -namespace NS -address ADDR -publish-binary BIN
 -id ID [-debug] start` in the bundle directory, with TTRPC_ADDRESS (and 1.7+'s GRPC_ADDRESS,
 NAMESPACE...) set and runtime options on stdin. `start` binds the task socket, hands it to a new
-long-lived shim process, writes the bundle's `address` file and prints the address (and nothing
-else). Containers of one pod (annotation `io.kubernetes.cri.sandbox-id`) share a shim: `start`
+long-lived shim process (forked by the node's warm template process, `shim/template.py`, or where
+there is none yet a new interpreter), writes the bundle's `address` and `shim.pid` files and prints
+the address (and nothing else). Containers of one pod (annotation `io.kubernetes.cri.sandbox-id`) share a shim: `start`
 returns the address of the one already serving the group. `delete` cleans up after a shim that is
 gone and prints a DeleteResponse.
 
@@ -50,7 +51,7 @@ def main() -> None:
 
         print(f"containerd-shim-wasmctr-v1 (wasmctr {__version__})")
         return
-    actions = {"start": start, "delete": delete, "serve": serve}
+    actions = {"start": start, "delete": delete, "serve": serve, "template": _template}
     if args.action not in actions:
         print(f"containerd-shim-wasmctr-v1: unknown action {args.action!r} (start, delete)", file=sys.stderr)
         sys.exit(2)
@@ -78,7 +79,9 @@ def start(args: argparse.Namespace) -> int:
         # concurrent starts of one group: the first spawns the shim, the others then find it
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not _reserve(path, args.id):
-            _spawn(args, path, bundle)
+            pid = _spawn(args, path, bundle)
+            with open(os.path.join(bundle, "shim.pid"), "w") as f:  # as containerd's runc shim writes it
+                f.write(str(pid))
     finally:
         os.close(lock)
     with open(os.path.join(bundle, "address"), "w") as f:
@@ -88,23 +91,73 @@ def start(args: argparse.Namespace) -> int:
     return 0
 
 
-def _spawn(args: argparse.Namespace, path: str, bundle: str) -> None:
-    """Bind the socket here, so it accepts connections at once, and hand it to a new shim process."""
-    import subprocess
+def _spawn(args: argparse.Namespace, path: str, bundle: str) -> int:
+    """Bind the socket here, so it accepts connections at once, and hand it to a new shim process:
+    forked by the node's template process (warm: wasmtime already loaded), or, where there is none
+    yet, a new interpreter, while a template is started for the pods that follow. Returns its pid."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(128)
     log = _shim_log(bundle)
-    env = {**os.environ, "WASMCTR_SHIM_NAMESPACE": args.namespace}
-    subprocess.Popen(
-        [sys.executable, "-m", "shim.containerd", "-namespace", args.namespace, "-address", args.address,
-         "-id", args.id, "-socket", path, *(["-debug"] if args.debug else []), "serve"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, pass_fds=(listener.fileno(),),
-        env={**env, "WASMCTR_SHIM_LISTEN_FD": str(listener.fileno())}, start_new_session=True, cwd="/")
-    listener.close()
-    os.close(log)
+    argv = ["-namespace", args.namespace, "-address", args.address, "-id", args.id, "-socket", path,
+            *(["-debug"] if args.debug else []), "serve"]
+    try:
+        pid = _fork_from_template(args.address, argv, listener.fileno(), log)
+        if pid is None:
+            import subprocess
+
+            _start_template(args.address)
+            env = {**os.environ, "WASMCTR_SHIM_LISTEN_FD": str(listener.fileno())}
+            pid = subprocess.Popen(
+                [sys.executable, "-m", "shim.containerd", *argv], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=log, pass_fds=(listener.fileno(),), env=env, start_new_session=True, cwd="/").pid
+    finally:
+        listener.close()
+        os.close(log)
+    return pid
+
+
+def template_path(address: str) -> str:
+    """The template's socket: one template per containerd (its address), under the shims' socket dir."""
+    return os.path.join(SOCKET_DIR, f"template-{hashlib.sha256(address.encode()).hexdigest()[:16]}.sock")
+
+
+def code_stamp() -> str:
+    """What the template's code must match: the interpreter and every source file of wasmctr and the
+    shim (an upgrade or edit makes a running template stale: it exits and a new one starts)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    parts = [sys.executable]
+    for directory in (here, os.path.join(os.path.dirname(here), "wasmctr")):
+        with os.scandir(directory) as entries:
+            parts += sorted(f"{e.name}:{e.stat().st_mtime_ns}" for e in entries if e.name.endswith(".py"))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def _fork_from_template(address: str, argv: list[str], listener: int, log: int) -> int | None:
+    """Ask the template to fork a shim server on `listener`; None if there is no (current) template."""
+    import array
+
+    request = json.dumps({"argv": argv, "env": dict(os.environ), "stamp": code_stamp()}).encode()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(10)
+            conn.connect(template_path(address))
+            conn.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [listener, log]))])
+            conn.shutdown(socket.SHUT_WR)
+            answer = conn.recv(64)
+    except OSError:
+        return None
+    return int(answer) if answer.isdigit() else None
+
+
+def _start_template(address: str) -> None:
+    import subprocess
+
+    subprocess.Popen([sys.executable, "-m", "shim.containerd", "-address", address, "-socket",
+                      template_path(address), "template"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True, cwd="/")
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -117,6 +170,7 @@ def serve(args: argparse.Namespace) -> int:
     from .events import Publisher
     from .native import become_subreaper
     from .tasks import TaskService
+    from .template import warm_executor
     from .ttrpc import Server
 
     listener = socket.socket(fileno=int(os.environ["WASMCTR_SHIM_LISTEN_FD"]))
@@ -134,10 +188,16 @@ def serve(args: argparse.Namespace) -> int:
     become_subreaper()  # the init of a native (runc) container is re-parented here when `runc create` exits
     linger = float(os.environ.get("WASMCTR_SHIM_LINGER", "2"))
     tasks = TaskService(Publisher(os.environ.get("TTRPC_ADDRESS")), args.namespace, finish, linger,
-                        runc_root=RUNC_ROOT)
+                        runc_root=RUNC_ROOT, executor=warm_executor())
     server = Server([tasks.service(), tasks.reservation_service()])
     server.serve(listener)
     return 0
+
+
+def _template(args: argparse.Namespace) -> int:
+    from .template import run
+
+    return run(args.socket, code_stamp(), parse, serve)
 
 
 def delete(args: argparse.Namespace) -> int:

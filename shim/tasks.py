@@ -25,7 +25,7 @@ from typing import Any
 from google.protobuf import any_pb2, empty_pb2
 
 from wasmctr.errors import WasmctrError
-from wasmctr.executor import Prepared
+from wasmctr.executor import Executor, Prepared
 from wasmctr.ocispec import is_wasm, load_config, network_namespace, spec_from_bundle
 
 from . import mounts, stdio
@@ -88,7 +88,7 @@ class Task:
 
 class TaskService:
     def __init__(self, publisher: Publisher, namespace: str, on_empty: Any, linger: float = 0.0,
-                 runc_root: str = "/run/wasmctr-runc") -> None:
+                 runc_root: str = "/run/wasmctr-runc", executor: Executor | None = None) -> None:
         self.namespace = namespace
         self.linger = linger
         self.tasks: dict[str, Task] = {}
@@ -99,7 +99,7 @@ class TaskService:
         self.last_activity = time.monotonic()
         from wasmctr import api
 
-        self.executor = api.executor()
+        self.executor = executor or api.executor()
         self.runc = Runc(os.path.join(runc_root, namespace or "default"))
 
     def service(self) -> Service:

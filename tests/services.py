@@ -153,6 +153,31 @@ class Containerd:
         return subprocess.run(["ctr", "--address", str(self.socket), *args], capture_output=True, text=True,
                               check=check, timeout=120)
 
+    def shim_servers(self) -> list[int]:
+        """This containerd's shim servers: spawned as `... serve`, or forked by its template process (they
+        keep the template's command line). Neither the template nor the guests a server forks (same
+        command line as their server) count."""
+        listed = subprocess.run(["pgrep", "-af", f"shim.containerd .*-address {self.socket}"], capture_output=True,
+                                text=True).stdout.splitlines()
+        found = {int(pid): command for pid, _, command in (line.partition(" ") for line in listed)}
+
+        def parent(pid: int) -> int:
+            try:
+                return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                return 0
+
+        parents = {pid: parent(pid) for pid in found}
+        templates = {pid for pid, command in found.items()
+                     if command.endswith(" template") and parents[pid] not in found}
+        return sorted(pid for pid, command in found.items()
+                      if parents[pid] in templates or (command.endswith(" serve") and parents[pid] not in found))
+
+    def shim_pid(self, container_id: str, namespace: str = "default") -> int:
+        """The shim a container's `start` spawned (its bundle's shim.pid, as the runc shim writes it)."""
+        bundle = self.directory / "state" / "io.containerd.runtime.v2.task" / namespace / container_id
+        return int((bundle / "shim.pid").read_text())
+
     def restart(self) -> None:
         """Stop containerd alone (its shims live on in their own sessions) and start it again."""
         assert self.proc is not None

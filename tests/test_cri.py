@@ -159,12 +159,19 @@ def test_pod_annotations_carry_the_policy(node) -> None:  # type: ignore[no-unty
     client.remove_pod(pod)
 
 
-def test_shims_leave_no_process_behind(node) -> None:  # type: ignore[no-untyped-def]
+def test_pod_shims_leave_no_process_behind(node) -> None:  # type: ignore[no-untyped-def]
     client, _, containerd = node
     for pod in list(client.pods):
         client.remove_pod(pod)
     deadline = time.monotonic() + 15
-    pattern = f"shim.containerd .*-address {containerd.socket}"
-    while subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0 and time.monotonic() < deadline:
+    while containerd.shim_servers() and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode != 0
+    assert containerd.shim_servers() == []  # the template process stays, as node infrastructure
+
+
+def test_cgroup_paths_of_both_drivers_expand_as_runc_expands_them() -> None:
+    assert cgroups.expand("/kubepods/besteffort/pod1/abc") == "/kubepods/besteffort/pod1/abc"
+    assert cgroups.expand("kubepods-besteffort-pod1.slice:cri-containerd:abc") == \
+        "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-abc.scope"
+    assert cgroups.expand(":cri-containerd:abc") == "/system.slice/cri-containerd-abc.scope"
+    assert cgroups.expand("-.slice:prefix:name") == "/prefix-name.scope"

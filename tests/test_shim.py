@@ -24,11 +24,10 @@ def ctr_run(containerd, *args: str, input: str | None = None, timeout: float = 6
 
 
 def leftovers(containerd) -> dict[str, list[str]]:  # type: ignore[no-untyped-def]
-    shims = subprocess.run(["pgrep", "-f", f"shim.containerd .*-address {containerd.socket}"], capture_output=True,
-                           text=True).stdout.split()
+    shims = containerd.shim_servers()
     mounts = [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(containerd.directory)
               in line]
-    sockets = [p.name for p in containerd.shims.glob("*.sock")]
+    sockets = [p.name for p in containerd.shims.glob("*.sock") if not p.name.startswith("template-")]
     tasks = containerd.ctr("task", "ls", "-q").stdout.split()
     return {k: v for k, v in {"shims": shims, "mounts": mounts, "sockets": sockets, "tasks": tasks}.items() if v}
 
@@ -219,14 +218,12 @@ def test_one_shim_serves_a_continuous_stream_of_containers(containerd, images) -
     """Containers arriving 4 at a time for longer than the shim's linger: each one's reservation holds
     the shim until that container is created, so the shim neither exits under a container on its way
     (containerd would see `ttrpc: closed`) nor restarts."""
-    pattern = f"shim.containerd .*-address {containerd.socket} .*serve"
-    shims: set[str] = set()
+    shims: set[int] = set()
     done = threading.Event()
 
     def watch() -> None:
         while not done.is_set():
-            shims.update(subprocess.run(["pgrep", "-P", "1", "-f", pattern], capture_output=True,
-                                        text=True).stdout.split())
+            shims.update(containerd.shim_servers())
             time.sleep(0.05)
 
     watcher = threading.Thread(target=watch)
@@ -268,10 +265,7 @@ def test_containerd_restart_while_a_task_runs(containerd, images) -> None:  # ty
 
 def test_shim_killed_with_sigkill_is_cleaned_up(containerd, images) -> None:  # type: ignore[no-untyped-def]
     assert ctr_run(containerd, "-d", images["hostile"], "orphan", "/hostile.wasm", "spin").returncode == 0
-    shims = subprocess.run(["pgrep", "-f", "shim.containerd .*-id orphan .*serve"], capture_output=True,
-                           text=True).stdout.split()
-    assert shims
-    os.kill(int(shims[0]), signal.SIGKILL)
+    os.kill(containerd.shim_pid("orphan"), signal.SIGKILL)
     deadline = time.monotonic() + 10
     while "orphan" in containerd.ctr("task", "ls").stdout and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -287,12 +281,8 @@ def test_a_pod_shares_one_shim_and_one_guests_trap_spares_the_other(containerd, 
     crashed = ctr_run(containerd, "--rm", *pod, images["hostile"], "pod-crasher", "/hostile.wasm", "abort")
     assert crashed.returncode == 134 and "unreachable" in crashed.stderr
 
-    def servers(first: str) -> list[str]:
-        pattern = f"shim.containerd .*-address {containerd.socket} -id {first} "
-        return subprocess.run(["pgrep", "-P", "1", "-f", pattern], capture_output=True, text=True).stdout.split()
-
     assert "RUNNING" in containerd.ctr("task", "ls").stdout, "the other container of the pod still runs"
-    assert len(servers("pod-sleeper")) == 1 and not servers("pod-crasher"), "one shim served the whole pod"
+    assert containerd.shim_servers() == [containerd.shim_pid("pod-sleeper")], "one shim served the whole pod"
     containerd.ctr("task", "kill", "--signal", "SIGKILL", "pod-sleeper", check=True)
     for _ in range(50):
         if "STOPPED" in containerd.ctr("task", "ls").stdout:
@@ -364,9 +354,7 @@ def test_a_lingering_shim_is_reserved_before_it_is_reused(containerd, images) ->
     """The next container reuses the warm shim; a `start` racing the shim's exit never gets a dead address."""
     first = ctr_run(containerd, "--rm", images["hello"], "linger-1")
     assert first.returncode == 0
-    pattern = f"shim.containerd .*-address {containerd.socket} .*serve"
-    before = subprocess.run(["pgrep", "-P", "1", "-f", pattern], capture_output=True, text=True).stdout.split()
-    assert before, "the shim lingers after its last container"
+    assert containerd.shim_servers(), "the shim lingers after its last container"
     for n in range(12):  # around the 2 s linger: some starts find the shim leaving
         time.sleep(0.35)
         proc = ctr_run(containerd, "--rm", images["hello"], f"linger-race-{n}")
@@ -382,3 +370,78 @@ def test_start_that_cannot_make_its_socket_fails_in_one_line(tmp_path: Path) -> 
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.splitlines() == ["containerd-shim-wasmctr-v1 start: [Errno 2] No such file or directory: "
                                         "'/proc/no-such-dir'"]
+
+
+def test_new_groups_get_shims_forked_from_the_warm_template(containerd, images) -> None:  # type: ignore[no-untyped-def]
+    """A pod's shim is forked from the node's template (wasmtime already loaded), not a new interpreter;
+    a template whose code is stale answers so and exits, and the next start brings a current one."""
+    import array
+    import socket
+
+    from shim.containerd import template_path
+
+    template_socket = containerd.shims / Path(template_path(str(containerd.socket))).name  # its socket dir's
+
+    def run_in_new_group(name: str) -> int:
+        pod = ["--annotation", f"io.kubernetes.cri.sandbox-id={name}"]
+        assert ctr_run(containerd, "-d", *pod, images["hostile"], name, "/hostile.wasm", "sleep", "30"
+                       ).returncode == 0
+        return containerd.shim_pid(name)
+
+    def parent(pid: int) -> int:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+    run_in_new_group("group-a")  # a template exists after the first start at the latest
+    deadline = time.monotonic() + 20
+    while not template_socket.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    shim = run_in_new_group("group-b")
+    template = parent(shim)
+    assert Path(f"/proc/{template}/cmdline").read_bytes().endswith(b"\0template\0")
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.connect(str(template_socket))
+        conn.sendmsg([b'{"stamp": "old code", "argv": [], "env": {}}'],
+                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, 1]))])
+        conn.shutdown(socket.SHUT_WR)
+        assert conn.recv(16) == b"stale"
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{template}").exists() and "Z" not in Path(f"/proc/{template}/stat").read_text().split()[2] \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert run_in_new_group("group-c") != shim  # served still, by a spawned shim while a new template starts
+    for name in ("group-a", "group-b", "group-c"):
+        containerd.ctr("task", "kill", "--signal", "SIGKILL", name)
+    for _ in range(50):
+        if containerd.ctr("task", "ls").stdout.count("STOPPED") == 3:
+            break
+        time.sleep(0.1)
+    for name in ("group-a", "group-b", "group-c"):
+        containerd.ctr("task", "delete", name)
+        containerd.ctr("container", "delete", name)
+    wait_for_nothing_left(containerd)
+
+
+def test_a_guest_joins_the_network_namespace_its_spec_names(containerd, images) -> None:  # type: ignore[no-untyped-def]
+    """A pod's containers share its network namespace: the spec names it by path, and the guest's process
+    is in it (here a namespace of a process the test starts with `unshare --net`)."""
+    holder = subprocess.Popen(["unshare", "--net", "sleep", "60"])
+    try:
+        netns = f"/proc/{holder.pid}/ns/net"
+        deadline = time.monotonic() + 5
+        while os.stat(netns).st_ino == os.stat("/proc/self/ns/net").st_ino and time.monotonic() < deadline:
+            time.sleep(0.02)  # until unshare has made the namespace
+        assert ctr_run(containerd, "-d", "--with-ns", f"network:{netns}", images["hostile"], "netns-1",
+                       "/hostile.wasm", "sleep", "30").returncode == 0
+        pid = int(containerd.ctr("task", "ls").stdout.split("netns-1", 1)[1].split()[0])
+        assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(netns).st_ino
+        containerd.ctr("task", "kill", "--signal", "SIGKILL", "netns-1", check=True)
+        for _ in range(50):
+            if "STOPPED" in containerd.ctr("task", "ls").stdout:
+                break
+            time.sleep(0.05)
+        containerd.ctr("task", "delete", "netns-1")
+        containerd.ctr("container", "delete", "netns-1")
+    finally:
+        holder.kill()
+        holder.wait()
+    wait_for_nothing_left(containerd)

@@ -100,6 +100,11 @@ class Executor:
 
     # -- the engine trait ---------------------------------------------------------------------------
 
+    def warm(self) -> None:
+        """Create the default engine now: the shim's template process does, so that every shim it forks
+        (and every guest those fork) shares the engine's pages instead of building its own."""
+        self._engine(False)
+
     def can_handle(self, spec: RunSpec) -> bool:
         try:
             with open(spec.wasm, "rb") as f:
