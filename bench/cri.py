@@ -66,15 +66,23 @@ def pgrep(pattern: str) -> list[int]:
 
 
 def run_to_exit(node: Node, handler: str, image: str, args: list[str], name: str) -> tuple[float, str]:
-    start = time.perf_counter()
+    marks = [time.perf_counter()]
     pod, config = node.run_pod(name, handler=handler)
+    marks.append(time.perf_counter())
     container = node.create(pod, config, "c", image, args)
+    marks.append(time.perf_counter())
     node.start(container)
+    marks.append(time.perf_counter())
     status = node.wait_exited(container)
-    elapsed = time.perf_counter() - start
+    marks.append(time.perf_counter())
     if status.exit_code != 0:
         sys.exit(f"{handler} pod failed: {status}")
-    return elapsed, pod
+    if os.environ.get("BENCH_DEBUG"):
+        names = ("RunPodSandbox", "CreateContainer", "StartContainer", "exited")
+        steps = ", ".join(f"{step} {(b - a) * 1000:.0f}"
+                          for step, a, b in zip(names, marks[:-1], marks[1:], strict=True))
+        print(f"    {handler}: {steps} ms")
+    return marks[-1] - marks[0], pod
 
 
 def main() -> None:
@@ -139,7 +147,7 @@ def main() -> None:
             shims = sorted(set(pgrep(shim)) - before) or pgrep(shim)
             pids = set(subtree(shims))  # a guest matches the pattern too (its shim's command line): once
             total = sum(pss_kib(pid) for pid in pids)
-            if os.environ.get("BENCH_DEBUG"):
+            if os.environ.get("BENCH_DEBUG"):  # where the memory is
                 for pid in sorted(pids):
                     comm = Path(f"/proc/{pid}/comm").read_text().strip() if Path(f"/proc/{pid}").exists() else "?"
                     print(f"    {handler} pid {pid} {comm}: {pss_kib(pid) / 1024:.1f} MiB")

@@ -15,7 +15,6 @@ without a request; the shims it forked live on.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import json
@@ -23,6 +22,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable
+from types import SimpleNamespace
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -37,8 +37,8 @@ def warm_executor() -> Executor | None:
     return _executor
 
 
-def run(path: str, stamp: str, parse: Callable[[list[str]], argparse.Namespace],
-        serve: Callable[[argparse.Namespace], int]) -> int:
+def run(path: str, stamp: str, parse: Callable[[list[str]], SimpleNamespace],
+        serve: Callable[[SimpleNamespace], int]) -> int:
     """Serve fork requests on `path` until idle or stale."""
     global _executor
     import wasmtime  # noqa: F401  (what every shim needs, loaded before any fork)
@@ -114,8 +114,8 @@ def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
     return request, fds
 
 
-def _become_shim(request: dict, listener: int, log: int, parse: Callable[[list[str]], argparse.Namespace],
-                 serve: Callable[[argparse.Namespace], int]) -> int:
+def _become_shim(request: dict, listener: int, log: int, parse: Callable[[list[str]], SimpleNamespace],
+                 serve: Callable[[SimpleNamespace], int]) -> int:
     """In the forked child: the pod's own session, stdio and environment, then the shim server."""
     try:
         os.setsid()

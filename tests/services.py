@@ -194,8 +194,10 @@ class Containerd:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        with contextlib.suppress(Exception):
-            subprocess.run(["umount", "-R", str(self.directory / "state")], capture_output=True)
+        mounted = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                   if line.split()[4].startswith(str(self.directory))]
+        for mount_point in sorted(mounted, reverse=True):  # deepest first: a pod's shm, rootfs left mounted
+            subprocess.run(["umount", "-l", mount_point], capture_output=True)
         shutil.rmtree(self.directory, ignore_errors=True)
         shutil.rmtree(self.shims, ignore_errors=True)
 

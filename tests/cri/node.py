@@ -107,7 +107,7 @@ class Node:
             status = self.status(container)
             if status.state == cri.CONTAINER_EXITED or time.monotonic() > deadline:
                 return status
-            time.sleep(0.05)
+            time.sleep(0.01)  # fine-grained: bench/cri.py times pods with it
 
     def log(self, pod_config: cri.PodSandboxConfig, name: str) -> list[tuple[str, str, str]]:
         """The container's CRI log as (stream, tag, text) lines: `TIMESTAMP STREAM TAG TEXT`."""
