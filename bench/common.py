@@ -25,6 +25,17 @@ def random_block() -> bytes:
     return os.urandom(1 << 20)
 
 
+def pss_kib(pid: int | str) -> int:
+    """A process's proportional set size, from /proc (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def timed(argv: list[str], env: dict[str, str] | None = None, quiet: bool = False) -> tuple[float, int]:
     """Wall seconds and peak RSS (KiB) of one command, from its own rusage."""
     start = time.perf_counter()

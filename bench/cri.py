@@ -25,19 +25,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from common import compile_sources  # noqa: E402
-from cri.node import Node, native_image, node_config, pause_binary  # noqa: E402
+from common import compile_sources, pss_kib  # noqa: E402
+from cri.node import Node, node_config, node_images  # noqa: E402
 from services import Containerd, RegistryProcess  # noqa: E402
-
-
-def pss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def children() -> dict[int, list[int]]:
@@ -96,11 +86,7 @@ def main() -> None:
     containerd = None
     try:
         host = registry.host
-        refs = {"pause": f"{host}/pause:1", "busybox": f"{host}/busybox:1", "hello": f"{host}/hello:1",
-                "sleeper": f"{host}/sleeper:1"}
-        native_image(work / "pause", refs["pause"], {"pause": pause_binary(work / "pause.bin")}, ["/pause"])
-        native_image(work / "busybox", refs["busybox"], {"bin/busybox": Path("/bin/busybox").read_bytes()},
-                     ["/bin/busybox"])
+        refs = {**node_images(work, host), "hello": f"{host}/hello:1", "sleeper": f"{host}/sleeper:1"}
         hello = work / "hello.wasm"
         subprocess.run([sys.executable, "-m", "ziglang", "cc", "--target=wasm32-wasi", "-O2", "-s", "-o", str(hello),
                         str(REPO / "examples" / "hello" / "hello.c")], check=True)

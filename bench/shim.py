@@ -29,20 +29,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from common import compile_sources  # noqa: E402
+from common import compile_sources, pss_kib  # noqa: E402
 from services import Containerd, RegistryProcess  # noqa: E402
 
 POD = ["--annotation", "io.kubernetes.cri.sandbox-id=bench-pod"]
-
-
-def pss_kib(pid: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 @dataclass

@@ -17,7 +17,7 @@ import grpc
 import pytest
 from conftest import wasmctr
 from cri import api_pb2 as cri
-from cri.node import Node, native_image, node_config, pause_binary
+from cri.node import Node, node_config, node_images
 from services import Containerd
 
 from shim import cgroups
@@ -30,11 +30,7 @@ def node(plain_registry, hello_c_wasm: Path, hostile_wasm: Path,  # type: ignore
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, dict[str, str], Containerd]]:
     work = tmp_path_factory.mktemp("cri")
     host = plain_registry.host
-    refs = {"pause": f"{host}/pause:1", "busybox": f"{host}/busybox:1", "hello": f"{host}/cri-hello:1",
-            "hostile": f"{host}/cri-hostile:1"}
-    native_image(work / "pause", refs["pause"], {"pause": pause_binary(work / "pause.bin")}, ["/pause"])
-    native_image(work / "busybox", refs["busybox"], {"bin/busybox": Path("/bin/busybox").read_bytes()},
-                 ["/bin/busybox"])
+    refs = {**node_images(work, host), "hello": f"{host}/cri-hello:1", "hostile": f"{host}/cri-hostile:1"}
     env = {"WASMCTR_HOME": str(work / "store")}
     wasmctr("build", str(hello_c_wasm.parent), "-t", refs["hello"], "--push", env=env)
     wasmctr("build", str(hostile_wasm), "-t", refs["hostile"], "--push", env=env)

@@ -370,3 +370,36 @@ def test_save_writes_into_fifos_devices_symlinks_and_stdout_and_replaces_regular
     wasmctr("save", "out:1", "-o", str(regular))
     assert regular.read_bytes() == expected and regular.stat().st_ino != inode  # replaced whole, by rename
     assert_one_line_error(wasmctr("save", "out:1", "-o", str(tmp_path), check=False), 1, "directory")
+
+
+def test_concurrent_resumable_writers_of_one_blob_never_trip_over_each_other(tmp_path: Path) -> None:
+    """As concurrent pulls of one layer do: each waits for the ingest lock, then resumes, finds the blob
+    done, or finishes it; the lock is held until the partial is renamed (it once was released before,
+    and a waiter renamed the same file a second time: ENOENT)."""
+    import hashlib
+    import threading
+
+    store = Store(tmp_path / "store")
+    errors: list[BaseException] = []
+    for round_number in range(60):
+        data = os.urandom(256 << 10) + bytes([round_number])
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+
+        def pull(data: bytes = data, digest: str = digest) -> None:
+            try:
+                with store.writing(), store.writer(digest, len(data), resumable=True) as writer:
+                    if store.has_blob(digest):
+                        return
+                    writer.write(data[writer.size:])
+                    writer.commit()
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=pull) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert store.blob_path(digest).read_bytes() == data
+    assert list(store.ingest_dir.iterdir()) == []

@@ -100,9 +100,10 @@ class BlobWriter:
         return self._hasher.size
 
     def commit(self, media_type: str = "application/octet-stream") -> Descriptor:
+        """Verify and rename into `blobs/`, then close: a resumable writer's lock goes with the close,
+        and a waiting writer must find the partial gone, never half-way renamed."""
         self._file.flush()
         os.fsync(self._file.fileno())
-        self._file.close()
         got = self._hasher.digest
         if self._expected_digest is not None and got != self._expected_digest:
             self.abort()
@@ -113,18 +114,19 @@ class BlobWriter:
                 f"size mismatch for {got}: expected {self._expected_size} bytes, got {self._hasher.size}"
             )
         os.replace(self._path, self._store.blob_path(got))
+        self._file.close()
         atomic.fsync_dir(self._store.blobs_dir)
         self.descriptor = Descriptor(media_type, got, self._hasher.size)
         return self.descriptor
 
     def abort(self, keep_partial: bool = False) -> None:
-        """Close and delete the ingest file; a resumable one is kept when `keep_partial` (a broken
-        connection or an interrupt, not bad content)."""
-        if not self._file.closed:
-            self._file.close()
-        if not (keep_partial and self._resumable):
+        """Delete and close the ingest file (in that order, for the lock's sake, as in `commit`); a
+        resumable one is kept when `keep_partial` (a broken connection or an interrupt, not bad content)."""
+        if not (keep_partial and self._resumable) and not self._file.closed:
             with contextlib.suppress(FileNotFoundError):
                 self._path.unlink()
+        if not self._file.closed:
+            self._file.close()
 
     def __enter__(self) -> BlobWriter:
         return self

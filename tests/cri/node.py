@@ -49,6 +49,15 @@ def native_image(directory: Path, ref: str, files: dict[str, bytes], entrypoint:
     return ref
 
 
+def node_images(work: Path, registry_host: str) -> dict[str, str]:
+    """The native images a node's pods need, built here and pushed: pause (the sandbox) and busybox."""
+    refs = {"pause": f"{registry_host}/pause:1", "busybox": f"{registry_host}/busybox:1"}
+    native_image(work / "pause", refs["pause"], {"pause": pause_binary(work / "pause.bin")}, ["/pause"])
+    native_image(work / "busybox", refs["busybox"], {"bin/busybox": Path("/bin/busybox").read_bytes()},
+                 ["/bin/busybox"])
+    return refs
+
+
 def pause_binary(output: Path) -> bytes:
     source = REPO / "tests" / "guests" / "pause.c"
     subprocess.run([sys.executable, "-m", "ziglang", "cc", "-target", f"{ARCH[1]}-linux-musl", "-static", "-O2",
