@@ -143,7 +143,7 @@ class TaskService:
             if stdio.is_binary_uri(req.stdout):
                 task.logger = stdio.BinaryLogger.start(req.stdout, req.id, task.namespace)
             if task.native:
-                self._create_native(task)
+                self._create_native(task, linux.get("cgroupsPath"))
             else:
                 spec = spec_from_bundle(bundle, config)
                 task.memory_limit = spec.memory_limit or 0
@@ -157,9 +157,6 @@ class TaskService:
             if task.logger:
                 task.logger.release()
                 task.logger.stop()
-            if task.pid and not task.native:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(task.pid, signal.SIGKILL)
             if task.cgroup:
                 task.cgroup.remove()
             if task.rootfs_mounted:
@@ -300,7 +297,7 @@ class TaskService:
 
     # -- native containers -------------------------------------------------------------------------
 
-    def _create_native(self, task: Task) -> None:
+    def _create_native(self, task: Task, cgroups_path: str | None) -> None:
         """`runc create` with the container's stdio; the init it leaves behind is ours to reap."""
         if task.logger:
             fds = (stdio.open_stdio(task.stdin, os.O_RDONLY), task.logger.stdout, task.logger.stderr)
@@ -316,7 +313,6 @@ class TaskService:
             else:
                 os.close(fds[1])
                 os.close(fds[2])
-        cgroups_path = (load_config(task.bundle).get("linux") or {}).get("cgroupsPath")
         if cgroups_path:
             task.cgroup = Cgroup.open(cgroups_path)  # runc made it; Stats reads it
         threading.Thread(target=self._reap, args=(task,), daemon=True).start()
@@ -342,10 +338,17 @@ class TaskService:
         os.close(report_w)
         if task.logger:
             task.logger.release()
+        if task.cgroup:  # before Start (the guest runs only once it is inside) and before the reaper
+            try:
+                task.cgroup.add(pid)
+            except OSError:
+                os.kill(pid, signal.SIGKILL)  # not reaped yet: the pid cannot have been reused
+                os.waitpid(pid, 0)
+                os.close(start_w)
+                os.close(report_r)
+                raise
         task.pid, task.start_fd, task.report_fd = pid, start_w, report_r
         threading.Thread(target=self._reap, args=(task,), daemon=True).start()
-        if task.cgroup:  # before Start: the guest runs only once it is inside
-            task.cgroup.add(pid)
 
     def _reap(self, task: Task) -> None:
         _, status = os.waitpid(task.pid, 0)
