@@ -133,3 +133,9 @@ def test_a_manifest_that_is_not_json_is_one_line(liar: LyingRegistry) -> None:
     liar.behaviour = "manifest"
     liar.manifest_override = b"\x00\xff not json"
     assert_one_line_error(wasmctr("pull", f"{liar.host}/img:1", env=BOUND, check=False), 1, "not a JSON object")
+
+
+def test_a_bad_timeout_setting_is_refused_not_ignored(liar: LyingRegistry) -> None:
+    for value in ("abc", "0", "-5", "inf"):
+        proc = wasmctr("pull", f"{liar.host}/img:1", env={"WASMCTR_REGISTRY_TIMEOUT": value}, check=False)
+        assert_one_line_error(proc, 2, "WASMCTR_REGISTRY_TIMEOUT")

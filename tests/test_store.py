@@ -370,6 +370,8 @@ def test_save_writes_into_fifos_devices_symlinks_and_stdout_and_replaces_regular
     wasmctr("save", "out:1", "-o", str(regular))
     assert regular.read_bytes() == expected and regular.stat().st_ino != inode  # replaced whole, by rename
     assert_one_line_error(wasmctr("save", "out:1", "-o", str(tmp_path), check=False), 1, "directory")
+    missing = tmp_path / "no-such-dir" / "x.tar"
+    assert_one_line_error(wasmctr("save", "out:1", "-o", str(missing), check=False), 1, str(missing))
 
 
 def test_concurrent_resumable_writers_of_one_blob_never_trip_over_each_other(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from . import credentials as creds
 from . import digest as digests
 from . import mediatypes as mt
 from . import transport
-from .errors import AuthError, DigestMismatch, ImageNotFound, RegistryError
+from .errors import AuthError, DigestMismatch, ImageNotFound, RegistryError, UsageError
 from .model import Descriptor
 from .store import MAX_DOCUMENT, BlobWriter
 
@@ -56,11 +56,18 @@ def is_loopback(host: str) -> bool:
 
 
 def default_timeout() -> float:
+    """WASMCTR_REGISTRY_TIMEOUT in seconds, else 60; a value that is not a positive number is an error
+    (a typo must not silently keep, or drop, a bound)."""
     text = os.environ.get("WASMCTR_REGISTRY_TIMEOUT", "")
-    try:
-        return float(text) if text and float(text) > 0 else DEFAULT_TIMEOUT
-    except ValueError:
+    if not text:
         return DEFAULT_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise UsageError(f"WASMCTR_REGISTRY_TIMEOUT={text!r}: expected a positive number of seconds")
+    return seconds
 
 
 class Registry:
