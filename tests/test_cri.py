@@ -171,3 +171,33 @@ def test_cgroup_paths_of_both_drivers_expand_as_runc_expands_them() -> None:
         "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-abc.scope"
     assert cgroups.expand(":cri-containerd:abc") == "/system.slice/cri-containerd-abc.scope"
     assert cgroups.expand("-.slice:prefix:name") == "/prefix-name.scope"
+
+
+def test_cgroup_v2_limits_are_written_as_runc_writes_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """These VMs are v1 hybrid: the unified hierarchy is laid out here in a temp dir instead (files only,
+    as cgroupfs shows them) to check what a v2 host would get."""
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (root / "cgroup.subtree_control").write_text("")
+    monkeypatch.setattr(cgroups, "ROOT", str(root))
+    (root / "kubepods").mkdir()
+    (root / "kubepods" / "cgroup.controllers").write_text("cpu memory pids\n")
+    (root / "kubepods" / "cgroup.subtree_control").write_text("")
+    group = cgroups.Cgroup.create("/kubepods/pod1/c1", {"memory": {"limit": 64 << 20},
+                                                         "cpu": {"shares": 1024, "quota": 50000, "period": 100000},
+                                                         "pids": {"limit": 32}})
+    leaf = root / "kubepods" / "pod1" / "c1"
+    assert group.directories == {"": str(leaf)}
+    assert (leaf / "memory.max").read_text() == str(64 << 20)
+    assert (leaf / "cpu.weight").read_text() == "39"  # runc's conversion of 1024 shares
+    assert (leaf / "cpu.max").read_text() == "50000 100000"
+    assert (leaf / "pids.max").read_text() == "32"
+    assert (root / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
+    assert (root / "kubepods" / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
+    group.add(4242)
+    assert (leaf / "cgroup.procs").read_text() == "4242"
+    (leaf / "cpu.stat").write_text("usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n")
+    (leaf / "memory.current").write_text("1048576\n")
+    (leaf / "pids.current").write_text("2\n")
+    assert group.usage() == (1500, 1 << 20, 64 << 20, 2)
