@@ -27,18 +27,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 from common import compile_sources, pss_kib  # noqa: E402
 from cri.node import Node, node_config, node_images  # noqa: E402
-from services import Containerd, RegistryProcess  # noqa: E402
+from services import Containerd, RegistryProcess, ppid  # noqa: E402
 
 
 def children() -> dict[int, list[int]]:
     tree: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            tree.setdefault(ppid, []).append(int(entry))
+            tree.setdefault(ppid(int(entry)), []).append(int(entry))
     return tree
 
 

@@ -123,6 +123,14 @@ def registry(directory: Path, **kwargs) -> Iterator[RegistryProcess]:  # type: i
         reg.stop()
 
 
+def ppid(pid: int) -> int:
+    """A process's parent (0 once it is gone), from /proc/PID/stat: the field after `pid (comm) state`."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 class Containerd:
     """A private containerd (own root, state and socket) for `ctr` interop tests."""
 
@@ -160,14 +168,7 @@ class Containerd:
         listed = subprocess.run(["pgrep", "-af", f"shim.containerd .*-address {self.socket}"], capture_output=True,
                                 text=True).stdout.splitlines()
         found = {int(pid): command for pid, _, command in (line.partition(" ") for line in listed)}
-
-        def parent(pid: int) -> int:
-            try:
-                return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                return 0
-
-        parents = {pid: parent(pid) for pid in found}
+        parents = {pid: ppid(pid) for pid in found}
         templates = {pid for pid, command in found.items()
                      if command.endswith(" template") and parents[pid] not in found}
         return sorted(pid for pid, command in found.items()

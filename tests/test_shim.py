@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from services import ppid
 
 RUNTIME = ["--runtime", "io.containerd.wasmctr.v1"]
 
@@ -388,15 +389,12 @@ def test_new_groups_get_shims_forked_from_the_warm_template(containerd, images) 
                        ).returncode == 0
         return containerd.shim_pid(name)
 
-    def parent(pid: int) -> int:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
     run_in_new_group("group-a")  # a template exists after the first start at the latest
     deadline = time.monotonic() + 20
     while not template_socket.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     shim = run_in_new_group("group-b")
-    template = parent(shim)
+    template = ppid(shim)
     assert Path(f"/proc/{template}/cmdline").read_bytes().endswith(b"\0template\0")
     with socket.socket(socket.AF_UNIX) as conn:
         conn.connect(str(template_socket))

@@ -52,9 +52,14 @@ def resolve(root: Path, path: str) -> Path:
     finally:
         os.close(root_fd)
     try:
-        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+        return Path(fd_path(fd))
     finally:
         os.close(fd)
+
+
+def fd_path(fd: int) -> str:
+    """Where an open file is, in the kernel's words (through /proc/self/fd)."""
+    return os.readlink(f"/proc/self/fd/{fd}")
 
 
 def is_file(root: Path, path: str) -> Path | None:

@@ -102,8 +102,10 @@ def program_of(bundle: Path, config: dict[str, Any]) -> Path | None:
 
 def is_wasm(bundle: Path, config: dict[str, Any]) -> bool:
     program = program_of(bundle, config)
-    if program is None:
-        return False
+    return program is not None and _sniff(program)
+
+
+def _sniff(program: Path) -> bool:
     with open(program, "rb") as f:
         return wasm.sniff(f.read(8)) is not None
 
@@ -114,7 +116,7 @@ def spec_from_bundle(bundle: Path, config: dict[str, Any]) -> RunSpec:
     program = program_of(bundle, config)
     if program is None:
         raise ExecutorError(f"process.args[0] {args[0] if args else '(none)'!r} is not a file in the rootfs")
-    if not is_wasm(bundle, config):
+    if not _sniff(program):
         raise ExecutorError(f"{args[0]} is not WebAssembly; this container needs a Linux runtime such as runc")
     annotations = config.get("annotations") or {}
     mounts = []

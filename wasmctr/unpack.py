@@ -31,7 +31,7 @@ from pathlib import Path
 from . import image as stored
 from .atomic import fsync_dir
 from .errors import LayerError
-from .inroot import DIRECTORY, open_in_root
+from .inroot import DIRECTORY, fd_path, open_in_root
 from .layer import open_layer, safe_mode
 from .store import Store
 
@@ -222,9 +222,9 @@ def _make_dirs(root_fd: int, root_path: str, path: str, below: int) -> int:
 
 
 def _fd_path(fd: int) -> str:
-    """Where an open directory is (the kernel's word, through /proc); too long a path is too deep."""
+    """Where an open directory is; a path too long for /proc to give is too deep."""
     try:
-        return os.readlink(f"/proc/self/fd/{fd}")
+        return fd_path(fd)
     except OSError as exc:
         raise LayerError(f"directories nest too deep ({exc.strerror})") from None
 
