@@ -4,12 +4,13 @@ caller prepared, and report how it ended."""
 
 from __future__ import annotations
 
-import os
+import contextlib
 import signal
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from wasmctr import diagnostics
 from wasmctr.executor import Outcome, Prepared
 
 
@@ -22,6 +23,7 @@ def become_guest(executor: Any, guest: Prepared, started: Callable[[], bool]) ->
         return None
     outcome = executor.start(guest, hard_stop=True)
     if outcome.message:
-        os.write(2, f"wasmctr: {outcome.message}\n".encode())
-    sys.stdout.flush()
+        diagnostics.emit(f"wasmctr: {outcome.message}")
+    with contextlib.suppress(OSError):  # the guest's output went to fd 1 itself; nothing may change its code
+        sys.stdout.flush()
     return outcome

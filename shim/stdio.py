@@ -137,3 +137,14 @@ def _is_fifo(path: str) -> bool:
         return stat.S_ISFIFO(os.stat(path).st_mode)
     except OSError:
         return False
+
+
+def close_inherited_fds(keep: set[int]) -> None:
+    """Close every fd above 2 but `keep` in a forked child: a container process that kept its shim's
+    sockets, or a shim that kept the template's, would hold connections open that its parent's peers
+    wait to see close (containerd notices a dead shim by its connection closing)."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)

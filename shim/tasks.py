@@ -16,6 +16,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -93,6 +94,9 @@ class TaskService:
         self.linger = linger
         self.tasks: dict[str, Task] = {}
         self.lock = threading.Lock()
+        # Prepare and fork one container at a time: no other thread is then inside wasmtime or holds the
+        # executor's lock when a container process is forked (a lock held at fork stays held in the child)
+        self.fork_lock = threading.Lock()
         self.publisher = publisher
         self.on_empty = on_empty
         self.reservations: dict[str, float] = {}  # container id -> until when (monotonic)
@@ -148,11 +152,12 @@ class TaskService:
                 spec = spec_from_bundle(bundle, config)
                 task.memory_limit = spec.memory_limit or 0
                 task.netns = network_namespace(config)
-                # prepared here, before the fork: the container process starts at once and shares the code
-                guest = self.executor.prepare(spec)
                 if linux.get("cgroupsPath"):
                     task.cgroup = Cgroup.create(linux["cgroupsPath"], linux.get("resources") or {})
-                self._fork(task, guest)
+                with self.fork_lock:
+                    # prepared here, before the fork: the container process starts at once and shares the code
+                    guest = self.executor.prepare(spec)
+                    self._fork(task, guest)
         except (WasmctrError, OSError, ValueError) as exc:
             if task.logger:
                 task.logger.release()
@@ -322,7 +327,6 @@ class TaskService:
     def _fork(self, task: Task, guest: Prepared) -> None:
         start_r, start_w = os.pipe()
         report_r, report_w = os.pipe()
-        gc.freeze()  # the child shares the shim's objects: keep its collector from touching (copying) them
         pid = os.fork()
         if pid == 0:  # the container process
             try:
@@ -378,7 +382,8 @@ class TaskService:
 
 def _child(executor: Any, task: Task, guest: Prepared, start_r: int, report_w: int) -> int:
     gc.disable()
-    _close_inherited_fds(keep={start_r, report_w, *((task.logger.stdout, task.logger.stderr) if task.logger else ())})
+    logger_fds = (task.logger.stdout, task.logger.stderr) if task.logger else ()
+    stdio.close_inherited_fds(keep={start_r, report_w, *logger_fds})
     os.setsid()
     if task.netns:
         _join_network_namespace(task.netns)
@@ -389,6 +394,9 @@ def _child(executor: Any, task: Task, guest: Prepared, start_r: int, report_w: i
     else:
         stdio.redirect(task.stdout, 1, os.O_WRONLY)
         stdio.redirect(task.stderr, 2, os.O_WRONLY)
+    # new stdio objects: another thread of the shim may have held the old ones' locks at the fork
+    sys.stdout = open(1, "w", closefd=False)
+    sys.stderr = open(2, "w", closefd=False)
     guest.spec.stdin = bool(task.stdin)
     outcome = become_guest(executor, guest, lambda: os.read(start_r, 1) == b"s")
     if outcome is None:
@@ -415,16 +423,6 @@ def _join_network_namespace(path: str) -> None:
             raise OSError(ctypes.get_errno(), f"setns {path}")
     finally:
         os.close(fd)
-
-
-def _close_inherited_fds(keep: set[int]) -> None:
-    """Drop the shim's sockets (listener, containerd's connections) from the container process: if it
-    kept them, containerd would never see the shim's connection close when the shim dies."""
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2 and fd not in keep:
-            with contextlib.suppress(OSError):
-                os.close(fd)
 
 
 def _unimplemented(why: str):  # type: ignore[no-untyped-def]

@@ -1,28 +1,31 @@
-"""The node's template process: wasmtime and the shim loaded once, a warm shim forked for each pod.
+"""The node's template process: wasmtime and the shim loaded once; the shim binary's verbs carried out
+here, and a warm shim forked for each pod.
 
-containerd starts a shim per pod; a fresh interpreter that imports wasmtime costs each pod hundreds of
-milliseconds and tens of MiB that no other pod shares. The template does that work once: `start`
-hands it the pod's listening socket and log fd (SCM_RIGHTS over a unix socket only root can reach),
-it forks, and the child becomes that pod's shim server (a session of its own, containerd's environment,
-the shim's stderr on the log), sharing the template's pages copy-on-write. One shim per pod is kept,
-for isolation: a pod's guests, its crash or its kill never touch another pod's shim.
+containerd runs the shim binary (`start`, `delete`) twice for every container and starts a shim server
+per pod. A fresh interpreter that imports what those need costs each run tens of milliseconds, and each
+pod's server hundreds of milliseconds and tens of MiB that no other pod shares. The template does that
+work once: the binary sends it a request over a unix socket only root can reach and prints its answer;
+for a new pod it binds the pod's socket and forks, and the child becomes that pod's shim server (a
+session of its own, containerd's environment, the shim's stderr on containerd's log FIFO), sharing the
+template's pages copy-on-write. One shim per pod is kept, for isolation: a pod's guests, its crash or
+its kill never touch another pod's shim.
 
-The template is single-threaded (forking a threaded process could leave a lock held in the child) and
-reaps the shims it forked. It exits when a request carries another code stamp (wasmctr was upgraded
-or edited: the next `start` spawns a current one) or after WASMCTR_SHIM_TEMPLATE_IDLE seconds (600)
-without a request; the shims it forked live on.
+The template is single-threaded (forking a threaded process could leave a lock held in the child),
+serves one request at a time, and reaps the shims it forked. It exits when a request carries another
+code stamp (wasmctr was upgraded or edited: that run does its verb itself and starts a current
+template) or after WASMCTR_SHIM_TEMPLATE_IDLE seconds (600) without a request; the shims it forked live
+on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import os
 import signal
 import socket
+import sys
 from collections.abc import Callable
-from types import SimpleNamespace
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -30,6 +33,10 @@ if TYPE_CHECKING:
 
 MAX_REQUEST = 1 << 20
 _executor: Executor | None = None  # the template's, inherited by the shims it forks
+_shims: set[int] = set()  # forked here, not yet reaped
+
+Answer = Callable[[str, list[str], dict[str, str]], bytes]
+"""(the binary's directory, its arguments, its environment) -> what it prints; OSError when it fails."""
 
 
 def warm_executor() -> Executor | None:
@@ -37,15 +44,14 @@ def warm_executor() -> Executor | None:
     return _executor
 
 
-def run(path: str, stamp: str, parse: Callable[[list[str]], SimpleNamespace],
-        serve: Callable[[SimpleNamespace], int]) -> int:
-    """Serve fork requests on `path` until idle or stale."""
+def run(path: str, stamp: str, answer: Answer) -> int:
+    """Serve the binary's requests on `path` until idle or stale."""
     global _executor
     import wasmtime  # noqa: F401  (what every shim needs, loaded before any fork)
 
     from wasmctr import api
 
-    from . import events, native, tasks, ttrpc  # noqa: F401
+    from . import events, native, tasks, ttrpc, verbs  # noqa: F401
 
     _executor = api.executor()
     _executor.warm()
@@ -55,10 +61,12 @@ def run(path: str, stamp: str, parse: Callable[[list[str]], SimpleNamespace],
         os.unlink(path)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
+    bound = os.stat(path).st_ino  # the socket file's inode (fstat of the socket gives sockfs's)
     os.chmod(path, 0o600)
     server.listen(64)
     server.settimeout(idle)
     signal.signal(signal.SIGCHLD, _reap)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # through `finally`: the socket file goes too
     gc.freeze()  # what is loaded now is shared with every shim: keep their collectors off these pages
     try:
         while True:
@@ -69,53 +77,57 @@ def run(path: str, stamp: str, parse: Callable[[list[str]], SimpleNamespace],
             with conn:
                 conn.settimeout(10)
                 try:
-                    request, fds = _receive(conn)
+                    request_stamp, cwd, argv, env = decode_request(_receive(conn))
                 except (OSError, ValueError):
                     continue
-                if request.get("stamp") != stamp or len(fds) != 2:
-                    for fd in fds:
-                        os.close(fd)
-                    conn.sendall(b"stale")
+                if request_stamp != stamp:
+                    with contextlib.suppress(OSError):
+                        conn.sendall(b"stale")
                     return 0
-                pid = os.fork()
-                if pid == 0:
-                    server.close()
-                    conn.close()
-                    os._exit(_become_shim(request, fds[0], fds[1], parse, serve))
-                for fd in fds:
-                    os.close(fd)
-                conn.sendall(str(pid).encode())
+                try:
+                    reply = b"+" + answer(cwd, argv, env)
+                except Exception as exc:  # the binary reports it; the template serves on
+                    reply = b"-" + (str(exc) or type(exc).__name__).encode(errors="replace")
+                with contextlib.suppress(OSError):
+                    conn.sendall(reply)
     finally:
         with contextlib.suppress(OSError):
-            if os.stat(path).st_ino == os.fstat(server.fileno()).st_ino:
+            if os.stat(path).st_ino == bound:  # not a newer template's
                 os.unlink(path)
         server.close()
 
 
-def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
-    """The request (JSON, read to EOF) and the two fds that came with it."""
-    fds: list[int] = []
+def _receive(conn: socket.socket) -> bytes:
     chunks: list[bytes] = []
     size = 0
-    while True:
-        data, ancillary, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(2 * 4))
-        for level, kind, payload in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds += [int.from_bytes(payload[i:i + 4], "little") for i in range(0, len(payload) - 3, 4)]
-        if not data:
-            break
+    while data := conn.recv(65536):
         chunks.append(data)
         size += len(data)
         if size > MAX_REQUEST:
             raise ValueError("request too large")
-    request = json.loads(b"".join(chunks))
-    if not isinstance(request, dict):
-        raise ValueError("not a JSON object")
-    return request, fds
+    return b"".join(chunks)
 
 
-def _become_shim(request: dict, listener: int, log: int, parse: Callable[[list[str]], SimpleNamespace],
-                 serve: Callable[[SimpleNamespace], int]) -> int:
+def decode_request(data: bytes) -> tuple[str, str, list[str], dict[str, str]]:
+    """(stamp, directory, arguments, environment) from `containerd.encode_request`'s bytes."""
+    fields = data.decode("utf-8", "surrogateescape").split("\0")
+    if len(fields) < 3 or not fields[2].isdigit() or len(fields) < 3 + int(fields[2]):
+        raise ValueError("malformed request")
+    count = int(fields[2])
+    env = dict(item.split("=", 1) for item in fields[3 + count:] if "=" in item)
+    return fields[0], fields[1], fields[3:3 + count], env
+
+
+def fork_shim(env: dict[str, str], listener: int, log: int, serve: Callable[[], int]) -> int:
+    """Fork a pod's shim server on `listener`, its stderr on `log`; returns its pid."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(_become_shim(env, listener, log, serve))
+    _shims.add(pid)
+    return pid
+
+
+def _become_shim(env: dict[str, str], listener: int, log: int, serve: Callable[[], int]) -> int:
     """In the forked child: the pod's own session, stdio and environment, then the shim server."""
     try:
         os.setsid()
@@ -124,13 +136,14 @@ def _become_shim(request: dict, listener: int, log: int, parse: Callable[[list[s
         os.dup2(null, 0)
         os.dup2(null, 1)
         os.dup2(log, 2)
-        for fd in (null, log):
-            os.close(fd)
+        from .stdio import close_inherited_fds
+
+        close_inherited_fds(keep={listener})  # the template's socket and the binary's connection
         os.chdir("/")
         os.environ.clear()
-        os.environ.update({str(k): str(v) for k, v in (request.get("env") or {}).items()})
+        os.environ.update(env)
         os.environ["WASMCTR_SHIM_LISTEN_FD"] = str(listener)
-        return serve(parse([str(a) for a in request.get("argv") or []]))
+        return serve()
     except BaseException as exc:  # noqa: BLE001 - nothing may escape a forked child
         with contextlib.suppress(OSError):
             os.write(2, f"wasmctr shim: {exc}\n".encode())
@@ -138,6 +151,8 @@ def _become_shim(request: dict, listener: int, log: int, parse: Callable[[list[s
 
 
 def _reap(*_: object) -> None:
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0]:
-            pass
+    """Reap the shims forked here, and only those: a verb's own subprocesses (runc, mount) are theirs."""
+    for pid in list(_shims):
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                _shims.discard(pid)

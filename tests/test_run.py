@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -129,6 +130,31 @@ def test_sigterm_stops_a_spinning_guest(hostile_wasm: Path) -> None:
     proc.terminate()
     _, err = proc.communicate(timeout=5)
     assert proc.returncode == 143 and "signal 15" in err
+
+
+def test_exit_codes_hold_when_nobody_reads_stderr(hostile_wasm: Path, tmp_path: Path) -> None:
+    """The diagnostic line cannot be written (stderr is a pipe whose reader is gone): the code stays 134
+    for a trap, 143 for SIGTERM, 125 for a guest that cannot start; no traceback, no Python 120."""
+    def closed_pipe() -> int:
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        return write_end
+
+    for argv, code in (([str(hostile_wasm), "abort"], 134), ([str(tmp_path / "missing.wasm")], 125)):
+        stderr = closed_pipe()
+        try:
+            proc = subprocess.run([EXE, "run", *argv], stderr=stderr, stdout=subprocess.DEVNULL, timeout=60)
+        finally:
+            os.close(stderr)
+        assert proc.returncode == code, argv
+    stderr = closed_pipe()
+    try:
+        spinner = subprocess.Popen([EXE, "run", str(hostile_wasm), "spin"], stderr=stderr, stdout=subprocess.DEVNULL)
+    finally:
+        os.close(stderr)
+    time.sleep(1.0)
+    spinner.terminate()
+    assert spinner.wait(timeout=10) == 143
 
 
 def test_unbounded_recursion_traps(hostile_wasm: Path) -> None:

@@ -344,11 +344,45 @@ def test_ttrpc_deadline_and_unknown_method(tmp_path: Path) -> None:
 
 def test_hand_encoded_delete_response_matches_the_generated_message() -> None:
     from shim.api import task_pb2
-    from shim.containerd import delete_response
+    from shim.verbs import delete_response
 
     decoded = task_pb2.DeleteResponse.FromString(delete_response(4242, 137, 1700000000.25))
     assert (decoded.pid, decoded.exit_status) == (4242, 137)
     assert (decoded.exited_at.seconds, decoded.exited_at.nanos) == (1700000000, 250000000)
+
+
+def test_the_binary_hands_its_verbs_to_the_template_and_imports_almost_nothing(  # type: ignore[no-untyped-def]
+        containerd, images, tmp_path: Path) -> None:
+    """containerd runs the binary twice per container: with a template running, `delete` is answered by
+    it, and the binary loads none of the modules that cost tens of milliseconds per run."""
+    from shim.api import task_pb2
+
+    assert ctr_run(containerd, "--rm", images["hello"], "warm-template").returncode == 0  # a template now exists
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "wasmctr.pid").write_text("not a pid")
+    shim = Path(sys.executable).parent / "containerd-shim-wasmctr-v1"
+    proc = subprocess.run([sys.executable, "-X", "importtime", str(shim), "-namespace", "default", "-address",
+                           str(containerd.socket), "-id", "gone", "-bundle", str(bundle), "delete"],
+                          capture_output=True, timeout=30, cwd=tmp_path,
+                          env={**os.environ, "WASMCTR_SHIM_SOCKET_DIR": str(containerd.shims)})
+    assert proc.returncode == 0, proc.stderr
+    answer = task_pb2.DeleteResponse.FromString(proc.stdout)
+    assert (answer.pid, answer.exit_status) == (0, 137) and answer.exited_at.seconds > 0
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines()}
+    assert "shim.layout" in imported
+    assert not imported & {"re", "json", "hashlib", "socket", "subprocess", "shim.verbs", "wasmtime", "typing"}
+    wait_for_nothing_left(containerd)
+
+
+def test_a_trap_is_134_when_the_guests_stderr_has_no_reader(containerd, images) -> None:  # type: ignore[no-untyped-def]
+    """The logging binary is gone (`true` exits at once), so the trap's diagnostic line cannot be written:
+    the exit status is still the trap's."""
+    true = shutil.which("true")
+    proc = ctr_run(containerd, "--rm", "--log-uri", f"binary://{true}", images["hostile"], "no-reader",
+                   "/hostile.wasm", "abort")
+    assert proc.returncode == 134, proc.stderr
+    wait_for_nothing_left(containerd)
 
 
 def test_a_lingering_shim_is_reserved_before_it_is_reused(containerd, images) -> None:  # type: ignore[no-untyped-def]
@@ -376,10 +410,9 @@ def test_start_that_cannot_make_its_socket_fails_in_one_line(tmp_path: Path) -> 
 def test_new_groups_get_shims_forked_from_the_warm_template(containerd, images) -> None:  # type: ignore[no-untyped-def]
     """A pod's shim is forked from the node's template (wasmtime already loaded), not a new interpreter;
     a template whose code is stale answers so and exits, and the next start brings a current one."""
-    import array
     import socket
 
-    from shim.containerd import template_path
+    from shim.containerd import encode_request, template_path
 
     template_socket = containerd.shims / Path(template_path(str(containerd.socket))).name  # its socket dir's
 
@@ -398,8 +431,7 @@ def test_new_groups_get_shims_forked_from_the_warm_template(containerd, images) 
     assert Path(f"/proc/{template}/cmdline").read_bytes().endswith(b"\0template\0")
     with socket.socket(socket.AF_UNIX) as conn:
         conn.connect(str(template_socket))
-        conn.sendmsg([b'{"stamp": "old code", "argv": [], "env": {}}'],
-                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, 1]))])
+        conn.sendall(encode_request("old code", "/", ["-id", "x", "delete"], {}))
         conn.shutdown(socket.SHUT_WR)
         assert conn.recv(16) == b"stale"
     deadline = time.monotonic() + 10

@@ -7,6 +7,7 @@ Annotations are real objects here, not strings (no `from __future__ import annot
 every command's signature at each start, and evaluating string annotations costs ~10 ms.
 """
 
+import contextlib
 import json
 import os
 import sys
@@ -15,7 +16,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from . import __version__, api, console
+from . import __version__, api, console, diagnostics
 from .errors import UsageError, WasmctrError
 
 # `run` exits with the guest's code, so its own failures, bad flags included, use docker run's 125 rather
@@ -139,8 +140,9 @@ def run(
         except WasmctrError as exc:
             _fail(str(exc), EXIT_RUN_FAILED)
     if outcome.message:
-        print(f"wasmctr: {outcome.message}", file=sys.stderr)
-    sys.stdout.flush()
+        diagnostics.emit(f"wasmctr: {outcome.message}")
+    with contextlib.suppress(OSError):
+        sys.stdout.flush()
     raise typer.Exit(outcome.exit_code)
 
 
@@ -367,7 +369,7 @@ def _ago(created: str) -> str:
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    print(f"wasmctr: error: {message}", file=sys.stderr)
+    diagnostics.emit(f"wasmctr: error: {message}")
     sys.exit(code)
 
 

@@ -20,18 +20,16 @@ compile cache, the policy and wasm parsing; never the CLI.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import diagnostics, inroot, wasm
 from . import digest as digests
-from . import inroot, wasm
 from . import policy as policies
 from .compile_cache import CompileCache, key
 from .errors import ExecutorError
@@ -345,7 +343,7 @@ def _supervise(guest: _Guest, engine: Any, spec: RunSpec, hard_stop: bool) -> Ou
             if deadline is not None and now >= deadline:
                 interrupt("timeout", EXIT_KILLED)
             if stop and guest.is_alive() and now - stop["at"] > GRACE_SECONDS and hard_stop:
-                _report(_stopped(stop, spec))
+                diagnostics.emit(f"wasmctr: {_stopped(stop, spec).message}")
                 os._exit(stop["code"])
     finally:
         for signum, handler in previous.items():
@@ -373,12 +371,6 @@ def _stopped(stop: dict[str, Any], spec: RunSpec) -> Outcome:
     if stop["reason"] == "timeout":
         return Outcome(EXIT_KILLED, "timeout", f"guest stopped: timeout after {spec.timeout:g}s")
     return Outcome(stop["code"], "signal", f"guest stopped by signal {stop['code'] - 128}")
-
-
-def _report(outcome: Outcome) -> None:
-    with contextlib.suppress(OSError):
-        sys.stderr.write(f"wasmctr: {outcome.message}\n")
-        sys.stderr.flush()
 
 
 def _memory_exhausted(guest: _Guest, limit: int) -> bool:

@@ -1,0 +1,182 @@
+"""The shim binary's `start` and `delete`, as the node's template process or, where there is none, the
+binary itself carries them out.
+
+`start` finds the shim serving the container's group (a Kubernetes pod: annotation
+`io.kubernetes.cri.sandbox-id`; else the namespace) and reserves it, or binds a new socket and has a new
+shim spawned on it; it writes the bundle's `address` and `shim.pid` files and answers the address.
+`delete` cleans up after a shim that is gone and answers a DeleteResponse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from types import SimpleNamespace
+
+from wasmctr.leb128 import encode_unsigned as _varint
+
+from .layout import RUNC_ROOT, SOCKET_DIR, template_path
+from .mounts import unmount_all
+
+GROUP_ANNOTATION = "io.kubernetes.cri.sandbox-id"
+
+Spawn = Callable[[list[str], dict[str, str], int, int], int]
+"""Start a shim server: (its argv, its environment, the listening socket's fd, the log fd) -> its pid."""
+
+
+def run(args: SimpleNamespace, cwd: str, env: Mapping[str, str], spawn: Spawn) -> bytes:
+    """What the verb prints on containerd's stdout; OSError when it fails."""
+    if args.action == "start":
+        return start(args, cwd, env, spawn).encode()
+    return delete(args, cwd, env)
+
+
+def socket_path(namespace: str, group: str, address: str) -> str:
+    digest = hashlib.sha256(f"{address}|{namespace}|{group}".encode()).hexdigest()[:32]
+    return os.path.join(SOCKET_DIR, f"{digest}.sock")
+
+
+def start(args: SimpleNamespace, cwd: str, env: Mapping[str, str], spawn: Spawn) -> str:
+    """Bind (or find) the shim socket, have a shim server started on it, return the address."""
+    bundle = args.bundle or cwd
+    path = socket_path(args.namespace, _group(bundle), args.address)
+    address = f"unix://{path}"
+    os.makedirs(SOCKET_DIR, mode=0o711, exist_ok=True)
+    lock = os.open(SOCKET_DIR, os.O_RDONLY)
+    try:
+        # concurrent starts of one group: the first spawns the shim, the others then find it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _reserve(path, args.id):
+            pid = _spawn(args, path, bundle, env, spawn)
+            with open(os.path.join(bundle, "shim.pid"), "w") as f:  # as containerd's runc shim writes it
+                f.write(str(pid))
+    finally:
+        os.close(lock)
+    with open(os.path.join(bundle, "address"), "w") as f:
+        f.write(address)
+    return address
+
+
+def _spawn(args: SimpleNamespace, path: str, bundle: str, env: Mapping[str, str], spawn: Spawn) -> int:
+    """Bind the socket here, so it accepts connections at once, and hand it to a new shim server."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(128)
+    log = _shim_log(bundle)
+    argv = ["-namespace", args.namespace, "-address", args.address, "-id", args.id, "-socket", path,
+            *(["-debug"] if args.debug else []), "serve"]
+    try:
+        return spawn(argv, dict(env), listener.fileno(), log)
+    finally:
+        listener.close()
+        os.close(log)
+
+
+def spawn_interpreter(argv: list[str], env: dict[str, str], listener: int, log: int) -> int:
+    """Where there is no template: the shim server in a new interpreter (it pays for importing wasmtime),
+    and a template started for the pods that follow."""
+    address = argv[argv.index("-address") + 1]
+    subprocess.Popen([sys.executable, "-m", "shim.containerd", "-address", address, "-socket",
+                      template_path(address), "template"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True, cwd="/", env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "shim.containerd", *argv], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=log, pass_fds=(listener,), env={**env, "WASMCTR_SHIM_LISTEN_FD": str(listener)},
+        start_new_session=True, cwd="/").pid
+
+
+def delete(args: SimpleNamespace, cwd: str, env: Mapping[str, str]) -> bytes:
+    """Clean up after a shim that is gone: kill the task's process, unmount its rootfs, report."""
+    bundle = args.bundle or cwd
+    pid = 0
+    with contextlib.suppress(OSError, ValueError), open(os.path.join(bundle, "wasmctr.pid")) as f:
+        pid = int(f.read())
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    if os.path.exists(os.path.join(bundle, "runc.pid")):  # a native container: runc's state and cgroup too
+        subprocess.run([env.get("WASMCTR_RUNC", "runc"), "--root", os.path.join(RUNC_ROOT, args.namespace),
+                        "delete", "--force", args.id], capture_output=True)
+    unmount_all(os.path.join(bundle, "rootfs"))
+    path = socket_path(args.namespace, _group(bundle), args.address)
+    if not _alive(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    return delete_response(pid, 128 + signal.SIGKILL, time.time())
+
+
+def delete_response(pid: int, exit_status: int, exited_at: float) -> bytes:
+    """containerd.task.v2.DeleteResponse{pid=1, exit_status=2, exited_at=3 (Timestamp{seconds=1, nanos=2})},
+    encoded here: the fallback path must not wait for protobuf."""
+    seconds, nanos = int(exited_at), int((exited_at % 1) * 1e9)
+    timestamp = _field(1, seconds) + _field(2, nanos)
+    return _field(1, pid) + _field(2, exit_status) + _bytes_field(3, timestamp)
+
+
+def _field(number: int, value: int) -> bytes:
+    return bytes([number << 3]) + _varint(value) if value else b""
+
+
+def _bytes_field(number: int, value: bytes) -> bytes:
+    return bytes([number << 3 | 2]) + _varint(len(value)) + value
+
+
+def _group(bundle: str) -> str:
+    """The containers that share one shim: a Kubernetes pod (its sandbox id), else the namespace's."""
+    with contextlib.suppress(OSError, ValueError):
+        with open(os.path.join(bundle, "config.json"), "rb") as f:
+            annotations = json.load(f).get("annotations") or {}
+        return str(annotations.get(GROUP_ANNOTATION) or "")
+    return ""
+
+
+def _shim_log(bundle: str) -> int:
+    """containerd's `log` FIFO in the bundle (it copies what arrives into its own log), else /dev/null."""
+    try:
+        return os.open(os.path.join(bundle, "log"), os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return os.open(os.devnull, os.O_WRONLY)
+
+
+def _reserve(path: str, container_id: str) -> bool:
+    """Ask the shim on `path` to stay for the container being started; False if there is none (or it
+    is on its way out). One ttrpc call, `wasmctr.shim.v1.Shim/Reserve` (shim/proto/shim.proto), framed
+    here: the fallback path must not wait for protobuf either."""
+    if not os.path.exists(path):
+        return False
+    request = (_bytes_field(1, b"wasmctr.shim.v1.Shim") + _bytes_field(2, b"Reserve")
+               + _bytes_field(3, _bytes_field(1, container_id.encode())))
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(2)
+            conn.connect(path)
+            conn.sendall(len(request).to_bytes(4, "big") + (1).to_bytes(4, "big") + b"\x01\x00" + request)
+            header = conn.recv(10, socket.MSG_WAITALL)
+            if len(header) != 10:
+                return False
+            length = int.from_bytes(header[:4], "big")
+            body = conn.recv(length, socket.MSG_WAITALL) if length else b""
+    except OSError:
+        return False
+    return not body.startswith(b"\x0a")  # a Response whose field 1 (status) is set is an error
+
+
+def _alive(path: str) -> bool:
+    if not os.path.exists(path):
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+            return True
+        except OSError:
+            return False
