@@ -24,12 +24,15 @@ import sys
 import time
 from pathlib import Path
 
+from . import process
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     from typing import Any, NoReturn
 
 OCI_VERSION = "1.0.2"
 STATE_FILE = "wasmctr.json"
+START_TIME = "init_process_start"
 
 
 class SpecError(Exception):
@@ -118,7 +121,9 @@ def _dispatch(g: Globals, command: str, rest: list[str]) -> None:
         if command == "start":
             _start(g, container_id)
         elif command == "state":
-            print(json.dumps(_state(g, container_id), indent=2))
+            state = _state(g, container_id)
+            state.pop(START_TIME, None)
+            print(json.dumps(state, indent=2))
         elif command == "kill":
             _kill(g, container_id, opts.get("_signal", "SIGTERM"))
         elif command == "delete":
@@ -141,6 +146,8 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
     from wasmctr import api
     from wasmctr.ocispec import spec_from_bundle
 
+    from . import privileges
+
     state_dir = g.root / container_id
     if (state_dir / STATE_FILE).exists():
         raise SpecError(f"container with id {container_id} already exists")
@@ -148,6 +155,7 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
     try:
         # before the fork: a guest the policy refuses fails `create`, and the container process starts warm
         guest = executor.prepare(spec_from_bundle(bundle, config))
+        privileges.capability_sets(config.get("process") or {})  # a bad name fails `create`
     except Exception as exc:
         raise SpecError(str(exc)) from None
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -155,29 +163,37 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
     with contextlib.suppress(FileNotFoundError):
         fifo.unlink()
     os.mkfifo(fifo, 0o600)
+    user = (config.get("process") or {}).get("user") or {}
+    os.chown(fifo, int(user.get("uid") or 0), int(user.get("gid") or 0))  # the container process opens it as its user
     pid = os.fork()
     if pid == 0:  # the container process: it becomes the guest
         code = 125
         try:
-            code = _container(executor, guest, fifo)
+            code = _container(executor, guest, fifo, config.get("process") or {})
         except BaseException as exc:  # noqa: BLE001 - nothing may escape a forked child
             with contextlib.suppress(Exception):
                 os.write(2, f"wasmctr-runtime: {exc}\n".encode())
         os._exit(code)
     state = {"ociVersion": OCI_VERSION, "id": container_id, "pid": pid, "bundle": str(bundle),
-             "created": _now(),
-             "owner": "", "annotations": config.get("annotations") or {}}
+             "created": _now(), "owner": "", "annotations": config.get("annotations") or {},
+             START_TIME: process.start_time(pid)}  # the pid's identity (runc's name); `state` leaves it out
     _write_json(state_dir / STATE_FILE, state)
     if pid_file:
         _write_text(Path(pid_file), str(pid))
     return pid
 
 
-def _container(executor: Any, guest: Any, fifo: Path) -> int:
+def _container(executor: Any, guest: Any, fifo: Path, process_spec: dict[str, Any]) -> int:
+    from . import privileges
     from .container import become_guest
 
+    # held by its path before the user changes (the state dir need not be searchable by that user), and
+    # opened through /proc/self/fd after, which checks the FIFO's own owner and mode only
+    fifo_path = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
+    privileges.drop(process_spec)  # the spec's user and capabilities, no_new_privs: before any guest file
+
     def started() -> bool:
-        fd = os.open(fifo, os.O_WRONLY)  # blocks until `start` opens the other end
+        fd = os.open(f"/proc/self/fd/{fifo_path}", os.O_WRONLY)  # blocks until `start` opens the other end
         os.write(fd, b"0")
         os.close(fd)
         return True
@@ -201,7 +217,7 @@ def _start(g: Globals, container_id: str) -> None:
                     break
             except BlockingIOError:
                 pass
-            if not _alive(state["pid"]):
+            if not _alive(state):
                 raise SpecError(f"container {container_id} exited before it started")
             if time.monotonic() > deadline:
                 raise SpecError(f"container {container_id} did not become ready")
@@ -217,7 +233,7 @@ def _state(g: Globals, container_id: str) -> dict[str, Any]:
         state = json.loads(path.read_text())
     except FileNotFoundError:
         raise SpecError(f"container \"{container_id}\" does not exist") from None
-    if not _alive(state["pid"]):
+    if not _alive(state):
         state["status"] = "stopped"
     elif (g.root / container_id / "exec.fifo").exists():
         state["status"] = "created"
@@ -230,10 +246,8 @@ def _kill(g: Globals, container_id: str, name: str) -> None:
     state = _state(g, container_id)
     if state["status"] == "stopped":
         raise SpecError("container not running")
-    try:
-        os.kill(state["pid"], _signal(name))
-    except ProcessLookupError:
-        raise SpecError("container not running") from None
+    if not process.signal_recorded(state["pid"], state.get(START_TIME), _signal(name)):
+        raise SpecError("container not running")
 
 
 def _delete(g: Globals, container_id: str, force: bool) -> None:
@@ -241,10 +255,9 @@ def _delete(g: Globals, container_id: str, force: bool) -> None:
     if state["status"] == "running" and not force:
         raise SpecError(f"cannot delete container {container_id} that is not stopped: running")
     if state["status"] != "stopped":
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(state["pid"], signal.SIGKILL)
+        process.signal_recorded(state["pid"], state.get(START_TIME), signal.SIGKILL)
         deadline = time.monotonic() + 5
-        while _alive(state["pid"]) and time.monotonic() < deadline:
+        while _alive(state) and time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(state["pid"], os.WNOHANG)
             time.sleep(0.01)
@@ -326,17 +339,9 @@ def _signal(name: str) -> int:
         raise SpecError(f"unknown signal {name!r}") from None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive: it is stopped, waiting for its parent to reap it
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+def _alive(state: dict[str, Any]) -> bool:
+    """Whether the container's process runs: the recorded pid, still the process it was (not a reuse)."""
+    return process.alive(state["pid"], state.get(START_TIME))
 
 
 def _exit_code(status: int) -> int:

@@ -29,7 +29,7 @@ from wasmctr.errors import WasmctrError
 from wasmctr.executor import Executor, Prepared
 from wasmctr.ocispec import is_wasm, load_config, network_namespace, spec_from_bundle
 
-from . import mounts, stdio
+from . import mounts, privileges, process, stdio
 from .api import shim_pb2, task_pb2
 from .cgroups import Cgroup
 from .container import become_guest
@@ -66,8 +66,9 @@ class Task:
     native: bool = False  # run by runc, not forked from the shim
     cgroup: Cgroup | None = None
     netns: str | None = None
+    pidfd: int = -1  # signals go through it: the pid alone could name another process once reaped
     exited: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)  # status and start_fd
+    lock: threading.Lock = field(default_factory=threading.Lock)  # status, start_fd and pidfd
 
     def close_start_pipe(self, start: bool) -> bool:
         """Close the start pipe, after writing the go-ahead if `start`; False if it was already closed
@@ -152,12 +153,13 @@ class TaskService:
                 spec = spec_from_bundle(bundle, config)
                 task.memory_limit = spec.memory_limit or 0
                 task.netns = network_namespace(config)
+                privileges.capability_sets(config.get("process") or {})  # a bad name fails here, not in the child
                 if linux.get("cgroupsPath"):
                     task.cgroup = Cgroup.create(linux["cgroupsPath"], linux.get("resources") or {})
                 with self.fork_lock:
                     # prepared here, before the fork: the container process starts at once and shares the code
                     guest = self.executor.prepare(spec)
-                    self._fork(task, guest)
+                    self._fork(task, guest, config.get("process") or {})
         except (WasmctrError, OSError, ValueError) as exc:
             if task.logger:
                 task.logger.release()
@@ -169,7 +171,8 @@ class TaskService:
             raise RpcError(Code.FAILED_PRECONDITION, f"wasmctr cannot run {req.id}: {exc}") from None
         with self.lock:
             self.tasks[req.id] = task
-        (bundle / "wasmctr.pid").write_text(str(task.pid))
+        # for the binary's `delete` after a crash: the pid and its start time, so it never kills a reused pid
+        (bundle / "wasmctr.pid").write_text(f"{task.pid} {process.start_time(task.pid)}")
         self.publisher.task_create(task, list(req.rootfs))
         return task_pb2.CreateTaskResponse(pid=task.pid)
 
@@ -193,8 +196,9 @@ class TaskService:
         task = self._get(req.id)
         if task.exited.is_set():
             raise RpcError(Code.NOT_FOUND, f"process {task.pid} of {req.id} already finished")
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(task.pid, req.signal or signal.SIGKILL)
+        with task.lock, contextlib.suppress(ProcessLookupError):  # against Delete closing the pidfd
+            if task.pidfd >= 0:
+                signal.pidfd_send_signal(task.pidfd, req.signal or signal.SIGKILL)
         return empty_pb2.Empty()
 
     def wait(self, req: task_pb2.WaitRequest, call: Call) -> task_pb2.WaitResponse:
@@ -207,8 +211,9 @@ class TaskService:
         if task.status == task_pb2.RUNNING and not task.exited.is_set():
             raise RpcError(Code.FAILED_PRECONDITION, f"task {req.id} is running; kill it first")
         if not task.exited.is_set():  # created, never started
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(task.pid, signal.SIGKILL)
+            with task.lock, contextlib.suppress(ProcessLookupError):
+                if task.pidfd >= 0:
+                    signal.pidfd_send_signal(task.pidfd, signal.SIGKILL)
             task.exited.wait(5)
         if task.logger:
             task.logger.stop()
@@ -221,6 +226,10 @@ class TaskService:
             mounts.unmount_all(task.bundle / "rootfs")
         with contextlib.suppress(OSError):
             (task.bundle / "wasmctr.pid").unlink()
+        with task.lock:  # a Kill that found the task before it left the table sends nothing now
+            if task.pidfd >= 0:
+                os.close(task.pidfd)
+                task.pidfd = -1
         with self.lock:
             self.tasks.pop(req.id, None)
             self.last_activity = time.monotonic()
@@ -311,6 +320,7 @@ class TaskService:
                    stdio.open_stdio(task.stderr, os.O_WRONLY))
         try:
             task.pid = self.runc.create(task.id, str(task.bundle), fds)
+            task.pidfd = os.pidfd_open(task.pid)  # ours to reap (we are its subreaper): not reused before
         finally:
             os.close(fds[0])
             if task.logger:
@@ -324,7 +334,7 @@ class TaskService:
 
     # -- the child ---------------------------------------------------------------------------------
 
-    def _fork(self, task: Task, guest: Prepared) -> None:
+    def _fork(self, task: Task, guest: Prepared, process: dict[str, Any]) -> None:
         start_r, start_w = os.pipe()
         report_r, report_w = os.pipe()
         pid = os.fork()
@@ -332,7 +342,7 @@ class TaskService:
             try:
                 os.close(start_w)
                 os.close(report_r)
-                code = _child(self.executor, task, guest, start_r, report_w)
+                code = _child(self.executor, task, guest, process, start_r, report_w)
             except BaseException as exc:  # noqa: BLE001 - nothing may escape a forked child
                 with contextlib.suppress(Exception):
                     os.write(2, f"wasmctr: {exc}\n".encode())
@@ -352,6 +362,7 @@ class TaskService:
                 os.close(report_r)
                 raise
         task.pid, task.start_fd, task.report_fd = pid, start_w, report_r
+        task.pidfd = os.pidfd_open(pid)  # before the reaper exists: the pid cannot have been reused
         threading.Thread(target=self._reap, args=(task,), daemon=True).start()
 
     def _reap(self, task: Task) -> None:
@@ -380,7 +391,8 @@ class TaskService:
         return task
 
 
-def _child(executor: Any, task: Task, guest: Prepared, start_r: int, report_w: int) -> int:
+def _child(executor: Any, task: Task, guest: Prepared, process: dict[str, Any], start_r: int,
+           report_w: int) -> int:
     gc.disable()
     logger_fds = (task.logger.stdout, task.logger.stderr) if task.logger else ()
     stdio.close_inherited_fds(keep={start_r, report_w, *logger_fds})
@@ -397,6 +409,7 @@ def _child(executor: Any, task: Task, guest: Prepared, start_r: int, report_w: i
     # new stdio objects: another thread of the shim may have held the old ones' locks at the fork
     sys.stdout = open(1, "w", closefd=False)
     sys.stderr = open(2, "w", closefd=False)
+    privileges.drop(process)  # after what needs root (the pod's netns, containerd's FIFOs), before the guest
     guest.spec.stdin = bool(task.stdin)
     outcome = become_guest(executor, guest, lambda: os.read(start_r, 1) == b"s")
     if outcome is None:

@@ -24,6 +24,7 @@ from types import SimpleNamespace
 
 from wasmctr.leb128 import encode_unsigned as _varint
 
+from . import process
 from .layout import RUNC_ROOT, SOCKET_DIR, template_path
 from .mounts import unmount_all
 
@@ -101,9 +102,10 @@ def delete(args: SimpleNamespace, cwd: str, env: Mapping[str, str]) -> bytes:
     bundle = args.bundle or cwd
     pid = 0
     with contextlib.suppress(OSError, ValueError), open(os.path.join(bundle, "wasmctr.pid")) as f:
-        pid = int(f.read())
-        os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
+        recorded, _, started = f.read().partition(" ")  # pid and start time (shim/process.py)
+        pid = int(recorded)
+        if process.signal_recorded(pid, int(started), signal.SIGKILL):
+            time.sleep(0.05)
     if os.path.exists(os.path.join(bundle, "runc.pid")):  # a native container: runc's state and cgroup too
         subprocess.run([env.get("WASMCTR_RUNC", "runc"), "--root", os.path.join(RUNC_ROOT, args.namespace),
                         "delete", "--force", args.id], capture_output=True)

@@ -97,6 +97,44 @@ def test_direct_lifecycle_and_the_specs_errors(bundle: Path, tmp_path: Path) -> 
     assert "does not exist" in runtime(root, "state", "c1").stderr
 
 
+def test_the_container_process_runs_as_the_specs_user_without_capabilities(bundle: Path, tmp_path: Path) -> None:
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"]["user"] = {"uid": 1000, "gid": 1000, "additionalGids": [7]}
+    (bundle / "config.json").write_text(json.dumps(config))
+    root = tmp_path / "root"
+    create = subprocess.Popen([RUNTIME, "--root", str(root), "create", "--bundle", str(bundle), "u1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # the container keeps them
+    assert create.wait(30) == 0
+    pid = json.loads(runtime(root, "state", "u1").stdout)["pid"]
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    fields = {key: value.split() for key, _, value in (line.partition(":") for line in lines)}
+    assert fields["Uid"] == ["1000"] * 4 and fields["Gid"] == ["1000"] * 4 and fields["Groups"] == ["7"]
+    assert int(fields["CapEff"][0], 16) == int(fields["CapBnd"][0], 16) == 0 and fields["NoNewPrivs"] == ["1"]
+    assert runtime(root, "delete", "--force", "u1").returncode == 0
+
+
+def test_a_reused_pid_is_never_signalled(bundle: Path, tmp_path: Path) -> None:
+    """The state file's pid now names another process (its start time differs from the recorded one):
+    the container is stopped, and neither kill nor delete --force signals that process."""
+    from shim.process import start_time
+
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        state_dir = tmp_path / "root" / "reused"
+        state_dir.mkdir(parents=True)
+        (state_dir / "wasmctr.json").write_text(json.dumps({
+            "ociVersion": "1.0.2", "id": "reused", "pid": bystander.pid, "bundle": str(bundle), "created": "",
+            "owner": "", "annotations": {}, "init_process_start": start_time(bystander.pid) + 1}))
+        assert json.loads(runtime(tmp_path / "root", "state", "reused").stdout)["status"] == "stopped"
+        killed = runtime(tmp_path / "root", "kill", "reused", "KILL")
+        assert killed.returncode != 0 and "not running" in killed.stderr
+        assert runtime(tmp_path / "root", "delete", "--force", "reused").returncode == 0
+        assert bystander.poll() is None and not state_dir.joinpath("wasmctr.json").exists()
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
 def test_delete_force_and_kill_by_number(bundle: Path, tmp_path: Path) -> None:
     root = tmp_path / "root"
     for name in ("f1", "f2"):

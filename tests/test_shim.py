@@ -358,17 +358,36 @@ def test_the_binary_hands_its_verbs_to_the_template_and_imports_almost_nothing( 
     from shim.api import task_pb2
 
     assert ctr_run(containerd, "--rm", images["hello"], "warm-template").returncode == 0  # a template now exists
+    from shim.process import start_time
+
     bundle = tmp_path / "bundle"
     bundle.mkdir()
-    (bundle / "wasmctr.pid").write_text("not a pid")
     shim = Path(sys.executable).parent / "containerd-shim-wasmctr-v1"
-    proc = subprocess.run([sys.executable, "-X", "importtime", str(shim), "-namespace", "default", "-address",
-                           str(containerd.socket), "-id", "gone", "-bundle", str(bundle), "delete"],
-                          capture_output=True, timeout=30, cwd=tmp_path,
-                          env={**os.environ, "WASMCTR_SHIM_SOCKET_DIR": str(containerd.shims)})
-    assert proc.returncode == 0, proc.stderr
+
+    def delete() -> subprocess.CompletedProcess[bytes]:
+        proc = subprocess.run([sys.executable, "-X", "importtime", str(shim), "-namespace", "default", "-address",
+                               str(containerd.socket), "-id", "gone", "-bundle", str(bundle), "delete"],
+                              capture_output=True, timeout=30, cwd=tmp_path,
+                              env={**os.environ, "WASMCTR_SHIM_SOCKET_DIR": str(containerd.shims)})
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    (bundle / "wasmctr.pid").write_text("not a pid")
+    proc = delete()
     answer = task_pb2.DeleteResponse.FromString(proc.stdout)
     assert (answer.pid, answer.exit_status) == (0, 137) and answer.exited_at.seconds > 0
+    # a recorded pid that now names another process (its start time differs) is not killed; the recorded one is
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        (bundle / "wasmctr.pid").write_text(f"{bystander.pid} {start_time(bystander.pid) + 1}")
+        assert task_pb2.DeleteResponse.FromString(delete().stdout).pid == bystander.pid
+        assert bystander.poll() is None
+        (bundle / "wasmctr.pid").write_text(f"{bystander.pid} {start_time(bystander.pid)}")
+        delete()
+        assert bystander.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        bystander.kill()
+        bystander.wait()
     imported = {line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines()}
     assert "shim.layout" in imported
     assert not imported & {"re", "json", "hashlib", "socket", "subprocess", "shim.verbs", "wasmtime", "typing"}
@@ -383,6 +402,71 @@ def test_a_trap_is_134_when_the_guests_stderr_has_no_reader(containerd, images) 
                    "/hostile.wasm", "abort")
     assert proc.returncode == 134, proc.stderr
     wait_for_nothing_left(containerd)
+
+
+def status_fields(pid: int | str) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
+
+
+def test_a_guest_process_keeps_only_the_capabilities_its_spec_grants(containerd, images) -> None:  # type: ignore[no-untyped-def]
+    """ctr's default spec grants Docker's default set: the guest's process has that set (not root's
+    all), less what --cap-drop removes, plus what --cap-add grants, and no_new_privs."""
+    cap_kill, cap_sys_admin = 1 << 5, 1 << 21
+    found = {}
+    for name, flags in (("caps-default", []), ("caps-changed", ["--cap-drop", "CAP_KILL", "--cap-add",
+                                                                  "CAP_SYS_ADMIN"])):
+        assert ctr_run(containerd, "-d", *flags, images["hostile"], name, "/hostile.wasm", "sleep", "30"
+                       ).returncode == 0
+        pid = [line.split()[1] for line in containerd.ctr("task", "ls").stdout.splitlines()
+               if line.startswith(name)][0]
+        found[name] = status_fields(pid)
+        containerd.ctr("task", "kill", "--signal", "SIGKILL", name)
+    default, changed = (int(found[n]["CapEff"], 16) for n in ("caps-default", "caps-changed"))
+    assert default & cap_kill and not default & cap_sys_admin and default != (1 << 41) - 1
+    assert changed == default & ~cap_kill | cap_sys_admin
+    for fields in found.values():
+        assert fields["CapEff"] == fields["CapPrm"] == fields["CapBnd"] and fields["NoNewPrivs"] == "1"
+        assert fields["Uid"].split()[0] == "0"
+    for name in found:
+        for _ in range(50):
+            if containerd.ctr("task", "delete", name).returncode == 0:
+                break
+            time.sleep(0.1)
+        containerd.ctr("container", "delete", name)
+    wait_for_nothing_left(containerd)
+
+
+@pytest.mark.parametrize("process, expected", [
+    ({"user": {"uid": 1000, "gid": 1001, "additionalGids": [5, 6]}},
+     {"Uid": "1000", "Gid": "1001", "Groups": "5 6", "CapEff": 0, "CapBnd": 0}),
+    ({"user": {"uid": 1000, "gid": 1000}, "capabilities": {n: ["CAP_NET_BIND_SERVICE"] for n in (
+        "bounding", "effective", "permitted")}},
+     {"Uid": "1000", "Gid": "1000", "Groups": "", "CapEff": 1 << 10, "CapBnd": 1 << 10}),
+])
+def test_the_container_process_becomes_the_specs_user(process: dict, expected: dict) -> None:  # type: ignore[type-arg]
+    from shim import privileges
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        code = 1
+        try:
+            os.close(read_end)
+            privileges.drop(process)
+            os.write(write_end, Path("/proc/self/status").read_bytes())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        text = f.read().decode()
+    assert os.waitpid(pid, 0)[1] == 0
+    fields = {key: value.strip() for key, _, value in (line.partition(":") for line in text.splitlines())}
+    assert fields["Uid"].split() == [expected["Uid"]] * 4 and fields["Gid"].split() == [expected["Gid"]] * 4
+    assert fields["Groups"] == expected["Groups"] and fields["NoNewPrivs"] == "1"
+    assert int(fields["CapEff"], 16) == int(fields["CapPrm"], 16) == expected["CapEff"]
+    assert int(fields["CapBnd"], 16) == expected["CapBnd"] and int(fields["CapAmb"], 16) == 0
 
 
 def test_a_lingering_shim_is_reserved_before_it_is_reused(containerd, images) -> None:  # type: ignore[no-untyped-def]

@@ -46,6 +46,15 @@ def load_config(bundle: Path) -> dict[str, Any]:
     for key in ("args", "env"):
         shape.strings(process, key, f"{what} process", error=ExecutorError)
     shape.field(process, "cwd", str, f"{what} process", error=ExecutorError)
+    user = shape.field(process, "user", dict, f"{what} process", error=ExecutorError) or {}
+    for key in ("uid", "gid"):
+        shape.field(user, key, int, f"{what} process.user", error=ExecutorError)
+    for gid in shape.field(user, "additionalGids", list, f"{what} process.user", error=ExecutorError) or []:
+        if not isinstance(gid, int):
+            raise ExecutorError(f"{what}: process.user.additionalGids must be numbers")
+    capabilities = shape.field(process, "capabilities", dict, f"{what} process", error=ExecutorError) or {}
+    for key in ("bounding", "effective", "permitted", "inheritable", "ambient"):
+        shape.strings(capabilities, key, f"{what} process.capabilities", error=ExecutorError)
     shape.string_map(config, "annotations", what, error=ExecutorError)
     for mount in shape.field(config, "mounts", list, what, error=ExecutorError) or []:
         if not isinstance(mount, dict):

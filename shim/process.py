@@ -1,0 +1,69 @@
+"""Signalling a container process by a pid read from a file, without hitting another process.
+
+A pid written down (a runtime CLI's state file, a bundle's pid file) may name a different process by
+the time it is read back: the container exited, something reaped it, and the kernel gave its number
+to a new process. So the pid is recorded with the process's start time (field 22 of /proc/PID/stat,
+as runc records it), and a signal is only sent through a pidfd opened for that pid whose start time
+still matches: the pidfd pins the process, the start time proves it is the one recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot; None if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[19])  # field 22 overall; fields[0] is field 3 (the state)
+
+
+def is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def open_recorded(pid: int, started: int | None) -> int | None:
+    """A pidfd for the process recorded as (pid, start time); None if it is gone or the pid now
+    names another process. Without a recorded start time (an older record), the pid is trusted."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (ProcessLookupError, ValueError):
+        return None
+    if started is not None and start_time(pid) != started:
+        os.close(fd)
+        return None
+    return fd
+
+
+def signal_recorded(pid: int, started: int | None, signum: int) -> bool:
+    """Send `signum` to the recorded process; False if it is gone (or its pid was reused)."""
+    fd = open_recorded(pid, started)
+    if fd is None:
+        return False
+    try:
+        signal.pidfd_send_signal(fd, signum)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def alive(pid: int, started: int | None) -> bool:
+    """Whether the recorded process still runs (a zombie has stopped: it waits to be reaped)."""
+    fd = open_recorded(pid, started)
+    if fd is None:
+        return False
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    return not is_zombie(pid)
