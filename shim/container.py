@@ -13,14 +13,25 @@ from typing import Any
 from wasmctr import diagnostics
 from wasmctr.executor import Outcome, Prepared
 
+from . import landlock
+
+
+def default_signals() -> None:
+    """The first thing a forked container process does: its parent's handlers (the shim's SIGTERM
+    cleanup unlinks the shim's socket) must never run in it, even while it blocks opening a FIFO."""
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        signal.signal(signum, signal.SIG_DFL)
+
 
 def become_guest(executor: Any, guest: Prepared, started: Callable[[], bool]) -> Outcome | None:
     """Wait to be started, then run the prepared guest (prepared before: start is fast); None if the
-    container was deleted before it was started."""
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-        signal.signal(signum, signal.SIG_DFL)
+    container was deleted before it was started. Once started, and before the guest's preopens are
+    opened, the process is confined by Landlock to its rootfs and mounts (where the kernel has it)."""
     if not started():
         return None
+    spec = guest.spec
+    landlock.restrict([*([spec.rootfs] if spec.rootfs else []), *(m.host for m in spec.mounts if m.readonly)],
+                      [m.host for m in spec.mounts if not m.readonly])
     outcome = executor.start(guest, hard_stop=True)
     if outcome.message:
         diagnostics.emit(f"wasmctr: {outcome.message}")

@@ -148,6 +148,7 @@ def serve(args: SimpleNamespace) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     import wasmtime  # noqa: F401  (imported before any container is forked: every child starts warm)
 
+    from . import landlock
     from .events import Publisher
     from .native import become_subreaper
     from .tasks import TaskService
@@ -167,6 +168,10 @@ def serve(args: SimpleNamespace) -> int:
 
     signal.signal(signal.SIGTERM, lambda *_: finish())
     become_subreaper()  # the init of a native (runc) container is re-parented here when `runc create` exits
+    if not landlock.abi():
+        logging.getLogger("wasmctr.shim").warning(
+            "this kernel has no Landlock (Linux 5.13+, `lsm=` must include landlock): wasm containers run "
+            "without the filesystem confinement below WASI")
     linger = float(os.environ.get("WASMCTR_SHIM_LINGER", "2"))
     tasks = TaskService(Publisher(os.environ.get("TTRPC_ADDRESS")), args.namespace, finish, linger,
                         runc_root=RUNC_ROOT, executor=warm_executor())

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 OCI_VERSION = "1.0.2"
 STATE_FILE = "wasmctr.json"
 START_TIME = "init_process_start"
+CGROUPS_PATH = "cgroups_path"
 
 
 class SpecError(Exception):
@@ -122,7 +123,8 @@ def _dispatch(g: Globals, command: str, rest: list[str]) -> None:
             _start(g, container_id)
         elif command == "state":
             state = _state(g, container_id)
-            state.pop(START_TIME, None)
+            for private in (START_TIME, CGROUPS_PATH):
+                state.pop(private, None)
             print(json.dumps(state, indent=2))
         elif command == "kill":
             _kill(g, container_id, opts.get("_signal", "SIGTERM"))
@@ -146,7 +148,8 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
     from wasmctr import api
     from wasmctr.ocispec import spec_from_bundle
 
-    from . import privileges
+    from . import privileges, seccomp
+    from .cgroups import Cgroup
 
     state_dir = g.root / container_id
     if (state_dir / STATE_FILE).exists():
@@ -155,7 +158,8 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
     try:
         # before the fork: a guest the policy refuses fails `create`, and the container process starts warm
         guest = executor.prepare(spec_from_bundle(bundle, config))
-        privileges.capability_sets(config.get("process") or {})  # a bad name fails `create`
+        privileges.capability_sets(config.get("process") or {})  # bad names fail `create`
+        seccomp.build((config.get("linux") or {}).get("seccomp") or {})
     except Exception as exc:
         raise SpecError(str(exc)) from None
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -169,28 +173,39 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
     if pid == 0:  # the container process: it becomes the guest
         code = 125
         try:
-            code = _container(executor, guest, fifo, config.get("process") or {})
+            code = _container(executor, guest, fifo, config)
         except BaseException as exc:  # noqa: BLE001 - nothing may escape a forked child
             with contextlib.suppress(Exception):
                 os.write(2, f"wasmctr-runtime: {exc}\n".encode())
         os._exit(code)
+    linux = config.get("linux") or {}
+    if linux.get("cgroupsPath"):  # before `start`: the guest runs only once it is inside, limited
+        try:
+            Cgroup.create(linux["cgroupsPath"], linux.get("resources") or {}).add(pid)
+        except OSError as exc:
+            os.kill(pid, signal.SIGKILL)  # not reaped yet: the pid cannot have been reused
+            os.waitpid(pid, 0)
+            raise SpecError(f"cgroup {linux['cgroupsPath']}: {exc.strerror or exc}") from None
     state = {"ociVersion": OCI_VERSION, "id": container_id, "pid": pid, "bundle": str(bundle),
              "created": _now(), "owner": "", "annotations": config.get("annotations") or {},
-             START_TIME: process.start_time(pid)}  # the pid's identity (runc's name); `state` leaves it out
+             START_TIME: process.start_time(pid),  # the pid's identity (runc's name)
+             CGROUPS_PATH: linux.get("cgroupsPath") or ""}  # `state` prints neither
     _write_json(state_dir / STATE_FILE, state)
     if pid_file:
         _write_text(Path(pid_file), str(pid))
     return pid
 
 
-def _container(executor: Any, guest: Any, fifo: Path, process_spec: dict[str, Any]) -> int:
-    from . import privileges
-    from .container import become_guest
+def _container(executor: Any, guest: Any, fifo: Path, config: dict[str, Any]) -> int:
+    from . import privileges, seccomp
+    from .container import become_guest, default_signals
 
+    default_signals()
     # held by its path before the user changes (the state dir need not be searchable by that user), and
     # opened through /proc/self/fd after, which checks the FIFO's own owner and mode only
     fifo_path = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
-    privileges.drop(process_spec)  # the spec's user and capabilities, no_new_privs: before any guest file
+    privileges.drop(config.get("process") or {})  # the spec's user and capabilities, no_new_privs
+    seccomp.install(guest.spec.policy.network, (config.get("linux") or {}).get("seccomp"))
 
     def started() -> bool:
         fd = os.open(f"/proc/self/fd/{fifo_path}", os.O_WRONLY)  # blocks until `start` opens the other end
@@ -261,6 +276,11 @@ def _delete(g: Globals, container_id: str, force: bool) -> None:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(state["pid"], os.WNOHANG)
             time.sleep(0.01)
+    if state.get(CGROUPS_PATH):
+        from .cgroups import Cgroup
+
+        with contextlib.suppress(OSError):
+            Cgroup.open(state[CGROUPS_PATH]).remove()
     state_dir = g.root / container_id
     for name in (STATE_FILE, "exec.fifo"):
         with contextlib.suppress(FileNotFoundError):

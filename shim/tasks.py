@@ -29,10 +29,10 @@ from wasmctr.errors import WasmctrError
 from wasmctr.executor import Executor, Prepared
 from wasmctr.ocispec import is_wasm, load_config, network_namespace, spec_from_bundle
 
-from . import mounts, privileges, process, stdio
+from . import mounts, privileges, process, seccomp, stdio
 from .api import shim_pb2, task_pb2
 from .cgroups import Cgroup
-from .container import become_guest
+from .container import become_guest, default_signals
 from .events import Publisher, timestamp
 from .metrics import metrics
 from .native import Runc
@@ -95,6 +95,7 @@ class TaskService:
         self.linger = linger
         self.tasks: dict[str, Task] = {}
         self.lock = threading.Lock()
+        self.creating: set[str] = set()  # ids whose Create is under way
         # Prepare and fork one container at a time: no other thread is then inside wasmtime or holds the
         # executor's lock when a container process is forked (a lock held at fork stays held in the child)
         self.fork_lock = threading.Lock()
@@ -131,8 +132,16 @@ class TaskService:
         with self.lock:
             self.reservations.pop(req.id, None)  # the container the reservation was for has arrived
             self.last_activity = time.monotonic()
-            if req.id in self.tasks:
+            if req.id in self.tasks or req.id in self.creating:  # checked and claimed under one lock
                 raise RpcError(Code.ALREADY_EXISTS, f"task {req.id} already exists")
+            self.creating.add(req.id)
+        try:
+            return self._create(req, call)
+        finally:
+            with self.lock:
+                self.creating.discard(req.id)
+
+    def _create(self, req: task_pb2.CreateTaskRequest, call: Call) -> task_pb2.CreateTaskResponse:
         if req.terminal:
             raise RpcError(Code.FAILED_PRECONDITION, "a terminal (-t) is not supported for wasm guests; their "
                                                      "stdio is plain streams")
@@ -148,18 +157,21 @@ class TaskService:
             if stdio.is_binary_uri(req.stdout):
                 task.logger = stdio.BinaryLogger.start(req.stdout, req.id, task.namespace)
             if task.native:
+                _commit(call)
                 self._create_native(task, linux.get("cgroupsPath"))
             else:
                 spec = spec_from_bundle(bundle, config)
                 task.memory_limit = spec.memory_limit or 0
                 task.netns = network_namespace(config)
-                privileges.capability_sets(config.get("process") or {})  # a bad name fails here, not in the child
+                privileges.capability_sets(config.get("process") or {})  # bad names fail here, not in the child
+                seccomp.build(linux.get("seccomp") or {})
                 if linux.get("cgroupsPath"):
                     task.cgroup = Cgroup.create(linux["cgroupsPath"], linux.get("resources") or {})
                 with self.fork_lock:
                     # prepared here, before the fork: the container process starts at once and shares the code
                     guest = self.executor.prepare(spec)
-                    self._fork(task, guest, config.get("process") or {})
+                    _commit(call)
+                    self._fork(task, guest, config.get("process") or {}, linux.get("seccomp"))
         except (WasmctrError, OSError, ValueError) as exc:
             if task.logger:
                 task.logger.release()
@@ -334,7 +346,8 @@ class TaskService:
 
     # -- the child ---------------------------------------------------------------------------------
 
-    def _fork(self, task: Task, guest: Prepared, process: dict[str, Any]) -> None:
+    def _fork(self, task: Task, guest: Prepared, process: dict[str, Any],
+              profile: dict[str, Any] | None) -> None:
         start_r, start_w = os.pipe()
         report_r, report_w = os.pipe()
         pid = os.fork()
@@ -342,7 +355,7 @@ class TaskService:
             try:
                 os.close(start_w)
                 os.close(report_r)
-                code = _child(self.executor, task, guest, process, start_r, report_w)
+                code = _child(self.executor, task, guest, process, profile, start_r, report_w)
             except BaseException as exc:  # noqa: BLE001 - nothing may escape a forked child
                 with contextlib.suppress(Exception):
                     os.write(2, f"wasmctr: {exc}\n".encode())
@@ -391,8 +404,9 @@ class TaskService:
         return task
 
 
-def _child(executor: Any, task: Task, guest: Prepared, process: dict[str, Any], start_r: int,
-           report_w: int) -> int:
+def _child(executor: Any, task: Task, guest: Prepared, process: dict[str, Any], profile: dict[str, Any] | None,
+           start_r: int, report_w: int) -> int:
+    default_signals()
     gc.disable()
     logger_fds = (task.logger.stdout, task.logger.stderr) if task.logger else ()
     stdio.close_inherited_fds(keep={start_r, report_w, *logger_fds})
@@ -410,12 +424,19 @@ def _child(executor: Any, task: Task, guest: Prepared, process: dict[str, Any], 
     sys.stdout = open(1, "w", closefd=False)
     sys.stderr = open(2, "w", closefd=False)
     privileges.drop(process)  # after what needs root (the pod's netns, containerd's FIFOs), before the guest
+    seccomp.install(guest.spec.policy.network, profile)  # from here, only the calls a loaded guest needs
     guest.spec.stdin = bool(task.stdin)
     outcome = become_guest(executor, guest, lambda: os.read(start_r, 1) == b"s")
     if outcome is None:
         return 137  # deleted before it was started
     os.write(report_w, outcome.reason.encode())
     return outcome.exit_code
+
+
+def _commit(call: Call) -> None:
+    """Past this point Create has an effect (a container process): not if containerd gave up on it."""
+    if not call.commit():
+        raise TimeoutError("containerd stopped waiting (its deadline passed) before the container was made")
 
 
 def _is_native(bundle: Path, config: dict[str, Any]) -> bool:

@@ -130,8 +130,9 @@ def fork_shim(env: dict[str, str], listener: int, log: int, serve: Callable[[], 
 def _become_shim(env: dict[str, str], listener: int, log: int, serve: Callable[[], int]) -> int:
     """In the forked child: the pod's own session, stdio and environment, then the shim server."""
     try:
+        for signum in (signal.SIGCHLD, signal.SIGTERM):  # the template's reaper and exit are not the shim's
+            signal.signal(signum, signal.SIG_DFL)
         os.setsid()
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         null = os.open(os.devnull, os.O_RDWR)
         os.dup2(null, 0)
         os.dup2(null, 1)

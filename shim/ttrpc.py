@@ -16,7 +16,6 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from .api import ttrpc_pb2
@@ -43,16 +42,38 @@ class RpcError(Exception):
         self.message = message
 
 
-@dataclass(frozen=True)
 class Call:
-    """What a handler learns of its request besides the message: metadata and the deadline."""
+    """What a handler learns of its request besides the message: metadata and the deadline.
 
-    metadata: dict[str, str]
-    timeout_nano: int
+    A handler whose work has an effect that must not outlive an abandoned request (Create forks a
+    process) calls `commit()` just before that effect: once the deadline has been answered with
+    DEADLINE_EXCEEDED, `commit()` is False and the handler undoes what it did and stops; once committed,
+    the deadline no longer answers first, so the caller learns the outcome it caused."""
+
+    def __init__(self, metadata: dict[str, str], timeout_nano: int) -> None:
+        self.metadata = metadata
+        self.timeout_nano = timeout_nano
+        self._lock = threading.Lock()
+        self._state = "running"  # running | committed | expired
 
     @property
     def namespace(self) -> str:
         return self.metadata.get("containerd-namespace", "")
+
+    def commit(self) -> bool:
+        with self._lock:
+            if self._state == "expired":
+                return False
+            self._state = "committed"
+            return True
+
+    def expire(self) -> bool:
+        """Give up on the request (its deadline passed); False if the handler has committed."""
+        with self._lock:
+            if self._state == "committed":
+                return False
+            self._state = "expired"
+            return True
 
 
 Handler = Callable[[Any, Call], Any]
@@ -161,7 +182,8 @@ class Server:
 
 
 def _within_deadline(handler: Handler, message: Any, call: Call) -> Any:
-    """Run a handler; past the caller's `timeout_nano` answer DEADLINE_EXCEEDED (the work goes on)."""
+    """Run a handler; past the caller's `timeout_nano` answer DEADLINE_EXCEEDED (the work goes on, and
+    a handler that has not committed yet then finds it cannot)."""
     if call.timeout_nano <= 0:
         return handler(message, call)
     outcome: dict[str, Any] = {}
@@ -176,7 +198,9 @@ def _within_deadline(handler: Handler, message: Any, call: Call) -> Any:
 
     threading.Thread(target=work, daemon=True).start()
     if not done.wait(call.timeout_nano / 1e9):
-        raise RpcError(Code.DEADLINE_EXCEEDED, f"no answer within {call.timeout_nano / 1e9:g}s")
+        if call.expire():
+            raise RpcError(Code.DEADLINE_EXCEEDED, f"no answer within {call.timeout_nano / 1e9:g}s")
+        done.wait()  # committed to an effect: the caller hears how it went
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]

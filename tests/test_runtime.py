@@ -110,6 +110,7 @@ def test_the_container_process_runs_as_the_specs_user_without_capabilities(bundl
     fields = {key: value.split() for key, _, value in (line.partition(":") for line in lines)}
     assert fields["Uid"] == ["1000"] * 4 and fields["Gid"] == ["1000"] * 4 and fields["Groups"] == ["7"]
     assert int(fields["CapEff"][0], 16) == int(fields["CapBnd"][0], 16) == 0 and fields["NoNewPrivs"] == ["1"]
+    assert fields["Seccomp"] == ["2"]
     assert runtime(root, "delete", "--force", "u1").returncode == 0
 
 
@@ -133,6 +134,74 @@ def test_a_reused_pid_is_never_signalled(bundle: Path, tmp_path: Path) -> None:
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_the_container_process_is_in_the_specs_cgroup_with_its_limits(bundle: Path, tmp_path: Path) -> None:
+    """As runc does: the cgroup at linux.cgroupsPath, with the spec's memory and pids limits, holds the
+    container process from `create` on; `delete` removes it."""
+    from shim.cgroups import Cgroup, is_v2
+
+    cgroups_path = f"/wasmctr-test-{os.getpid()}-{tmp_path.name}"
+    config = json.loads((bundle / "config.json").read_text())
+    config["linux"] = {"cgroupsPath": cgroups_path,
+                       "resources": {"memory": {"limit": 256 << 20}, "pids": {"limit": 64}}}
+    (bundle / "config.json").write_text(json.dumps(config))
+    root = tmp_path / "root"
+    create = subprocess.Popen([RUNTIME, "--root", str(root), "create", "--bundle", str(bundle), "cg1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert create.wait(30) == 0
+    group = Cgroup.open(cgroups_path)
+    try:
+        pid = json.loads(runtime(root, "state", "cg1").stdout)["pid"]
+        assert any(line.endswith(":" + cgroups_path) for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines())
+        memory = "memory.max" if is_v2() else "memory.limit_in_bytes"
+        assert (Path(group.directories["" if is_v2() else "memory"]) / memory).read_text().strip() == str(256 << 20)
+        assert (Path(group.directories["" if is_v2() else "pids"]) / "pids.max").read_text().strip() == "64"
+        assert runtime(root, "delete", "--force", "cg1").returncode == 0
+        assert not any(Path(d).exists() for d in group.directories.values())
+    finally:
+        runtime(root, "delete", "--force", "cg1")
+        group.remove()
+
+
+def test_the_shims_create_claims_its_id_atomically_and_honours_the_deadline(bundle: Path) -> None:
+    """Two Creates of one id at once: one container, one ALREADY_EXISTS. A Create whose caller has given
+    up (deadline answered) forks nothing and leaves no pid file."""
+    import threading
+
+    from shim.api import task_pb2
+    from shim.events import Publisher
+    from shim.tasks import TaskService
+    from shim.ttrpc import Call, Code, RpcError
+
+    service = TaskService(Publisher(None), "default", on_empty=lambda: None)
+    late = Call({}, 1)
+    assert late.expire()  # as _within_deadline does once the timeout has been answered
+    with pytest.raises(RpcError) as refused:
+        service.create(task_pb2.CreateTaskRequest(id="late", bundle=str(bundle)), late)
+    assert "deadline" in refused.value.message and service.tasks == {}
+    assert not (bundle / "wasmctr.pid").exists()
+
+    outcomes: list[object] = []
+    barrier = threading.Barrier(2)
+
+    def create() -> None:
+        barrier.wait()
+        try:
+            outcomes.append(service.create(task_pb2.CreateTaskRequest(id="twin", bundle=str(bundle)), Call({}, 0)))
+        except RpcError as exc:
+            outcomes.append(exc.code)
+
+    threads = [threading.Thread(target=create) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert sorted(map(str, outcomes)).count(str(Code.ALREADY_EXISTS)) == 1, outcomes
+        assert list(service.tasks) == ["twin"]
+    finally:
+        service.delete(task_pb2.DeleteRequest(id="twin"), Call({}, 0))
 
 
 def test_delete_force_and_kill_by_number(bundle: Path, tmp_path: Path) -> None:

@@ -427,7 +427,7 @@ def test_a_guest_process_keeps_only_the_capabilities_its_spec_grants(containerd,
     assert changed == default & ~cap_kill | cap_sys_admin
     for fields in found.values():
         assert fields["CapEff"] == fields["CapPrm"] == fields["CapBnd"] and fields["NoNewPrivs"] == "1"
-        assert fields["Uid"].split()[0] == "0"
+        assert fields["Uid"].split()[0] == "0" and fields["Seccomp"] == "2"  # filtered (shim/seccomp.py)
     for name in found:
         for _ in range(50):
             if containerd.ctr("task", "delete", name).returncode == 0:
@@ -467,6 +467,122 @@ def test_the_container_process_becomes_the_specs_user(process: dict, expected: d
     assert fields["Groups"] == expected["Groups"] and fields["NoNewPrivs"] == "1"
     assert int(fields["CapEff"], 16) == int(fields["CapPrm"], 16) == expected["CapEff"]
     assert int(fields["CapBnd"], 16) == expected["CapBnd"] and int(fields["CapAmb"], 16) == 0
+
+
+def in_filtered_child(work, network: bool = False, profile: dict | None = None) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    """Fork, install the container filter, run `work()` there; its JSON-able result."""
+    from shim import seccomp
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            os.close(read_end)
+            from shim import privileges
+
+            privileges.drop({"capabilities": {n: ["CAP_CHOWN"] for n in ("bounding", "effective", "permitted")}})
+            seccomp.install(network, profile)
+            os.write(write_end, json.dumps(work()).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)  # type: ignore[no-any-return]
+
+
+def errno_of(call) -> int:  # type: ignore[no-untyped-def]
+    try:
+        call()
+    except OSError as exc:
+        return exc.errno or -1
+    return 0
+
+
+def test_the_container_filter_lets_a_guest_run_and_refuses_what_no_guest_needs(hostile_wasm: Path,
+                                                                               tmp_path: Path) -> None:
+    """Under the filter a guest still reads, writes, creates, renames, links and removes files in a
+    granted directory; execve, ptrace, mount and (without a granted network) socket fail with EPERM."""
+    import ctypes
+    import errno
+    import socket
+
+    from wasmctr import api
+    from wasmctr.executor import Mount, RunSpec
+
+    executor = api.executor()
+    out = tmp_path / "out.txt"
+
+    def guest_and_refusals() -> dict:  # type: ignore[type-arg]
+        libc = ctypes.CDLL(None, use_errno=True)
+
+        def libc_errno(result: int) -> int:
+            return ctypes.get_errno() if result != 0 else 0
+
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT)
+        os.dup2(fd, 1)
+        spec = RunSpec(hostile_wasm, ["hostile", "fs", "/data"], mounts=[Mount(tmp_path, "/data", False)])
+        code = executor.run(spec).exit_code
+        return {"guest": code,
+                "execve": errno_of(lambda: os.execv("/bin/true", ["true"])),
+                "socket": errno_of(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM)),
+                "ptrace": libc_errno(libc.ptrace(16, os.getppid(), 0, 0)),  # PTRACE_ATTACH
+                "mount": libc_errno(libc.mount(b"none", str(tmp_path).encode(), b"tmpfs", 0, None)),
+                "setuid": errno_of(lambda: os.setuid(0))}
+
+    result = in_filtered_child(guest_and_refusals)
+    assert result["guest"] == 0 and out.read_text() == "fs ok\n"
+    assert {k: v for k, v in result.items() if k != "guest"} == {
+        "execve": errno.EPERM, "socket": errno.EPERM, "ptrace": errno.EPERM, "mount": errno.EPERM,
+        "setuid": errno.EPERM}
+    granted = in_filtered_child(lambda: errno_of(lambda: socket.socket(socket.AF_INET).close()), network=True)
+    assert granted == 0
+
+
+def test_the_specs_seccomp_profile_applies_on_top(hostile_wasm: Path, tmp_path: Path) -> None:
+    from wasmctr import api
+    from wasmctr.executor import Mount, RunSpec
+
+    executor = api.executor()
+    out = tmp_path / "out.txt"
+    profile = {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
+               "syscalls": [{"names": ["mkdirat", "no_such_call"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}
+
+    def guest() -> int:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT)
+        os.dup2(fd, 1)
+        spec = RunSpec(hostile_wasm, ["hostile", "fs", "/data"], mounts=[Mount(tmp_path, "/data", False)])
+        return executor.run(spec).exit_code
+
+    assert in_filtered_child(guest, profile=profile) == 1
+    assert out.read_text() == "denied: Permission denied\n"
+
+
+def test_landlock_confines_the_process_to_its_rootfs_and_mounts(tmp_path: Path) -> None:
+    """Below WASI: after `landlock.restrict`, the process itself opens nothing outside its grants, and
+    writes only below the writable ones."""
+    import errno
+
+    from shim import landlock
+
+    if not landlock.abi():
+        pytest.skip("this kernel has no Landlock")
+    rootfs, rw, outside = tmp_path / "rootfs", tmp_path / "rw", tmp_path / "outside"
+    for directory in (rootfs, rw, outside):
+        directory.mkdir()
+        (directory / "file").write_text("x")
+
+    def attempts() -> dict:  # type: ignore[type-arg]
+        assert landlock.restrict([rootfs], [rw])
+        return {"read rootfs": errno_of(lambda: os.close(os.open(rootfs / "file", os.O_RDONLY))),
+                "write rootfs": errno_of(lambda: os.close(os.open(rootfs / "new", os.O_WRONLY | os.O_CREAT))),
+                "write rw": errno_of(lambda: os.close(os.open(rw / "new", os.O_WRONLY | os.O_CREAT))),
+                "read outside": errno_of(lambda: os.close(os.open(outside / "file", os.O_RDONLY))),
+                "read /etc": errno_of(lambda: os.close(os.open("/etc/hostname", os.O_RDONLY)))}
+
+    assert in_filtered_child(attempts) == {"read rootfs": 0, "write rootfs": errno.EACCES, "write rw": 0,
+                                           "read outside": errno.EACCES, "read /etc": errno.EACCES}
 
 
 def test_a_lingering_shim_is_reserved_before_it_is_reused(containerd, images) -> None:  # type: ignore[no-untyped-def]

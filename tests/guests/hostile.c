@@ -5,8 +5,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+static int f_ok(const char *path) { FILE *f = fopen(path, "w"); return f && fputs("abc", f) >= 0 && !fclose(f); }
 static int depth(int n) { volatile char pad[256]; pad[0] = (char)n; return depth(n + 1) + pad[0]; }
 
 int main(int argc, char **argv) {
@@ -52,5 +54,16 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "exit")) return atoi(arg);
     if (!strcmp(mode, "sleep")) { sleep((unsigned)atoi(arg)); return 0; }
     if (!strcmp(mode, "abort")) abort();
+    if (!strcmp(mode, "fs")) {  /* every kind of change a granted writable directory allows, in `arg` */
+        char a[512], b[512], c[512];
+        snprintf(a, sizeof a, "%s/d", arg); snprintf(b, sizeof b, "%s/d/f", arg); snprintf(c, sizeof c, "%s/d/g", arg);
+        if (mkdir(a, 0755) || !(f_ok(b))) { printf("denied: %s\n", strerror(errno)); return 1; }
+        int fd = open(b, O_RDWR);
+        if (fd < 0 || ftruncate(fd, 3) || fsync(fd) || fdatasync(fd) || pwrite(fd, "x", 1, 1) != 1 || close(fd)
+            || rename(b, c) || symlink("g", b) || unlink(b) || link(c, b) || unlink(b) || unlink(c) || rmdir(a)) {
+            printf("denied: %s\n", strerror(errno)); return 1;
+        }
+        printf("fs ok\n"); return 0;
+    }
     return 64;
 }

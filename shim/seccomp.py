@@ -1,0 +1,118 @@
+"""The host-side syscall allowlist of a container process, and the spec's own `linux.seccomp` on top.
+
+WASI is the first wall; this one holds if a guest ever got past it (a wasmtime bug): once the guest
+is prepared and the process has become the spec's user, it installs a seccomp filter that allows only
+the calls a loaded guest needs, and every other call fails with EPERM. The list was derived by
+measurement (`bench/syscalls.py` runs every kind of WASI call under strace after the point where the
+filter goes) and completed from what each WASI preview 1 call maps to in wasmtime's implementation;
+it has no way to start a program (execve), trace or mount anything, change ids or capabilities, or
+load modules, and no sockets unless the guest was granted the network (components only). A spec that
+carries a `linux.seccomp` profile gets it too, as a second filter: the kernel applies both, so the
+stricter answer wins. Both are built with libseccomp (pyseccomp), not by hand.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+from wasmctr.errors import WasmctrError
+
+ALLOWED = (
+    # memory: the engine's linear memories (initialised from a memfd image), guard pages, code, allocators
+    "brk", "mmap", "munmap", "mprotect", "mremap", "madvise", "membarrier", "memfd_create",
+    # threads: the guest's thread beside the supervising one, and their locks
+    "clone", "clone3", "futex", "set_robust_list", "rseq", "gettid", "getpid", "exit", "exit_group",
+    "sched_yield", "sched_getaffinity",
+    # the engine's async runtime (WASI's sleeps and polls run on it)
+    "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "eventfd2",
+    # signals: SIGTERM/SIGINT handling, the engine's trap handlers, an interrupted guest
+    "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack", "tgkill",
+    # time: clock_time_get, poll_oneoff timeouts, sleep, the supervisor's deadline
+    "clock_gettime", "clock_getres", "clock_nanosleep", "nanosleep", "ppoll", "poll",
+    # files through granted directories: fd_*/path_* calls
+    "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev", "preadv2", "pwritev2",
+    "openat", "openat2", "close", "lseek", "fstat", "newfstatat", "statx", "getdents64", "fcntl", "ioctl",
+    "fsync", "fdatasync", "ftruncate", "fallocate", "fadvise64", "mkdirat", "unlinkat", "renameat",
+    "renameat2", "symlinkat", "linkat", "readlinkat", "utimensat", "faccessat", "faccessat2",
+    # random_get
+    "getrandom",
+    # the spec's own profile loaded after this one, and Landlock: each can only restrict the process further
+    "seccomp", "landlock_create_ruleset", "landlock_add_rule", "landlock_restrict_self",
+    # the start pipe, the report pipe, stdio
+    "dup", "dup2", "dup3", "pipe2",
+)
+NETWORK = ("socket", "connect", "bind", "listen", "accept", "accept4", "getsockname", "getpeername",
+           "setsockopt", "getsockopt", "sendto", "recvfrom", "sendmsg", "recvmsg", "shutdown")
+PR_SET_NAME, PR_GET_NAME, PR_GET_SECCOMP, PR_SET_NO_NEW_PRIVS = 15, 16, 21, 38
+PRCTL_OPTIONS = (PR_SET_NAME, PR_GET_NAME,  # the engine names its threads
+                 PR_GET_SECCOMP, PR_SET_NO_NEW_PRIVS)  # libseccomp, loading the spec's profile; no other option
+
+ACTIONS = {"SCMP_ACT_KILL": "KILL", "SCMP_ACT_KILL_THREAD": "KILL_THREAD", "SCMP_ACT_KILL_PROCESS": "KILL_PROCESS",
+           "SCMP_ACT_TRAP": "TRAP", "SCMP_ACT_ALLOW": "ALLOW", "SCMP_ACT_LOG": "LOG"}
+OPERATORS = {"SCMP_CMP_NE": "NE", "SCMP_CMP_LT": "LT", "SCMP_CMP_LE": "LE", "SCMP_CMP_EQ": "EQ",
+             "SCMP_CMP_GE": "GE", "SCMP_CMP_GT": "GT", "SCMP_CMP_MASKED_EQ": "MASKED_EQ"}
+
+
+def install(network: bool, profile: dict[str, Any] | None) -> None:
+    """Load the allowlist (with the network calls if `network`), then the spec's profile if any.
+    Needs no_new_privs (set by `privileges.drop`) or CAP_SYS_ADMIN."""
+    import pyseccomp
+
+    allow = pyseccomp.SyscallFilter(pyseccomp.ERRNO(errno.EPERM))
+    for name in ALLOWED + (NETWORK if network else ()):
+        try:
+            allow.add_rule(pyseccomp.ALLOW, name)
+        except (OSError, ValueError, RuntimeError):  # a call this kernel or architecture lacks
+            continue
+    for option in PRCTL_OPTIONS:
+        allow.add_rule(pyseccomp.ALLOW, "prctl", pyseccomp.Arg(0, pyseccomp.EQ, option))
+    allow.load()
+    if profile:
+        build(profile).load()
+
+
+def build(profile: dict[str, Any]) -> Any:
+    """An OCI `linux.seccomp` profile as a libseccomp filter: defaultAction (defaultErrnoRet),
+    architectures, and each syscalls entry's names, action (errnoRet) and argument conditions.
+    Names this libseccomp does not know are skipped, as runc skips them."""
+    import pyseccomp
+
+    default = _action(pyseccomp, profile.get("defaultAction", "SCMP_ACT_ALLOW"), profile.get("defaultErrnoRet"))
+    rules = pyseccomp.SyscallFilter(default)
+    for arch in profile.get("architectures") or []:
+        name = str(arch).removeprefix("SCMP_ARCH_")
+        if hasattr(pyseccomp.Arch, name):
+            try:
+                rules.add_arch(getattr(pyseccomp.Arch, name))
+            except OSError:  # already there (the native one)
+                pass
+    for entry in profile.get("syscalls") or []:
+        action = _action(pyseccomp, entry.get("action", ""), entry.get("errnoRet"))
+        if action == default:
+            continue  # libseccomp refuses a rule that repeats the default
+        conditions = [pyseccomp.Arg(int(a["index"]), getattr(pyseccomp, _operator(a.get("op", ""))),
+                                    int(a.get("value", 0)), int(a.get("valueTwo", 0)))
+                      for a in entry.get("args") or []]
+        for name in entry.get("names") or []:
+            try:
+                rules.add_rule(action, name, *conditions)
+            except (OSError, ValueError, RuntimeError):
+                continue
+    return rules
+
+
+def _action(pyseccomp: Any, name: str, errno_ret: int | None) -> int:
+    if name == "SCMP_ACT_ERRNO":
+        return int(pyseccomp.ERRNO(errno.EPERM if errno_ret is None else int(errno_ret)))
+    if name == "SCMP_ACT_TRACE":
+        return int(pyseccomp.TRACE(errno.EPERM if errno_ret is None else int(errno_ret)))
+    if name not in ACTIONS:
+        raise WasmctrError(f"linux.seccomp: unknown action {name!r}")
+    return int(getattr(pyseccomp, ACTIONS[name]))
+
+
+def _operator(name: str) -> str:
+    if name not in OPERATORS:
+        raise WasmctrError(f"linux.seccomp: unknown operator {name!r}")
+    return OPERATORS[name]
