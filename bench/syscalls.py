@@ -1,5 +1,5 @@
 """Measure the host syscalls a container process makes once its guest is prepared: the source of the
-allowlist in `shim/seccomp.py` (the talk's "only 44 usable syscalls in wasip1": measure!).
+allowlist in `wasmctr/seccomp.py` (the talk's "only 44 usable syscalls in wasip1": measure!).
 
 Each case runs a container process as the shim does (`shim.container.become_guest` with a prepared
 guest) under `strace -f`; what it calls after the point where the shim installs the filter is
@@ -21,7 +21,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from shim import seccomp  # noqa: E402
+from wasmctr import seccomp  # noqa: E402
 
 MARKER = 987654  # close(MARKER) fails with EBADF: the line in strace's output where the filter would go
 

@@ -10,10 +10,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from wasmctr import diagnostics
+from wasmctr import diagnostics, landlock
 from wasmctr.executor import Outcome, Prepared
-
-from . import landlock
 
 
 def default_signals() -> None:
@@ -23,15 +21,14 @@ def default_signals() -> None:
         signal.signal(signum, signal.SIG_DFL)
 
 
-def become_guest(executor: Any, guest: Prepared, started: Callable[[], bool]) -> Outcome | None:
+def become_guest(executor: Any, guest: Prepared, started: Callable[[], bool], ruleset: int | None) -> Outcome | None:
     """Wait to be started, then run the prepared guest (prepared before: start is fast); None if the
     container was deleted before it was started. Once started, and before the guest's preopens are
-    opened, the process is confined by Landlock to its rootfs and mounts (where the kernel has it)."""
+    opened, the process enforces its Landlock `ruleset` (`landlock.ruleset_for`, made while it could
+    still reach the paths): from then on it opens files only below its rootfs and mounts."""
     if not started():
         return None
-    spec = guest.spec
-    landlock.restrict([*([spec.rootfs] if spec.rootfs else []), *(m.host for m in spec.mounts if m.readonly)],
-                      [m.host for m in spec.mounts if not m.readonly])
+    landlock.enforce(ruleset)
     outcome = executor.start(guest, hard_stop=True)
     if outcome.message:
         diagnostics.emit(f"wasmctr: {outcome.message}")

@@ -145,10 +145,9 @@ def _dispatch(g: Globals, command: str, rest: list[str]) -> None:
 
 
 def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any], pid_file: str | None) -> int:
-    from wasmctr import api
+    from wasmctr import api, privileges, seccomp
     from wasmctr.ocispec import spec_from_bundle
 
-    from . import privileges, seccomp
     from .cgroups import Cgroup
 
     state_dir = g.root / container_id
@@ -197,13 +196,15 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
 
 
 def _container(executor: Any, guest: Any, fifo: Path, config: dict[str, Any]) -> int:
-    from . import privileges, seccomp
+    from wasmctr import landlock, privileges, seccomp
+
     from .container import become_guest, default_signals
 
     default_signals()
     # held by its path before the user changes (the state dir need not be searchable by that user), and
     # opened through /proc/self/fd after, which checks the FIFO's own owner and mode only
     fifo_path = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
+    ruleset = landlock.ruleset_for(guest.spec)  # while the paths are still reachable; enforced once started
     privileges.drop(config.get("process") or {})  # the spec's user and capabilities, no_new_privs
     seccomp.install(guest.spec.policy.network, (config.get("linux") or {}).get("seccomp"))
 
@@ -214,7 +215,7 @@ def _container(executor: Any, guest: Any, fifo: Path, config: dict[str, Any]) ->
         return True
 
     guest.spec.stdin = True
-    outcome = become_guest(executor, guest, started)
+    outcome = become_guest(executor, guest, started, ruleset)
     return outcome.exit_code if outcome is not None else 137
 
 

@@ -25,11 +25,12 @@ from typing import Any
 
 from google.protobuf import any_pb2, empty_pb2
 
+from wasmctr import landlock, privileges, seccomp
 from wasmctr.errors import WasmctrError
 from wasmctr.executor import Executor, Prepared
 from wasmctr.ocispec import is_wasm, load_config, network_namespace, spec_from_bundle
 
-from . import mounts, privileges, process, seccomp, stdio
+from . import mounts, process, stdio
 from .api import shim_pb2, task_pb2
 from .cgroups import Cgroup
 from .container import become_guest, default_signals
@@ -43,6 +44,7 @@ CONTAINER_TYPE_ANNOTATION = "io.kubernetes.cri.container-type"
 CLONE_NEWNET = 0x40000000
 RESERVE_SERVICE = "wasmctr.shim.v1.Shim"  # our own: `start` reserves a lingering shim before reusing it
 RESERVATION_SECONDS = 10.0
+CREATE_SETTLE_SECONDS = 60.0  # how long a call on a task waits for that task's Create to end
 log = logging.getLogger("wasmctr.shim")
 
 
@@ -96,6 +98,7 @@ class TaskService:
         self.tasks: dict[str, Task] = {}
         self.lock = threading.Lock()
         self.creating: set[str] = set()  # ids whose Create is under way
+        self.created = threading.Condition(self.lock)  # a Create has ended (one way or the other)
         # Prepare and fork one container at a time: no other thread is then inside wasmtime or holds the
         # executor's lock when a container process is forked (a lock held at fork stays held in the child)
         self.fork_lock = threading.Lock()
@@ -140,6 +143,7 @@ class TaskService:
         finally:
             with self.lock:
                 self.creating.discard(req.id)
+                self.created.notify_all()
 
     def _create(self, req: task_pb2.CreateTaskRequest, call: Call) -> task_pb2.CreateTaskResponse:
         if req.terminal:
@@ -268,7 +272,7 @@ class TaskService:
 
     def shutdown(self, req: task_pb2.ShutdownRequest, call: Call) -> empty_pb2.Empty:
         with self.lock:
-            empty = not self.tasks
+            empty = not self.tasks and not self.creating
         if empty or req.now:
             threading.Timer(0.05 if req.now else self.linger, self._exit_if_idle, args=(req.now,)).start()
         return empty_pb2.Empty()
@@ -280,7 +284,7 @@ class TaskService:
         before the exit or fails (and `start` spawns a new shim)."""
         with self.lock:
             if not now:
-                if self.tasks:
+                if self.tasks or self.creating:
                     return  # the Shutdown that follows the last one's Delete checks again
                 clock = time.monotonic()
                 self.reservations = {cid: until for cid, until in self.reservations.items() if until > clock}
@@ -397,7 +401,11 @@ class TaskService:
         self.publisher.task_exit(task)
 
     def _get(self, task_id: str) -> Task:
+        """The task; if its Create is still under way, once that has ended. containerd stops waiting for
+        a Create at its deadline and cleans up with a Delete at once: that Delete must find the task the
+        Create goes on to make, or the task (and its process) would outlive containerd's knowledge of it."""
         with self.lock:
+            self.created.wait_for(lambda: task_id not in self.creating, timeout=CREATE_SETTLE_SECONDS)
             task = self.tasks.get(task_id)
         if task is None:
             raise RpcError(Code.NOT_FOUND, f"task {task_id} not found")
@@ -423,10 +431,11 @@ def _child(executor: Any, task: Task, guest: Prepared, process: dict[str, Any], 
     # new stdio objects: another thread of the shim may have held the old ones' locks at the fork
     sys.stdout = open(1, "w", closefd=False)
     sys.stderr = open(2, "w", closefd=False)
+    ruleset = landlock.ruleset_for(guest.spec)  # while the paths are still reachable; enforced once started
     privileges.drop(process)  # after what needs root (the pod's netns, containerd's FIFOs), before the guest
     seccomp.install(guest.spec.policy.network, profile)  # from here, only the calls a loaded guest needs
     guest.spec.stdin = bool(task.stdin)
-    outcome = become_guest(executor, guest, lambda: os.read(start_r, 1) == b"s")
+    outcome = become_guest(executor, guest, lambda: os.read(start_r, 1) == b"s", ruleset)
     if outcome is None:
         return 137  # deleted before it was started
     os.write(report_w, outcome.reason.encode())

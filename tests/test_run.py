@@ -157,6 +157,41 @@ def test_exit_codes_hold_when_nobody_reads_stderr(hostile_wasm: Path, tmp_path: 
     assert spinner.wait(timeout=10) == 143
 
 
+def test_user_runs_the_guest_as_that_user_confined(hostile_wasm: Path, tmp_path: Path) -> None:
+    """--user UID[:GID] as `docker run` takes it: the guest's process is that user, with no capabilities,
+    no_new_privs and the seccomp filter; it writes only where that user may; SIGTERM still gives 143."""
+    closed, shared = tmp_path / "closed", tmp_path / "shared"
+    closed.mkdir(mode=0o755)
+    shared.mkdir()
+    shared.chmod(0o777)
+    denied = run("--user", "1000:1000", "-v", f"{closed}:/data", str(hostile_wasm), "write", "/data/x")
+    assert denied.returncode == 1 and denied.stdout.startswith("denied: Permission denied")
+    wrote = run("--user", "1000", "-v", f"{shared}:/data", str(hostile_wasm), "write", "/data/x")
+    assert wrote.returncode == 0 and (shared / "x").stat().st_uid == 1000 and (shared / "x").stat().st_gid == 1000
+    assert run("--user", "1000", "--tmpfs", "/scratch", str(hostile_wasm), "fs", "/scratch").stdout == "fs ok\n"
+    bad = run("--user", "nobody", str(hostile_wasm), "exit", "0")
+    assert bad.returncode == 125
+    assert bad.stderr.strip() == "wasmctr: error: --user 'nobody': expected UID[:GID] as numbers"
+
+    spinner = subprocess.Popen([EXE, "run", "--user", "1000:1001", str(hostile_wasm), "spin"], stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        deadline = time.monotonic() + 30
+        child = ""
+        while not child and time.monotonic() < deadline:
+            child = subprocess.run(["pgrep", "-P", str(spinner.pid)], capture_output=True, text=True).stdout.strip()
+            time.sleep(0.1)
+        time.sleep(0.5)  # past the fork: confined before the guest starts
+        lines = Path(f"/proc/{child}/status").read_text().splitlines()
+        fields = {key: value.split() for key, _, value in (line.partition(":") for line in lines)}
+        assert fields["Uid"] == ["1000"] * 4 and fields["Gid"] == ["1001"] * 4 and fields["Groups"] == []
+        assert int(fields["CapEff"][0], 16) == 0 and fields["NoNewPrivs"] == ["1"] and fields["Seccomp"] == ["2"]
+    finally:
+        spinner.terminate()
+    _, err = spinner.communicate(timeout=10)
+    assert spinner.returncode == 143 and "signal 15" in err
+
+
 def test_unbounded_recursion_traps(hostile_wasm: Path) -> None:
     proc = run(str(hostile_wasm), "recurse")
     assert proc.returncode == 134

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -404,6 +405,14 @@ def test_a_trap_is_134_when_the_guests_stderr_has_no_reader(containerd, images) 
     wait_for_nothing_left(containerd)
 
 
+def process_state(pid: int) -> str:
+    """R, S, Z...; "" once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
 def status_fields(pid: int | str) -> dict[str, str]:
     lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
@@ -427,7 +436,7 @@ def test_a_guest_process_keeps_only_the_capabilities_its_spec_grants(containerd,
     assert changed == default & ~cap_kill | cap_sys_admin
     for fields in found.values():
         assert fields["CapEff"] == fields["CapPrm"] == fields["CapBnd"] and fields["NoNewPrivs"] == "1"
-        assert fields["Uid"].split()[0] == "0" and fields["Seccomp"] == "2"  # filtered (shim/seccomp.py)
+        assert fields["Uid"].split()[0] == "0" and fields["Seccomp"] == "2"  # filtered (wasmctr/seccomp.py)
     for name in found:
         for _ in range(50):
             if containerd.ctr("task", "delete", name).returncode == 0:
@@ -445,7 +454,7 @@ def test_a_guest_process_keeps_only_the_capabilities_its_spec_grants(containerd,
      {"Uid": "1000", "Gid": "1000", "Groups": "", "CapEff": 1 << 10, "CapBnd": 1 << 10}),
 ])
 def test_the_container_process_becomes_the_specs_user(process: dict, expected: dict) -> None:  # type: ignore[type-arg]
-    from shim import privileges
+    from wasmctr import privileges
 
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -469,102 +478,85 @@ def test_the_container_process_becomes_the_specs_user(process: dict, expected: d
     assert int(fields["CapBnd"], 16) == expected["CapBnd"] and int(fields["CapAmb"], 16) == 0
 
 
-def in_filtered_child(work, network: bool = False, profile: dict | None = None) -> dict:  # type: ignore[no-untyped-def,type-arg]
-    """Fork, install the container filter, run `work()` there; its JSON-able result."""
-    from shim import seccomp
+def confined(script: str, setup: str = "", network: bool = False, profile: dict | None = None) -> object:  # type: ignore[type-arg]
+    """Run `setup`, then become a container process (one capability left, no_new_privs, the container
+    seccomp filter and `profile`) and run `script`, in a new interpreter; what it prints last, as
+    JSON. A new interpreter, not a fork of this one: pytest's process may have run guests, and the
+    engine's runtime threads do not survive a fork. As in the shim's child, what is loaded or prepared
+    (modules, the guest's code) is so before the filter."""
+    prelude = textwrap.dedent("""
+        import ctypes, errno, json, os, socket, sys
+        from pathlib import Path
+        from wasmctr import api, landlock, privileges, seccomp
+        from wasmctr.executor import Mount, RunSpec
 
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        try:
-            os.close(read_end)
-            from shim import privileges
-
-            privileges.drop({"capabilities": {n: ["CAP_CHOWN"] for n in ("bounding", "effective", "permitted")}})
-            seccomp.install(network, profile)
-            os.write(write_end, json.dumps(work()).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    return json.loads(data)  # type: ignore[no-any-return]
+        def errno_of(call):
+            try:
+                call()
+            except OSError as exc:
+                return exc.errno
+            return 0
+        """)
+    confine = textwrap.dedent(f"""
+        privileges.drop({{"capabilities": {{n: ["CAP_CHOWN"] for n in ("bounding", "effective", "permitted")}}}})
+        seccomp.install({network!r}, {profile!r})
+        """)
+    proc = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(setup) + confine + textwrap.dedent(script)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
 
 
-def errno_of(call) -> int:  # type: ignore[no-untyped-def]
-    try:
-        call()
-    except OSError as exc:
-        return exc.errno or -1
-    return 0
+def guest_setup(hostile_wasm: Path, data: Path, out: Path) -> str:
+    return f"""
+        executor = api.executor()
+        guest = executor.prepare(RunSpec(Path({str(hostile_wasm)!r}), ["hostile", "fs", "/data"], stdout={str(out)!r},
+                                         mounts=[Mount(Path({str(data)!r}), "/data", False)]))
+        """
 
 
 def test_the_container_filter_lets_a_guest_run_and_refuses_what_no_guest_needs(hostile_wasm: Path,
                                                                                tmp_path: Path) -> None:
     """Under the filter a guest still reads, writes, creates, renames, links and removes files in a
-    granted directory; execve, ptrace, mount and (without a granted network) socket fail with EPERM."""
-    import ctypes
+    granted directory; execve, ptrace, mount, unshare and (without a granted network) socket fail with
+    EPERM in the process."""
     import errno
-    import socket
 
-    from wasmctr import api
-    from wasmctr.executor import Mount, RunSpec
-
-    executor = api.executor()
     out = tmp_path / "out.txt"
-
-    def guest_and_refusals() -> dict:  # type: ignore[type-arg]
+    result = confined(f"""
         libc = ctypes.CDLL(None, use_errno=True)
-
-        def libc_errno(result: int) -> int:
+        def libc_errno(result):
             return ctypes.get_errno() if result != 0 else 0
-
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT)
-        os.dup2(fd, 1)
-        spec = RunSpec(hostile_wasm, ["hostile", "fs", "/data"], mounts=[Mount(tmp_path, "/data", False)])
-        code = executor.run(spec).exit_code
-        return {"guest": code,
-                "execve": errno_of(lambda: os.execv("/bin/true", ["true"])),
-                "socket": errno_of(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM)),
-                "ptrace": libc_errno(libc.ptrace(16, os.getppid(), 0, 0)),  # PTRACE_ATTACH
-                "mount": libc_errno(libc.mount(b"none", str(tmp_path).encode(), b"tmpfs", 0, None)),
-                "setuid": errno_of(lambda: os.setuid(0))}
-
-    result = in_filtered_child(guest_and_refusals)
-    assert result["guest"] == 0 and out.read_text() == "fs ok\n"
-    assert {k: v for k, v in result.items() if k != "guest"} == {
-        "execve": errno.EPERM, "socket": errno.EPERM, "ptrace": errno.EPERM, "mount": errno.EPERM,
-        "setuid": errno.EPERM}
-    granted = in_filtered_child(lambda: errno_of(lambda: socket.socket(socket.AF_INET).close()), network=True)
+        print(json.dumps({{
+            "guest": executor.start(guest).exit_code,
+            "execve": errno_of(lambda: os.execv("/bin/true", ["true"])),
+            "socket": errno_of(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM)),
+            "ptrace": libc_errno(libc.ptrace(16, os.getppid(), 0, 0)),  # PTRACE_ATTACH
+            "mount": libc_errno(libc.mount(b"none", {str(tmp_path).encode()!r}, b"tmpfs", 0, None)),
+            "unshare": libc_errno(libc.unshare(0x10000000))}}))  # CLONE_NEWUSER
+        """, setup=guest_setup(hostile_wasm, tmp_path, out))
+    assert out.read_text() == "fs ok\n"
+    assert result == {"guest": 0, "execve": errno.EPERM, "socket": errno.EPERM, "ptrace": errno.EPERM,
+                      "mount": errno.EPERM, "unshare": errno.EPERM}
+    granted = confined("print(errno_of(lambda: socket.socket(socket.AF_INET).close()))", network=True)
     assert granted == 0
 
 
 def test_the_specs_seccomp_profile_applies_on_top(hostile_wasm: Path, tmp_path: Path) -> None:
-    from wasmctr import api
-    from wasmctr.executor import Mount, RunSpec
-
-    executor = api.executor()
     out = tmp_path / "out.txt"
     profile = {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
                "syscalls": [{"names": ["mkdirat", "no_such_call"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}
-
-    def guest() -> int:
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT)
-        os.dup2(fd, 1)
-        spec = RunSpec(hostile_wasm, ["hostile", "fs", "/data"], mounts=[Mount(tmp_path, "/data", False)])
-        return executor.run(spec).exit_code
-
-    assert in_filtered_child(guest, profile=profile) == 1
-    assert out.read_text() == "denied: Permission denied\n"
+    code = confined("print(executor.start(guest).exit_code)", setup=guest_setup(hostile_wasm, tmp_path, out),
+                    profile=profile)
+    assert code == 1 and out.read_text() == "denied: Permission denied\n"
 
 
 def test_landlock_confines_the_process_to_its_rootfs_and_mounts(tmp_path: Path) -> None:
-    """Below WASI: after `landlock.restrict`, the process itself opens nothing outside its grants, and
-    writes only below the writable ones."""
+    """Below WASI: once the ruleset is enforced, host code in the process opens nothing outside its
+    grants, and writes only below the writable ones."""
     import errno
 
-    from shim import landlock
+    from wasmctr import landlock
 
     if not landlock.abi():
         pytest.skip("this kernel has no Landlock")
@@ -572,17 +564,60 @@ def test_landlock_confines_the_process_to_its_rootfs_and_mounts(tmp_path: Path) 
     for directory in (rootfs, rw, outside):
         directory.mkdir()
         (directory / "file").write_text("x")
-
-    def attempts() -> dict:  # type: ignore[type-arg]
+    result = confined(f"""
+        rootfs, rw, outside = Path({str(rootfs)!r}), Path({str(rw)!r}), Path({str(outside)!r})
         assert landlock.restrict([rootfs], [rw])
-        return {"read rootfs": errno_of(lambda: os.close(os.open(rootfs / "file", os.O_RDONLY))),
-                "write rootfs": errno_of(lambda: os.close(os.open(rootfs / "new", os.O_WRONLY | os.O_CREAT))),
-                "write rw": errno_of(lambda: os.close(os.open(rw / "new", os.O_WRONLY | os.O_CREAT))),
-                "read outside": errno_of(lambda: os.close(os.open(outside / "file", os.O_RDONLY))),
-                "read /etc": errno_of(lambda: os.close(os.open("/etc/hostname", os.O_RDONLY)))}
+        print(json.dumps({{
+            "read rootfs": errno_of(lambda: os.close(os.open(rootfs / "file", os.O_RDONLY))),
+            "write rootfs": errno_of(lambda: os.close(os.open(rootfs / "new", os.O_WRONLY | os.O_CREAT))),
+            "write rw": errno_of(lambda: os.close(os.open(rw / "new", os.O_WRONLY | os.O_CREAT))),
+            "read outside": errno_of(lambda: os.close(os.open(outside / "file", os.O_RDONLY))),
+            "read /etc": errno_of(lambda: os.close(os.open("/etc/hostname", os.O_RDONLY)))}}))
+        """)
+    assert result == {"read rootfs": 0, "write rootfs": errno.EACCES, "write rw": 0,
+                      "read outside": errno.EACCES, "read /etc": errno.EACCES}
 
-    assert in_filtered_child(attempts) == {"read rootfs": 0, "write rootfs": errno.EACCES, "write rw": 0,
-                                           "read outside": errno.EACCES, "read /etc": errno.EACCES}
+
+def test_stress_create_kill_delete_with_deadlines_leaves_nothing_behind(containerd, images) -> None:  # type: ignore[no-untyped-def]
+    """120 containers, 8 at a time, each created, killed and deleted, one in four under a ctr deadline
+    short enough that containerd may give up on its Create: afterwards no task, shim, mount, socket,
+    zombie, stray guest process or cgroup is left."""
+    from shim.cgroups import Cgroup
+
+    run = f"stress{os.getpid()}"  # cgroups outlive a failed run: names of this run only
+
+    def cycle(i: int) -> None:
+        name = f"{run}-{i}"
+        deadline = ["--timeout", "150ms"] if i % 4 == 0 else []
+        subprocess.run(["ctr", "--address", str(containerd.socket), *deadline, "run", *RUNTIME, "--platform",
+                        "wasi/wasm", "-d", images["hostile"], name, "/hostile.wasm", "sleep", "30"],
+                       capture_output=True, timeout=120)
+        containerd.ctr("task", "kill", "--signal", "SIGKILL", name)
+        for _ in range(100):
+            if containerd.ctr("task", "delete", name).returncode == 0 or \
+                    name not in containerd.ctr("task", "ls", "-q").stdout.split():
+                break
+            time.sleep(0.05)
+        containerd.ctr("container", "delete", name)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(cycle, range(120)))
+    for name in containerd.ctr("container", "ls", "-q").stdout.split():  # a Create that timed out in ctr
+        containerd.ctr("task", "delete", "--force", name)
+        containerd.ctr("container", "delete", name)
+    wait_for_nothing_left(containerd, timeout=30)
+    guests = [int(pid) for pid in subprocess.run(["pgrep", "-f", f"-address {containerd.socket} "],
+                                                   capture_output=True, text=True).stdout.split()]
+    leftover = [pid for pid in guests if not Path(f"/proc/{pid}/cmdline").read_bytes().endswith(b"\0template\0")
+                or ppid(pid) in guests]
+    assert leftover == []  # only the template: no shim, no guest
+    templates = [pid for pid in guests if pid not in leftover]
+    zombies = [int(entry) for entry in os.listdir("/proc") if entry.isdigit() and ppid(int(entry)) in templates
+               and process_state(int(entry)) == "Z"]
+    assert zombies == []  # the template reaped every shim it forked
+    stale = [name for i in range(120) for name in [f"{run}-{i}"]
+             if any(Path(d).exists() for d in Cgroup.open(f"/default/{name}").directories.values())]
+    assert stale == []
 
 
 def test_a_lingering_shim_is_reserved_before_it_is_reused(containerd, images) -> None:  # type: ignore[no-untyped-def]

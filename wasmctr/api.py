@@ -272,18 +272,25 @@ def run(target: str, args: list[str] | None = None, *, entrypoint: str | None = 
         fuel: int | None = None, network: bool = False, deny_wasi: list[str] | None = None,
         allow_wasi: list[str] | None = None, syscall_policy: str = "refuse", stdin: bool | str = False,
         stdout: str | None = None, stderr: str | None = None, platform: str | None = None,
-        pull_missing: bool = True,
+        pull_missing: bool = True, user: str | None = None,
         insecure: bool = False, ca_cert: str | None = None, progress: Progress | None = None,
         hard_stop: bool = False, store: Store | None = None) -> Outcome:
     """Run an image (pulled first if it is not in the store) or a `.wasm` file under the WASI sandbox.
 
     Nothing is granted unless asked for: `volumes` ("HOST:GUEST[:ro]"), `env` ("K=V" or "K" to copy
     ours), `network`. stdin is closed unless `stdin` (True: ours; a path: that file); stdout and stderr
-    are ours unless paths are given. Returns the outcome; `outcome.exit_code` is what `docker run`
-    would exit with.
+    are ours unless paths are given. `user` ("UID[:GID]", as root) runs the guest in a child process
+    that becomes that user, with no capabilities, the container seccomp filter and Landlock
+    (`wasmctr.confined`). Returns the outcome; `outcome.exit_code` is what `docker run` would exit with.
     """
     from . import launch
     from .policy import Policy
+
+    ids = None
+    if user is not None:
+        from . import confined
+
+        ids = confined.parse_user(user)
 
     options = launch.RunOptions(
         args=list(args or []), entrypoint=entrypoint, workdir=workdir, env=list(env or []),
@@ -312,7 +319,13 @@ def run(target: str, args: list[str] | None = None, *, entrypoint: str | None = 
         if isinstance(stdin, str):
             spec.stdin = stdin
         spec.stdout, spec.stderr = stdout, stderr
-        return executor(st).run(spec, hard_stop=hard_stop)
+        runner = executor(st)
+        if ids is None:
+            return runner.run(spec, hard_stop=hard_stop)
+        for mount in spec.mounts:
+            if mount.host in cleanup:  # a --tmpfs scratch directory: writable by any user, as Docker's (1777)
+                os.chmod(mount.host, 0o1777)
+        return confined.run(runner, runner.prepare(spec), *ids, hard_stop=hard_stop)
     finally:
         for directory in cleanup:
             shutil.rmtree(directory, ignore_errors=True)

@@ -24,6 +24,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,8 +138,10 @@ class Executor:
             raise ExecutorError(f"refused: the guest imports {listed}")
         return Prepared(spec, kind, engine, code, list(verdict.denied))
 
-    def start(self, prepared: Prepared, hard_stop: bool = False) -> Outcome:
-        """Run a prepared guest to its end (stdio and grants as its spec says at this point)."""
+    def start(self, prepared: Prepared, hard_stop: bool = False, confine: Callable[[], None] | None = None) -> Outcome:
+        """Run a prepared guest to its end (stdio and grants as its spec says at this point). `confine`
+        runs once the guest's preopens are open and before the guest does: a process that is about to
+        become another user, or give up syscalls, does it there."""
         import wasmtime
 
         spec = prepared.spec
@@ -149,6 +152,8 @@ class Executor:
             store.set_fuel(spec.fuel)
         store.set_epoch_deadline(1)
         store.set_wasi(self._wasi(spec))
+        if confine is not None:
+            confine()
         guest = _Guest(prepared.engine, store, prepared.kind, prepared.code, spec, prepared.denied)
         return _supervise(guest, prepared.engine, spec, hard_stop)
 

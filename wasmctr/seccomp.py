@@ -16,6 +16,8 @@ from __future__ import annotations
 import errno
 from typing import Any
 
+import pyseccomp  # here, not where a filter is loaded: Landlock may forbid reading it by then
+
 from wasmctr.errors import WasmctrError
 
 ALLOWED = (
@@ -57,8 +59,6 @@ OPERATORS = {"SCMP_CMP_NE": "NE", "SCMP_CMP_LT": "LT", "SCMP_CMP_LE": "LE", "SCM
 def install(network: bool, profile: dict[str, Any] | None) -> None:
     """Load the allowlist (with the network calls if `network`), then the spec's profile if any.
     Needs no_new_privs (set by `privileges.drop`) or CAP_SYS_ADMIN."""
-    import pyseccomp
-
     allow = pyseccomp.SyscallFilter(pyseccomp.ERRNO(errno.EPERM))
     for name in ALLOWED + (NETWORK if network else ()):
         try:
@@ -76,9 +76,7 @@ def build(profile: dict[str, Any]) -> Any:
     """An OCI `linux.seccomp` profile as a libseccomp filter: defaultAction (defaultErrnoRet),
     architectures, and each syscalls entry's names, action (errnoRet) and argument conditions.
     Names this libseccomp does not know are skipped, as runc skips them."""
-    import pyseccomp
-
-    default = _action(pyseccomp, profile.get("defaultAction", "SCMP_ACT_ALLOW"), profile.get("defaultErrnoRet"))
+    default = _action(profile.get("defaultAction", "SCMP_ACT_ALLOW"), profile.get("defaultErrnoRet"))
     rules = pyseccomp.SyscallFilter(default)
     for arch in profile.get("architectures") or []:
         name = str(arch).removeprefix("SCMP_ARCH_")
@@ -88,7 +86,7 @@ def build(profile: dict[str, Any]) -> Any:
             except OSError:  # already there (the native one)
                 pass
     for entry in profile.get("syscalls") or []:
-        action = _action(pyseccomp, entry.get("action", ""), entry.get("errnoRet"))
+        action = _action(entry.get("action", ""), entry.get("errnoRet"))
         if action == default:
             continue  # libseccomp refuses a rule that repeats the default
         conditions = [pyseccomp.Arg(int(a["index"]), getattr(pyseccomp, _operator(a.get("op", ""))),
@@ -102,7 +100,7 @@ def build(profile: dict[str, Any]) -> Any:
     return rules
 
 
-def _action(pyseccomp: Any, name: str, errno_ret: int | None) -> int:
+def _action(name: str, errno_ret: int | None) -> int:
     if name == "SCMP_ACT_ERRNO":
         return int(pyseccomp.ERRNO(errno.EPERM if errno_ret is None else int(errno_ret)))
     if name == "SCMP_ACT_TRACE":
