@@ -145,7 +145,7 @@ def _dispatch(g: Globals, command: str, rest: list[str]) -> None:
 
 
 def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any], pid_file: str | None) -> int:
-    from wasmctr import api, privileges, seccomp
+    from wasmctr import api, landlock, privileges, seccomp
     from wasmctr.ocispec import spec_from_bundle
 
     from .cgroups import Cgroup
@@ -158,7 +158,8 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
         # before the fork: a guest the policy refuses fails `create`, and the container process starts warm
         guest = executor.prepare(spec_from_bundle(bundle, config))
         privileges.capability_sets(config.get("process") or {})  # bad names fail `create`
-        seccomp.build((config.get("linux") or {}).get("seccomp") or {})
+        profile = (config.get("linux") or {}).get("seccomp")
+        filters = (seccomp.allowlist(guest.spec.policy.network), seccomp.build(profile) if profile else None)
     except Exception as exc:
         raise SpecError(str(exc)) from None
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -168,11 +169,12 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
     os.mkfifo(fifo, 0o600)
     user = (config.get("process") or {}).get("user") or {}
     os.chown(fifo, int(user.get("uid") or 0), int(user.get("gid") or 0))  # the container process opens it as its user
+    ruleset = landlock.ruleset_for(guest.spec)  # as root, where the paths are reachable; enforced once started
     pid = os.fork()
     if pid == 0:  # the container process: it becomes the guest
         code = 125
         try:
-            code = _container(executor, guest, fifo, config)
+            code = _container(executor, guest, fifo, config, filters, ruleset)
         except BaseException as exc:  # noqa: BLE001 - nothing may escape a forked child
             with contextlib.suppress(Exception):
                 os.write(2, f"wasmctr-runtime: {exc}\n".encode())
@@ -195,8 +197,9 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
     return pid
 
 
-def _container(executor: Any, guest: Any, fifo: Path, config: dict[str, Any]) -> int:
-    from wasmctr import landlock, privileges, seccomp
+def _container(executor: Any, guest: Any, fifo: Path, config: dict[str, Any], filters: tuple[Any, Any],
+               ruleset: int | None) -> int:
+    from wasmctr import privileges, seccomp
 
     from .container import become_guest, default_signals
 
@@ -204,9 +207,8 @@ def _container(executor: Any, guest: Any, fifo: Path, config: dict[str, Any]) ->
     # held by its path before the user changes (the state dir need not be searchable by that user), and
     # opened through /proc/self/fd after, which checks the FIFO's own owner and mode only
     fifo_path = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
-    ruleset = landlock.ruleset_for(guest.spec)  # while the paths are still reachable; enforced once started
     privileges.drop(config.get("process") or {})  # the spec's user and capabilities, no_new_privs
-    seccomp.install(guest.spec.policy.network, (config.get("linux") or {}).get("seccomp"))
+    seccomp.install(*filters)
 
     def started() -> bool:
         fd = os.open(f"/proc/self/fd/{fifo_path}", os.O_WRONLY)  # blocks until `start` opens the other end

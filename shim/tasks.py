@@ -168,14 +168,15 @@ class TaskService:
                 task.memory_limit = spec.memory_limit or 0
                 task.netns = network_namespace(config)
                 privileges.capability_sets(config.get("process") or {})  # bad names fail here, not in the child
-                seccomp.build(linux.get("seccomp") or {})
+                filters = (seccomp.allowlist(spec.policy.network),  # built here: the child only loads them
+                           seccomp.build(linux["seccomp"]) if linux.get("seccomp") else None)
                 if linux.get("cgroupsPath"):
                     task.cgroup = Cgroup.create(linux["cgroupsPath"], linux.get("resources") or {})
                 with self.fork_lock:
                     # prepared here, before the fork: the container process starts at once and shares the code
                     guest = self.executor.prepare(spec)
                     _commit(call)
-                    self._fork(task, guest, config.get("process") or {}, linux.get("seccomp"))
+                    self._fork(task, guest, config.get("process") or {}, filters)
         except (WasmctrError, OSError, ValueError) as exc:
             if task.logger:
                 task.logger.release()
@@ -350,16 +351,18 @@ class TaskService:
 
     # -- the child ---------------------------------------------------------------------------------
 
-    def _fork(self, task: Task, guest: Prepared, process: dict[str, Any],
-              profile: dict[str, Any] | None) -> None:
+    def _fork(self, task: Task, guest: Prepared, process: dict[str, Any], filters: tuple[Any, Any]) -> None:
         start_r, start_w = os.pipe()
         report_r, report_w = os.pipe()
+        # made here, as root, where the paths are reachable (the child may become a user who cannot
+        # reach them) and where the work is not repeated in every container's pages; the child enforces it
+        ruleset = landlock.ruleset_for(guest.spec)
         pid = os.fork()
         if pid == 0:  # the container process
             try:
                 os.close(start_w)
                 os.close(report_r)
-                code = _child(self.executor, task, guest, process, profile, start_r, report_w)
+                code = _child(self.executor, task, guest, process, filters, ruleset, start_r, report_w)
             except BaseException as exc:  # noqa: BLE001 - nothing may escape a forked child
                 with contextlib.suppress(Exception):
                     os.write(2, f"wasmctr: {exc}\n".encode())
@@ -367,6 +370,8 @@ class TaskService:
             os._exit(code)
         os.close(start_r)
         os.close(report_w)
+        if ruleset is not None:
+            os.close(ruleset)
         if task.logger:
             task.logger.release()
         if task.cgroup:  # before Start (the guest runs only once it is inside) and before the reaper
@@ -412,12 +417,12 @@ class TaskService:
         return task
 
 
-def _child(executor: Any, task: Task, guest: Prepared, process: dict[str, Any], profile: dict[str, Any] | None,
-           start_r: int, report_w: int) -> int:
+def _child(executor: Any, task: Task, guest: Prepared, process: dict[str, Any], filters: tuple[Any, Any],
+           ruleset: int | None, start_r: int, report_w: int) -> int:
     default_signals()
     gc.disable()
     logger_fds = (task.logger.stdout, task.logger.stderr) if task.logger else ()
-    stdio.close_inherited_fds(keep={start_r, report_w, *logger_fds})
+    stdio.close_inherited_fds(keep={start_r, report_w, *logger_fds, *([ruleset] if ruleset is not None else [])})
     os.setsid()
     if task.netns:
         _join_network_namespace(task.netns)
@@ -431,9 +436,8 @@ def _child(executor: Any, task: Task, guest: Prepared, process: dict[str, Any], 
     # new stdio objects: another thread of the shim may have held the old ones' locks at the fork
     sys.stdout = open(1, "w", closefd=False)
     sys.stderr = open(2, "w", closefd=False)
-    ruleset = landlock.ruleset_for(guest.spec)  # while the paths are still reachable; enforced once started
     privileges.drop(process)  # after what needs root (the pod's netns, containerd's FIFOs), before the guest
-    seccomp.install(guest.spec.policy.network, profile)  # from here, only the calls a loaded guest needs
+    seccomp.install(*filters)  # from here, only the calls a loaded guest needs
     guest.spec.stdin = bool(task.stdin)
     outcome = become_guest(executor, guest, lambda: os.read(start_r, 1) == b"s", ruleset)
     if outcome is None:

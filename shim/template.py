@@ -49,12 +49,13 @@ def run(path: str, stamp: str, answer: Answer) -> int:
     global _executor
     import wasmtime  # noqa: F401  (what every shim needs, loaded before any fork)
 
-    from wasmctr import api
+    from wasmctr import api, seccomp
 
     from . import events, native, tasks, ttrpc, verbs  # noqa: F401
 
     _executor = api.executor()
     _executor.warm()
+    seccomp.allowlist(False)  # the container filter, built once for every shim (and guest) forked below
 
     idle = float(os.environ.get("WASMCTR_SHIM_TEMPLATE_IDLE", "600"))
     with contextlib.suppress(FileNotFoundError):

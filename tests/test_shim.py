@@ -499,7 +499,7 @@ def confined(script: str, setup: str = "", network: bool = False, profile: dict 
         """)
     confine = textwrap.dedent(f"""
         privileges.drop({{"capabilities": {{n: ["CAP_CHOWN"] for n in ("bounding", "effective", "permitted")}}}})
-        seccomp.install({network!r}, {profile!r})
+        seccomp.install(seccomp.allowlist({network!r}), seccomp.build({profile!r}) if {profile!r} else None)
         """)
     proc = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(setup) + confine + textwrap.dedent(script)],
                           capture_output=True, text=True, timeout=120)

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import signal
+from typing import Any
 
 from . import landlock, privileges, seccomp
 from .errors import ExecutorError, UsageError
@@ -36,13 +37,14 @@ def parse_user(text: str) -> tuple[int, int]:
 def run(executor: Executor, prepared: Prepared, uid: int, gid: int, hard_stop: bool = False) -> Outcome:
     if os.geteuid() != 0 and (uid, gid) != (os.geteuid(), os.getegid()):
         raise UsageError("--user: only root can run a guest as another user")
+    allow = seccomp.allowlist(prepared.spec.policy.network)  # built before the fork; the child loads it
     report_r, report_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         code = 125
         try:
             os.close(report_r)
-            outcome = executor.start(prepared, hard_stop, confine=lambda: _confine(prepared, uid, gid))
+            outcome = executor.start(prepared, hard_stop, confine=lambda: _confine(prepared, uid, gid, allow))
             os.write(report_w, json.dumps([outcome.exit_code, outcome.reason, outcome.message]).encode())
             code = outcome.exit_code
         except BaseException as exc:  # noqa: BLE001 - nothing may escape a forked child
@@ -64,10 +66,10 @@ def run(executor: Executor, prepared: Prepared, uid: int, gid: int, hard_stop: b
     return _outcome(data, status)
 
 
-def _confine(prepared: Prepared, uid: int, gid: int) -> None:
+def _confine(prepared: Prepared, uid: int, gid: int, allow: Any) -> None:
     ruleset = landlock.ruleset_for(prepared.spec)  # while this process can still reach the paths
     privileges.drop({"user": {"uid": uid, "gid": gid}})
-    seccomp.install(prepared.spec.policy.network, None)
+    seccomp.install(allow, None)
     landlock.enforce(ruleset)
 
 

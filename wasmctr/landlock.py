@@ -11,6 +11,7 @@ Landlock, `abi()` is 0, no ruleset is made and nothing is enforced.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import stat
 from pathlib import Path
@@ -37,6 +38,7 @@ class _PathBeneath(ctypes.Structure):
     _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 

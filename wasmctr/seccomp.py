@@ -14,6 +14,7 @@ stricter answer wins. Both are built with libseccomp (pyseccomp), not by hand.
 from __future__ import annotations
 
 import errno
+import functools
 from typing import Any
 
 import pyseccomp  # here, not where a filter is loaded: Landlock may forbid reading it by then
@@ -56,9 +57,11 @@ OPERATORS = {"SCMP_CMP_NE": "NE", "SCMP_CMP_LT": "LT", "SCMP_CMP_LE": "LE", "SCM
              "SCMP_CMP_GE": "GE", "SCMP_CMP_GT": "GT", "SCMP_CMP_MASKED_EQ": "MASKED_EQ"}
 
 
-def install(network: bool, profile: dict[str, Any] | None) -> None:
-    """Load the allowlist (with the network calls if `network`), then the spec's profile if any.
-    Needs no_new_privs (set by `privileges.drop`) or CAP_SYS_ADMIN."""
+@functools.cache
+def allowlist(network: bool) -> Any:
+    """The container allowlist (with the network calls if `network`) as a libseccomp filter, built once
+    per process: a process that forks containers builds it before the fork, and each child only loads
+    it (building it there would cost every container its own copies of the pages that work touches)."""
     allow = pyseccomp.SyscallFilter(pyseccomp.ERRNO(errno.EPERM))
     for name in ALLOWED + (NETWORK if network else ()):
         try:
@@ -67,9 +70,15 @@ def install(network: bool, profile: dict[str, Any] | None) -> None:
             continue
     for option in PRCTL_OPTIONS:
         allow.add_rule(pyseccomp.ALLOW, "prctl", pyseccomp.Arg(0, pyseccomp.EQ, option))
+    return allow
+
+
+def install(allow: Any, profile: Any | None) -> None:
+    """Load the allowlist, then the spec's profile (`build`) if any. Needs no_new_privs (set by
+    `privileges.drop`) or CAP_SYS_ADMIN."""
     allow.load()
-    if profile:
-        build(profile).load()
+    if profile is not None:
+        profile.load()
 
 
 def build(profile: dict[str, Any]) -> Any:
