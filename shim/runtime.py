@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import process
+from . import hooks, process
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
@@ -99,6 +99,9 @@ def _dispatch(g: Globals, command: str, rest: list[str]) -> None:
     if command == "features":
         print(json.dumps(_features(), indent=2))
         return
+    if command in ("list", "ls"):
+        _list(g, rest)
+        return
     if command in ("create", "run"):
         opts, container_id = _options(rest)
         bundle = Path(opts.get("bundle") or opts.get("b") or os.getcwd()).resolve()
@@ -113,6 +116,8 @@ def _dispatch(g: Globals, command: str, rest: list[str]) -> None:
             if "detach" in opts or "d" in opts:
                 return
             _, status = os.waitpid(pid, 0)
+            if "keep" not in opts:  # as `runc run` does: the container goes once it has exited
+                _delete(g, container_id, force=True)
             sys.exit(_exit_code(status))
         return
     if command in ("start", "state", "kill", "delete", "ps"):
@@ -122,10 +127,7 @@ def _dispatch(g: Globals, command: str, rest: list[str]) -> None:
         if command == "start":
             _start(g, container_id)
         elif command == "state":
-            state = _state(g, container_id)
-            for private in (START_TIME, CGROUPS_PATH):
-                state.pop(private, None)
-            print(json.dumps(state, indent=2))
+            print(json.dumps(_public(_state(g, container_id)), indent=2))
         elif command == "kill":
             _kill(g, container_id, opts.get("_signal", "SIGTERM"))
         elif command == "delete":
@@ -192,6 +194,12 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
              START_TIME: process.start_time(pid),  # the pid's identity (runc's name)
              CGROUPS_PATH: linux.get("cgroupsPath") or ""}  # `state` prints neither
     _write_json(state_dir / STATE_FILE, state)
+    try:
+        for kind in ("prestart", "createRuntime", "createContainer"):
+            hooks.run(config, kind, _public({**state, "status": "created"}))
+    except hooks.HookError as exc:  # the spec: the runtime stops the container and reports the error
+        _delete(g, container_id, force=True)
+        raise SpecError(str(exc)) from None
     if pid_file:
         _write_text(Path(pid_file), str(pid))
     return pid
@@ -225,6 +233,12 @@ def _start(g: Globals, container_id: str) -> None:
     state = _state(g, container_id)
     if state["status"] != "created":
         raise SpecError(f"cannot start a container that is {state['status']}")
+    config = _bundle_config(state)
+    try:
+        hooks.run(config, "startContainer", _public(state))
+    except hooks.HookError as exc:
+        process.signal_recorded(state["pid"], state.get(START_TIME), signal.SIGKILL)
+        raise SpecError(str(exc)) from None
     fifo = g.root / container_id / "exec.fifo"
     fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     try:
@@ -243,6 +257,62 @@ def _start(g: Globals, container_id: str) -> None:
     finally:
         os.close(fd)
     fifo.unlink()
+    hooks.run_warning(config, "poststart", _public({**state, "status": "running"}))
+
+
+def _list(g: Globals, rest: list[str]) -> None:
+    """runc's `list [--format table|json] [-q]` over the containers of both runtimes sharing `--root`:
+    the delegate's (it skips ours) and the wasm ones."""
+    fmt, quiet = "table", False
+    items = iter(rest)
+    for arg in items:
+        flag, eq, value = arg.lstrip("-").partition("=")
+        if flag in ("format", "f"):
+            fmt = value if eq else next(items, "")
+        elif flag in ("quiet", "q"):
+            quiet = True
+        else:
+            raise SpecError(f"flag provided but not defined: -{flag}")
+    if fmt not in ("table", "json"):
+        raise SpecError(f"invalid format option {fmt!r}")
+    import subprocess
+
+    try:
+        native = subprocess.run([g.delegate, "--root", str(g.root), "list", "--format", "json"],
+                                capture_output=True, text=True).stdout
+        listed = json.loads(native or "null") or []
+    except (OSError, ValueError):  # no delegate here, or nothing it could read: the wasm ones still list
+        listed = []
+    if g.root.is_dir():
+        for entry in sorted(g.root.iterdir()):
+            if (entry / STATE_FILE).exists():
+                state = _public(_state(g, entry.name))
+                listed.append({**state, "rootfs": str(Path(state["bundle"]) / "rootfs")})
+    listed.sort(key=lambda c: c["id"])
+    if quiet:
+        print("\n".join(c["id"] for c in listed))
+    elif fmt == "json":
+        print(json.dumps(listed))
+    else:
+        rows = [["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"]] + [
+            [c["id"], str(c["pid"] if c["status"] != "stopped" else 0), c["status"], c["bundle"], c["created"],
+             c.get("owner", "")] for c in listed]
+        widths = [max(12, *(len(row[i]) + 3 for row in rows)) for i in range(5)]  # Go's tabwriter, as runc's
+        print("\n".join("".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + row[5]
+                        for row in rows))
+
+
+def _public(state: dict[str, Any]) -> dict[str, Any]:
+    """The OCI state (what `state` prints and hooks read), without what only this runtime keeps."""
+    return {k: v for k, v in state.items() if k not in (START_TIME, CGROUPS_PATH)}
+
+
+def _bundle_config(state: dict[str, Any]) -> dict[str, Any]:
+    """The container's config.json, for its hooks; empty if the bundle has gone."""
+    try:
+        return _config(Path(state["bundle"]))
+    except SpecError:
+        return {}
 
 
 def _state(g: Globals, container_id: str) -> dict[str, Any]:
@@ -279,6 +349,7 @@ def _delete(g: Globals, container_id: str, force: bool) -> None:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(state["pid"], os.WNOHANG)
             time.sleep(0.01)
+    hooks.run_warning(_bundle_config(state), "poststop", _public({**state, "status": "stopped"}))
     if state.get(CGROUPS_PATH):
         from .cgroups import Cgroup
 
@@ -373,7 +444,7 @@ def _exit_code(status: int) -> int:
 
 
 def _features() -> dict[str, Any]:
-    return {"ociVersionMin": "1.0.0", "ociVersionMax": "1.1.0", "hooks": [],
+    return {"ociVersionMin": "1.0.0", "ociVersionMax": "1.1.0", "hooks": list(hooks.KINDS),
             "mountOptions": ["bind", "rbind", "ro", "rw"],
             "annotations": {"run.oci.handler": "wasm | wasm-smart: run with wasmctr (others go to runc)",
                             "wasmctr.io/timeout": "wall-clock limit", "wasmctr.io/deny-wasi": "WASI imports"}}

@@ -27,6 +27,23 @@ HELLO_WAT = """
     (call $proc_exit (i32.const 0))))
 """
 
+FUNC_WAT = """
+(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "from _start\\n")
+  (data (i32.const 32) "from hello\\n")
+  (func $print (param $at i32) (param $len i32)
+    (i32.store (i32.const 0) (local.get $at))
+    (i32.store (i32.const 4) (local.get $len))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
+  (func (export "_start") (call $print (i32.const 16) (i32.const 12)))
+  (func (export "hello") (call $print (i32.const 32) (i32.const 11)))
+  (func (export "add") (param i32 i32) (result i32) (i32.add (local.get 0) (local.get 1))))
+"""
+"""A module with runwasi-style entrypoints: `/app.wasm` prints from _start, `/app.wasm#hello` from hello."""
+
+
 COMPONENT_WAT = """
 (component
   (import "wasi:cli/environment@0.2.0" (instance (export "get-arguments" (func (result (list string))))))
@@ -148,12 +165,17 @@ def containerd(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unt
 @pytest.fixture(scope="session")
 def images(containerd, plain_registry, hostile_wasm: Path, hello_c_wasm: Path,  # type: ignore[no-untyped-def]
            tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """hello and hostile as compat images, pushed to the registry and pulled by containerd."""
+    """hello, hostile and func (FUNC_WAT at /app.wasm) as compat images, pushed to the registry and
+    pulled by containerd."""
     home = tmp_path_factory.mktemp("shim-store")
     env = {"WASMCTR_HOME": str(home)}
-    refs = {"hello": f"{plain_registry.host}/shim-hello:1", "hostile": f"{plain_registry.host}/shim-hostile:1"}
+    refs = {name: f"{plain_registry.host}/shim-{name}:1" for name in ("hello", "hostile", "func")}
     wasmctr("build", str(hello_c_wasm.parent), "-t", refs["hello"], "--push", env=env)
     wasmctr("build", str(hostile_wasm), "-t", refs["hostile"], "--push", env=env)
+    func = tmp_path_factory.mktemp("func")
+    (func / "app.wasm").write_bytes(wasmtime.wat2wasm(FUNC_WAT))
+    (func / "Dockerfile").write_text('FROM scratch\nCOPY app.wasm /app.wasm\nENTRYPOINT ["/app.wasm"]\n')
+    wasmctr("build", str(func), "-t", refs["func"], "--push", env=env)
     for ref in refs.values():
         containerd.ctr("image", "pull", "--plain-http", "--platform", "wasi/wasm", ref, check=True)
     return refs

@@ -192,6 +192,44 @@ def test_user_runs_the_guest_as_that_user_confined(hostile_wasm: Path, tmp_path:
     assert spinner.returncode == 143 and "signal 15" in err
 
 
+def test_hash_entrypoint_runs_that_export(tmp_path: Path) -> None:
+    """runwasi's `/module.wasm#func`, through --entrypoint: modules and components; a missing export,
+    one that is not a function or one that takes arguments fails before the guest starts, naming the
+    exports there are."""
+    from conftest import FUNC_WAT
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "app.wasm").write_bytes(wasmtime.wat2wasm(FUNC_WAT))
+    (ctx / "Dockerfile").write_text('FROM scratch\nCOPY app.wasm /app.wasm\nENTRYPOINT ["/app.wasm"]\n')
+    wasmctr("build", str(ctx), "-t", "func:1")
+    assert run("func:1").stdout == "from _start\n"
+    assert run("--entrypoint", "/app.wasm#hello", "func:1").stdout == "from hello\n"
+    for entry, why in (("nope", "the guest has no export 'nope'; it exports: _start, add, hello, memory"),
+                       ("memory", "export 'memory' is not a function"),
+                       ("add", "export 'add' takes arguments; an entrypoint function must take none")):
+        proc = run("--entrypoint", f"/app.wasm#{entry}", "func:1")
+        assert proc.returncode == 125 and proc.stderr.strip() == f"wasmctr: error: {why}", proc.stderr
+    component = ctx / "app.wasm"
+    component.write_bytes(wasmtime.wat2wasm("""
+        (component
+          (core module $m (func (export "hello")))
+          (core instance $i (instantiate $m))
+          (func $hello (canon lift (core func $i "hello")))
+          (export "hello" (func $hello)))"""))
+    wasmctr("build", str(ctx), "-t", "func-component:1")
+    assert run("--entrypoint", "/app.wasm#hello", "func-component:1").returncode == 0
+    missing = run("--entrypoint", "/app.wasm#nope", "func-component:1")
+    assert missing.returncode == 125 and "it exports: hello" in missing.stderr
+
+
+def test_a_mount_on_the_guests_root_is_refused(hostile_wasm: Path, tmp_path: Path) -> None:
+    """As Docker refuses `-v DIR:/`: the image's root is `/`, and a second `/` preopen would shadow it."""
+    for flags in (["-v", f"{tmp_path}:/"], ["-v", f"{tmp_path}:/.:ro"], ["--tmpfs", "/"]):
+        assert_one_line_error(run(*flags, str(hostile_wasm), "ls", "/"), 125, "not /" if flags[0] == "--tmpfs"
+                              else "the guest path cannot be /")
+
+
 def test_unbounded_recursion_traps(hostile_wasm: Path) -> None:
     proc = run(str(hostile_wasm), "recurse")
     assert proc.returncode == 134
@@ -241,17 +279,42 @@ def test_tmpfs_is_writable_and_removed_afterwards(hostile_wasm: Path, tmp_path: 
     assert set(Path("/tmp").glob("wasmctr-tmpfs-*")) == before
 
 
-def test_sockets_are_denied_without_network(tmp_path: Path) -> None:
+def test_a_modules_socket_calls_run_and_fail_without_sockets(tmp_path: Path) -> None:
+    """A wasip1 module can only use sockets it is handed, and it is handed none: importing sock_* is not
+    refused, the calls return WASI errors (sock_accept on fd 3: EBADF, 8), as under wasmtime's CLI;
+    --deny-wasi still refuses them; --network host still explains that modules cannot use it."""
     module = tmp_path / "net.wasm"
     module.write_bytes(wasmtime.wat2wasm(
-        '(module (import "wasi_snapshot_preview1" "sock_accept" (func (param i32 i32 i32) (result i32)))'
+        '(module (import "wasi_snapshot_preview1" "sock_accept" (func $accept (param i32 i32 i32) (result i32)))'
         ' (import "wasi_snapshot_preview1" "sock_send" (func (param i32 i32 i32 i32 i32) (result i32)))'
-        ' (memory (export "memory") 1) (func (export "_start")))'))
-    proc = run(str(module))
-    assert_one_line_error(proc, 125, "sock_accept (sockets need --network host)", "sock_send")
+        ' (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))'
+        ' (memory (export "memory") 1)'
+        ' (func (export "_start") (call $exit (call $accept (i32.const 3) (i32.const 0) (i32.const 16)))))'))
+    assert run(str(module)).returncode == 8
+    assert_one_line_error(run("--deny-wasi", "sock_*", str(module)), 125, "sock_accept (denied by --deny-wasi)")
     assert_one_line_error(run("--network", "host", str(module)), 125, "preview 1 modules have no call")
-    trapped = run("--syscall-policy", "trap", str(module))
-    assert trapped.returncode == 0, "denied functions linked to traps: the guest starts, and never calls them"
+
+
+def test_a_components_sockets_need_the_network_and_unprovided_imports_are_refused(tmp_path: Path) -> None:
+    """A component can create sockets: wasi:sockets needs --network host. One importing what the engine
+    does not provide (wasi:http) is refused before it starts, the import named."""
+    def component(interface: str) -> Path:
+        path = tmp_path / f"{interface.replace(':', '-').replace('/', '-')}.wasm"
+        path.write_bytes(wasmtime.wat2wasm(f"""
+            (component
+              (import "{interface}@0.2.0" (instance))
+              (core module $m (func (export "run") (result i32) i32.const 0))
+              (core instance $i (instantiate $m))
+              (func $run (result (result)) (canon lift (core func $i "run")))
+              (instance $runi (export "run" (func $run)))
+              (export "wasi:cli/run@0.2.0" (instance $runi)))"""))
+        return path
+
+    sockets = component("wasi:sockets/tcp")
+    assert_one_line_error(run(str(sockets)), 125, "wasi:sockets/tcp@0.2.0 (sockets need --network host)")
+    assert run("--network", "host", str(sockets)).returncode == 0
+    assert_one_line_error(run(str(component("wasi:http/outgoing-handler"))), 125,
+                          "the guest imports wasi:http/outgoing-handler@0.2.0, which this engine does not provide")
 
 
 def test_denied_import_is_refused_or_trapped(hostile_wasm: Path) -> None:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import wasmtime
 from conftest import wasmctr
 
 RUNTIME = str(Path(sys.executable).parent / "wasmctr-runtime")
@@ -202,6 +203,102 @@ def test_the_shims_create_claims_its_id_atomically_and_honours_the_deadline(bund
         assert list(service.tasks) == ["twin"]
     finally:
         service.delete(task_pb2.DeleteRequest(id="twin"), Call({}, 0))
+
+
+def test_a_hash_entrypoint_runs_that_export(tmp_path: Path) -> None:
+    """runwasi's `/app.wasm#func` under the runtime CLI; `run` removes the container unless --keep."""
+    from conftest import FUNC_WAT
+
+    bundle = tmp_path / "bundle"
+    (bundle / "rootfs").mkdir(parents=True)
+    (bundle / "rootfs" / "app.wasm").write_bytes(wasmtime.wat2wasm(FUNC_WAT))
+    for entry, expected in (("/app.wasm#hello", "from hello\n"), ("/app.wasm", "from _start\n")):
+        (bundle / "config.json").write_text(json.dumps({
+            "ociVersion": "1.0.2", "root": {"path": "rootfs"}, "process": {"args": [entry], "cwd": "/"}}))
+        proc = subprocess.run([RUNTIME, "--root", str(tmp_path / "root"), "run", "--bundle", str(bundle), "f"],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and proc.stdout == expected, proc.stderr
+        assert not (tmp_path / "root" / "f").exists()  # `run` removes what exited, as runc's does
+    kept = subprocess.run([RUNTIME, "--root", str(tmp_path / "root"), "run", "--keep", "--bundle", str(bundle), "k"],
+                          capture_output=True, text=True, timeout=60)
+    assert kept.returncode == 0 and json.loads(runtime(tmp_path / "root", "state", "k").stdout)["status"] == "stopped"
+    (bundle / "config.json").write_text(json.dumps({
+        "ociVersion": "1.0.2", "root": {"path": "rootfs"}, "process": {"args": ["/app.wasm#nope"], "cwd": "/"}}))
+    refused = runtime(tmp_path / "root", "create", "--bundle", str(bundle), "g")
+    assert refused.returncode == 1 and "the guest has no export 'nope'" in refused.stderr
+
+
+def test_a_bind_mount_on_the_root_fails_create(bundle: Path, tmp_path: Path) -> None:
+    config = json.loads((bundle / "config.json").read_text())
+    config["mounts"] = [{"destination": "/", "type": "bind", "source": str(tmp_path), "options": ["rbind", "rw"]}]
+    (bundle / "config.json").write_text(json.dumps(config))
+    refused = runtime(tmp_path / "root", "create", "--bundle", str(bundle), "rootmount")
+    assert refused.returncode == 1 and "a bind mount cannot replace the rootfs" in refused.stderr
+
+
+def test_oci_hooks_run_at_the_specs_points_with_the_state_on_stdin(bundle: Path, tmp_path: Path) -> None:
+    """Every hook kind runs once, at its point, with the state JSON (the status of that point) on stdin
+    and only the environment it lists; a failing or hung createRuntime hook fails `create` and leaves
+    no container; a failing poststop hook only warns."""
+    record = tmp_path / "record"
+    record.mkdir()
+    script = tmp_path / "hook.sh"
+    script.write_text(f'#!/bin/sh\ncat > "{record}/$1.json"\necho "$HOOK_ENV" > "{record}/$1.env"\n')
+    script.chmod(0o755)
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"]["args"] = ["/app.wasm", "exit", "0"]
+    config["hooks"] = {kind: [{"path": str(script), "args": ["hook.sh", kind], "env": [f"HOOK_ENV={kind}"]}]
+                       for kind in ("prestart", "createRuntime", "createContainer", "startContainer", "poststart",
+                                    "poststop")}
+    (bundle / "config.json").write_text(json.dumps(config))
+    root = tmp_path / "root"
+    proc = subprocess.run([RUNTIME, "--root", str(root), "run", "--bundle", str(bundle), "hooked"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    statuses = {kind: json.loads((record / f"{kind}.json").read_text())["status"] for kind in config["hooks"]}
+    assert statuses == {"prestart": "created", "createRuntime": "created", "createContainer": "created",
+                        "startContainer": "created", "poststart": "running", "poststop": "stopped"}
+    state = json.loads((record / "createRuntime.json").read_text())
+    assert state["id"] == "hooked" and state["bundle"] == str(bundle) and state["pid"] > 0
+    assert "init_process_start" not in state and (record / "poststart.env").read_text() == "poststart\n"
+    assert "createRuntime" in json.loads(runtime(root, "features").stdout)["hooks"]
+
+    for failing in ({"path": "/bin/false"}, {"path": "/bin/sleep", "args": ["sleep", "30"], "timeout": 1}):
+        config["hooks"] = {"createRuntime": [failing]}
+        (bundle / "config.json").write_text(json.dumps(config))
+        refused = runtime(root, "create", "--bundle", str(bundle), "refused")
+        assert refused.returncode == 1 and "createRuntime hook" in refused.stderr, refused.stderr
+        assert not (root / "refused").exists()
+    config["hooks"] = {"poststop": [{"path": "/bin/false"}]}
+    (bundle / "config.json").write_text(json.dumps(config))
+    proc = subprocess.run([RUNTIME, "--root", str(root), "run", "--bundle", str(bundle), "warned"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "warning: poststop hook /bin/false exited with status 1" in proc.stderr
+
+
+def test_list_shows_wasm_and_native_containers_sharing_a_root(bundle: Path, tmp_path: Path) -> None:
+    native = tmp_path / "native"
+    (native / "rootfs" / "bin").mkdir(parents=True)
+    shutil.copy(shutil.which("busybox") or "/bin/busybox", native / "rootfs" / "bin" / "busybox")
+    subprocess.run(["runc", "spec"], cwd=native, check=True)
+    spec = json.loads((native / "config.json").read_text())
+    spec["process"].update(terminal=False, args=["/bin/busybox", "sleep", "30"])
+    (native / "config.json").write_text(json.dumps(spec))
+    root = tmp_path / "root"
+    try:
+        for name, where in (("native-1", native), ("wasm-1", bundle)):
+            create = subprocess.Popen([RUNTIME, "--root", str(root), "create", "--bundle", str(where), name],
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            assert create.wait(60) == 0, create.stderr.read() if create.stderr else ""
+        assert runtime(root, "list", "-q").stdout.split() == ["native-1", "wasm-1"]
+        listed = {c["id"]: c for c in json.loads(runtime(root, "list", "--format", "json").stdout)}
+        assert listed["native-1"]["status"] == listed["wasm-1"]["status"] == "created"
+        assert listed["wasm-1"]["bundle"] == str(bundle) and listed["native-1"]["bundle"] == str(native)
+        table = runtime(root, "list").stdout.splitlines()
+        assert table[0].split() == ["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"] and len(table) == 3
+    finally:
+        for name in ("native-1", "wasm-1"):
+            runtime(root, "delete", "--force", name)
 
 
 def test_delete_force_and_kill_by_number(bundle: Path, tmp_path: Path) -> None:

@@ -620,6 +620,17 @@ def test_stress_create_kill_delete_with_deadlines_leaves_nothing_behind(containe
     assert stale == []
 
 
+def test_hash_entrypoints_through_containerd(containerd, images) -> None:  # type: ignore[no-untyped-def]
+    """runwasi's `/app.wasm#hello` runs that export; a missing one fails Create with the exports there are."""
+    proc = ctr_run(containerd, "--rm", images["func"], "func-hello", "/app.wasm#hello")
+    assert proc.returncode == 0 and proc.stdout == "from hello\n", proc.stderr
+    missing = ctr_run(containerd, "--rm", images["func"], "func-missing", "/app.wasm#nope")
+    assert missing.returncode != 0
+    assert "the guest has no export 'nope'; it exports: _start, add, hello, memory" in missing.stderr
+    containerd.ctr("container", "delete", "func-missing")
+    wait_for_nothing_left(containerd)
+
+
 def test_a_lingering_shim_is_reserved_before_it_is_reused(containerd, images) -> None:  # type: ignore[no-untyped-def]
     """The next container reuses the warm shim; a `start` racing the shim's exit never gets a dead address."""
     first = ctr_run(containerd, "--rm", images["hello"], "linger-1")

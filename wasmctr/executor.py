@@ -66,6 +66,7 @@ class RunSpec:
     stdout: str | None = None
     stderr: str | None = None
     wasm_digest: str | None = None
+    function: str | None = None  # an export to call instead of the command's entry (`path#func`)
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,10 @@ class Executor:
                                 "network access needs a preview 2 component")
         engine = self._engine(spec.fuel is not None)
         code, _ = self._code(spec.wasm, spec.wasm_digest, spec.fuel is not None)
+        if spec.function is not None:
+            _check_export(engine, kind, code, spec.function)
+        if kind == "component":
+            _check_provided(engine, code)
         verdict = policies.check(spec.policy, _imports(engine, kind, code))
         if verdict.denied and (spec.policy.mode == "refuse" or kind == "component"
                                or any(r == "not a WASI import" for r in verdict.denied.values())):
@@ -294,7 +299,7 @@ class _Guest(threading.Thread):
         memory = exports.get("memory")
         if isinstance(memory, wasmtime.Memory):
             self.memory = memory
-        start = exports.get("_start")
+        start = exports.get(self.spec.function or "_start")
         if not isinstance(start, wasmtime.Func):
             raise ExecutorError("the module has no _start export: it is a library (reactor), not a command")
         start(self.store)
@@ -306,6 +311,9 @@ class _Guest(threading.Thread):
         linker = component.Linker(self.engine)
         linker.add_wasip2()
         instance = self._instantiate(linker)
+        if self.spec.function is not None:  # a plain function export (`path#func`), called with no arguments
+            instance.get_func(self.store, self.spec.function)(self.store)
+            return 0
         names = [n for n in self.code.type.exports(self.engine) if n.startswith("wasi:cli/run@")]
         if not names:
             raise ExecutorError("the component does not export wasi:cli/run, so it is not a command")
@@ -396,6 +404,55 @@ def _denied_call(name: str):  # type: ignore[no-untyped-def]
         raise wasmtime.Trap(f"WASI call {name} is denied by the syscall policy")
 
     return trap
+
+
+def _check_export(engine: Any, kind: str, code: Any, name: str) -> None:
+    """A `path#name` entrypoint must name a function the guest exports that takes no arguments."""
+    import wasmtime
+
+    if kind == "component":
+        from wasmtime import component
+
+        exports: dict[str, Any] = {n: item.ty for n, item in code.type.exports(engine).items()}
+        function_type: type = component.FuncType
+    else:
+        exports = {e.name: e.type for e in code.exports}
+        function_type = wasmtime.FuncType
+    found = exports.get(name)
+    if found is None:
+        raise ExecutorError(f"the guest has no export {name!r}; it exports: {', '.join(sorted(exports)) or 'nothing'}")
+    is_function = isinstance(found, function_type)  # (not in the `if`: `found` stays Any for mypy)
+    if not is_function:
+        raise ExecutorError(f"export {name!r} is not a function")
+    if list(found.params):
+        raise ExecutorError(f"export {name!r} takes arguments; an entrypoint function must take none")
+
+
+WASIP2_PROVIDED = {
+    "wasi:cli": {"environment", "exit", "stdin", "stdout", "stderr", "terminal-input", "terminal-output",
+                 "terminal-stdin", "terminal-stdout", "terminal-stderr"},
+    "wasi:clocks": {"monotonic-clock", "wall-clock"},
+    "wasi:filesystem": {"types", "preopens"},
+    "wasi:io": {"error", "poll", "streams"},
+    "wasi:random": {"random", "insecure", "insecure-seed"},
+    "wasi:sockets": {"network", "instance-network", "udp", "udp-create-socket", "tcp", "tcp-create-socket",
+                     "ip-name-lookup"},
+}
+"""What the component linker provides (`add_wasip2`): WASI 0.2's interfaces, at any 0.2.x version."""
+
+
+def _check_provided(engine: Any, code: Any) -> None:
+    """A component importing what the engine does not provide (`wasi:http/*`, a custom interface) could
+    not be instantiated: refuse it now, naming what is missing, not when it is started."""
+    missing = []
+    for name in code.type.imports(engine):
+        interface, _, version = name.partition("@")
+        package, _, short = interface.rpartition("/")
+        if short not in WASIP2_PROVIDED.get(package, ()) or not version.startswith("0.2."):
+            missing.append(name)
+    if missing:
+        raise ExecutorError(f"the guest imports {', '.join(sorted(missing))}, which this engine does not provide "
+                            "(it provides WASI 0.2: cli, clocks, filesystem, io, random, sockets)")
 
 
 def _imports(engine: Any, kind: str, code: Any) -> list[tuple[str, str]]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import image as stored
-from . import inroot
+from . import inroot, wasm
 from .errors import ExecutorError, UsageError
 from .executor import Mount, RunSpec
 from .policy import Policy
@@ -85,10 +85,13 @@ def spec_for_image(store: Store, image: stored.Image, options: RunOptions, clean
         raise ExecutorError("no command: the image has no Entrypoint or Cmd and none was given")
     cwd = options.workdir or rc.get("WorkingDir") or "/"
     rootfs = unpack_image(store, image)
-    host_program = inroot.is_file(rootfs, posixpath.join(cwd, argv[0]))
+    host_program, function = inroot.is_file(rootfs, posixpath.join(cwd, argv[0])), None
+    if host_program is None and "#" in argv[0]:  # runwasi's `/module.wasm#func`: run export `func`
+        path, function = wasm.split_entrypoint(argv[0])
+        host_program = inroot.is_file(rootfs, posixpath.join(cwd, path))
     if host_program is None:
         raise ExecutorError(f"entrypoint {argv[0]} is not a file in the image")
-    spec = RunSpec(wasm=host_program, args=argv, cwd=cwd, rootfs=rootfs)
+    spec = RunSpec(wasm=host_program, args=argv, cwd=cwd, rootfs=rootfs, function=function)
     return _apply(spec, options, list(rc.get("Env") or []), cleanup)
 
 
@@ -96,8 +99,8 @@ def _apply(spec: RunSpec, options: RunOptions, image_env: list[str], cleanup: li
     spec.env = _env(image_env, options)
     spec.mounts = [_volume(v) for v in options.volumes]
     for guest in options.tmpfs:
-        if not guest.startswith("/"):
-            raise UsageError(f"--tmpfs {guest}: the path in the guest must be absolute")
+        if not guest.startswith("/") or posixpath.normpath(guest) == "/":
+            raise UsageError(f"--tmpfs {guest}: the path in the guest must be absolute, and not /")
         scratch = Path(tempfile.mkdtemp(prefix="wasmctr-tmpfs-"))
         cleanup.append(scratch)
         spec.mounts.append(Mount(scratch, guest, False))
@@ -141,6 +144,8 @@ def _volume(text: str) -> Mount:
         mode = parts.pop()
     if len(parts) != 2 or mode not in ("ro", "rw") or not parts[0] or not parts[1].startswith("/"):
         raise UsageError(f"-v {text}: expected HOST_DIR:/GUEST/PATH[:ro|:rw]")
+    if posixpath.normpath(parts[1]) == "/":  # as Docker refuses it: `/` is the image's root
+        raise UsageError(f"-v {text}: the guest path cannot be / (the image's root; grant a directory below it)")
     host = Path(parts[0]).expanduser()
     if not host.is_dir():
         raise UsageError(f"-v {text}: {host} is not a directory (WASI grants directories, not files)")

@@ -63,6 +63,15 @@ def load_config(bundle: Path) -> dict[str, Any]:
         for key in ("source", "type"):
             shape.field(mount, key, str, f"{what} mount", error=ExecutorError)
         shape.strings(mount, "options", f"{what} mount", error=ExecutorError)
+    hooks = shape.field(config, "hooks", dict, what, error=ExecutorError) or {}
+    for kind, entries in hooks.items():
+        if not isinstance(entries, list) or not all(isinstance(hook, dict) for hook in entries):
+            raise ExecutorError(f"{what}: hooks.{kind} must be a list of JSON objects")
+        for hook in entries:
+            shape.field(hook, "path", str, f"{what} hooks.{kind}", required=True, error=ExecutorError)
+            for key in ("args", "env"):
+                shape.strings(hook, key, f"{what} hooks.{kind}", error=ExecutorError)
+            shape.field(hook, "timeout", int, f"{what} hooks.{kind}", error=ExecutorError)
     linux = shape.field(config, "linux", dict, what, error=ExecutorError) or {}
     shape.field(linux, "cgroupsPath", str, f"{what} linux", error=ExecutorError)
     for namespace in shape.field(linux, "namespaces", list, f"{what} linux", error=ExecutorError) or []:
@@ -92,18 +101,33 @@ def rootfs_of(bundle: Path, config: dict[str, Any]) -> Path:
 
 
 def program_of(bundle: Path, config: dict[str, Any]) -> Path | None:
-    """The host path of `process.args[0]` inside the rootfs, if it is a file there: a name without a
-    slash is looked up in the spec's PATH, as runc does; a relative path is taken from `process.cwd`."""
+    """The host path of `process.args[0]` inside the rootfs, if it is a file there (see `entrypoint_of`)."""
+    return entrypoint_of(bundle, config)[0]
+
+
+def entrypoint_of(bundle: Path, config: dict[str, Any]) -> tuple[Path | None, str | None]:
+    """`process.args[0]` as (its host path inside the rootfs, if it is a file there; the export to call,
+    if it names one). A name without a slash is looked up in the spec's PATH, as runc does; a relative
+    path is taken from `process.cwd`. runwasi's `/module.wasm#func` runs export `func`: a `#` splits
+    the path from the export unless the whole name is a file."""
     process = config.get("process") or {}
     args = process.get("args") or []
     if not args:
-        return None
+        return None, None
     rootfs = rootfs_of(bundle, config)
-    if "/" in args[0]:
-        return inroot.is_file(rootfs, posixpath.join(process.get("cwd") or "/", args[0]))
+    found = _lookup(rootfs, process, args[0])
+    if found is None and "#" in args[0]:
+        path, function = wasm.split_entrypoint(args[0])
+        return _lookup(rootfs, process, path), function
+    return found, None
+
+
+def _lookup(rootfs: Path, process: dict[str, Any], name: str) -> Path | None:
+    if "/" in name:
+        return inroot.is_file(rootfs, posixpath.join(process.get("cwd") or "/", name))
     env = dict(item.partition("=")[::2] for item in process.get("env") or [])
     for directory in (env.get("PATH") or DEFAULT_PATH).split(":"):
-        found = inroot.is_file(rootfs, posixpath.join(directory or ".", args[0]))
+        found = inroot.is_file(rootfs, posixpath.join(directory or ".", name))
         if found is not None:
             return found
     return None
@@ -122,7 +146,7 @@ def _sniff(program: Path) -> bool:
 def spec_from_bundle(bundle: Path, config: dict[str, Any]) -> RunSpec:
     process = config.get("process") or {}
     args = list(process.get("args") or [])
-    program = program_of(bundle, config)
+    program, function = entrypoint_of(bundle, config)
     if program is None:
         raise ExecutorError(f"process.args[0] {args[0] if args else '(none)'!r} is not a file in the rootfs")
     if not _sniff(program):
@@ -136,6 +160,8 @@ def spec_from_bundle(bundle: Path, config: dict[str, Any]) -> RunSpec:
         if m.get("type") != "bind" and "bind" not in options and "rbind" not in options:
             continue
         source = Path(m.get("source", ""))
+        if posixpath.normpath(m["destination"]) == "/":  # the rootfs is `/`; a second `/` preopen would shadow it
+            raise ExecutorError(f"mount {m.get('source', '')} on /: a bind mount cannot replace the rootfs")
         if source.is_dir():
             mounts.append(Mount(source.resolve(), posixpath.normpath(m["destination"]), "ro" in options))
     memory = (((config.get("linux") or {}).get("resources") or {}).get("memory") or {}).get("limit")
@@ -148,6 +174,7 @@ def spec_from_bundle(bundle: Path, config: dict[str, Any]) -> RunSpec:
                                    annotations.get(ANNOTATION_PREFIX + "syscall-policy", "refuse"))
         return RunSpec(
             wasm=program, args=args, env=list(process.get("env") or []), cwd=process.get("cwd") or "/",
+            function=function,
             rootfs=rootfs_of(bundle, config), mounts=mounts,
             memory_limit=int(memory) if memory and int(memory) > 0 else None,
             timeout=parse_duration(timeout) if timeout else None, fuel=int(fuel) if fuel else None, policy=policy)

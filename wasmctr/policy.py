@@ -2,10 +2,13 @@
 
 A module's imports are its whole syscall surface: wasip1 has 45 functions in
 `wasi_snapshot_preview1`, a component imports whole `wasi:*` interfaces. Before instantiation the
-executor checks every import against a policy: by default everything WASI except sockets (allowed only
-when network is granted); `--deny-wasi`/`--allow-wasi` adjust it by function name (`path_open`),
-qualified name (`wasi_snapshot_preview1.path_open`), interface (`wasi:sockets/tcp`) or prefix with `*`
-(`sock_*`, `wasi:sockets/*`). Imports no WASI host provides (`env.foo`) are always refused.
+executor checks every import against a policy: by default everything WASI except a component's
+sockets (`wasi:sockets/*`, allowed only when network is granted: a component can create sockets). A
+module's `sock_*` calls can only use sockets it was handed, and it is handed none, so they run and
+fail with WASI errors, as under wasmtime's own CLI. `--deny-wasi`/`--allow-wasi` adjust the policy by
+function name (`path_open`), qualified name (`wasi_snapshot_preview1.path_open`), interface
+(`wasi:sockets/tcp`) or prefix with `*` (`sock_*`, `wasi:sockets/*`). Imports no WASI host provides
+(`env.foo`) are always refused.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Literal
 from .errors import UsageError
 
 WASIP1_MODULES = frozenset({"wasi_snapshot_preview1", "wasi_unstable"})
-SOCKET_PATTERNS = ("sock_*", "wasi:sockets/*")
+SOCKET_PATTERNS = ("wasi:sockets/*",)
 Mode = Literal["refuse", "trap"]
 
 

@@ -49,6 +49,13 @@ class WasmInfo:
         return "wasip2" if self.kind == "component" else "wasip1"
 
 
+def split_entrypoint(arg0: str) -> tuple[str, str | None]:
+    """runwasi's entrypoint convention: `/module.wasm#func` runs export `func` instead of `_start` (a
+    module's, or a component's plain function). Returns (path, export or None)."""
+    path, sep, function = arg0.partition("#")
+    return (path, function or None) if sep else (arg0, None)
+
+
 def sniff(head: bytes) -> WasmKind | None:
     """Module, component, or None from the first 8 bytes."""
     if len(head) < 8 or head[:4] != MAGIC:
