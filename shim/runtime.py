@@ -147,7 +147,7 @@ def _dispatch(g: Globals, command: str, rest: list[str]) -> None:
 
 
 def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any], pid_file: str | None) -> int:
-    from wasmctr import api, landlock, privileges, seccomp
+    from wasmctr import api, devices, landlock, privileges, seccomp
     from wasmctr.ocispec import spec_from_bundle
 
     from .cgroups import Cgroup
@@ -165,6 +165,7 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
     except Exception as exc:
         raise SpecError(str(exc)) from None
     state_dir.mkdir(parents=True, exist_ok=True)
+    guest.spec.devices = devices.populate(state_dir / "dev")  # the OCI default devices, at /dev
     fifo = state_dir / "exec.fifo"
     with contextlib.suppress(FileNotFoundError):
         fifo.unlink()
@@ -356,6 +357,9 @@ def _delete(g: Globals, container_id: str, force: bool) -> None:
         with contextlib.suppress(OSError):
             Cgroup.open(state[CGROUPS_PATH]).remove()
     state_dir = g.root / container_id
+    from wasmctr import devices
+
+    devices.remove(state_dir / "dev")
     for name in (STATE_FILE, "exec.fifo"):
         with contextlib.suppress(FileNotFoundError):
             (state_dir / name).unlink()

@@ -25,7 +25,7 @@ from typing import Any
 
 from google.protobuf import any_pb2, empty_pb2
 
-from wasmctr import landlock, privileges, seccomp
+from wasmctr import devices, landlock, privileges, seccomp
 from wasmctr.errors import WasmctrError
 from wasmctr.executor import Executor, Prepared
 from wasmctr.ocispec import is_wasm, load_config, network_namespace, spec_from_bundle
@@ -41,6 +41,7 @@ from .ttrpc import Call, Code, RpcError, Service
 
 SERVICE = "containerd.task.v2.Task"
 CONTAINER_TYPE_ANNOTATION = "io.kubernetes.cri.container-type"
+DEVICE_DIR = "wasmctr-dev"  # in the bundle: the container's /dev
 CLONE_NEWNET = 0x40000000
 RESERVE_SERVICE = "wasmctr.shim.v1.Shim"  # our own: `start` reserves a lingering shim before reusing it
 RESERVATION_SECONDS = 10.0
@@ -165,6 +166,7 @@ class TaskService:
                 self._create_native(task, linux.get("cgroupsPath"))
             else:
                 spec = spec_from_bundle(bundle, config)
+                spec.devices = devices.populate(bundle / DEVICE_DIR)  # the OCI default devices, at /dev
                 task.memory_limit = spec.memory_limit or 0
                 task.netns = network_namespace(config)
                 privileges.capability_sets(config.get("process") or {})  # bad names fail here, not in the child
@@ -241,6 +243,7 @@ class TaskService:
             task.cgroup.remove()
         if task.rootfs_mounted:
             mounts.unmount_all(task.bundle / "rootfs")
+        devices.remove(task.bundle / DEVICE_DIR)
         with contextlib.suppress(OSError):
             (task.bundle / "wasmctr.pid").unlink()
         with task.lock:  # a Kill that found the task before it left the table sends nothing now

@@ -44,6 +44,12 @@ FUNC_WAT = """
 """A module with runwasi-style entrypoints: `/app.wasm` prints from _start, `/app.wasm#hello` from hello."""
 
 
+DEVICE_CASES = [  # (hostile.c's arguments, its output): what each default device does, as on Linux
+    (["read", "/dev/zero"], "read: \n"), (["write", "/dev/null"], "wrote /dev/null\n"),
+    (["write", "/dev/full"], "denied: No space left on device\n"),
+    (["write", "/dev/new"], "denied: Permission denied\n")]  # Landlock: nothing is made in /dev
+
+
 COMPONENT_WAT = """
 (component
   (import "wasi:cli/environment@0.2.0" (instance (export "get-arguments" (func (result (list string))))))

@@ -223,11 +223,19 @@ def test_hash_entrypoint_runs_that_export(tmp_path: Path) -> None:
     assert missing.returncode == 125 and "it exports: hello" in missing.stderr
 
 
-def test_a_mount_on_the_guests_root_is_refused(hostile_wasm: Path, tmp_path: Path) -> None:
-    """As Docker refuses `-v DIR:/`: the image's root is `/`, and a second `/` preopen would shadow it."""
+def test_a_mount_on_the_root_is_refused_over_an_image_and_granted_to_a_bare_module(hostile_wasm: Path,
+                                                                                   tmp_path: Path) -> None:
+    """As Docker refuses `-v DIR:/` (the image's root is `/`); a bare module has no root, and `/` may be
+    granted to it, as wasmtime's `--dir DIR::/` (how the WASI test suite runs its tests)."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    shutil.copy(hostile_wasm, ctx / "hostile.wasm")
+    (ctx / "Dockerfile").write_text('FROM scratch\nCOPY hostile.wasm /hostile.wasm\nENTRYPOINT ["/hostile.wasm"]\n')
+    wasmctr("build", str(ctx), "-t", "rooted:1")
     for flags in (["-v", f"{tmp_path}:/"], ["-v", f"{tmp_path}:/.:ro"], ["--tmpfs", "/"]):
-        assert_one_line_error(run(*flags, str(hostile_wasm), "ls", "/"), 125, "not /" if flags[0] == "--tmpfs"
-                              else "the guest path cannot be /")
+        assert_one_line_error(run(*flags, "rooted:1", "ls", "/"), 125, "cannot be mounted at / over an image's root")
+    granted = run("-v", f"{ctx}:/", str(hostile_wasm), "read", "Dockerfile")
+    assert granted.returncode == 0 and granted.stdout.startswith("read: FROM scratch")
 
 
 def test_unbounded_recursion_traps(hostile_wasm: Path) -> None:

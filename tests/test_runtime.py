@@ -301,6 +301,19 @@ def test_list_shows_wasm_and_native_containers_sharing_a_root(bundle: Path, tmp_
             runtime(root, "delete", "--force", name)
 
 
+def test_the_default_devices_behave_as_on_linux(bundle: Path, tmp_path: Path) -> None:
+    from conftest import DEVICE_CASES
+
+    config = json.loads((bundle / "config.json").read_text())
+    for args, expected in DEVICE_CASES:
+        config["process"]["args"] = ["/app.wasm", *args]
+        (bundle / "config.json").write_text(json.dumps(config))
+        proc = subprocess.run([RUNTIME, "--root", str(tmp_path / "root"), "run", "--bundle", str(bundle), "dev"],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.stdout == expected, (args, proc)
+    assert not (tmp_path / "root" / "dev").exists()
+
+
 def test_delete_force_and_kill_by_number(bundle: Path, tmp_path: Path) -> None:
     root = tmp_path / "root"
     for name in ("f1", "f2"):

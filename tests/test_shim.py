@@ -631,6 +631,17 @@ def test_hash_entrypoints_through_containerd(containerd, images) -> None:  # typ
     wait_for_nothing_left(containerd)
 
 
+def test_the_default_devices_through_containerd(containerd, images) -> None:  # type: ignore[no-untyped-def]
+    from conftest import DEVICE_CASES
+
+    for i, (args, expected) in enumerate(DEVICE_CASES):
+        proc = ctr_run(containerd, "--rm", images["hostile"], f"dev-{i}", "/hostile.wasm", *args)
+        assert proc.stdout == expected, (args, proc)
+    ls = ctr_run(containerd, "--rm", images["hostile"], "dev-ls", "/hostile.wasm", "ls", "/dev")
+    assert sorted(ls.stdout.split()) == [".", "..", "full", "null", "random", "tty", "urandom", "zero"]
+    wait_for_nothing_left(containerd)
+
+
 def test_a_lingering_shim_is_reserved_before_it_is_reused(containerd, images) -> None:  # type: ignore[no-untyped-def]
     """The next container reuses the warm shim; a `start` racing the shim's exit never gets a dead address."""
     first = ctr_run(containerd, "--rm", images["hello"], "linger-1")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -266,13 +267,27 @@ def executor(store: Store | None = None) -> Executor:
     return Executor(CompileCache(_store(store).root / "cache" / "compiled"))
 
 
+def _device_dir(names: list[str], cleanup: list[Path]) -> Path:
+    """A scratch /dev holding the granted default devices (`devices.populate`)."""
+    from . import devices
+
+    if os.geteuid() != 0:
+        raise UsageError("--device needs root: the device nodes are made with mknod")
+    scratch = Path(tempfile.mkdtemp(prefix="wasmctr-dev-"))
+    cleanup.append(scratch)
+    try:
+        return devices.populate(scratch / "dev", names)
+    except ValueError as exc:
+        raise UsageError(f"--device: {exc}") from None
+
+
 def run(target: str, args: list[str] | None = None, *, entrypoint: str | None = None, workdir: str | None = None,
         env: list[str] | None = None, env_files: list[str] | None = None, volumes: list[str] | None = None,
         tmpfs: list[str] | None = None, memory: str | None = None, timeout: str | None = None,
         fuel: int | None = None, network: bool = False, deny_wasi: list[str] | None = None,
         allow_wasi: list[str] | None = None, syscall_policy: str = "refuse", stdin: bool | str = False,
         stdout: str | None = None, stderr: str | None = None, platform: str | None = None,
-        pull_missing: bool = True, user: str | None = None,
+        pull_missing: bool = True, user: str | None = None, devices: list[str] | None = None,
         insecure: bool = False, ca_cert: str | None = None, progress: Progress | None = None,
         hard_stop: bool = False, store: Store | None = None) -> Outcome:
     """Run an image (pulled first if it is not in the store) or a `.wasm` file under the WASI sandbox.
@@ -281,7 +296,8 @@ def run(target: str, args: list[str] | None = None, *, entrypoint: str | None = 
     ours), `network`. stdin is closed unless `stdin` (True: ours; a path: that file); stdout and stderr
     are ours unless paths are given. `user` ("UID[:GID]", as root) runs the guest in a child process
     that becomes that user, with no capabilities, the container seccomp filter and Landlock
-    (`wasmctr.confined`). Returns the outcome; `outcome.exit_code` is what `docker run` would exit with.
+    (`wasmctr.confined`). `devices` grants default device nodes at /dev ("/dev/null", "zero"...; as
+    root: they are made with mknod). Returns the outcome; `outcome.exit_code` is what `docker run` would exit with.
     """
     from . import launch
     from .policy import Policy
@@ -319,6 +335,8 @@ def run(target: str, args: list[str] | None = None, *, entrypoint: str | None = 
         if isinstance(stdin, str):
             spec.stdin = stdin
         spec.stdout, spec.stderr = stdout, stderr
+        if devices:
+            spec.devices = _device_dir([d.removeprefix("/dev/") for d in devices], cleanup)
         runner = executor(st)
         if ids is None:
             return runner.run(spec, hard_stop=hard_stop)

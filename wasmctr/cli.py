@@ -120,6 +120,8 @@ def run(
     timeout: Annotated[str | None, typer.Option("--timeout", help="Wall-clock limit, e.g. 10s.")] = None,
     fuel: Annotated[int | None, typer.Option("--fuel", help="Instruction budget (slows execution).")] = None,
     platform: Annotated[str | None, typer.Option("--platform", help="Platform of an index.")] = None,
+    device: Annotated[list[str] | None, typer.Option("--device", help="Grant a default device at /dev: null, zero, "
+                                                     "full, random, urandom, tty (as root).")] = None,
     user: Annotated[str | None, typer.Option("-u", "--user", help="Run the guest as UID[:GID] (numbers; as root), "
                                              "with no capabilities, seccomp and Landlock.")] = None,
     insecure: Insecure = False,
@@ -138,6 +140,7 @@ def run(
                               volumes=volume, tmpfs=tmpfs, memory=memory, timeout=timeout, fuel=fuel,
                               network=network == "host", deny_wasi=deny_wasi, allow_wasi=allow_wasi,
                               syscall_policy=syscall_policy, stdin=interactive, platform=platform, user=user,
+                              devices=device,
                               insecure=insecure, ca_cert=ca_cert, progress=progress, hard_stop=True)
         except WasmctrError as exc:
             _fail(str(exc), EXIT_RUN_FAILED)

@@ -67,6 +67,7 @@ class RunSpec:
     stderr: str | None = None
     wasm_digest: str | None = None
     function: str | None = None  # an export to call instead of the command's entry (`path#func`)
+    devices: Path | None = None  # a directory of default device nodes, preopened at /dev (`devices.py`)
 
 
 @dataclass(frozen=True)
@@ -233,6 +234,8 @@ class Executor:
             if not m.host.is_dir():
                 raise ExecutorError(f"volume {m.host}: not a directory on the host")
             preopens.append((m.host, m.guest, not m.readonly))
+        if spec.devices is not None:
+            preopens.append((spec.devices, "/dev", True))  # writable: /dev/null is written to
         cwd_host = _host_path(spec.cwd, preopens)
         if spec.cwd != "/" and cwd_host is not None:
             preopens.append((cwd_host[0], ".", cwd_host[1]))

@@ -50,7 +50,7 @@ def abi() -> int:
     return max(int(version), 0)
 
 
-def ruleset(readable: list[Path], writable: list[Path]) -> int | None:
+def ruleset(readable: list[Path], writable: list[Path], read_write_files: list[Path] | None = None) -> int | None:
     """A ruleset fd allowing reads below `readable` and everything below `writable`, not yet enforced;
     None where the kernel has no Landlock. Made while the process can still open those paths (before it
     becomes the spec's user, who may not be able to reach them)."""
@@ -65,7 +65,7 @@ def ruleset(readable: list[Path], writable: list[Path]) -> int | None:
     if fd < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset")
     try:
-        for paths, access in ((readable, READ), (writable, handled)):
+        for paths, access in ((readable, READ), (writable, handled), (read_write_files or [], FILE_RIGHTS)):
             for path in paths:
                 _add_rule(libc, fd, path, access, handled)
     except BaseException:
@@ -86,9 +86,12 @@ def enforce(ruleset_fd: int | None) -> None:
 
 
 def ruleset_for(spec: RunSpec) -> int | None:
-    """The ruleset of a guest's grants: its rootfs and read-only mounts to read, the others to write."""
-    return ruleset([*([spec.rootfs] if spec.rootfs else []), *(m.host for m in spec.mounts if m.readonly)],
-                   [m.host for m in spec.mounts if not m.readonly])
+    """The ruleset of a guest's grants: its rootfs and read-only mounts to read, the others to write, and
+    its device nodes to read and write (their directory to list: nothing can be made or removed there)."""
+    devices = sorted(spec.devices.iterdir()) if spec.devices is not None else []
+    return ruleset([*([spec.rootfs] if spec.rootfs else []), *(m.host for m in spec.mounts if m.readonly),
+                    *([spec.devices] if spec.devices is not None else [])],
+                   [m.host for m in spec.mounts if not m.readonly], devices)
 
 
 def restrict(readable: list[Path], writable: list[Path]) -> bool:

@@ -99,11 +99,15 @@ def _apply(spec: RunSpec, options: RunOptions, image_env: list[str], cleanup: li
     spec.env = _env(image_env, options)
     spec.mounts = [_volume(v) for v in options.volumes]
     for guest in options.tmpfs:
-        if not guest.startswith("/") or posixpath.normpath(guest) == "/":
-            raise UsageError(f"--tmpfs {guest}: the path in the guest must be absolute, and not /")
+        if not guest.startswith("/"):
+            raise UsageError(f"--tmpfs {guest}: the path in the guest must be absolute")
         scratch = Path(tempfile.mkdtemp(prefix="wasmctr-tmpfs-"))
         cleanup.append(scratch)
         spec.mounts.append(Mount(scratch, guest, False))
+    if spec.rootfs is not None and any(m.guest == "/" for m in spec.mounts):
+        # as Docker refuses it: `/` is the image's root (a bare module has none: `/` may be granted, as
+        # wasmtime's `--dir DIR::/`)
+        raise UsageError("a volume cannot be mounted at / over an image's root; grant a directory below it")
     spec.memory_limit = parse_size(options.memory) if options.memory else None
     spec.timeout = parse_duration(options.timeout) if options.timeout else None
     if options.fuel is not None and options.fuel <= 0:
@@ -144,8 +148,6 @@ def _volume(text: str) -> Mount:
         mode = parts.pop()
     if len(parts) != 2 or mode not in ("ro", "rw") or not parts[0] or not parts[1].startswith("/"):
         raise UsageError(f"-v {text}: expected HOST_DIR:/GUEST/PATH[:ro|:rw]")
-    if posixpath.normpath(parts[1]) == "/":  # as Docker refuses it: `/` is the image's root
-        raise UsageError(f"-v {text}: the guest path cannot be / (the image's root; grant a directory below it)")
     host = Path(parts[0]).expanduser()
     if not host.is_dir():
         raise UsageError(f"-v {text}: {host} is not a directory (WASI grants directories, not files)")
