@@ -21,6 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from bare import run_bare  # noqa: E402
+
 WASMCTR = str(Path(sys.executable).parent / "wasmctr")
 
 
@@ -50,28 +54,8 @@ def under_wasmctr(test: Path, spec: dict, root: Path | None) -> tuple[int, str]:
 
 
 def under_wasmtime(test: Path, spec: dict, root: Path | None, work: Path) -> tuple[int, str]:  # type: ignore[type-arg]
-    import wasmtime
-
     out = work / "stdout"
-    config = wasmtime.WasiConfig()
-    config.argv = [test.name, *spec["args"]]
-    config.env = list(spec["env"].items())
-    if root:
-        config.preopen_dir(str(root), "/")
-    config.stdout_file = str(out)
-    engine = wasmtime.Engine()
-    store = wasmtime.Store(engine)
-    store.set_wasi(config)
-    linker = wasmtime.Linker(engine)
-    linker.define_wasi()
-    code = 0
-    try:
-        instance = linker.instantiate(store, wasmtime.Module.from_file(engine, str(test)))
-        instance.exports(store)["_start"](store)
-    except wasmtime.ExitTrap as exc:
-        code = exc.code
-    except (wasmtime.Trap, wasmtime.WasmtimeError):
-        code = 134
+    code = run_bare(test, spec["args"], spec["env"], root, out)
     return code, out.read_text(errors="replace") if out.exists() else ""
 
 

@@ -268,3 +268,11 @@ def test_large_module_with_data_segment_builds_and_validates(tmp_path: Path) -> 
         f.truncate(path.stat().st_size - 10)
     with pytest.raises(api.WasmctrError, match="runs past the end"):
         wasm.analyse(path)
+
+
+def test_build_refuses_a_platform_no_wasm_engine_asks_for(tmp_path: Path) -> None:
+    module = tmp_path / "m.wasm"
+    module.write_bytes(b"\0asm\x01\0\0\0")
+    proc = wasmctr("build", str(module), "-t", "plat:1", "--platform", "foo/bar", check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("wasmctr: error: --platform foo/bar: wasm images are built")
+    assert wasmctr("build", str(module), "-t", "plat:1", "--platform", "wasi/wasm,linux/arm64").returncode == 0

@@ -238,6 +238,70 @@ def test_a_mount_on_the_root_is_refused_over_an_image_and_granted_to_a_bare_modu
     assert granted.returncode == 0 and granted.stdout.startswith("read: FROM scratch")
 
 
+WASI_CASES = ["clocks", "seek-and-read", "write-at", "access-bounds", "directories", "identities", "sockets"]
+
+
+@pytest.fixture(scope="module")
+def wasi_cases_wasm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from conftest import REPO, zig_cc
+
+    return zig_cc(REPO / "tests" / "guests" / "wasi_cases.c", tmp_path_factory.mktemp("wasi-cases") / "cases.wasm")
+
+
+@pytest.mark.parametrize("case", WASI_CASES)
+def test_wasi_test_suite_cases_pass_as_under_bare_wasmtime(wasi_cases_wasm: Path, tmp_path: Path, case: str) -> None:
+    """The behaviours the public WASI test suite's C tests check (tests/guests/wasi_cases.c; the whole
+    suite runs with bench/wasi_testsuite.py), mapped as its wasmtime adapter maps them (root at `/`):
+    each case passes under `wasmctr run` and under bare wasmtime alike."""
+    root = tmp_path / "root"
+    (root / "dir").mkdir(parents=True)
+    (root / "scratch").mkdir()
+    (root / "data.txt").write_text("01234567")
+    for name in ("a", "b"):
+        (root / "dir" / name).touch()
+    proc = run("-v", f"{root}:/", str(wasi_cases_wasm), case)
+    assert (proc.returncode, proc.stdout) == (0, "ok\n"), proc.stdout + proc.stderr
+
+    from bare import run_bare
+
+    out = tmp_path / "bare.out"
+    assert run_bare(wasi_cases_wasm, [case], {}, root, out) == 0
+    assert out.read_text() == "ok\n"
+
+
+def test_a_module_that_could_not_be_linked_fails_before_it_starts(tmp_path: Path) -> None:
+    """A WASI function that does not exist, or one imported with another signature: refused with the
+    import named, before the guest starts (`instantiate_pre`), as runwasi fails Create."""
+    for name, wat, why in (
+            ("nope", '(import "wasi_snapshot_preview1" "nope" (func))',
+             "unknown import: `wasi_snapshot_preview1::nope` has not been defined"),
+            ("badsig", '(import "wasi_snapshot_preview1" "fd_write" (func (param i32)))',
+             "incompatible import type for `wasi_snapshot_preview1::fd_write`")):
+        module = tmp_path / f"{name}.wasm"
+        module.write_bytes(wasmtime.wat2wasm(f'(module {wat} (memory (export "memory") 1) (func (export "_start")))'))
+        assert_one_line_error(run(str(module)), 125, f"cannot instantiate the guest: {why}")
+
+
+@pytest.mark.parametrize("flags, why", [
+    (["--deny-wasi", "nosuchcall"], "--deny-wasi 'nosuchcall': names no WASI call or interface"),
+    (["--deny-wasi", "path_open,fd_wirte"], "--deny-wasi 'fd_wirte': names no WASI call"),
+    (["--allow-wasi", "wasi:sockets"], "--allow-wasi 'wasi:sockets': names no WASI call"),
+    (["--deny-wasi", "env.path_open"], "--deny-wasi 'env.path_open': names no WASI call"),
+    (["-m", "64"], "-m 64: the memory limit must be at least 6 MiB"),
+    (["-m", "17179869184g"], "-m 17179869184g: the memory limit must be at least 6 MiB (as Docker's) and below 8 EiB"),
+])
+def test_flags_that_name_nothing_are_refused_before_the_guest_starts(hostile_wasm: Path, flags: list[str],
+                                                                     why: str) -> None:
+    """A typo must not silently disable a policy, and a limit the guest cannot start under is refused."""
+    assert_one_line_error(run(*flags, str(hostile_wasm), "exit", "0"), 125, why)
+
+
+def test_valid_policy_names_and_globs_are_taken(hostile_wasm: Path) -> None:
+    for flags in (["--deny-wasi", "sock_*"], ["--deny-wasi", "wasi_snapshot_preview1.sock_accept"],
+                  ["--deny-wasi", "wasi:sockets/*"], ["--allow-wasi", "wasi:sockets/tcp@0.2.0"], ["-m", "6m"]):
+        assert run(*flags, str(hostile_wasm), "exit", "0").returncode in (0, 134), flags  # 134: 6m < its memory
+
+
 def test_unbounded_recursion_traps(hostile_wasm: Path) -> None:
     proc = run(str(hostile_wasm), "recurse")
     assert proc.returncode == 134

@@ -52,6 +52,10 @@ def _store(store: Store | None) -> Store:
     return store if store is not None else Store()
 
 
+BUILD_OS = ("wasi", "wasip1", "wasip2", "linux")
+BUILD_ARCHITECTURES = ("wasm", "wasm32", "amd64", "arm64", "arm", "386", "ppc64le", "s390x", "riscv64")
+
+
 def parse_platforms(text: str) -> list[Platform]:
     try:
         found = [Platform.parse(p) for p in text.split(",") if p.strip()]
@@ -71,6 +75,11 @@ def build(source: str | os.PathLike[str], tag: str, *, dockerfile_path: str | os
     if format not in builder.FORMATS:
         raise UsageError(f"--format {format!r}: expected compat or artifact")
     wanted = parse_platforms(platforms)
+    for platform in wanted:
+        if platform.os not in BUILD_OS or platform.architecture not in BUILD_ARCHITECTURES:
+            raise UsageError(f"--platform {platform}: wasm images are built for {', '.join(BUILD_OS)} on "
+                             f"{', '.join(BUILD_ARCHITECTURES)} (e.g. wasi/wasm, or linux/amd64 for engines that "
+                             "ask for their own platform)")
     path = Path(source)
     if path.is_dir():
         dfile = Path(dockerfile_path) if dockerfile_path else path / "Dockerfile"

@@ -97,6 +97,7 @@ class Executor:
         self._engines: dict[bool, Any] = {}
         self._loaded: dict[str, Any] = {}
         self._digests: dict[tuple[int, int, int, int], str] = {}
+        self._linkers: dict[int, Any] = {}  # per engine, for `_check_linkable`
         self._lock = threading.Lock()
 
     # -- the engine trait ---------------------------------------------------------------------------
@@ -123,8 +124,9 @@ class Executor:
         return self.start(self.prepare(spec), hard_stop)
 
     def prepare(self, spec: RunSpec) -> Prepared:
-        """Everything about a run that does not need the guest's own store: the code, loaded, and its
-        imports checked against the policy (a refused guest fails here). The shims prepare in the
+        """Everything about a run that does not need the guest's own store: the code, loaded, its imports
+        checked against the policy and against what the engine provides, its entrypoint found (a guest
+        that could not run fails here, at Create, as runwasi's does). The shims prepare in the
         long-lived process, before forking the container: the container process then only creates the
         store and starts, and shares, rather than copies, the pages this work touched."""
         kind = _kind(spec.wasm)
@@ -133,15 +135,18 @@ class Executor:
                                 "network access needs a preview 2 component")
         engine = self._engine(spec.fuel is not None)
         code, _ = self._code(spec.wasm, spec.wasm_digest, spec.fuel is not None)
-        if spec.function is not None:
-            _check_export(engine, kind, code, spec.function)
-        if kind == "component":
-            _check_provided(engine, code)
         verdict = policies.check(spec.policy, _imports(engine, kind, code))
         if verdict.denied and (spec.policy.mode == "refuse" or kind == "component"
                                or any(r == "not a WASI import" for r in verdict.denied.values())):
             listed = ", ".join(f"{name} ({why})" for name, why in sorted(verdict.denied.items()))
             raise ExecutorError(f"refused: the guest imports {listed}")
+        # what the policy allows must also be there to link, and the entrypoint must exist: fail now
+        if kind == "component":
+            _check_provided(engine, code)
+        else:
+            self._check_linkable(engine, code)
+        if spec.function is not None:
+            _check_export(engine, kind, code, spec.function)
         return Prepared(spec, kind, engine, code, list(verdict.denied))
 
     def start(self, prepared: Prepared, hard_stop: bool = False, confine: Callable[[], None] | None = None) -> Outcome:
@@ -162,6 +167,21 @@ class Executor:
             confine()
         guest = _Guest(prepared.engine, store, prepared.kind, prepared.code, spec, prepared.denied)
         return _supervise(guest, prepared.engine, spec, hard_stop)
+
+    def _check_linkable(self, engine: Any, code: Any) -> None:
+        """A module importing a WASI function that does not exist, or with another signature, could not
+        be instantiated: refuse it now (`instantiate_pre` links without running anything), naming it."""
+        import wasmtime
+
+        with self._lock:
+            linker = self._linkers.get(id(engine))
+            if linker is None:
+                linker = self._linkers[id(engine)] = wasmtime.Linker(engine)
+                linker.define_wasi()
+        try:
+            linker.instantiate_pre(code)
+        except wasmtime.WasmtimeError as exc:
+            raise ExecutorError(f"cannot instantiate the guest: {_one_line(str(exc))}") from None
 
     # -- compiling ---------------------------------------------------------------------------------
 

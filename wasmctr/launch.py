@@ -45,6 +45,9 @@ class RunOptions:
     stdin: bool = False
 
 
+MIN_MEMORY = 6 << 20  # Docker refuses less: "Minimum memory limit allowed is 6MB"
+
+
 def parse_size(text: str) -> int:
     """`64m`, `1g`, `512k`, `1048576` → bytes (binary units, as Docker's --memory)."""
     m = SIZE.match(text.strip())
@@ -109,6 +112,9 @@ def _apply(spec: RunSpec, options: RunOptions, image_env: list[str], cleanup: li
         # wasmtime's `--dir DIR::/`)
         raise UsageError("a volume cannot be mounted at / over an image's root; grant a directory below it")
     spec.memory_limit = parse_size(options.memory) if options.memory else None
+    if spec.memory_limit is not None and not MIN_MEMORY <= spec.memory_limit < 1 << 63:
+        raise UsageError(f"-m {options.memory}: the memory limit must be at least 6 MiB (as Docker's) "
+                         "and below 8 EiB")
     spec.timeout = parse_duration(options.timeout) if options.timeout else None
     if options.fuel is not None and options.fuel <= 0:
         raise UsageError("--fuel must be a positive number of units")

@@ -14,6 +14,7 @@ function name (`path_open`), qualified name (`wasi_snapshot_preview1.path_open`)
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -21,6 +22,17 @@ from .errors import UsageError
 
 WASIP1_MODULES = frozenset({"wasi_snapshot_preview1", "wasi_unstable"})
 SOCKET_PATTERNS = ("wasi:sockets/*",)
+WASIP1_FUNCTIONS = frozenset({
+    "args_get", "args_sizes_get", "environ_get", "environ_sizes_get", "clock_res_get", "clock_time_get",
+    "fd_advise", "fd_allocate", "fd_close", "fd_datasync", "fd_fdstat_get", "fd_fdstat_set_flags",
+    "fd_fdstat_set_rights", "fd_filestat_get", "fd_filestat_set_size", "fd_filestat_set_times", "fd_pread",
+    "fd_prestat_get", "fd_prestat_dir_name", "fd_pwrite", "fd_read", "fd_readdir", "fd_renumber", "fd_seek",
+    "fd_sync", "fd_tell", "fd_write", "path_create_directory", "path_filestat_get", "path_filestat_set_times",
+    "path_link", "path_open", "path_readlink", "path_remove_directory", "path_rename", "path_symlink",
+    "path_unlink_file", "poll_oneoff", "proc_exit", "proc_raise", "sched_yield", "random_get", "sock_accept",
+    "sock_recv", "sock_send", "sock_shutdown"})
+"""Every function of `wasi_snapshot_preview1` (WASI's witx): what a name in --deny-wasi may be."""
+INTERFACE = re.compile(r"wasi:(\*|[a-z][a-z0-9-]*/(\*|[a-z][a-z0-9-]*)(@[0-9][0-9A-Za-z.+-]*)?)")
 Mode = Literal["refuse", "trap"]
 
 
@@ -35,7 +47,11 @@ class Policy:
     def from_flags(cls, network: bool, deny: list[str] | None, allow: list[str] | None, mode: str) -> Policy:
         if mode not in ("refuse", "trap"):
             raise UsageError(f"--syscall-policy {mode!r}: expected refuse or trap")
-        return cls(network, _split(deny), _split(allow), mode)  # type: ignore[arg-type]
+        denied, allowed = _split(deny), _split(allow)
+        for flag, patterns in (("--deny-wasi", denied), ("--allow-wasi", allowed)):
+            for pattern in patterns:
+                _check_pattern(flag, pattern)
+        return cls(network, denied, allowed, mode)  # type: ignore[arg-type]
 
     def denied(self, module: str, name: str) -> str | None:
         """Why an import is not allowed, or None if it is."""
@@ -69,6 +85,20 @@ def check(policy: Policy, imports: list[tuple[str, str]]) -> Verdict:
         else:
             verdict.allowed.append(qualified)
     return verdict
+
+
+def _check_pattern(flag: str, pattern: str) -> None:
+    """A pattern must name something WASI has: a typo must not silently deny (or allow) nothing."""
+    module, dot, name = pattern.rpartition(".")
+    if pattern.startswith("wasi:"):
+        ok = INTERFACE.fullmatch(pattern) is not None
+    elif dot:
+        ok = module in WASIP1_MODULES and any(fnmatch.fnmatchcase(f, name) for f in WASIP1_FUNCTIONS)
+    else:
+        ok = any(fnmatch.fnmatchcase(f, pattern) for f in WASIP1_FUNCTIONS)
+    if not ok:
+        raise UsageError(f"{flag} {pattern!r}: names no WASI call or interface (e.g. path_open, sock_*, "
+                         "wasi_snapshot_preview1.fd_write, wasi:sockets/tcp, wasi:sockets/*)")
 
 
 def _split(values: list[str] | None) -> tuple[str, ...]:
