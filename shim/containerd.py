@@ -7,7 +7,7 @@ connection closes. Both runs sit on every container's path (`start` before its C
 before Kubernetes sees it exit), so the binary does little itself: it sends its arguments, directory
 and environment to the node's template process (`shim/template.py`: one per containerd, with
 wasmtime and the shim loaded), which carries the verb out (`shim/verbs.py`) and answers what to
-print. The binary imports os, sys, zlib and `_socket` and no more, so a run costs about what the
+print. The binary imports os, sys, types, zlib and `_socket` and no more, so a run costs about what the
 interpreter's start does. Where there is no current template, the binary carries the verb out itself
 and starts a template for the runs that follow.
 
