@@ -16,40 +16,16 @@ import signal
 
 def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot; None if there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return int(fields[19])  # field 22 overall; fields[0] is field 3 (the state)
-
-
-def is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except (OSError, IndexError):
-        return False
-
-
-def open_recorded(pid: int, started: int | None) -> int | None:
-    """A pidfd for the process recorded as (pid, start time); None if it is gone or the pid now
-    names another process. Without a recorded start time (an older record), the pid is trusted."""
-    try:
-        fd = os.pidfd_open(pid)
-    except (ProcessLookupError, ValueError):
-        return None
-    if started is not None and start_time(pid) != started:
-        os.close(fd)
-        return None
-    return fd
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None  # field 22 overall; fields[0] is field 3 (the state)
 
 
 def signal_recorded(pid: int, started: int | None, signum: int) -> bool:
     """Send `signum` to the recorded process; False if it is gone (or its pid was reused)."""
-    fd = open_recorded(pid, started)
-    if fd is None:
+    found = _open_recorded(pid, started)
+    if found is None:
         return False
+    fd, _ = found
     try:
         signal.pidfd_send_signal(fd, signum)
         return True
@@ -61,9 +37,35 @@ def signal_recorded(pid: int, started: int | None, signum: int) -> bool:
 
 def alive(pid: int, started: int | None) -> bool:
     """Whether the recorded process still runs (a zombie has stopped: it waits to be reaped)."""
-    fd = open_recorded(pid, started)
-    if fd is None:
+    found = _open_recorded(pid, started)
+    if found is None:
         return False
+    fd, fields = found
     with contextlib.suppress(OSError):
         os.close(fd)
-    return not is_zombie(pid)
+    return fields[0] != b"Z"
+
+
+def _open_recorded(pid: int, started: int | None) -> tuple[int, list[bytes]] | None:
+    """A pidfd for the process recorded as (pid, start time), with its /proc stat fields read once the
+    pidfd pins it; None if it is gone or the pid now names another process. Without a recorded start
+    time (an older record), the pid is trusted."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (ProcessLookupError, ValueError):
+        return None
+    fields = _stat(pid)
+    if fields is None or (started is not None and int(fields[19]) != started):
+        os.close(fd)
+        return None
+    return fd, fields
+
+
+def _stat(pid: int) -> list[bytes] | None:
+    """/proc/PID/stat's fields after the command name (fields[0] is the state); None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields if len(fields) > 19 else None

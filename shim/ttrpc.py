@@ -61,18 +61,19 @@ class Call:
         return self.metadata.get("containerd-namespace", "")
 
     def commit(self) -> bool:
-        with self._lock:
-            if self._state == "expired":
-                return False
-            self._state = "committed"
-            return True
+        """The handler is about to have its effect; False if the deadline was answered first."""
+        return self._settle("committed")
 
     def expire(self) -> bool:
         """Give up on the request (its deadline passed); False if the handler has committed."""
+        return self._settle("expired")
+
+    def _settle(self, state: str) -> bool:
+        """Move from running to `state` (committed or expired), once; False if the other came first."""
         with self._lock:
-            if self._state == "committed":
+            if self._state not in ("running", state):
                 return False
-            self._state = "expired"
+            self._state = state
             return True
 
 

@@ -125,10 +125,31 @@ def registry(directory: Path, **kwargs) -> Iterator[RegistryProcess]:  # type: i
 
 def ppid(pid: int) -> int:
     """A process's parent (0 once it is gone), from /proc/PID/stat: the field after `pid (comm) state`."""
+    fields = _stat(pid)
+    return int(fields[1]) if fields else 0
+
+
+def process_state(pid: int) -> str:
+    """R, S, Z...; "" once the process is gone."""
+    fields = _stat(pid)
+    return fields[0] if fields else ""
+
+
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command name; [] once the process is gone."""
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def status_fields(text: str) -> dict[str, list[str]]:
+    """/proc/PID/status as {field: its words}: `Uid` -> [real, effective, saved, fs], `CapEff` -> [hex]."""
+    return {key: value.split() for key, _, value in (line.partition(":") for line in text.splitlines())}
+
+
+def proc_status(pid: int | str) -> dict[str, list[str]]:
+    return status_fields(Path(f"/proc/{pid}/status").read_text())
 
 
 class Containerd:

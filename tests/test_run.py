@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 from conftest import assert_one_line_error, wasmctr
+from services import proc_status
 
 import wasmctr as api
 
@@ -182,8 +183,7 @@ def test_user_runs_the_guest_as_that_user_confined(hostile_wasm: Path, tmp_path:
             child = subprocess.run(["pgrep", "-P", str(spinner.pid)], capture_output=True, text=True).stdout.strip()
             time.sleep(0.1)
         time.sleep(0.5)  # past the fork: confined before the guest starts
-        lines = Path(f"/proc/{child}/status").read_text().splitlines()
-        fields = {key: value.split() for key, _, value in (line.partition(":") for line in lines)}
+        fields = proc_status(child)
         assert fields["Uid"] == ["1000"] * 4 and fields["Gid"] == ["1001"] * 4 and fields["Groups"] == []
         assert int(fields["CapEff"][0], 16) == 0 and fields["NoNewPrivs"] == ["1"] and fields["Seccomp"] == ["2"]
     finally:

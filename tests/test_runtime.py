@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 from conftest import wasmctr
+from services import proc_status
 
 RUNTIME = str(Path(sys.executable).parent / "wasmctr-runtime")
 VIA_RUNC_SHIM = ["--runtime", "io.containerd.runc.v2", "--runc-binary", RUNTIME]
@@ -107,8 +108,7 @@ def test_the_container_process_runs_as_the_specs_user_without_capabilities(bundl
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # the container keeps them
     assert create.wait(30) == 0
     pid = json.loads(runtime(root, "state", "u1").stdout)["pid"]
-    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    fields = {key: value.split() for key, _, value in (line.partition(":") for line in lines)}
+    fields = proc_status(pid)
     assert fields["Uid"] == ["1000"] * 4 and fields["Gid"] == ["1000"] * 4 and fields["Groups"] == ["7"]
     assert int(fields["CapEff"][0], 16) == int(fields["CapBnd"][0], 16) == 0 and fields["NoNewPrivs"] == ["1"]
     assert fields["Seccomp"] == ["2"]

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from services import ppid
+from services import ppid, proc_status, process_state, status_fields
 
 RUNTIME = ["--runtime", "io.containerd.wasmctr.v1"]
 
@@ -405,19 +405,6 @@ def test_a_trap_is_134_when_the_guests_stderr_has_no_reader(containerd, images) 
     wait_for_nothing_left(containerd)
 
 
-def process_state(pid: int) -> str:
-    """R, S, Z...; "" once the process is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return ""
-
-
-def status_fields(pid: int | str) -> dict[str, str]:
-    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
-
-
 def test_a_guest_process_keeps_only_the_capabilities_its_spec_grants(containerd, images) -> None:  # type: ignore[no-untyped-def]
     """ctr's default spec grants Docker's default set: the guest's process has that set (not root's
     all), less what --cap-drop removes, plus what --cap-add grants, and no_new_privs."""
@@ -429,14 +416,14 @@ def test_a_guest_process_keeps_only_the_capabilities_its_spec_grants(containerd,
                        ).returncode == 0
         pid = [line.split()[1] for line in containerd.ctr("task", "ls").stdout.splitlines()
                if line.startswith(name)][0]
-        found[name] = status_fields(pid)
+        found[name] = proc_status(pid)
         containerd.ctr("task", "kill", "--signal", "SIGKILL", name)
-    default, changed = (int(found[n]["CapEff"], 16) for n in ("caps-default", "caps-changed"))
+    default, changed = (int(found[n]["CapEff"][0], 16) for n in ("caps-default", "caps-changed"))
     assert default & cap_kill and not default & cap_sys_admin and default != (1 << 41) - 1
     assert changed == default & ~cap_kill | cap_sys_admin
     for fields in found.values():
-        assert fields["CapEff"] == fields["CapPrm"] == fields["CapBnd"] and fields["NoNewPrivs"] == "1"
-        assert fields["Uid"].split()[0] == "0" and fields["Seccomp"] == "2"  # filtered (wasmctr/seccomp.py)
+        assert fields["CapEff"] == fields["CapPrm"] == fields["CapBnd"] and fields["NoNewPrivs"] == ["1"]
+        assert fields["Uid"][0] == "0" and fields["Seccomp"] == ["2"]  # filtered (wasmctr/seccomp.py)
     for name in found:
         for _ in range(50):
             if containerd.ctr("task", "delete", name).returncode == 0:
@@ -448,10 +435,10 @@ def test_a_guest_process_keeps_only_the_capabilities_its_spec_grants(containerd,
 
 @pytest.mark.parametrize("process, expected", [
     ({"user": {"uid": 1000, "gid": 1001, "additionalGids": [5, 6]}},
-     {"Uid": "1000", "Gid": "1001", "Groups": "5 6", "CapEff": 0, "CapBnd": 0}),
+     {"Uid": "1000", "Gid": "1001", "Groups": ["5", "6"], "CapEff": 0, "CapBnd": 0}),
     ({"user": {"uid": 1000, "gid": 1000}, "capabilities": {n: ["CAP_NET_BIND_SERVICE"] for n in (
         "bounding", "effective", "permitted")}},
-     {"Uid": "1000", "Gid": "1000", "Groups": "", "CapEff": 1 << 10, "CapBnd": 1 << 10}),
+     {"Uid": "1000", "Gid": "1000", "Groups": [], "CapEff": 1 << 10, "CapBnd": 1 << 10}),
 ])
 def test_the_container_process_becomes_the_specs_user(process: dict, expected: dict) -> None:  # type: ignore[type-arg]
     from wasmctr import privileges
@@ -471,11 +458,11 @@ def test_the_container_process_becomes_the_specs_user(process: dict, expected: d
     with os.fdopen(read_end, "rb") as f:
         text = f.read().decode()
     assert os.waitpid(pid, 0)[1] == 0
-    fields = {key: value.strip() for key, _, value in (line.partition(":") for line in text.splitlines())}
-    assert fields["Uid"].split() == [expected["Uid"]] * 4 and fields["Gid"].split() == [expected["Gid"]] * 4
-    assert fields["Groups"] == expected["Groups"] and fields["NoNewPrivs"] == "1"
-    assert int(fields["CapEff"], 16) == int(fields["CapPrm"], 16) == expected["CapEff"]
-    assert int(fields["CapBnd"], 16) == expected["CapBnd"] and int(fields["CapAmb"], 16) == 0
+    fields = status_fields(text)
+    assert fields["Uid"] == [expected["Uid"]] * 4 and fields["Gid"] == [expected["Gid"]] * 4
+    assert fields["Groups"] == expected["Groups"] and fields["NoNewPrivs"] == ["1"]
+    assert int(fields["CapEff"][0], 16) == int(fields["CapPrm"][0], 16) == expected["CapEff"]
+    assert int(fields["CapBnd"][0], 16) == expected["CapBnd"] and int(fields["CapAmb"][0], 16) == 0
 
 
 def confined(script: str, setup: str = "", network: bool = False, profile: dict | None = None) -> object:  # type: ignore[type-arg]
