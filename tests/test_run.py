@@ -456,7 +456,8 @@ def test_pull_and_run_from_a_registry(plain_registry, hello_c_wasm: Path, tmp_pa
     wasmctr("build", str(hello_c_wasm.parent), "-t", ref, "--push")
     proc = run(ref, "registry", env={"WASMCTR_HOME": str(tmp_path / "fresh")})
     assert proc.returncode == 0 and proc.stdout.startswith("Hello, registry!")
-    assert_one_line_error(run(f"{plain_registry.host}/absent:1"), 125, "not found on the registry")
+    assert_one_line_error(run(f"{plain_registry.host}/absent:1"), 125, f"no image {plain_registry.host}/absent:1 in "
+                          "the local store, and pulling it failed:", "not found on the registry")
 
 
 def test_failures_before_the_guest_starts_exit_125(tmp_path: Path) -> None:
@@ -464,7 +465,9 @@ def test_failures_before_the_guest_starts_exit_125(tmp_path: Path) -> None:
     notwasm = tmp_path / "x.wasm"
     notwasm.write_text("#!/bin/sh\n")
     assert_one_line_error(run(str(notwasm)), 125, "not WebAssembly")
-    assert_one_line_error(run("missing-local-image:1", env={"WASMCTR_HOME": str(tmp_path / "h")}), 125)
+    assert_one_line_error(run("127.0.0.1:9/missing-local-image:1", env={"WASMCTR_HOME": str(tmp_path / "h")}), 125,
+                          "no image 127.0.0.1:9/missing-local-image:1 in the local store, and pulling it failed: "
+                          "cannot reach 127.0.0.1:9")
     assert_one_line_error(run("--memory", "lots", str(notwasm)), 125, "invalid size")
     assert_one_line_error(run("-v", "/nonexistent:/x", str(notwasm)), 125, "not a directory")
     assert_one_line_error(run("--bogus", str(notwasm)), 125, "No such option: --bogus")

@@ -87,7 +87,7 @@ def test_tag_rmi_and_garbage_collection(wasmctr_home: Path, hello_wasm: Path, co
     wasmctr("tag", "hello:1", "127.0.0.1:5000/team/hello:v1")
     wasmctr("build", str(component_wasm), "-t", "comp:1")
     listing = wasmctr("images").stdout.splitlines()
-    assert listing[0].split() == ["REPOSITORY", "TAG", "DIGEST", "PLATFORM", "FORMAT", "SIZE", "CREATED"]
+    assert listing[0].split() == ["REPOSITORY", "TAG", "IMAGE", "ID", "PLATFORM", "FORMAT", "SIZE", "CREATED"]
     assert any(line.startswith("127.0.0.1:5000/team/hello") for line in listing)
     store = Store()
     before = set(store.blobs_dir.iterdir())
@@ -100,6 +100,76 @@ def test_tag_rmi_and_garbage_collection(wasmctr_home: Path, hello_wasm: Path, co
     assert after < before and len(before - after) == 3  # manifest, config, layer
     api.inspect("comp:1")
     assert_one_line_error(wasmctr("rmi", "hello:1", check=False), 1, "no image hello:1")
+
+
+def test_image_ids_work_wherever_a_name_does_as_in_docker(wasmctr_home: Path, tmp_path: Path,
+                                                          hello_c_wasm: Path, hello_wasm: Path) -> None:
+    wasmctr("build", str(hello_c_wasm), "-t", "ids:1")
+    full = wasmctr("images", "-q", "--no-trunc").stdout.strip()
+    short = wasmctr("images", "-q").stdout.strip()
+    assert full.startswith("sha256:") and short == full[7:19] == api.inspect("ids:1")["digest"][7:19]
+    assert short in wasmctr("images").stdout.splitlines()[1].split()
+    for word in (short, full, full[7:], short[:5]):
+        assert wasmctr("run", word).stdout.startswith("Hello, world!"), word
+        assert json.loads(wasmctr("inspect", word, "--json").stdout)["names"] == ["ids:1"]
+    wasmctr("tag", short, "ids:2")
+    assert api.inspect("ids:2")["digest"] == full
+    # saved by ID, the image is unnamed in the archive, as `docker save ID` leaves it; load names it with -t
+    wasmctr("save", short, "-o", str(tmp_path / "by-id.tar"))
+    with tarfile.open(tmp_path / "by-id.tar") as tar:
+        index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
+    assert [e.get("annotations") for e in index["manifests"]] == [None]
+    fresh = {"WASMCTR_HOME": str(tmp_path / "fresh")}
+    assert_one_line_error(wasmctr("load", "-i", str(tmp_path / "by-id.tar"), env=fresh, check=False), 1, "-t")
+    wasmctr("load", "-i", str(tmp_path / "by-id.tar"), "-t", "named:1", env=fresh)
+    assert wasmctr("run", "named:1", env=fresh).stdout.startswith("Hello, world!")
+    # a name wins over an ID prefix; 64 hex digits are never a name
+    other = api.build(hello_wasm, short[:6]).digest
+    assert api.inspect(short[:6])["digest"] == other and api.inspect(short[:5])["digest"] == full
+    assert_one_line_error(wasmctr("tag", "ids:1", full[7:], check=False), 2, "image ID")
+    out = wasmctr("rmi", short).stdout  # an ID removes every name of its image
+    assert out.splitlines()[:2] == ["Untagged: ids:1", "Untagged: ids:2"]
+    assert f"Deleted: {full}" in out
+    assert_one_line_error(wasmctr("inspect", short, check=False), 1, f"no image {short}")
+
+
+def test_a_rebuild_leaves_a_dangling_image_that_prune_deletes(wasmctr_home: Path, hello_c_wasm: Path, hello_wasm: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    old = api.build(hello_c_wasm, "app:1").digest
+    wasmctr("build", str(hello_wasm), "-t", "app:1")
+    wasmctr("build", str(hello_wasm), "-t", "keep:1", "--platform", "linux/amd64")
+    rows = [line.split() for line in wasmctr("images").stdout.splitlines()]
+    assert rows[-1][:3] == ["<none>", "<none>", old[7:19]], rows
+    assert rows[-1][-1] == "-", "SOURCE_DATE_EPOCH=0 is shown as no time, not as 56 years ago"
+    assert [r[0] for r in rows[1:]] == ["app", "keep", "<none>"]
+    assert wasmctr("run", old[7:19]).stdout.startswith("Hello, world!")  # still there, by its ID
+    # filters, as `docker images REPOSITORY[:TAG]`: a name, a name:tag, a glob within one path component
+    assert [line.split()[0] for line in wasmctr("images", "app").stdout.splitlines()] == ["REPOSITORY", "app"]
+    assert len(wasmctr("images", "k?ep:1").stdout.splitlines()) == 2
+    assert len(wasmctr("images", "*:1").stdout.splitlines()) == 3
+    assert len(wasmctr("images", "app:2").stdout.splitlines()) == 1
+    listed = [json.loads(line) for line in wasmctr("images", "--format", "json").stdout.splitlines()]
+    assert [(i["Repository"], i["Tag"], i["ID"]) for i in listed][-1] == ("<none>", "<none>", old)
+    assert listed[0]["CreatedAt"] == "1970-01-01T00:00:00Z" and listed[0]["Platforms"] == ["wasi/wasm"]
+    assert_one_line_error(wasmctr("images", "--format", "yaml", check=False), 2, "--format")
+    # tag moves leave dangling images too, but never one still named elsewhere or twice
+    current = api.inspect("app:1")["digest"]
+    wasmctr("tag", "keep:1", "app:1")
+    wasmctr("tag", old, "app:1")
+    assert {(i.repository, i.digest) for i in api.images()} == {("app", old), ("keep", api.inspect("keep:1")["id"]),
+                                                                ("<none>", current)}
+    pruned = wasmctr("image", "prune").stdout
+    assert pruned.splitlines()[0] == f"Deleted: {current}" and "Deleted 2 blobs" in pruned  # manifest, config
+    assert [i.repository for i in api.images()] == ["app", "keep"]
+    # many dangling images: an ID prefix that begins two of them is refused, not guessed
+    for epoch in range(1, 18):
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", str(epoch))
+        api.build(hello_wasm, "app:1")
+    ids = [i.digest[7:] for i in api.images() if i.repository == "<none>"]
+    assert len(ids) == 17
+    shared = next(d[0] for d in ids if sum(e[0] == d[0] for e in ids) > 1)
+    assert_one_line_error(wasmctr("rmi", shared, check=False), 2, "ambiguous")
+    assert len(wasmctr("image", "prune").stdout.splitlines()) == 17 + 2
 
 
 def test_rmi_removes_the_unpacked_rootfs_of_an_image_it_deletes(wasmctr_home: Path, hello_c_wasm: Path) -> None:

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 from . import archive, atomic, builder, dockerfile
 from . import image as stored
 from . import reference as references
-from .errors import ImageNotFound, UsageError
+from .errors import ImageNotFound, UsageError, WasmctrError
 from .model import Descriptor, Platform
-from .store import Store
+from .store import Store, Tagged
 
 if TYPE_CHECKING:  # the registry stack (requests, oras) and wasmtime are imported only where used
     from .distribution import Progress
@@ -104,15 +104,24 @@ def build(source: str | os.PathLike[str], tag: str, *, dockerfile_path: str | os
                        built.program, built.wasm.kind)
 
 
-def images(store: Store | None = None) -> list[ImageSummary]:
-    """Every tagged image, sorted by name."""
+def images(pattern: str | None = None, store: Store | None = None) -> list[ImageSummary]:
+    """Every image, sorted by name, dangling ones (`<none>`) last; with `pattern`, those whose name or
+    name:tag matches it, as `docker images REPOSITORY[:TAG]` filters (`*` and `?` within a path component)."""
     st = _store(store)
     out = []
-    for tagged in st.tags():
-        ref = references.parse(tagged.name)
+    for tagged in sorted(st.tags(), key=lambda t: (t.dangling, t.name)):
+        if tagged.dangling:
+            if pattern is not None:
+                continue
+            repository = tag = "<none>"
+        else:
+            ref = references.parse(tagged.name)
+            repository, tag = ref.familiar_name, ref.tag or "<none>"
+            if pattern is not None and not references.matches(pattern, ref):
+                continue
         image = stored.load(st, tagged.descriptor)
         size = sum(st.blob_path(d).stat().st_size for d in st.referenced(tagged.descriptor))
-        out.append(ImageSummary(ref.familiar_name, ref.tag or "<none>", tagged.descriptor.digest,
+        out.append(ImageSummary(repository, tag, tagged.descriptor.digest,
                                 [str(p) for p in stored.platforms(st, tagged.descriptor)], image.format, size,
                                 str(image.config.get("created", ""))))
     return out
@@ -121,13 +130,14 @@ def images(store: Store | None = None) -> list[ImageSummary]:
 def inspect(ref: str, platform: str | None = None, store: Store | None = None) -> dict[str, Any]:
     """Manifest, config and the program's WASI imports (its syscall surface) for one image."""
     st = _store(store)
-    parsed = references.parse(ref)
-    desc = st.resolve(parsed)
+    desc, parsed = st.lookup(ref)
     wanted = parse_platforms(platform)[0] if platform else None
     image = stored.load(st, desc, wanted)
     program = stored.describe_program(st, image)
     out: dict[str, Any] = {
-        "name": parsed.familiar(),
+        "name": parsed.familiar() if parsed else "",
+        "id": desc.digest,
+        "names": [t.name for t in st.tags() if t.descriptor.digest == desc.digest and not t.dangling],
         "digest": desc.digest,
         "mediaType": desc.media_type,
         "format": image.format,
@@ -148,40 +158,47 @@ def tag(source: str, target: str, store: Store | None = None) -> str:
     if dst.digest:
         raise UsageError(f"cannot tag with a digest: {target}")
     with st.writing():  # a concurrent rmi cannot collect the image between resolving and tagging it
-        st.set_tag(dst, st.resolve(references.parse(source)))
+        st.set_tag(dst, st.lookup(source)[0])
     return dst.familiar()
 
 
 @dataclass(frozen=True)
 class Removed:
-    untagged: list[str]
+    untagged: list[str]  # names taken off
+    deleted: list[str]  # IDs of the images that went with them (no name or entry left)
     blobs: int
     bytes: int
 
 
 def rmi(ref: str, store: Store | None = None) -> Removed:
-    """Untag an image (every tag of it, for a digest reference), then delete blobs nothing else uses."""
+    """Untag an image (every tag of it, and itself if dangling, for an ID or digest), then delete the
+    blobs nothing else uses."""
     st = _store(store)
-    parsed = references.parse(ref)
-    desc = st.resolve(parsed)
-    if parsed.digest:
-        names = {t.name for t in st.tags() if t.descriptor.digest == desc.digest}
+    desc, parsed = st.lookup(ref)
+    if parsed is None or parsed.digest:
+        untagged = st.remove(lambda t: t.descriptor.digest == desc.digest)
     else:
-        names = {parsed.familiar()}
-    untagged = st.remove_tags(names)
-    collected = prune(st)
-    return Removed(sorted(t.name for t in untagged), collected.blobs, collected.bytes)
+        untagged = st.remove(lambda t: t.name == parsed.familiar())
+    return _collect(st, untagged)
 
 
 def prune(store: Store | None = None) -> Removed:
-    """Delete every blob no tag reaches (images replaced by a rebuild under their tag, blobs of removed
-    images, what interrupted pulls left in `ingest/`) and the rootfs `run` unpacked from them."""
+    """Delete the dangling images (those a rebuild, pull, load or tag took the name of), then every blob
+    no image reaches (what interrupted pulls left in `ingest/` included) and the rootfs `run` unpacked from
+    them. Returns the IDs of the images deleted."""
+    st = _store(store)
+    return _collect(st, st.remove(lambda t: t.dangling))
+
+
+def _collect(st: Store, removed: list[Tagged]) -> Removed:
+    """After entries were removed: what went, once the blobs (and unpacked rootfs) nothing reaches are gone."""
     from . import unpack
 
-    st = _store(store)
     blobs, freed = st.gc()
     unpack.prune(st)
-    return Removed([], blobs, freed)
+    left = {t.descriptor.digest for t in st.tags()}
+    return Removed(sorted(t.name for t in removed if not t.dangling),
+                   sorted({t.descriptor.digest for t in removed} - left), blobs, freed)
 
 
 def save(ref: str, output: str | os.PathLike[str] | None = None, oci_dir: str | os.PathLike[str] | None = None,
@@ -190,8 +207,7 @@ def save(ref: str, output: str | os.PathLike[str] | None = None, oci_dir: str | 
     if (output is None) == (oci_dir is None):
         raise UsageError("give exactly one of -o FILE.tar and --oci-dir DIR")
     st = _store(store)
-    parsed = references.parse(ref)
-    desc = st.resolve(parsed)
+    desc, parsed = st.lookup(ref)
     if oci_dir is not None:
         archive.save_layout(st, desc, parsed, Path(oci_dir))
         return desc
@@ -208,6 +224,16 @@ def load(source: str | os.PathLike[str], tag: str | None = None, store: Store | 
         raise UsageError(f"{source}: no such file or directory")
     loaded = archive.load(_store(store), path, references.parse(tag) if tag else None)
     return [item.name for item in loaded]
+
+
+def _pull_missing(target: str, platform: str | None, insecure: bool, ca_cert: str | None,
+                  progress: Progress | None, st: Store) -> Descriptor:
+    """Pull an image `run` did not find locally; a failure says both, as `docker run` does."""
+    name = references.parse(target).familiar()
+    try:
+        return pull(target, platform=platform, insecure=insecure, ca_cert=ca_cert, progress=progress, store=st)
+    except WasmctrError as exc:
+        raise type(exc)(f"no image {name} in the local store, and pulling it failed: {exc}") from None
 
 
 def _client(registry: str, insecure: bool, ca_cert: str | None) -> Registry:
@@ -331,15 +357,13 @@ def run(target: str, args: list[str] | None = None, *, entrypoint: str | None = 
                 raise UsageError(f"{target}: no such file")
             spec = launch.spec_for_file(path, options, cleanup)
         else:
-            ref = references.parse(target)
             wanted = parse_platforms(platform)[0] if platform else None
             try:
-                desc = st.resolve(ref)
+                desc, _ = st.lookup(target)
             except ImageNotFound:
                 if not pull_missing:
                     raise
-                desc = pull(target, platform=platform, insecure=insecure, ca_cert=ca_cert,
-                                         progress=progress, store=st)
+                desc = _pull_missing(target, platform, insecure, ca_cert, progress, st)
             spec = launch.spec_for_image(st, stored.load(st, desc, wanted), options, cleanup)
         if isinstance(stdin, str):
             spec.stdin = stdin

@@ -24,9 +24,10 @@ from .model import Descriptor, Index, canonical_json
 from .store import LAYOUT_VERSION, MAX_DOCUMENT, Store
 
 
-def save_archive(store: Store, desc: Descriptor, ref: reference.Reference, output: BinaryIO) -> None:
-    """Write one image and everything it references as an OCI archive."""
-    store.ensure_complete(desc, ref.familiar())
+def save_archive(store: Store, desc: Descriptor, ref: reference.Reference | None, output: BinaryIO) -> None:
+    """Write one image and everything it references as an OCI archive; unnamed in it when saved by ID, as
+    `docker save ID` leaves it."""
+    store.ensure_complete(desc, ref.familiar() if ref else desc.digest)
     blobs = sorted(store.referenced(desc))
     index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [_entry(desc, ref).to_dict()]}
     with tarfile.open(fileobj=output, mode="w|", format=tarfile.PAX_FORMAT) as tar:
@@ -43,16 +44,20 @@ def save_archive(store: Store, desc: Descriptor, ref: reference.Reference, outpu
                 tar.addfile(info, f)
 
 
-def save_layout(store: Store, desc: Descriptor, ref: reference.Reference, directory: Path) -> None:
-    """Copy one image into an OCI layout directory (created, or added to if it exists)."""
-    store.ensure_complete(desc, ref.familiar())
+def save_layout(store: Store, desc: Descriptor, ref: reference.Reference | None, directory: Path) -> None:
+    """Copy one image into an OCI layout directory (created, or added to if it exists); unnamed there when
+    saved by ID."""
+    store.ensure_complete(desc, ref.familiar() if ref else desc.digest)
     target = Store(directory)
     with target.writing():
         for digest in sorted(store.referenced(desc)):
             if not target.has_blob(digest):
                 with store.open_blob(digest) as f:
                     target.put_stream(f, "application/octet-stream", digest)
-    target.set_tag(ref, desc)
+    if ref is None:
+        target.keep_unnamed(desc)
+    else:
+        target.set_tag(ref, desc)
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,9 @@ def _load(store: Store, source: Path, tag: reference.Reference | None, added: se
     return [Loaded(ref.familiar(), entry) for ref, entry in named]
 
 
-def _entry(desc: Descriptor, ref: reference.Reference) -> Descriptor:
+def _entry(desc: Descriptor, ref: reference.Reference | None) -> Descriptor:
+    if ref is None:
+        return desc.with_annotations({})
     return desc.with_annotations({mt.ANNOTATION_REF_NAME: ref.familiar(), mt.ANNOTATION_CONTAINERD_NAME: str(ref)})
 
 

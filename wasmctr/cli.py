@@ -232,24 +232,42 @@ def logout(registry: Annotated[str, typer.Argument(help="Registry host.")]) -> N
 
 @app.command("images")
 def images_command(
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only print digests.")] = False,
+    repository: Annotated[str | None, typer.Argument(metavar="[REPOSITORY[:TAG]]", help="Only images whose name "
+                                                     "(or name:tag) matches; * and ? match within a path component.",
+                                                     show_default=False)] = None,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only print image IDs.")] = False,
+    no_trunc: Annotated[bool, typer.Option("--no-trunc", help="Print full image IDs.")] = False,
+    format: Annotated[str, typer.Option("--format", help="table (default) or json (one object per line).")] = "table",
 ) -> None:
-    """List the images in the local store.
+    """List the images in the local store; dangling ones (a rebuild took their tag) show as <none>.
 
-    Example: wasmctr images
+    Example: wasmctr images hello
     """
-    rows = api.images()
+    if format not in ("table", "json"):
+        raise UsageError(f"--format {format!r}: expected table or json")
+    rows = api.images(repository)
     if quiet:
-        for row in rows:
-            typer.echo(row.digest)
+        for image_id in dict.fromkeys(_image_id(r.digest, no_trunc) for r in rows):
+            typer.echo(image_id)
         return
-    table = [("REPOSITORY", "TAG", "DIGEST", "PLATFORM", "FORMAT", "SIZE", "CREATED")]
+    if format == "json":
+        for r in rows:
+            typer.echo(json.dumps({"Repository": r.repository, "Tag": r.tag, "ID": r.digest,
+                                   "Platforms": r.platforms, "Format": r.format, "Size": r.size,
+                                   "CreatedAt": r.created}))
+        return
+    table = [("REPOSITORY", "TAG", "IMAGE ID", "PLATFORM", "FORMAT", "SIZE", "CREATED")]
     for r in rows:
-        table.append((r.repository, r.tag, r.digest[7:19], ",".join(r.platforms), r.format, console.size(r.size),
-                      _ago(r.created)))
+        table.append((r.repository, r.tag, _image_id(r.digest, no_trunc), ",".join(r.platforms), r.format,
+                      console.size(r.size), _ago(r.created)))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for line in table:
         typer.echo("   ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+
+
+def _image_id(digest: str, full: bool) -> str:
+    """An image's ID, as Docker's containerd store has it: its manifest or index digest (12 hex digits)."""
+    return digest if full else digest.removeprefix("sha256:")[:12]
 
 
 @app.command()
@@ -268,8 +286,8 @@ def inspect(
         return
     rc = info["config"].get("config") or {}
     lines = [
-        ("Name", info["name"]),
-        ("Digest", info["digest"]),
+        ("Name", info["name"]) if info["name"] else ("Names", ", ".join(info["names"]) or "<none>"),
+        ("ID", info["id"]),
         ("Media type", info["mediaType"]),
         ("Format", info["format"]),
         ("Platforms", ", ".join(info["platforms"])),
@@ -303,15 +321,18 @@ def tag(
 
 
 @app.command()
-def rmi(refs: Annotated[list[str], typer.Argument(help="Images to remove.")]) -> None:
-    """Untag images, then delete the blobs no other image uses.
+def rmi(refs: Annotated[list[str], typer.Argument(metavar="IMAGE...", help="Images to remove: names, or IDs "
+                                                   "as `wasmctr images` shows them.")]) -> None:
+    """Untag images, then delete the blobs no other image uses; an ID removes every tag of its image.
 
-    Example: wasmctr rmi hello:1
+    Example: wasmctr rmi hello:1 8a41258c080c
     """
     for ref in refs:
         removed = api.rmi(ref)
         for name in removed.untagged:
             typer.echo(f"Untagged: {name}")
+        for image_id in removed.deleted:
+            typer.echo(f"Deleted: {image_id}")
         typer.echo(f"Deleted {removed.blobs} blobs ({console.size(removed.bytes)})")
 
 
@@ -323,11 +344,13 @@ app.add_typer(image_app)
 def image_prune(
     force: Annotated[bool, typer.Option("-f", "--force", help="Accepted as docker's; wasmctr never prompts.")] = False,
 ) -> None:
-    """Delete blobs no tagged image uses: images replaced by a rebuild, leftovers of interrupted pulls.
+    """Delete dangling images (<none>: a rebuild, pull or tag took their name) and blobs no image uses.
 
     Example: wasmctr image prune
     """
     removed = api.prune()
+    for image_id in removed.deleted:
+        typer.echo(f"Deleted: {image_id}")
     typer.echo(f"Deleted {removed.blobs} blobs\nTotal reclaimed space: {console.size(removed.bytes)}")
 
 
@@ -361,6 +384,10 @@ def load(
 
 
 def _ago(created: str) -> str:
+    """`docker images`' CREATED; `-` for a build stamped with the default SOURCE_DATE_EPOCH of 0, which says
+    when nothing was built."""
+    if created.startswith("1970-01-01T00:00:00"):
+        return "-"
     try:
         when = datetime.strptime(created[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
     except ValueError:

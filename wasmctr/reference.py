@@ -24,6 +24,7 @@ _DOMAIN = re.compile(
 _TAG = re.compile(r"^[\w][\w.-]{0,127}$")
 _DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[0-9a-fA-F]{32,}$")
 _SHA256 = re.compile(r"^sha256:[0-9a-f]{64}$")
+_IMAGE_ID = re.compile(r"^(?:sha256:)?([0-9a-f]{1,64})$")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,20 @@ class Reference:
         return f":{self.tag or DEFAULT_TAG}"
 
 
+def image_id(text: str) -> str | None:
+    """The hex digits of an image ID as users type one (`sha256:<hex>`, or the hex or a prefix of it, as
+    `wasmctr images` shows it), or None when the text cannot be one."""
+    found = _IMAGE_ID.match(text)
+    return found.group(1) if found else None
+
+
+def matches(pattern: str, ref: Reference) -> bool:
+    """Whether a `docker images REPOSITORY[:TAG]` pattern names the reference: its familiar name or
+    name:tag, with `*` and `?` matching within one path component, as Go's path.Match does."""
+    glob = re.compile("".join("[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c) for c in pattern))
+    return any(glob.fullmatch(form) for form in (ref.familiar_name, ref.familiar()))
+
+
 def parse(text: str) -> Reference:
     """Parse a reference; raise InvalidReference with the reason when it is not one."""
     original = text
@@ -97,6 +112,8 @@ def parse(text: str) -> Reference:
         raise InvalidReference(
             f"invalid reference {original!r}: repository names are lower-case letters, digits and . _ - /"
         )
+    if re.fullmatch(r"[0-9a-f]{64}", path):
+        raise InvalidReference(f"invalid reference {original!r}: 64 hex digits are an image ID, not a name")
     if registry == DEFAULT_REGISTRY and "/" not in path:
         path = f"library/{path}"
     if len(registry) + 1 + len(path) > 255:

@@ -18,7 +18,7 @@ import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -26,12 +26,16 @@ from typing import Any, BinaryIO
 from . import atomic
 from . import digest as digests
 from . import mediatypes as mt
-from .errors import DigestMismatch, ImageNotFound, StoreError
+from .errors import DigestMismatch, ImageNotFound, StoreError, UsageError
 from .model import Descriptor, Index, Manifest, canonical_json
-from .reference import Reference
+from .reference import Reference, image_id, parse
 
 MAX_DOCUMENT = 4 << 20
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
+
+
+def _named(desc: Descriptor, name: str) -> bool:
+    return desc.annotations.get(mt.ANNOTATION_REF_NAME) == name
 
 
 def default_root() -> Path:
@@ -44,10 +48,16 @@ def default_root() -> Path:
 
 @dataclass(frozen=True)
 class Tagged:
-    """One `index.json` entry: a name (`hello:1`) and the manifest or index it points to."""
+    """One `index.json` entry: a name (`hello:1`) and the manifest or index it points to. An entry with no
+    name is a dangling image: one a build, pull, load or tag moved its name away from (Docker's `<none>`),
+    kept until `image prune` or `rmi ID`."""
 
     name: str
     descriptor: Descriptor
+
+    @property
+    def dangling(self) -> bool:
+        return not self.name
 
 
 class BlobWriter:
@@ -229,22 +239,33 @@ class Store:
         return [Tagged(d.annotations.get(mt.ANNOTATION_REF_NAME, ""), d) for d in self._read_index()]
 
     def set_tag(self, ref: Reference, desc: Descriptor) -> None:
+        """Name an image; the image the name leaves, if nothing else names it, stays as a dangling entry."""
         name = ref.familiar()
-        entry = Descriptor(desc.media_type, desc.digest, desc.size,
-                           {mt.ANNOTATION_REF_NAME: name, mt.ANNOTATION_CONTAINERD_NAME: str(ref)},
-                           desc.platform, desc.artifact_type)
-        with self._locked("index.lock"):
-            entries = [d for d in self._read_index() if d.annotations.get(mt.ANNOTATION_REF_NAME) != name]
-            entries.append(entry)
-            self._write_index(entries)
-
-    def remove_tags(self, names: set[str]) -> list[Tagged]:
+        entry = desc.with_annotations({mt.ANNOTATION_REF_NAME: name, mt.ANNOTATION_CONTAINERD_NAME: str(ref)})
         with self._locked("index.lock"):
             entries = self._read_index()
-            keep = [d for d in entries if d.annotations.get(mt.ANNOTATION_REF_NAME) not in names]
-            removed = [Tagged(d.annotations[mt.ANNOTATION_REF_NAME], d) for d in entries if d not in keep]
+            keep = [d for d in entries if not _named(d, name)
+                    and not (d.digest == desc.digest and not d.annotations.get(mt.ANNOTATION_REF_NAME))]
+            for left in entries:
+                if _named(left, name) and all(d.digest != left.digest for d in [*keep, desc]):
+                    keep.append(left.with_annotations({}))
+            keep.append(entry)
+            self._write_index(keep)
+
+    def keep_unnamed(self, desc: Descriptor) -> None:
+        """List an image in `index.json` without a name, unless an entry already holds it."""
+        with self._locked("index.lock"):
+            entries = self._read_index()
+            if all(d.digest != desc.digest for d in entries):
+                self._write_index([*entries, desc.with_annotations({})])
+
+    def remove(self, match: Callable[[Tagged], bool]) -> list[Tagged]:
+        """Drop the `index.json` entries that match (names, or dangling images); blobs stay until `gc`."""
+        with self._locked("index.lock"):
+            entries = self.tags()
+            removed = [t for t in entries if match(t)]
             if removed:
-                self._write_index(keep)
+                self._write_index([t.descriptor for t in entries if not match(t)])
         return removed
 
     def resolve(self, ref: Reference) -> Descriptor:
@@ -261,6 +282,32 @@ class Store:
             if tagged.name == name:
                 return tagged.descriptor
         raise ImageNotFound(f"no image {name} in the store {self.root} (see `wasmctr images`)")
+
+    def lookup(self, text: str) -> tuple[Descriptor, Reference | None]:
+        """What a user's word names, as Docker reads it: an image ID (`sha256:<64 hex>`, or the hex or a
+        unique prefix of it, as `wasmctr images` shows it) or a reference; a name wins over an ID prefix.
+        Returns the descriptor and the reference (None for an ID)."""
+        hex_id = image_id(text)
+        if hex_id is not None and len(hex_id) == 64:
+            return self._resolve_id(hex_id, text), None
+        ref = parse(text)
+        try:
+            return self.resolve(ref), ref
+        except ImageNotFound:
+            if hex_id is None:
+                raise
+        return self._resolve_id(hex_id, text), None
+
+    def _resolve_id(self, hex_id: str, text: str) -> Descriptor:
+        found = {t.descriptor.digest: t.descriptor for t in self.tags()
+                 if t.descriptor.digest.removeprefix("sha256:").startswith(hex_id)}
+        if len(found) > 1:
+            raise UsageError(f"image ID {text} is ambiguous: it begins {len(found)} images' IDs; give more digits")
+        if found:
+            return next(iter(found.values()))
+        if len(hex_id) == 64 and self.has_blob("sha256:" + hex_id):  # a platform's manifest inside an index
+            return self._describe_blob("sha256:" + hex_id)
+        raise ImageNotFound(f"no image {text} in the store {self.root} (see `wasmctr images`)")
 
     def _describe_blob(self, digest: str) -> Descriptor:
         size = self.blob_path(digest).stat().st_size
@@ -320,8 +367,8 @@ class Store:
                              f"{absent[0].digest}); pull it again with --all-platforms")
 
     def gc(self) -> tuple[int, int]:
-        """Remove blobs no tag reaches, and what interrupted writes left in `ingest/` (no writer is active
-        while this holds the lock); returns (blobs removed, bytes freed)."""
+        """Remove blobs no image (named or dangling) reaches, and what interrupted writes left in `ingest/`
+        (no writer is active while this holds the lock); returns (blobs removed, bytes freed)."""
         with self._locked("gc.lock"):
             freed = 0
             for path in self.ingest_dir.iterdir():
@@ -332,7 +379,7 @@ class Store:
             return removed, freed + blob_bytes
 
     def discard(self, digests: set[str]) -> None:
-        """Remove those of these blobs that no tag reaches (others stay): after a failed pull or load, or
+        """Remove those of these blobs that no image reaches (others stay): after a failed pull or load, or
         the blobs of an archive that none of its images uses."""
         with self._locked("gc.lock"):
             self._remove_unreferenced(digests)
