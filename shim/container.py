@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from wasmctr import diagnostics, landlock
-from wasmctr.executor import Outcome, Prepared
+from wasmctr.executor import Outcome, Prepared, exit_process
 
 
 def default_signals() -> None:
@@ -29,7 +29,7 @@ def become_guest(executor: Any, guest: Prepared, started: Callable[[], bool], ru
     if not started():
         return None
     landlock.enforce(ruleset)
-    outcome = executor.start(guest, hard_stop=True)
+    outcome = executor.start(guest, hard_stop=exit_process)
     if outcome.message:
         diagnostics.emit(f"wasmctr: {outcome.message}")
     with contextlib.suppress(OSError):  # the guest's output went to fd 1 itself; nothing may change its code

@@ -1,10 +1,10 @@
 """The README's commands, run as a user would paste them, and the demo.
 
 Every `wasmctr`, `python -m ziglang` and `skopeo` line of the README's shell blocks runs here, in order,
-against a registry of the test's own (127.0.0.1:5000 in the README is replaced by its address). The
-lines that need a daemon or a host this test does not start run in their own tests: `ctr` and
-containerd (test_shim, test_runtime), `dockerd`/`docker run` and `podman` (test_runtime), `login`
-(test_registry), `./run-tests` (CI itself) and `./demo` (below).
+then each of its Python blocks, against a registry of the test's own (127.0.0.1:5000 in the README is
+replaced by its address). The lines that need a daemon or a host this test does not start run in their
+own tests: `ctr` and containerd (test_shim, test_runtime), `dockerd`/`docker run` and `podman`
+(test_runtime), `login` (test_registry), `./run-tests` (CI itself) and `./demo` (below).
 """
 
 from __future__ import annotations
@@ -40,6 +40,11 @@ def test_every_readme_command_runs(plain_registry, tmp_path: Path, wasmctr_home:
                               timeout=300)
         assert proc.returncode == 0, f"README command failed: {command}\n{proc.stderr}"
     assert (tmp_path / ".local" / "share" / "wasmctr" / "index.json").is_file()
+    for block in re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S):
+        proc = subprocess.run([sys.executable, "-c", block], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, f"README Python failed:\n{block}\n{proc.stderr}"
+    assert "wc failed with 1" in proc.stdout
 
 
 def test_the_demo_builds_runs_and_shows_the_sandbox(tmp_path: Path) -> None:

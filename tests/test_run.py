@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import wasmtime
 from conftest import assert_one_line_error, wasmctr
-from services import proc_status
+from services import ppid, proc_status
 
 import wasmctr as api
 
@@ -520,10 +522,63 @@ def test_compile_cache_limit_comes_from_the_environment(hostile_wasm: Path, hell
     assert len(list((wasmctr_home / "cache" / "compiled").glob("*.cwasm"))) == 1, "0 MiB keeps only the newest"
 
 
-def test_python_api_in_place_of_subprocess(hostile_wasm: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out.txt"
-    outcome = api.run(str(hostile_wasm), ["environ"], env=["A=1"], stdout=str(out))
-    assert outcome.exit_code == 0 and out.read_text() == "A=1\n"
+def test_python_api_takes_what_subprocess_run_takes(hostile_wasm: Path, tmp_path: Path) -> None:
+    guest = str(hostile_wasm)
+    done = api.run(guest, ["environ"], env=["A=1"], capture_output=True, text=True)
+    assert isinstance(done, subprocess.CompletedProcess) and done.args == [guest, "environ"]
+    assert (done.returncode, done.stdout, done.stderr, done.reason) == (0, "A=1\n", "", "exit")
+    assert api.run(guest, ["environ"], env=["A=1"], stdout=subprocess.PIPE).stdout == b"A=1\n"
+    merged = api.run(guest, ["cat"], input=b"xyz", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert sorted(merged.stdout.splitlines()) == [b"3 bytes", b"xyz"] and merged.stderr is None
+    text, raw = io.StringIO(), io.BytesIO()
+    api.run(guest, ["cat"], input="h\u00e9\r\n", stdout=text, stderr=raw)
+    assert text.getvalue() == "h\u00e9\r\n" and raw.getvalue() == b"5 bytes\n"  # é is two bytes in UTF-8
+    assert api.run(guest, ["cat"], input="a\r\nb", capture_output=True, text=True).stdout == "a\nb"
+    assert api.run(guest, ["environ"], stdout=subprocess.DEVNULL).stdout is None
+    with open(tmp_path / "log", "w") as log:  # a file object: written after what the caller wrote
+        log.write("caller\n")
+        api.run(guest, ["environ"], env=["B=2"], stdout=log)
+        log.write("after\n")
+    assert (tmp_path / "log").read_text() == "caller\nB=2\nafter\n"
+    api.run(guest, ["environ"], env=["C=3"], stdout=tmp_path / "by-path")
+    assert (tmp_path / "by-path").read_text() == "C=3\n"
+    big = os.urandom(3 << 20)
+    assert api.run(guest, ["cat"], input=big, capture_output=True).stdout == big
+    (tmp_path / "in").write_bytes(b"from a file")
+    with open(tmp_path / "in", "rb") as source:
+        assert api.run(guest, ["cat"], stdin=source, capture_output=True).stdout == b"from a file"
+    assert api.run(guest, ["cat"], capture_output=True).stdout == b"", "stdin is closed unless given"
+    with pytest.raises(subprocess.CalledProcessError) as failed:
+        api.run(guest, ["exit", "3"], check=True, capture_output=True)
+    assert failed.value.returncode == 3 and failed.value.result.reason == "exit"
+    with pytest.raises(subprocess.CalledProcessError) as trapped:
+        api.run(guest, ["abort"], check=True, stderr=subprocess.DEVNULL)
+    assert trapped.value.returncode == 134 and "trapped" in str(trapped.value)
+    for wrong in ({"stdin": True, "input": b"x"}, {"capture_output": True, "stdout": subprocess.PIPE},
+                  {"stdin": subprocess.PIPE}, {"stdout": subprocess.STDOUT}, {"stdout": True}):
+        with pytest.raises(api.WasmctrError):
+            api.run(guest, ["environ"], **wrong)
+
+
+@pytest.mark.parametrize("mode", ["sleep", "cat", "spin"])
+def test_python_api_timeout_ends_a_guest_blocked_in_a_host_call_and_not_the_caller(hostile_wasm: Path,
+                                                                                    mode: str) -> None:
+    """A thread blocked in a host call cannot be killed: with a timeout the guest runs in a child
+    interpreter, which ends; this (pytest's) process goes on, with no child or thread left."""
+    quiet, writer = os.pipe()  # a stdin nobody writes to: `cat` blocks in fd_read
+    threads = threading.active_count()
+    with pytest.raises(subprocess.TimeoutExpired) as stopped:
+        api.run(str(hostile_wasm), [mode, "3600"], stdin=quiet if mode == "cat" else None, timeout=0.5,
+                capture_output=True)
+    os.close(quiet)
+    os.close(writer)
+    assert stopped.value.timeout == 0.5 and stopped.value.result.returncode == 137
+    assert stopped.value.result.message == "guest stopped: timeout after 0.5s"
+    assert threading.active_count() == threads
+    assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and ppid(int(pid)) == os.getpid()
+                and b"wasmctr.isolated" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    finished = api.run(str(hostile_wasm), ["cat"], input=b"in time", capture_output=True, timeout="30s")
+    assert (finished.returncode, finished.stdout) == (0, b"in time")
 
 
 def test_inspect_lists_the_same_imports_the_policy_checks(hostile_wasm: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from . import archive, atomic, builder, dockerfile
 from . import image as stored
 from . import reference as references
-from .errors import ImageNotFound, UsageError, WasmctrError
+from .errors import GuestFailed, GuestTimeout, ImageNotFound, UsageError, WasmctrError
 from .model import Descriptor, Platform
 from .store import Store, Tagged
 
@@ -316,25 +317,59 @@ def _device_dir(names: list[str], cleanup: list[Path]) -> Path:
         raise UsageError(f"--device: {exc}") from None
 
 
-def run(target: str, args: list[str] | None = None, *, entrypoint: str | None = None, workdir: str | None = None,
+class Completed(subprocess.CompletedProcess[Any]):
+    """What `run` returns: a `subprocess.CompletedProcess` (`args`, `returncode`, `stdout`, `stderr`,
+    `check_returncode()`) that also says how the guest ended: `reason` (exit, trap, oom, timeout or
+    signal) and `message`, the line `wasmctr run` prints for it."""
+
+    def __init__(self, args: list[str], outcome: Outcome, stdout: bytes | str | None,
+                 stderr: bytes | str | None) -> None:
+        super().__init__(args, outcome.exit_code, stdout, stderr)
+        self.reason = outcome.reason
+        self.message = outcome.message
+
+    @property
+    def exit_code(self) -> int:
+        """`returncode`, under the name `docker run` users know it by."""
+        return self.returncode
+
+    def check_returncode(self) -> None:
+        if self.returncode:
+            raise GuestFailed(self)
+
+
+def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input: bytes | str | None = None,
+        stdout: Any = None, stderr: Any = None, capture_output: bool = False, text: bool = False,
+        encoding: str | None = None, errors: str | None = None, check: bool = False,
+        timeout: float | str | None = None, entrypoint: str | None = None, workdir: str | None = None,
         env: list[str] | None = None, env_files: list[str] | None = None, volumes: list[str] | None = None,
-        tmpfs: list[str] | None = None, memory: str | None = None, timeout: str | None = None,
-        fuel: int | None = None, network: bool = False, deny_wasi: list[str] | None = None,
-        allow_wasi: list[str] | None = None, syscall_policy: str = "refuse", stdin: bool | str = False,
-        stdout: str | None = None, stderr: str | None = None, platform: str | None = None,
-        pull_missing: bool = True, user: str | None = None, devices: list[str] | None = None,
-        insecure: bool = False, ca_cert: str | None = None, progress: Progress | None = None,
-        hard_stop: bool = False, store: Store | None = None) -> Outcome:
-    """Run an image (pulled first if it is not in the store) or a `.wasm` file under the WASI sandbox.
+        tmpfs: list[str] | None = None, memory: str | None = None, fuel: int | None = None,
+        network: bool = False, deny_wasi: list[str] | None = None, allow_wasi: list[str] | None = None,
+        syscall_policy: str = "refuse", platform: str | None = None, pull_missing: bool = True,
+        user: str | None = None, devices: list[str] | None = None, insecure: bool = False,
+        ca_cert: str | None = None, progress: Progress | None = None, hard_stop: bool = False,
+        store: Store | None = None) -> Completed:
+    """Run an image (pulled first if it is not in the store) or a `.wasm` file under the WASI sandbox,
+    as `subprocess.run` runs a program.
+
+    stdio as `subprocess.run` takes it (`streams.py`): `stdout`/`stderr` as PIPE, DEVNULL, STDOUT, a
+    file object, a descriptor or a path; `capture_output`, `input`, `text`/`encoding`/`errors`;
+    `check=True` raises `GuestFailed` (a `subprocess.CalledProcessError`) for a non-zero exit, and
+    `timeout` (seconds, or "10s") raises `GuestTimeout` (a `subprocess.TimeoutExpired`) once the guest
+    is stopped. Unlike subprocess, stdin is closed unless given (True: ours), as `docker run` without -i.
+    With a timeout the guest runs in a child interpreter (`isolated.py`), so that it ends even when
+    blocked in a host call, and the caller's process goes on; otherwise on a thread of this one.
+    `hard_stop` (for a process that exists for its guest, as `wasmctr run`) runs it on a thread even
+    so, and ends this process if the guest cannot be stopped.
 
     Nothing is granted unless asked for: `volumes` ("HOST:GUEST[:ro]"), `env` ("K=V" or "K" to copy
-    ours), `network`. stdin is closed unless `stdin` (True: ours; a path: that file); stdout and stderr
-    are ours unless paths are given. `user` ("UID[:GID]", as root) runs the guest in a child process
-    that becomes that user, with no capabilities, the container seccomp filter and Landlock
-    (`wasmctr.confined`). `devices` grants default device nodes at /dev ("/dev/null", "zero"...; as
-    root: they are made with mknod). Returns the outcome; `outcome.exit_code` is what `docker run` would exit with.
+    ours), `network`. `user` ("UID[:GID]", as root) runs the guest in a child process that becomes
+    that user, with no capabilities, the container seccomp filter and Landlock (`wasmctr.confined`).
+    `devices` grants default device nodes at /dev ("/dev/null", "zero"...; as root: they are made with
+    mknod).
     """
-    from . import launch
+    from . import launch, streams
+    from .executor import exit_process
     from .policy import Policy
 
     ids = None
@@ -342,12 +377,19 @@ def run(target: str, args: list[str] | None = None, *, entrypoint: str | None = 
         from . import confined
 
         ids = confined.parse_user(user)
-
+    if capture_output:
+        if stdout is not None or stderr is not None:
+            raise UsageError("capture_output cannot be given with stdout or stderr")
+        stdout = stderr = streams.PIPE
+    out, err = streams.Output(stdout, "stdout"), streams.Output(stderr, "stderr")
+    source = streams.Input(stdin, input, encoding)
+    if ids is not None and (stdout == streams.PIPE or stderr == streams.PIPE):
+        raise UsageError("user= runs the guest in another process: give its output a file, not PIPE")
     options = launch.RunOptions(
         args=list(args or []), entrypoint=entrypoint, workdir=workdir, env=list(env or []),
         env_files=list(env_files or []), volumes=list(volumes or []), tmpfs=list(tmpfs or []), memory=memory,
-        timeout=timeout, fuel=fuel, policy=Policy.from_flags(network, deny_wasi, allow_wasi, syscall_policy),
-        stdin=bool(stdin))
+        timeout=None if timeout is None else str(timeout), fuel=fuel,
+        policy=Policy.from_flags(network, deny_wasi, allow_wasi, syscall_policy))
     st = _store(store)
     cleanup: list[Path] = []
     try:
@@ -365,18 +407,37 @@ def run(target: str, args: list[str] | None = None, *, entrypoint: str | None = 
                     raise
                 desc = _pull_missing(target, platform, insecure, ca_cert, progress, st)
             spec = launch.spec_for_image(st, stored.load(st, desc, wanted), options, cleanup)
-        if isinstance(stdin, str):
-            spec.stdin = stdin
-        spec.stdout, spec.stderr = stdout, stderr
         if devices:
             spec.devices = _device_dir([d.removeprefix("/dev/") for d in devices], cleanup)
         runner = executor(st)
-        if ids is None:
-            return runner.run(spec, hard_stop=hard_stop)
-        for mount in spec.mounts:
-            if mount.host in cleanup:  # a --tmpfs scratch directory: writable by any user, as Docker's (1777)
-                os.chmod(mount.host, 0o1777)
-        return confined.run(runner, runner.prepare(spec), *ids, hard_stop=hard_stop)
+        if spec.timeout is not None and not hard_stop and ids is None:
+            from . import isolated
+
+            spec.stdin, popen_stdin = source.popen()
+            assert runner.cache is not None
+            outcome, got_out, got_err = isolated.run(spec, runner.cache.directory, popen_stdin, out.popen(),
+                                                     err.popen(), source.data)
+            out.deliver(got_out)
+            err.deliver(got_err)
+        else:
+            spec.stdin = source.path(cleanup)
+            spec.stdout, spec.stderr = out.writer(), err.writer(out)
+            if ids is None:
+                outcome = runner.run(spec, exit_process if hard_stop else None)
+            else:
+                for mount in spec.mounts:
+                    if mount.host in cleanup:  # a --tmpfs directory: writable by any user, as Docker's (1777)
+                        os.chmod(mount.host, 0o1777)
+                outcome = confined.run(runner, runner.prepare(spec), *ids)
     finally:
+        out.close()
+        err.close()
         for directory in cleanup:
             shutil.rmtree(directory, ignore_errors=True)
+    decode = streams.decoder(text, encoding, errors)
+    result = Completed([target, *(args or [])], outcome, out.result(decode), err.result(decode))
+    if outcome.reason == "timeout":
+        raise GuestTimeout(result, spec.timeout or 0)
+    if check:
+        result.check_returncode()
+    return result

@@ -17,7 +17,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from . import __version__, api, console, diagnostics
-from .errors import UsageError, WasmctrError
+from .errors import GuestTimeout, UsageError, WasmctrError
 
 # `run` exits with the guest's code, so its own failures, bad flags included, use docker run's 125 rather
 # than 2, which a guest may well return
@@ -142,6 +142,8 @@ def run(
                               syscall_policy=syscall_policy, stdin=interactive, platform=platform, user=user,
                               devices=device,
                               insecure=insecure, ca_cert=ca_cert, progress=progress, hard_stop=True)
+        except GuestTimeout as stopped:
+            outcome = stopped.result
         except WasmctrError as exc:
             _fail(str(exc), EXIT_RUN_FAILED)
     if outcome.message:

@@ -5,21 +5,22 @@ scratch directories of --tmpfs, an unpacked rootfs) needs the invoking user's ri
 the guest is prepared here (its code loaded once, shared), and a forked child opens the guest's
 preopens, then becomes UID:GID with no capabilities and no_new_privs, installs the container
 seccomp filter and confines itself with Landlock to the rootfs and the mounts, as a container process
-under the shim does, and runs the guest. Its outcome comes back on a pipe; SIGTERM, SIGINT and SIGHUP
-sent to this process are passed to the child, which stops its guest as `wasmctr run` does.
+under the shim does, and runs the guest. Its outcome comes back on a pipe (`isolated.report`); SIGTERM,
+SIGINT and SIGHUP sent to this process are passed to the child, which stops its guest as `wasmctr run`
+does, ending itself if the guest is blocked in a host call.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
-from typing import Any
+from typing import Any, NoReturn
 
 from . import landlock, privileges, seccomp
-from .errors import ExecutorError, UsageError
+from .errors import UsageError
 from .executor import Executor, Outcome, Prepared
+from .isolated import outcome_of, report
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -34,7 +35,7 @@ def parse_user(text: str) -> tuple[int, int]:
     return uid, int(gid_text) if gid_text else uid
 
 
-def run(executor: Executor, prepared: Prepared, uid: int, gid: int, hard_stop: bool = False) -> Outcome:
+def run(executor: Executor, prepared: Prepared, uid: int, gid: int) -> Outcome:
     if os.geteuid() != 0 and (uid, gid) != (os.geteuid(), os.getegid()):
         raise UsageError("--user: only root can run a guest as another user")
     allow = seccomp.allowlist(prepared.spec.policy.network)  # built before the fork; the child loads it
@@ -42,28 +43,32 @@ def run(executor: Executor, prepared: Prepared, uid: int, gid: int, hard_stop: b
     pid = os.fork()
     if pid == 0:
         code = 125
+
+        def stop_hard(outcome: Outcome) -> NoReturn:
+            report(report_w, outcome)
+            os._exit(outcome.exit_code)
+
         try:
             os.close(report_r)
-            outcome = executor.start(prepared, hard_stop, confine=lambda: _confine(prepared, uid, gid, allow))
-            os.write(report_w, json.dumps([outcome.exit_code, outcome.reason, outcome.message]).encode())
+            outcome = executor.start(prepared, stop_hard, confine=lambda: _confine(prepared, uid, gid, allow))
+            report(report_w, outcome)
             code = outcome.exit_code
         except BaseException as exc:  # noqa: BLE001 - nothing may escape a forked child
-            with contextlib.suppress(OSError):
-                os.write(report_w, json.dumps({"error": str(exc)}).encode())
+            report(report_w, exc)
         finally:
             os._exit(code)
     os.close(report_w)
     child = os.pidfd_open(pid)
     previous = {signum: signal.signal(signum, lambda s, _f: _forward(child, s)) for signum in FORWARDED}
     try:
-        with os.fdopen(report_r, "rb") as report:
-            data = report.read()
+        with os.fdopen(report_r, "rb") as reports:
+            data = reports.read()
         _, status = os.waitpid(pid, 0)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         os.close(child)
-    return _outcome(data, status)
+    return outcome_of(data, status)
 
 
 def _confine(prepared: Prepared, uid: int, gid: int, allow: Any) -> None:
@@ -76,16 +81,3 @@ def _confine(prepared: Prepared, uid: int, gid: int, allow: Any) -> None:
 def _forward(child: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         signal.pidfd_send_signal(child, signum)
-
-
-def _outcome(data: bytes, status: int) -> Outcome:
-    """What the child reported; where it reported nothing (stopped hard, or killed), its exit status."""
-    report = json.loads(data) if data else None
-    if isinstance(report, dict):
-        raise ExecutorError(str(report.get("error")))
-    if isinstance(report, list):
-        return Outcome(int(report[0]), str(report[1]), str(report[2]))
-    code = os.waitstatus_to_exitcode(status)
-    if code < 0:
-        return Outcome(128 - code, "signal", f"guest stopped by signal {-code}")
-    return Outcome(code, "signal")

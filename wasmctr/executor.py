@@ -13,8 +13,10 @@ guest may reach, and nothing else is reachable:
   interruption, and an optional fuel budget.
 
 The guest runs on a worker thread while the calling thread supervises: it turns a deadline or a signal
-into an epoch interrupt (the guest traps at its next loop or call), and, when `hard_stop` is set,
-ends the process if the guest sits in a blocking host call past the grace period. Imports the store's
+into an epoch interrupt (the guest traps at its next loop or call). A thread cannot be killed, so a
+guest that sits in a blocking host call past the grace period can only end with its process: a caller
+whose process exists for its guest passes `hard_stop` (`exit_process`), which is called then; the
+Python API runs a guest with a deadline in a child interpreter for this (`isolated.py`). Imports the store's
 compile cache, the policy and wasm parsing; never the CLI.
 """
 
@@ -27,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import diagnostics, inroot, wasm
 from . import digest as digests
@@ -62,9 +64,9 @@ class RunSpec:
     timeout: float | None = None
     fuel: int | None = None
     policy: policies.Policy = field(default_factory=policies.Policy)
-    stdin: bool | str = False  # closed, inherited, or a file/FIFO path; stdout/stderr: inherited or a path
-    stdout: str | None = None
-    stderr: str | None = None
+    stdin: bool | str = False  # closed, inherited, or a file/FIFO path
+    stdout: str | Callable[[bytes], object] | None = None  # inherited, a path, or a function given each write
+    stderr: str | Callable[[bytes], object] | None = None
     wasm_digest: str | None = None
     function: str | None = None  # an export to call instead of the command's entry (`path#func`)
     devices: Path | None = None  # a directory of default device nodes, preopened at /dev (`devices.py`)
@@ -77,6 +79,15 @@ class Outcome:
     exit_code: int
     reason: str  # exit | trap | oom | timeout | signal
     message: str = ""
+
+
+HardStop = Callable[[Outcome], NoReturn]
+
+
+def exit_process(outcome: Outcome) -> NoReturn:
+    """The hard stop of a process that exists for its guest: say why, and end with the guest's code."""
+    diagnostics.emit(f"wasmctr: {outcome.message}")
+    os._exit(outcome.exit_code)
 
 
 @dataclass(frozen=True)
@@ -120,7 +131,7 @@ class Executor:
         False if nothing had to be compiled."""
         return self._code(path, digest, fuel)[1]
 
-    def run(self, spec: RunSpec, hard_stop: bool = False) -> Outcome:
+    def run(self, spec: RunSpec, hard_stop: HardStop | None = None) -> Outcome:
         return self.start(self.prepare(spec), hard_stop)
 
     def prepare(self, spec: RunSpec) -> Prepared:
@@ -149,10 +160,13 @@ class Executor:
             _check_export(engine, kind, code, spec.function)
         return Prepared(spec, kind, engine, code, list(verdict.denied))
 
-    def start(self, prepared: Prepared, hard_stop: bool = False, confine: Callable[[], None] | None = None) -> Outcome:
+    def start(self, prepared: Prepared, hard_stop: HardStop | None = None,
+              confine: Callable[[], None] | None = None) -> Outcome:
         """Run a prepared guest to its end (stdio and grants as its spec says at this point). `confine`
         runs once the guest's preopens are open and before the guest does: a process that is about to
-        become another user, or give up syscalls, does it there."""
+        become another user, or give up syscalls, does it there. Without `hard_stop`, a guest stopped
+        while blocked in a host call is left blocked (its thread ends when the call returns) and the
+        outcome returned at once."""
         import wasmtime
 
         spec = prepared.spec
@@ -265,11 +279,15 @@ class Executor:
             config.stdin_file = spec.stdin
         elif spec.stdin:
             config.inherit_stdin()
-        if spec.stdout is not None:
+        if callable(spec.stdout):
+            config.stdout_custom = _output(spec.stdout)
+        elif spec.stdout is not None:
             config.stdout_file = spec.stdout
         else:
             config.inherit_stdout()
-        if spec.stderr is not None:
+        if callable(spec.stderr):
+            config.stderr_custom = _output(spec.stderr)
+        elif spec.stderr is not None:
             config.stderr_file = spec.stderr
         else:
             config.inherit_stderr()
@@ -279,6 +297,19 @@ class Executor:
             ffi.wasi_config_inherit_network(config.ptr())
             ffi.wasi_config_allow_ip_name_lookup(config.ptr(), True)
         return config
+
+
+def _output(write: Callable[[bytes], object]) -> Callable[[bytes], int | None]:
+    """A write function as wasmtime's custom output: a failure is the guest's EIO (-5), not a print."""
+
+    def custom(data: bytes) -> int | None:
+        try:
+            write(data)
+        except Exception:  # noqa: BLE001 - the guest sees a failed write, as with a closed pipe
+            return -5
+        return None
+
+    return custom
 
 
 class _Guest(threading.Thread):
@@ -357,7 +388,7 @@ class _Guest(threading.Thread):
             raise ExecutorError(f"cannot instantiate the guest: {text}") from None
 
 
-def _supervise(guest: _Guest, engine: Any, spec: RunSpec, hard_stop: bool) -> Outcome:
+def _supervise(guest: _Guest, engine: Any, spec: RunSpec, hard_stop: HardStop | None) -> Outcome:
     """Run the guest thread; stop it on deadline or signal; classify how it ended."""
     stop: dict[str, Any] = {}
 
@@ -378,9 +409,10 @@ def _supervise(guest: _Guest, engine: Any, spec: RunSpec, hard_stop: bool) -> Ou
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 interrupt("timeout", EXIT_KILLED)
-            if stop and guest.is_alive() and now - stop["at"] > GRACE_SECONDS and hard_stop:
-                diagnostics.emit(f"wasmctr: {_stopped(stop, spec).message}")
-                os._exit(stop["code"])
+            if stop and guest.is_alive() and now - stop["at"] > GRACE_SECONDS:
+                if hard_stop is not None:
+                    hard_stop(_stopped(stop, spec))
+                break
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

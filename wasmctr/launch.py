@@ -42,7 +42,6 @@ class RunOptions:
     timeout: str | None = None
     fuel: int | None = None
     policy: Policy = field(default_factory=Policy)
-    stdin: bool = False
 
 
 MIN_MEMORY = 6 << 20  # Docker refuses less: "Minimum memory limit allowed is 6MB"
@@ -120,7 +119,6 @@ def _apply(spec: RunSpec, options: RunOptions, image_env: list[str], cleanup: li
         raise UsageError("--fuel must be a positive number of units")
     spec.fuel = options.fuel
     spec.policy = options.policy
-    spec.stdin = options.stdin
     return spec
 
 

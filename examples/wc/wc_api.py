@@ -1,6 +1,7 @@
 """Calling a wasm tool from Python in place of `subprocess.run(["wc", ...])`.
 
-The tool gets only the directory it is granted, read-only; its output comes back in a file.
+The tool gets only the directory it is granted, read-only; its output comes back as `subprocess.run`
+returns it.
 
     python examples/wc/wc_api.py DIR FILE...
 """
@@ -8,18 +9,15 @@ The tool gets only the directory it is granted, read-only; its output comes back
 from __future__ import annotations
 
 import sys
-import tempfile
-from pathlib import Path
 
 import wasmctr
 
 
 def wc(directory: str, *names: str) -> tuple[int, str]:
     """Run the wc image over files of `directory`; returns (exit code, what it printed)."""
-    with tempfile.NamedTemporaryFile("r", suffix=".out") as out:
-        outcome = wasmctr.run("wc:1", [f"/data/{name}" for name in names], volumes=[f"{directory}:/data:ro"],
-                              memory="32m", timeout="10s", stdout=out.name)
-        return outcome.exit_code, Path(out.name).read_text()
+    done = wasmctr.run("wc:1", [f"/data/{name}" for name in names], volumes=[f"{directory}:/data:ro"],
+                       memory="32m", timeout=10, capture_output=True, text=True)
+    return done.returncode, done.stdout
 
 
 if __name__ == "__main__":

@@ -1,0 +1,171 @@
+"""`subprocess.run`'s stdio arguments, for a guest: where its stdin comes from and its output goes.
+
+stdout and stderr each take what `subprocess.run` takes: None (ours), PIPE (captured and returned),
+DEVNULL, STDOUT (stderr only: wherever stdout goes), a file descriptor, a file object, or (beyond
+subprocess) a path, created or truncated. A file object with a descriptor is written through the
+descriptor, as a child process would write it; one without (io.StringIO, io.BytesIO) gets the bytes
+as they come, decoded for a text stream. stdin is closed unless given, as `docker run` without `-i`
+leaves it: True (ours), a path, a descriptor, a file object, or `input` bytes.
+
+A guest runs either on a thread of this process (`Output.writer`, `Input.path`: what wasmtime's WASI
+config takes) or in a child interpreter (`Output.popen`, `Input.popen`: what `subprocess.Popen` takes);
+both give the caller the same result.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import UsageError
+
+PIPE, DEVNULL, STDOUT = subprocess.PIPE, subprocess.DEVNULL, subprocess.STDOUT
+SPECIAL = {PIPE: "PIPE", DEVNULL: "DEVNULL", STDOUT: "STDOUT"}
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _fileno(target: Any) -> int | None:
+    try:
+        return int(target.fileno())
+    except (AttributeError, OSError, ValueError):  # io.StringIO raises io.UnsupportedOperation (an OSError)
+        return None
+
+
+class Output:
+    """Where one of the guest's output streams goes."""
+
+    def __init__(self, target: Any, name: str) -> None:
+        if isinstance(target, bool) or (isinstance(target, int) and target < 0 and target not in SPECIAL):
+            raise UsageError(f"{name}={target!r}: expected None, PIPE, DEVNULL, a descriptor, a file object or a path")
+        if target == STDOUT and name != "stderr":
+            raise UsageError(f"{name}=STDOUT: only stderr can go where stdout goes")
+        self.target = target
+        self.name = name
+        self.captured: bytearray | None = bytearray() if target == PIPE else None
+        self._opened: IO[bytes] | None = None
+
+    def writer(self, stdout: Output | None = None) -> Callable[[bytes], object] | None:
+        """For a guest on a thread: a function that takes each write, or None to inherit ours."""
+        target = self.target
+        if target is None:
+            return None
+        if target == STDOUT:
+            assert stdout is not None
+            return stdout.writer() or partial(_write_all, 1)
+        if target == PIPE:
+            assert self.captured is not None
+            return self.captured.extend
+        if target == DEVNULL:
+            return lambda data: None
+        if isinstance(target, int):
+            return partial(_write_all, target)
+        if isinstance(target, str | os.PathLike):
+            self._opened = open(target, "wb")  # noqa: SIM115 - closed by `close`, after the run
+            return partial(_write_all, self._opened.fileno())
+        fd = _fileno(target)
+        if fd is not None:
+            target.flush()  # what the caller wrote before goes first
+            return partial(_write_all, fd)
+        if isinstance(target, io.TextIOBase):
+            decoder = codecs.getincrementaldecoder(target.encoding or "utf-8")("replace")
+            return lambda data: target.write(decoder.decode(data))
+        return target.write  # type: ignore[no-any-return]
+
+    def popen(self) -> Any:
+        """For a guest in a child process: what `subprocess.Popen` takes for this stream."""
+        target = self.target
+        if target is None or isinstance(target, int):
+            return target
+        if isinstance(target, str | os.PathLike):
+            self._opened = open(target, "wb")  # noqa: SIM115 - closed by `close`, after the run
+            return self._opened
+        if _fileno(target) is not None:
+            target.flush()
+            return target
+        return PIPE  # an object with no descriptor: handed the bytes by `deliver`
+
+    def deliver(self, data: bytes | None) -> None:
+        """For a guest in a child process: what came back on a pipe `popen` asked for."""
+        if data is None:
+            return
+        if self.captured is not None:
+            self.captured.extend(data)
+        elif self.target != PIPE:
+            self.writer()(data)  # type: ignore[misc]
+
+    def result(self, decode: Callable[[bytes], str] | None) -> bytes | str | None:
+        if self.captured is None:
+            return None
+        return decode(bytes(self.captured)) if decode else bytes(self.captured)
+
+    def close(self) -> None:
+        if self._opened is not None:
+            self._opened.close()
+
+
+class Input:
+    """Where the guest's stdin comes from."""
+
+    def __init__(self, stdin: Any, data: bytes | str | None, encoding: str | None) -> None:
+        if data is not None and stdin not in (None, False):
+            raise UsageError("stdin and input cannot both be given")
+        if isinstance(data, str):
+            data = data.encode(encoding or "utf-8")
+        if isinstance(stdin, int) and not isinstance(stdin, bool) and stdin < 0 and stdin != DEVNULL:
+            raise UsageError(f"stdin={SPECIAL.get(stdin, stdin)}: expected True, DEVNULL, a descriptor, a file "
+                             "object, a path, or input=")
+        self.stdin = stdin
+        self.data = data
+
+    def path(self, cleanup: list[Path]) -> bool | str:
+        """For a guest on a thread: closed (False), ours (True), or a path the engine opens."""
+        stdin = self.stdin
+        if self.data is not None:
+            scratch = Path(tempfile.mkdtemp(prefix="wasmctr-input-"))
+            cleanup.append(scratch)
+            (scratch / "input").write_bytes(self.data)
+            return str(scratch / "input")
+        if stdin in (None, False, DEVNULL):
+            return False
+        if stdin is True:
+            return True
+        if isinstance(stdin, str | os.PathLike):
+            return str(stdin)
+        fd = stdin if isinstance(stdin, int) else _fileno(stdin)
+        if fd is None:
+            raise UsageError("stdin: a file object needs a file descriptor; give its bytes as input=")
+        return f"/proc/self/fd/{fd}"
+
+    def popen(self) -> tuple[bool | str, Any]:
+        """For a guest in a child process: what its spec says (closed, ours or a path) and what Popen takes."""
+        stdin = self.stdin
+        if self.data is not None:
+            return True, PIPE
+        if stdin in (None, False, DEVNULL):
+            return False, DEVNULL
+        if stdin is True:
+            return True, None
+        if isinstance(stdin, str | os.PathLike):
+            return str(stdin), DEVNULL
+        if not isinstance(stdin, int) and _fileno(stdin) is None:
+            raise UsageError("stdin: a file object needs a file descriptor; give its bytes as input=")
+        return True, stdin
+
+
+def decoder(text: bool, encoding: str | None, errors: str | None) -> Callable[[bytes], str] | None:
+    """How captured bytes become str, as `subprocess.run(text=True)` decodes them (newlines translated)."""
+    if not (text or encoding or errors):
+        return None
+    return lambda data: io.TextIOWrapper(io.BytesIO(data), encoding=encoding, errors=errors).read()
