@@ -8,6 +8,9 @@ import gzip
 import hashlib
 import json
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import pytest
 from conftest import assert_one_line_error, wasmctr
 from imagekit import Entry, tar_bytes
 from liar import LyingRegistry, image
+from services import wait_for
 
 BOUND = {"WASMCTR_REGISTRY_TIMEOUT": "2"}
 
@@ -81,6 +85,33 @@ def test_an_interrupted_pull_resumes_with_a_range_request(tmp_path: Path, wasmct
         assert hashlib.sha256((wasmctr_home / "blobs" / "sha256" / digest.split(":")[1]).read_bytes()).hexdigest() \
             == digest.split(":")[1]
         assert list((wasmctr_home / "ingest").iterdir()) == []
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("behaviour", ["silent", "stall-blob"])
+def test_ctrl_c_during_a_pull_says_so_exits_130_and_the_next_pull_resumes(tmp_path: Path, wasmctr_home: Path,
+                                                                          behaviour: str) -> None:
+    layer = os.urandom(4 << 20)
+    server = LyingRegistry(*image(tmp_path, layer))
+    partial = wasmctr_home / "ingest" / f"{hashlib.sha256(layer).hexdigest()}.partial"
+    try:
+        server.behaviour = behaviour
+        pull = subprocess.Popen([str(Path(sys.executable).parent / "wasmctr"), "pull", f"{server.host}/img:1"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if behaviour == "silent":  # waiting for the manifest
+            wait_for(lambda: server.requests, what="the manifest request")
+        else:  # in a download thread, half the layer in
+            wait_for(lambda: partial.exists() and partial.stat().st_size == 2 << 20, what="half the layer")
+        pull.send_signal(signal.SIGINT)
+        out, err = pull.communicate(timeout=60)
+        assert (pull.returncode, err) == (130, "wasmctr: error: interrupted\n") and out == ""
+        server.behaviour = "honest"
+        server.requests.clear()
+        wasmctr("pull", f"{server.host}/img:1", env=BOUND)
+        if behaviour == "stall-blob":
+            assert ("GET", f"/v2/img/blobs/sha256:{hashlib.sha256(layer).hexdigest()}", f"bytes={2 << 20}-") \
+                in server.requests
     finally:
         server.stop()
 

@@ -10,6 +10,7 @@ every command's signature at each start, and evaluating string annotations costs
 import contextlib
 import json
 import os
+import signal
 import sys
 from datetime import UTC, datetime
 from typing import Annotated, NoReturn
@@ -43,7 +44,13 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"wasmctr {__version__}")
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            engine = version("wasmtime")
+        except PackageNotFoundError:
+            engine = "not installed"
+        _echo(f"wasmctr {__version__} (wasmtime {engine}, Python {sys.version.split()[0]})")
         raise typer.Exit()
 
 
@@ -86,12 +93,12 @@ def build(
     result = api.build(source, tag, dockerfile_path=file, build_args=args, format=format,  # type: ignore[arg-type]
                        platforms=platform, author=author, precompile=precompile)
     if not quiet:
-        typer.echo(f"built {result.name} ({result.format}, {', '.join(result.platforms)}, "
+        _echo(f"built {result.name} ({result.format}, {', '.join(result.platforms)}, "
                    f"{result.kind} {result.program})", err=push)
     if push:
         with console.progress(quiet) as progress:
             api.push(result.name, insecure=insecure, ca_cert=ca_cert, progress=progress)
-    typer.echo(result.digest)
+    _echo(result.digest)
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
@@ -166,7 +173,7 @@ def push(
     """
     with console.progress(quiet) as progress:
         desc = api.push(ref, insecure=insecure, ca_cert=ca_cert, progress=progress)
-    typer.echo(desc.digest)
+    _echo(desc.digest)
 
 
 @app.command()
@@ -187,7 +194,7 @@ def pull(
     with console.progress(quiet) as progress:
         desc = api.pull(ref, platform=platform, all_platforms=all_platforms, insecure=insecure, ca_cert=ca_cert,
                         progress=progress)
-    typer.echo(desc.digest)
+    _echo(desc.digest)
 
 
 @app.command()
@@ -217,7 +224,7 @@ def login(
     if not password:
         raise UsageError("empty password")
     where = api.login(registry, username, password, insecure=insecure, ca_cert=ca_cert)
-    typer.echo(f"Login Succeeded (credentials saved in {where})")
+    _echo(f"Login Succeeded (credentials saved in {where})")
 
 
 @app.command()
@@ -227,9 +234,9 @@ def logout(registry: Annotated[str, typer.Argument(help="Registry host.")]) -> N
     Example: wasmctr logout 127.0.0.1:5000
     """
     if api.logout(registry):
-        typer.echo(f"Removing login credentials for {registry}")
+        _echo(f"Removing login credentials for {registry}")
     else:
-        typer.echo(f"Not logged in to {registry}")
+        _echo(f"Not logged in to {registry}")
 
 
 @app.command("images")
@@ -250,11 +257,11 @@ def images_command(
     rows = api.images(repository)
     if quiet:
         for image_id in dict.fromkeys(_image_id(r.digest, no_trunc) for r in rows):
-            typer.echo(image_id)
+            _echo(image_id)
         return
     if format == "json":
         for r in rows:
-            typer.echo(json.dumps({"Repository": r.repository, "Tag": r.tag, "ID": r.digest,
+            _echo(json.dumps({"Repository": r.repository, "Tag": r.tag, "ID": r.digest,
                                    "Platforms": r.platforms, "Format": r.format, "Size": r.size,
                                    "CreatedAt": r.created}))
         return
@@ -264,7 +271,7 @@ def images_command(
                       console.size(r.size), _ago(r.created)))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for line in table:
-        typer.echo("   ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+        _echo("   ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
 
 
 def _image_id(digest: str, full: bool) -> str:
@@ -284,7 +291,7 @@ def inspect(
     """
     info = api.inspect(ref, platform)
     if as_json:
-        typer.echo(json.dumps(info, indent=2))
+        _echo(json.dumps(info, indent=2))
         return
     rc = info["config"].get("config") or {}
     lines = [
@@ -301,13 +308,13 @@ def inspect(
     ]
     for line in lines:
         if line:
-            typer.echo(f"{line[0] + ':':<12} {line[1]}")
+            _echo(f"{line[0] + ':':<12} {line[1]}")
     program = info.get("wasm")
     if program:
-        typer.echo(f"{'Program:':<12} {program['path']} ({program['kind']})")
-        typer.echo(f"{'Imports:':<12} {len(program['imports'])}")
+        _echo(f"{'Program:':<12} {program['path']} ({program['kind']})")
+        _echo(f"{'Imports:':<12} {len(program['imports'])}")
         for name in program["imports"]:
-            typer.echo(f"  {name}")
+            _echo(f"  {name}")
 
 
 @app.command()
@@ -319,7 +326,7 @@ def tag(
 
     Example: wasmctr tag hello:1 127.0.0.1:5000/hello:1
     """
-    typer.echo(api.tag(source, target))
+    _echo(api.tag(source, target))
 
 
 @app.command()
@@ -332,10 +339,10 @@ def rmi(refs: Annotated[list[str], typer.Argument(metavar="IMAGE...", help="Imag
     for ref in refs:
         removed = api.rmi(ref)
         for name in removed.untagged:
-            typer.echo(f"Untagged: {name}")
+            _echo(f"Untagged: {name}")
         for image_id in removed.deleted:
-            typer.echo(f"Deleted: {image_id}")
-        typer.echo(f"Deleted {removed.blobs} blobs ({console.size(removed.bytes)})")
+            _echo(f"Deleted: {image_id}")
+        _echo(f"Deleted {removed.blobs} blobs ({console.size(removed.bytes)})")
 
 
 image_app = typer.Typer(name="image", help="Manage images.", no_args_is_help=True)
@@ -352,8 +359,8 @@ def image_prune(
     """
     removed = api.prune()
     for image_id in removed.deleted:
-        typer.echo(f"Deleted: {image_id}")
-    typer.echo(f"Deleted {removed.blobs} blobs\nTotal reclaimed space: {console.size(removed.bytes)}")
+        _echo(f"Deleted: {image_id}")
+    _echo(f"Deleted {removed.blobs} blobs\nTotal reclaimed space: {console.size(removed.bytes)}")
 
 
 @app.command()
@@ -368,7 +375,7 @@ def save(
     """
     desc = api.save(ref, output, oci_dir)
     if output != "-":  # the archive itself went to stdout
-        typer.echo(desc.digest)
+        _echo(desc.digest)
 
 
 @app.command()
@@ -382,7 +389,7 @@ def load(
     Example: wasmctr load -i hello.tar
     """
     for name in api.load(input, tag):
-        typer.echo(f"Loaded image: {name}")
+        _echo(f"Loaded image: {name}")
 
 
 def _ago(created: str) -> str:
@@ -402,6 +409,28 @@ def _ago(created: str) -> str:
     return "just now"
 
 
+class _Interrupted(BaseException):
+    """Ctrl-C, raised by our SIGINT handler: a BaseException, as KeyboardInterrupt is, so that no
+    `except Exception` swallows it, and not KeyboardInterrupt, which typer turns into a silent exit 130."""
+
+
+class _OutputClosed(Exception):
+    """Our stdout's reader went away (`wasmctr images | head -1`): stop, quietly and successfully, as
+    Docker's CLI does. Not an OSError, which typer turns into exit 1."""
+
+
+def _echo(text: str = "", err: bool = False) -> None:
+    try:
+        typer.echo(text, err=err)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2 if err else 1)  # nor may the flush at exit complain
+        raise _OutputClosed from None
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise _Interrupted
+
+
 def _fail(message: str, code: int) -> NoReturn:
     diagnostics.emit(f"wasmctr: error: {message}")
     sys.exit(code)
@@ -409,17 +438,31 @@ def _fail(message: str, code: int) -> NoReturn:
 
 def main() -> None:
     """Entry point of the `wasmctr` console script."""
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         result = app(standalone_mode=False)
+    except _OutputClosed:
+        sys.exit(0)
+    except SystemExit as exc:  # typer's own output (--help) to a closed pipe: its exit 1 is ours to undo
+        if isinstance(exc.__context__, BrokenPipeError):
+            sys.exit(0)
+        raise
+    except (_Interrupted, KeyboardInterrupt):
+        # after the progress display has been taken down; downloads in other threads are not waited
+        # for (what they fetched stays in ingest/, and the next pull resumes it)
+        diagnostics.emit("wasmctr: error: interrupted")
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+        os._exit(130)
     except WasmctrError as exc:
         _fail(str(exc), exc.exit_code)
     except typer.TyperException as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":
-            typer.echo(exc.format_message())
+            _echo(exc.format_message())
             sys.exit(0)
         command = getattr(getattr(exc, "ctx", None), "command", None)
         _fail(exc.format_message(), EXIT_RUN_FAILED if getattr(command, "name", "") == "run" else exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
+    except typer.Abort:
         _fail("interrupted", 130)
     except OSError as exc:
         _fail(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc.strerror or exc), 1)
