@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
+import pty
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,6 +45,28 @@ def test_round_trip_gives_identical_digests(plain_registry, tmp_path: Path, hell
     shown = json.loads(wasmctr("inspect", ref, "--json", env=fresh).stdout)
     assert shown["format"] == fmt and shown["wasm"]["kind"] == "module"
     wasmctr("save", ref, "-o", str(tmp_path / "x.tar"), env=fresh)  # everything arrived
+
+
+def test_a_terminal_gets_progress_bars_and_a_pipe_one_line_per_blob(plain_registry, tmp_path: Path,
+                                                                    hello_wasm: Path) -> None:
+    ref = f"{plain_registry.host}/bars:1"
+    wasmctr("build", str(hello_wasm), "-t", ref, "--push", "-q")
+    layers = api.inspect(ref)["manifest"]["layers"]
+    controller, terminal = pty.openpty()
+    fresh = {**os.environ, "WASMCTR_HOME": str(tmp_path / "tty"), "COLUMNS": "120"}
+    pull = subprocess.Popen([str(Path(sys.executable).parent / "wasmctr"), "pull", ref], stderr=terminal,
+                            stdout=subprocess.PIPE, env=fresh)
+    os.close(terminal)
+    shown = b""
+    with contextlib.suppress(OSError):  # EIO once the pull has closed the terminal
+        while chunk := os.read(controller, 65536):
+            shown += chunk
+    os.close(controller)
+    assert pull.wait(timeout=60) == 0
+    screen = shown.decode(errors="replace")
+    assert f"{layers[0]['digest'][7:19]} pulled" in screen and "\x1b[" in screen  # drawn by rich, with escapes
+    piped = wasmctr("pull", ref, env={"WASMCTR_HOME": str(tmp_path / "pipe")}).stderr.splitlines()
+    assert f"{layers[0]['digest'][7:19]}: pulled" in "\n".join(piped) and "\x1b[" not in "".join(piped)
 
 
 def test_index_round_trip_keeps_every_platform(plain_registry, tmp_path: Path, hello_wasm: Path) -> None:

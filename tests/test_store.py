@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -322,8 +323,18 @@ def test_version_and_help() -> None:
     engine = __import__("importlib.metadata").metadata.version("wasmtime")
     assert wasmctr("--version").stdout.strip() == (f"wasmctr {api.__version__} (wasmtime {engine}, "
                                                    f"Python {sys.version.split()[0]})")
-    for command in ("build", "images", "inspect", "tag", "rmi", "save", "load"):
-        assert "Example: wasmctr" in wasmctr(command, "--help").stdout
+    commands = ["build", "run", "push", "pull", "login", "logout", "images", "inspect", "tag", "rmi", "save", "load",
+                "image prune"]
+    summary = wasmctr("--help", env={"COLUMNS": "80"}).stdout
+    for command in commands:
+        text = wasmctr(*command.split(), "--help", env={"COLUMNS": "80"}).stdout
+        assert "Example: " in text and f"wasmctr {command}" in text.split("Example: ")[1], command
+        # as `docker run --help` reads: placeholders say what goes there, nothing is cut short
+        assert not re.search(r"<(str|int|text|integer|float|path)>|\{[a-z_]+\}|\.\.\.$|…", text, re.M), (command, text)
+        usage = text.splitlines()[0]
+        assert usage.startswith(f"Usage: wasmctr {command} [OPTIONS]") and "{" not in usage, usage
+    assert "..." not in summary.split("Commands:")[1] and "…" not in summary
+    assert wasmctr("run", "--help").stdout.startswith("Usage: wasmctr run [OPTIONS] IMAGE|FILE.wasm [ARG...]")
 
 
 def test_every_mix_of_build_pull_tag_rmi_load_and_prune_leaves_complete_images(

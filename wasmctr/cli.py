@@ -13,9 +13,10 @@ import os
 import signal
 import sys
 from datetime import UTC, datetime
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
+from typer.core import TyperCommand
 
 from . import __version__, api, console, diagnostics
 from .errors import GuestTimeout, UsageError, WasmctrError
@@ -25,15 +26,30 @@ from .errors import GuestTimeout, UsageError, WasmctrError
 EXIT_RUN_FAILED = 125
 
 Insecure = Annotated[bool, typer.Option("--insecure", help="Allow plain HTTP and unverified TLS (loopback "
-                                                          "registries are always allowed plain HTTP).")]
-CaCert = Annotated[str | None, typer.Option("--ca-cert", help="CA bundle to verify the registry's TLS "
-                                                              "certificate (default: SSL_CERT_FILE or the system's).")]
+                                                           "registries are always allowed plain HTTP).")]
+CaCert = Annotated[str | None, typer.Option("--ca-cert", metavar="FILE",
+                                            help="CA bundle to verify the registry's TLS certificate (default: "
+                                                 "SSL_CERT_FILE or the system's).")]
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress output; only the digest.")]
+
+class _Command(TyperCommand):
+    """Usage lines as Docker's read (`wasmctr run [OPTIONS] IMAGE|FILE.wasm [ARG...]`): each argument by
+    its metavar, where typer would write `{target}`."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        return pieces + [p.metavar or (p.name or "").upper() for p in self.get_params(ctx)
+                         if p.param_type_name == "argument"]
+
+
+# the base of the errors typer raises for a bad command line: click's ClickException, which typer exports
+# under no name stable across the versions we take (typer.TyperException from 0.28; click's before)
+COMMAND_LINE_ERROR: Any = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 app = typer.Typer(
     name="wasmctr",
     help="WebAssembly containers: build, push, pull and run wasm as OCI images, with no daemon.\n\n"
-    "Example: wasmctr build app.wasm -t hello:1 && wasmctr images",
+         "Example: wasmctr build app.wasm -t hello:1 && wasmctr images",
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
@@ -62,17 +78,23 @@ def _root(
     """WebAssembly containers: build, push, pull and run wasm as OCI images, with no daemon."""
 
 
-@app.command()
+@app.command(cls=_Command, short_help="Build an image from wasm or a Dockerfile")
 def build(
-    source: Annotated[str, typer.Argument(help="A .wasm file, or a build context directory with a Dockerfile.")],
-    tag: Annotated[str, typer.Option("-t", "--tag", help="Name of the image, e.g. hello:1.")],
-    file: Annotated[str | None, typer.Option("-f", "--file", help="Dockerfile (default CONTEXT/Dockerfile).")] = None,
-    build_arg: Annotated[list[str] | None, typer.Option("--build-arg", help="ARG value, K=V.")] = None,
-    format: Annotated[str, typer.Option("--format", help="compat (OCI image, rootfs layer) or artifact "
-                                                        "(CNCF wasm artifact).")] = "compat",
-    platform: Annotated[str, typer.Option("--platform", help="wasi/wasm (default), linux/amd64, linux/arm64, "
-                                                            "or a comma-separated list for an index.")] = "wasi/wasm",
-    author: Annotated[str | None, typer.Option("--author", help="Author recorded in an artifact's config.")] = None,
+    source: Annotated[str, typer.Argument(metavar="PATH",
+                                          help="A .wasm file, or a build context directory with a Dockerfile.")],
+    tag: Annotated[str, typer.Option("-t", "--tag", metavar="NAME[:TAG]", help="Name of the image, e.g. hello:1.")],
+    file: Annotated[str | None, typer.Option("-f", "--file", metavar="FILE",
+                                             help="Dockerfile (default CONTEXT/Dockerfile).")] = None,
+    build_arg: Annotated[list[str] | None, typer.Option("--build-arg", metavar="KEY=VALUE",
+                                                        help="ARG value, K=V.")] = None,
+    format: Annotated[str, typer.Option("--format", metavar="compat|artifact", show_default=False,
+                                        help="compat (OCI image, rootfs layer) or artifact "
+                                             "(CNCF wasm artifact).")] = "compat",
+    platform: Annotated[str, typer.Option("--platform", metavar="OS/ARCH[,...]", show_default=False,
+                                          help="wasi/wasm (default), linux/amd64, linux/arm64, "
+                                               "or a comma-separated list for an index.")] = "wasi/wasm",
+    author: Annotated[str | None, typer.Option("--author", metavar="NAME",
+                                               help="Author recorded in an artifact's config.")] = None,
     push: Annotated[bool, typer.Option("--push", help="Push the image to its registry after building.")] = False,
     precompile: Annotated[bool, typer.Option("--precompile", help="Compile the program into the cache now, so "
                                                                   "the first run starts warm.")] = False,
@@ -94,43 +116,59 @@ def build(
                        platforms=platform, author=author, precompile=precompile)
     if not quiet:
         _echo(f"built {result.name} ({result.format}, {', '.join(result.platforms)}, "
-                   f"{result.kind} {result.program})", err=push)
+              f"{result.kind} {result.program})", err=push)
     if push:
         with console.progress(quiet) as progress:
             api.push(result.name, insecure=insecure, ca_cert=ca_cert, progress=progress)
     _echo(result.digest)
 
 
-@app.command(context_settings={"allow_interspersed_args": False})
+@app.command(cls=_Command, short_help="Run a wasm image or file in the WASI sandbox",
+             context_settings={"allow_interspersed_args": False})
 def run(
-    target: Annotated[str, typer.Argument(help="Image (pulled if missing) or a .wasm file.")],
-    args: Annotated[list[str] | None, typer.Argument(help="Arguments; they replace the image's Cmd.")] = None,
+    target: Annotated[str, typer.Argument(metavar="IMAGE|FILE.wasm",
+                                          help="Image (pulled if missing) or a .wasm file.")],
+    args: Annotated[list[str] | None, typer.Argument(metavar="[ARG...]", show_default=False,
+                                                     help="Arguments; they replace the image's Cmd.")] = None,
     interactive: Annotated[bool, typer.Option("-i", "--interactive", help="Pass our stdin to the guest "
                                                                           "(closed otherwise).")] = False,
-    env: Annotated[list[str] | None, typer.Option("-e", "--env", help="K=V, or K to copy ours.")] = None,
-    env_file: Annotated[list[str] | None, typer.Option("--env-file", help="File of K=V lines.")] = None,
-    volume: Annotated[list[str] | None, typer.Option("-v", "--volume", help="Grant a directory: "
-                                                                            "HOST:GUEST[:ro|:rw].")] = None,
-    tmpfs: Annotated[list[str] | None, typer.Option("--tmpfs", help="An empty writable scratch directory at "
-                                                                    "this guest path.")] = None,
-    workdir: Annotated[str | None, typer.Option("-w", "--workdir", help="Working directory in the guest.")] = None,
-    entrypoint: Annotated[str | None, typer.Option("--entrypoint", help="Replace the image's entrypoint.")] = None,
-    network: Annotated[str, typer.Option("--network", help="none (default) or host (components only).")] = "none",
+    env: Annotated[list[str] | None, typer.Option("-e", "--env", metavar="KEY=VALUE",
+                                                  help="Set a variable in the guest (KEY alone copies ours).")] = None,
+    env_file: Annotated[list[str] | None, typer.Option("--env-file", metavar="FILE", help="File of K=V lines.")] = None,
+    volume: Annotated[list[str] | None, typer.Option("-v", "--volume", metavar="HOST:GUEST[:ro]",
+                                                     help="Grant a host directory at a guest path (:ro: read-only)."
+                                                     )] = None,
+    tmpfs: Annotated[list[str] | None, typer.Option("--tmpfs", metavar="PATH",
+                                                    help="An empty writable scratch directory at "
+                                                         "this guest path.")] = None,
+    workdir: Annotated[str | None, typer.Option("-w", "--workdir", metavar="DIR",
+                                                help="Working directory in the guest.")] = None,
+    entrypoint: Annotated[str | None, typer.Option("--entrypoint", metavar="PATH[#FUNC]",
+                                                   help="Replace the image's entrypoint; #FUNC calls that "
+                                                        "export.")] = None,
+    network: Annotated[str, typer.Option("--network", metavar="none|host", show_default=False,
+                                         help="none (default) or host (components only).")] = "none",
     deny_wasi: Annotated[list[str] | None, typer.Option(
-        "--deny-wasi", help="Deny WASI imports, e.g. path_open,fd_write or wasi:sockets/*.")] = None,
+        "--deny-wasi", metavar="CALLS", help="Deny WASI imports, e.g. path_open,fd_write or wasi:sockets/*.")] = None,
     allow_wasi: Annotated[list[str] | None, typer.Option(
-        "--allow-wasi", help="Allow WASI imports the default denies.")] = None,
-    syscall_policy: Annotated[str, typer.Option("--syscall-policy", help="refuse (default): do not start a "
+        "--allow-wasi", metavar="CALLS", help="Allow WASI imports the default denies.")] = None,
+    syscall_policy: Annotated[str, typer.Option("--syscall-policy", metavar="refuse|trap", show_default=False,
+                                                help="refuse (default): do not start a "
                                                 "guest importing a denied call; trap: start it, denied calls "
                                                 "trap.")] = "refuse",
-    memory: Annotated[str | None, typer.Option("-m", "--memory", help="Linear memory cap, e.g. 64m.")] = None,
-    timeout: Annotated[str | None, typer.Option("--timeout", help="Wall-clock limit, e.g. 10s.")] = None,
-    fuel: Annotated[int | None, typer.Option("--fuel", help="Instruction budget (slows execution).")] = None,
-    platform: Annotated[str | None, typer.Option("--platform", help="Platform of an index.")] = None,
-    device: Annotated[list[str] | None, typer.Option("--device", help="Grant a default device at /dev: null, zero, "
-                                                     "full, random, urandom, tty (as root).")] = None,
-    user: Annotated[str | None, typer.Option("-u", "--user", help="Run the guest as UID[:GID] (numbers; as root), "
-                                             "with no capabilities, seccomp and Landlock.")] = None,
+    memory: Annotated[str | None, typer.Option("-m", "--memory", metavar="SIZE",
+                                               help="Linear memory cap, e.g. 64m.")] = None,
+    timeout: Annotated[str | None, typer.Option("--timeout", metavar="DURATION",
+                                                help="Wall-clock limit, e.g. 10s.")] = None,
+    fuel: Annotated[int | None, typer.Option("--fuel", metavar="UNITS",
+                                             help="Instruction budget (slows execution).")] = None,
+    platform: Annotated[str | None, typer.Option("--platform", metavar="OS/ARCH", help="Platform of an index.")] = None,
+    device: Annotated[list[str] | None, typer.Option("--device", metavar="NAME",
+                                                     help="Grant a default device at /dev: null, zero, "
+                                                          "full, random, urandom, tty (as root).")] = None,
+    user: Annotated[str | None, typer.Option("-u", "--user", metavar="UID[:GID]",
+                                             help="Run the guest as UID[:GID] (numbers; as root), "
+                                                  "with no capabilities, seccomp and Landlock.")] = None,
     insecure: Insecure = False,
     ca_cert: CaCert = None,
     quiet: Quiet = False,
@@ -160,9 +198,9 @@ def run(
     raise typer.Exit(outcome.exit_code)
 
 
-@app.command()
+@app.command(cls=_Command, short_help="Push an image to a registry")
 def push(
-    ref: Annotated[str, typer.Argument(help="Image in the store, named for its registry.")],
+    ref: Annotated[str, typer.Argument(metavar="NAME[:TAG]", help="Image in the store, named for its registry.")],
     insecure: Insecure = False,
     ca_cert: CaCert = None,
     quiet: Quiet = False,
@@ -176,11 +214,12 @@ def push(
     _echo(desc.digest)
 
 
-@app.command()
+@app.command(cls=_Command, short_help="Pull an image from a registry")
 def pull(
-    ref: Annotated[str, typer.Argument(help="Image to fetch, e.g. 127.0.0.1:5000/hello:1.")],
-    platform: Annotated[str | None, typer.Option("--platform", help="Platform of an index to fetch "
-                                                                   "(default wasi/wasm).")] = None,
+    ref: Annotated[str, typer.Argument(metavar="NAME[:TAG|@DIGEST]",
+                                       help="Image to fetch, e.g. 127.0.0.1:5000/hello:1.")],
+    platform: Annotated[str | None, typer.Option("--platform", metavar="OS/ARCH", help="Platform of an index to fetch "
+                                                                                       "(default wasi/wasm).")] = None,
     all_platforms: Annotated[bool, typer.Option("--all-platforms", help="Fetch the layers of every "
                                                                         "platform of an index.")] = False,
     insecure: Insecure = False,
@@ -197,10 +236,10 @@ def pull(
     _echo(desc.digest)
 
 
-@app.command()
+@app.command(cls=_Command, short_help="Log in to a registry")
 def login(
-    registry: Annotated[str, typer.Argument(help="Registry host, e.g. ghcr.io or 127.0.0.1:5000.")],
-    username: Annotated[str | None, typer.Option("-u", "--username", help="User name.")] = None,
+    registry: Annotated[str, typer.Argument(metavar="SERVER", help="Registry host, e.g. ghcr.io or 127.0.0.1:5000.")],
+    username: Annotated[str | None, typer.Option("-u", "--username", metavar="NAME", help="User name.")] = None,
     password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from "
                                                                           "stdin.")] = False,
     insecure: Insecure = False,
@@ -227,8 +266,8 @@ def login(
     _echo(f"Login Succeeded (credentials saved in {where})")
 
 
-@app.command()
-def logout(registry: Annotated[str, typer.Argument(help="Registry host.")]) -> None:
+@app.command(cls=_Command, short_help="Log out from a registry")
+def logout(registry: Annotated[str, typer.Argument(metavar="SERVER", help="Registry host.")]) -> None:
     """Forget the credentials of a registry.
 
     Example: wasmctr logout 127.0.0.1:5000
@@ -239,14 +278,15 @@ def logout(registry: Annotated[str, typer.Argument(help="Registry host.")]) -> N
         _echo(f"Not logged in to {registry}")
 
 
-@app.command("images")
+@app.command("images", cls=_Command, short_help="List images")
 def images_command(
-    repository: Annotated[str | None, typer.Argument(metavar="[REPOSITORY[:TAG]]", help="Only images whose name "
-                                                     "(or name:tag) matches; * and ? match within a path component.",
-                                                     show_default=False)] = None,
+    repository: Annotated[str | None, typer.Argument(metavar="[REPOSITORY[:TAG]]", show_default=False,
+                                                     help="Only images whose name (or name:tag) matches; * and ? "
+                                                          "match within a path component.")] = None,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only print image IDs.")] = False,
     no_trunc: Annotated[bool, typer.Option("--no-trunc", help="Print full image IDs.")] = False,
-    format: Annotated[str, typer.Option("--format", help="table (default) or json (one object per line).")] = "table",
+    format: Annotated[str, typer.Option("--format", metavar="table|json", show_default=False,
+                                        help="table (default) or json (one object per line).")] = "table",
 ) -> None:
     """List the images in the local store; dangling ones (a rebuild took their tag) show as <none>.
 
@@ -279,11 +319,12 @@ def _image_id(digest: str, full: bool) -> str:
     return digest if full else digest.removeprefix("sha256:")[:12]
 
 
-@app.command()
+@app.command(cls=_Command, short_help="Show an image's details and WASI imports")
 def inspect(
-    ref: Annotated[str, typer.Argument(help="Image reference, e.g. hello:1.")],
+    ref: Annotated[str, typer.Argument(metavar="IMAGE", help="Image: a name such as hello:1, or an ID.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print everything as JSON.")] = False,
-    platform: Annotated[str | None, typer.Option("--platform", help="Which manifest of an index.")] = None,
+    platform: Annotated[str | None, typer.Option("--platform", metavar="OS/ARCH",
+                                                 help="Which manifest of an index.")] = None,
 ) -> None:
     """Show an image's manifest, config and the WASI imports of its program (its syscall surface).
 
@@ -317,10 +358,10 @@ def inspect(
             _echo(f"  {name}")
 
 
-@app.command()
+@app.command(cls=_Command, short_help="Give an image another name")
 def tag(
-    source: Annotated[str, typer.Argument(help="Existing image.")],
-    target: Annotated[str, typer.Argument(help="New name.")],
+    source: Annotated[str, typer.Argument(metavar="SOURCE_IMAGE", help="Existing image: a name or an ID.")],
+    target: Annotated[str, typer.Argument(metavar="TARGET_IMAGE", help="New name.")],
 ) -> None:
     """Give an image another name.
 
@@ -329,9 +370,9 @@ def tag(
     _echo(api.tag(source, target))
 
 
-@app.command()
-def rmi(refs: Annotated[list[str], typer.Argument(metavar="IMAGE...", help="Images to remove: names, or IDs "
-                                                   "as `wasmctr images` shows them.")]) -> None:
+@app.command(cls=_Command, short_help="Remove one or more images")
+def rmi(refs: Annotated[list[str], typer.Argument(metavar="IMAGE [IMAGE...]", help="Images to remove: names, or IDs "
+                                                                           "as `wasmctr images` shows them.")]) -> None:
     """Untag images, then delete the blobs no other image uses; an ID removes every tag of its image.
 
     Example: wasmctr rmi hello:1 8a41258c080c
@@ -345,11 +386,11 @@ def rmi(refs: Annotated[list[str], typer.Argument(metavar="IMAGE...", help="Imag
         _echo(f"Deleted {removed.blobs} blobs ({console.size(removed.bytes)})")
 
 
-image_app = typer.Typer(name="image", help="Manage images.", no_args_is_help=True)
+image_app = typer.Typer(name="image", help="Manage images.", short_help="Manage images", no_args_is_help=True)
 app.add_typer(image_app)
 
 
-@image_app.command("prune")
+@image_app.command("prune", cls=_Command, short_help="Remove dangling images and unused blobs")
 def image_prune(
     force: Annotated[bool, typer.Option("-f", "--force", help="Accepted as docker's; wasmctr never prompts.")] = False,
 ) -> None:
@@ -363,11 +404,13 @@ def image_prune(
     _echo(f"Deleted {removed.blobs} blobs\nTotal reclaimed space: {console.size(removed.bytes)}")
 
 
-@app.command()
+@app.command(cls=_Command, short_help="Save an image as an OCI archive or layout")
 def save(
-    ref: Annotated[str, typer.Argument(help="Image to save.")],
-    output: Annotated[str | None, typer.Option("-o", "--output", help="OCI archive to write (.tar).")] = None,
-    oci_dir: Annotated[str | None, typer.Option("--oci-dir", help="OCI layout directory to write into.")] = None,
+    ref: Annotated[str, typer.Argument(metavar="IMAGE", help="Image to save: a name or an ID.")],
+    output: Annotated[str | None, typer.Option("-o", "--output", metavar="FILE",
+                                               help="OCI archive to write (.tar).")] = None,
+    oci_dir: Annotated[str | None, typer.Option("--oci-dir", metavar="DIR",
+                                                help="OCI layout directory to write into.")] = None,
 ) -> None:
     """Write an image as an OCI archive, or into an OCI layout directory.
 
@@ -378,11 +421,13 @@ def save(
         _echo(desc.digest)
 
 
-@app.command()
+@app.command(cls=_Command, short_help="Load images from an OCI archive or layout")
 def load(
-    input: Annotated[str, typer.Option("-i", "--input", help="OCI archive (.tar, .tar.gz) or layout directory.")],
-    tag: Annotated[str | None, typer.Option("-t", "--tag", help="Name for an image the archive leaves "
-                                                               "unnamed.")] = None,
+    input: Annotated[str, typer.Option("-i", "--input", metavar="FILE|DIR",
+                                       help="OCI archive (.tar, .tar.gz) or layout directory.")],
+    tag: Annotated[str | None, typer.Option("-t", "--tag", metavar="NAME[:TAG]",
+                                            help="Name for an image the archive leaves "
+                                                 "unnamed.")] = None,
 ) -> None:
     """Import images from an OCI archive or layout directory.
 
@@ -456,7 +501,7 @@ def main() -> None:
         os._exit(130)
     except WasmctrError as exc:
         _fail(str(exc), exc.exit_code)
-    except typer.TyperException as exc:
+    except COMMAND_LINE_ERROR as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":
             _echo(exc.format_message())
             sys.exit(0)

@@ -10,7 +10,6 @@ This module reads the build context; it writes nothing.
 
 from __future__ import annotations
 
-import fnmatch
 import glob
 import json
 import os
@@ -20,6 +19,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import dockerignore
 from .errors import DockerfileError
 from .layer import LayerEntry
 
@@ -79,7 +79,7 @@ class _Parser:
         self.seen_from = False
         self.line = 0
         self.instruction = ""
-        self.ignore = _DockerIgnore(self.context)
+        self.ignore = dockerignore.Matcher.for_context(self.context)
 
     def fail(self, message: str) -> DockerfileError:
         return DockerfileError(f"{self.dockerfile}:{self.line}: {self.instruction}: {message}")
@@ -258,7 +258,9 @@ class _Parser:
             names = sorted(glob.glob(rel, root_dir=self.context, include_hidden=True))
         else:
             names = [rel] if os.path.lexists(self.context / rel) else []
-        found = [self.context / n for n in names if not self.ignore.excludes(posixpath.normpath(n))]
+        # an excluded directory may still hold files an exception (`!dir/file`) takes back: copy_dir decides
+        found = [self.context / n for n in names if not self.ignore.excludes(n)
+                 or (self.ignore.has_exceptions and (self.context / n).is_dir())]
         if not found:
             raise self.fail(f"{source}: not found in the build context {self.context}")
         for path in found:
@@ -277,9 +279,9 @@ class _Parser:
                 path = base / name
                 rel = path.relative_to(self.context).as_posix()
                 if self.ignore.excludes(rel):
-                    if name in dirnames:
+                    if name in dirnames and not self.ignore.has_exceptions:
                         dirnames.remove(name)
-                    continue
+                    continue  # an excluded directory is entered while exceptions may take a file back
                 target = posixpath.join(dest, path.relative_to(src).as_posix())
                 if path.is_symlink():
                     self.plan.files[target] = LayerEntry(target, None, 0o777, uid, gid, os.readlink(path))
@@ -398,28 +400,3 @@ def _split_words(text: str, env: dict[str, str]) -> list[str]:
 
 def _expand(text: str, env: dict[str, str]) -> str:
     return "".join(_split_words(text.replace(" ", "\\ "), env)) if text else ""
-
-
-class _DockerIgnore:
-    """`.dockerignore` rules: glob patterns relative to the context, `!` for exceptions, last match wins."""
-
-    def __init__(self, context: Path) -> None:
-        self.rules: list[tuple[bool, str]] = []
-        path = context / ".dockerignore"
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                line = line.strip()
-                if not line or line.startswith("#"):
-                    continue
-                negate = line.startswith("!")
-                pattern = posixpath.normpath(line.lstrip("!").strip().lstrip("/"))
-                self.rules.append((negate, pattern))
-
-    def excludes(self, rel: str) -> bool:
-        excluded = False
-        parts = rel.split("/")
-        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-        for negate, pattern in self.rules:
-            if any(fnmatch.fnmatchcase(p, pattern) for p in prefixes):
-                excluded = not negate
-        return excluded
