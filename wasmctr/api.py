@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import archive, atomic, builder, dockerfile
 from . import image as stored
 from . import reference as references
 from .errors import GuestFailed, GuestTimeout, ImageNotFound, UsageError, WasmctrError
 from .model import Descriptor, Platform
 from .store import Store, Tagged
 
-if TYPE_CHECKING:  # the registry stack (requests, oras) and wasmtime are imported only where used
+if TYPE_CHECKING:  # building, archives, the registry stack (requests, oras) and wasmtime: imported where used
+    from .builder import Format
     from .distribution import Progress
     from .executor import Executor, Outcome
     from .registry import Registry
@@ -68,10 +68,12 @@ def parse_platforms(text: str) -> list[Platform]:
 
 
 def build(source: str | os.PathLike[str], tag: str, *, dockerfile_path: str | os.PathLike[str] | None = None,
-          build_args: dict[str, str] | None = None, format: builder.Format = "compat",
+          build_args: dict[str, str] | None = None, format: Format = "compat",
           platforms: str = "wasi/wasm", author: str | None = None, precompile: bool = False,
           store: Store | None = None) -> BuildResult:
     """Build an image from a `.wasm` file, or from a directory holding a Dockerfile, and tag it."""
+    from . import builder, dockerfile
+
     ref = references.parse(tag)
     if format not in builder.FORMATS:
         raise UsageError(f"--format {format!r}: expected compat or artifact")
@@ -205,6 +207,8 @@ def _collect(st: Store, removed: list[Tagged]) -> Removed:
 def save(ref: str, output: str | os.PathLike[str] | None = None, oci_dir: str | os.PathLike[str] | None = None,
          store: Store | None = None) -> Descriptor:
     """Write an image as an OCI archive (`output`) or into an OCI layout directory (`oci_dir`)."""
+    from . import archive, atomic
+
     if (output is None) == (oci_dir is None):
         raise UsageError("give exactly one of -o FILE.tar and --oci-dir DIR")
     st = _store(store)
@@ -220,6 +224,8 @@ def save(ref: str, output: str | os.PathLike[str] | None = None, oci_dir: str | 
 
 def load(source: str | os.PathLike[str], tag: str | None = None, store: Store | None = None) -> list[str]:
     """Import the images of an OCI archive or layout directory; returns the names tagged."""
+    from . import archive
+
     path = Path(source)
     if not path.exists():
         raise UsageError(f"{source}: no such file or directory")

@@ -10,19 +10,20 @@ from __future__ import annotations
 import contextlib
 import posixpath
 import shutil
-import tarfile
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from . import mediatypes as mt
 from . import wasm
 from .errors import ImageNotFound, StoreError
-from .layer import open_layer
 from .model import WASI_WASM, Descriptor, Manifest, Platform, parse_config
 from .store import Store
+
+if TYPE_CHECKING:  # layers are read only for a program inside a rootfs layer
+    import tarfile
 
 
 @dataclass
@@ -108,6 +109,8 @@ def platforms(store: Store, desc: Descriptor) -> list[Platform]:
 @contextlib.contextmanager
 def open_program(store: Store, image: Image) -> Iterator[IO[bytes]]:
     """A stream of the image's wasm program: the artifact layer, or the member of the rootfs layers."""
+    from .layer import open_layer
+
     layer = image.wasm_layer
     if layer is not None:
         with store.open_blob(layer.digest) as f:

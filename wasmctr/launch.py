@@ -21,7 +21,6 @@ from .errors import ExecutorError, UsageError
 from .executor import Mount, RunSpec
 from .policy import Policy
 from .store import Store
-from .unpack import unpack_image
 
 SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?$", re.IGNORECASE)
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
@@ -86,7 +85,11 @@ def spec_for_image(store: Store, image: stored.Image, options: RunOptions, clean
     if not argv:
         raise ExecutorError("no command: the image has no Entrypoint or Cmd and none was given")
     cwd = options.workdir or rc.get("WorkingDir") or "/"
-    rootfs = unpack_image(store, image)
+    rootfs = store.rootfs_path(image.descriptor.digest)
+    if not rootfs.is_dir():  # unpacked once per image: extraction (tar, gzip, zstd) is imported only for that
+        from .unpack import unpack_image
+
+        rootfs = unpack_image(store, image)
     host_program, function = inroot.is_file(rootfs, posixpath.join(cwd, argv[0])), None
     if host_program is None and "#" in argv[0]:  # runwasi's `/module.wasm#func`: run export `func`
         path, function = wasm.split_entrypoint(argv[0])

@@ -189,6 +189,10 @@ class Store:
             raise StoreError(f"unsupported digest {digest!r}")
         return self.blobs_dir / hex_digest
 
+    def rootfs_path(self, manifest_digest: str) -> Path:
+        """Where `run` keeps the rootfs unpacked from an image's layers (`unpack.py`), by manifest digest."""
+        return self.root / "rootfs" / manifest_digest.split(":", 1)[1]
+
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).is_file()
 

@@ -32,7 +32,7 @@ from . import image as stored
 from .atomic import fsync_dir
 from .errors import LayerError
 from .inroot import DIRECTORY, fd_path, open_in_root
-from .layer import open_layer, safe_mode
+from .layer import safe_mode
 from .store import Store
 
 WHITEOUT = ".wh."
@@ -44,7 +44,9 @@ CHUNK = 1 << 20
 
 def unpack_image(store: Store, image: stored.Image) -> Path:
     """The image's layers unpacked into a directory of the store (once per manifest digest)."""
-    target = store.root / "rootfs" / image.descriptor.digest.split(":", 1)[1]
+    from .layer import open_layer
+
+    target = store.rootfs_path(image.descriptor.digest)
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
