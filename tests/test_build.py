@@ -247,6 +247,32 @@ def test_invalid_modules_are_refused_before_anything_is_written(tmp_path: Path, 
     assert not list(Store().blobs_dir.iterdir())
 
 
+def test_a_component_is_validated_without_being_compiled_and_precompile_compiles_it_once(
+        tmp_path: Path, component_wasm: Path, wasmctr_home: Path) -> None:
+    cache = wasmctr_home / "cache" / "compiled"
+    shown = wasmctr("build", str(component_wasm), "-t", "comp:1", "--format", "artifact")
+    assert "component" in shown.stdout and not list(cache.glob("*.cwasm")), "validated, not compiled"
+    _, config = manifest_and_config(Store(), "comp:1")  # the names, read from the component's own sections
+    assert config["component"]["imports"] == ["wasi:cli/environment@0.2.0"]
+    assert config["component"]["exports"] == ["wasi:cli/run@0.2.0"]
+    wasmctr("build", str(component_wasm), "-t", "comp:2", "--precompile")
+    (entry,) = cache.glob("*.cwasm")
+    inode = entry.stat().st_ino
+    assert wasmctr("run", "comp:2").returncode == 0 and entry.stat().st_ino == inode  # the cached code, used
+    # what validation still catches, inside a component: a core module that does not type-check, a
+    # component section cut short, a nested component's bad header
+    good = component_wasm.read_bytes()
+    core = good.index(bytes.fromhex("0061736d01000000"))
+    bad_body = bytearray(good)
+    at = bad_body.index(bytes.fromhex("41000b"), core)  # the core function's `i32.const 0; end`
+    bad_body[at:at + 3] = bytes.fromhex("01010b")  # `nop; nop; end`: nothing left for the i32 result
+    cases = {"core.wasm": (bytes(bad_body), "invalid WebAssembly"), "cut.wasm": (good[:-7], "truncated")}
+    for name, (data, why) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        assert_one_line_error(wasmctr("build", str(tmp_path / name), "-t", "bad:1", check=False), 1, why)
+    assert not list(cache.glob("*.cwasm"))[1:], "nothing compiled"
+
+
 def test_artifact_rejects_several_files_and_suggests_compat(tmp_path: Path, hello_wasm: Path) -> None:
     ctx = tmp_path / "ctx"
     ctx.mkdir()

@@ -504,15 +504,21 @@ def test_build_precompile_fills_the_cache(hostile_wasm: Path, wasmctr_home: Path
 def test_compile_cache_is_bounded_and_evicts_the_least_recently_used(tmp_path: Path) -> None:
     from wasmctr.compile_cache import CompileCache
 
-    cache = CompileCache(tmp_path, max_bytes=3000)  # room for two 1000-byte entries with their headers
+    def cached(key: str) -> bytes | None:
+        with cache.entry(key) as path:
+            return None if path is None else Path(path).read_bytes()
+
+    cache = CompileCache(tmp_path, max_bytes=2500)  # room for two 1000-byte entries
     for key in ("a", "b"):
         cache.save(key, bytes(1000))
         time.sleep(0.01)
-    assert cache.load("a") == bytes(1000)  # a hit: a is now the most recently used
+    assert cached("a") == bytes(1000)  # a hit: a is now the most recently used
     time.sleep(0.01)
     cache.save("c", bytes(1000))
-    assert cache.load("b") is None
-    assert cache.load("a") == cache.load("c") == bytes(1000)
+    assert cached("b") is None and not (tmp_path / "b.sha256").exists()
+    assert cached("a") == cached("c") == bytes(1000)
+    (tmp_path / "c.sha256").write_text("0" * 64)  # an entry whose digest does not match is never loaded
+    assert cached("c") is None and not (tmp_path / "c.cwasm").exists()
 
 
 def test_compile_cache_limit_comes_from_the_environment(hostile_wasm: Path, hello_c_wasm: Path,

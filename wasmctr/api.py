@@ -102,7 +102,9 @@ def build(source: str | os.PathLike[str], tag: str, *, dockerfile_path: str | os
     if precompile:
         source_file = plan.files[built.program].source
         assert source_file is not None
-        executor(target).precompile(source_file)
+        identity = None if built.format == "artifact" else stored.program_key(stored.load(target, built.descriptor),
+                                                                              built.program)
+        executor(target).precompile(source_file, identity)
     return BuildResult(ref.familiar(), built.descriptor.digest, built.format, [str(p) for p in built.platforms],
                        built.program, built.wasm.kind)
 
@@ -195,10 +197,8 @@ def prune(store: Store | None = None) -> Removed:
 
 def _collect(st: Store, removed: list[Tagged]) -> Removed:
     """After entries were removed: what went, once the blobs (and unpacked rootfs) nothing reaches are gone."""
-    from . import unpack
-
     blobs, freed = st.gc()
-    unpack.prune(st)
+    st.prune_rootfs()
     left = {t.descriptor.digest for t in st.tags()}
     return Removed(sorted(t.name for t in removed if not t.dangling),
                    sorted({t.descriptor.digest for t in removed} - left), blobs, freed)

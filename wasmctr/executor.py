@@ -67,7 +67,7 @@ class RunSpec:
     stdin: bool | str = False  # closed, inherited, or a file/FIFO path
     stdout: str | Callable[[bytes], object] | None = None  # inherited, a path, or a function given each write
     stderr: str | Callable[[bytes], object] | None = None
-    wasm_digest: str | None = None
+    wasm_digest: str | None = None  # what names the wasm's content for the compile cache (else: its sha256)
     function: str | None = None  # an export to call instead of the command's entry (`path#func`)
     devices: Path | None = None  # a directory of default device nodes, preopened at /dev (`devices.py`)
 
@@ -219,13 +219,13 @@ class Executor:
             if cache_key in self._loaded:
                 return self._loaded[cache_key], False
         code = None
-        serialized = self.cache.load(cache_key) if self.cache is not None else None
-        if serialized is not None:
-            try:
-                code = _code_class(kind).deserialize(engine, serialized)
-            except Exception:  # a verified entry from another engine build: rebuild it
-                assert self.cache is not None
-                self.cache.discard(cache_key)
+        if self.cache is not None:
+            with self.cache.entry(cache_key) as cached:
+                if cached is not None:
+                    try:
+                        code = _code_class(kind).deserialize_file(engine, cached)  # mapped, not copied
+                    except Exception:  # a verified entry from another engine build: rebuild it
+                        self.cache.discard(cache_key)
         compiled = code is None
         if code is None:
             code = self._compile(engine, kind, path, cache_key)

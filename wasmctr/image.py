@@ -106,6 +106,13 @@ def platforms(store: Store, desc: Descriptor) -> list[Platform]:
     return [load(store, desc).platform]
 
 
+def program_key(image: Image, program: str) -> str:
+    """What names a program in a compat image's rootfs for the compile cache: the image's layers, which
+    fix the rootfs unpacked from them, and the program's absolute path there. Hashing the file at every
+    run (18 MB for a Python component) is what it saves."""
+    return "rootfs:" + ",".join(layer.digest for layer in image.manifest.layers) + ":" + program
+
+
 @contextlib.contextmanager
 def open_program(store: Store, image: Image) -> Iterator[IO[bytes]]:
     """A stream of the image's wasm program: the artifact layer, or the member of the rootfs layers."""

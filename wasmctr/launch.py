@@ -96,7 +96,8 @@ def spec_for_image(store: Store, image: stored.Image, options: RunOptions, clean
         host_program = inroot.is_file(rootfs, posixpath.join(cwd, path))
     if host_program is None:
         raise ExecutorError(f"entrypoint {argv[0]} is not a file in the image")
-    spec = RunSpec(wasm=host_program, args=argv, cwd=cwd, rootfs=rootfs, function=function)
+    spec = RunSpec(wasm=host_program, args=argv, cwd=cwd, rootfs=rootfs, function=function,
+                   wasm_digest=stored.program_key(image, "/" + host_program.relative_to(rootfs).as_posix()))
     return _apply(spec, options, list(rc.get("Env") or []), cleanup)
 
 

@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -192,6 +193,14 @@ class Store:
     def rootfs_path(self, manifest_digest: str) -> Path:
         """Where `run` keeps the rootfs unpacked from an image's layers (`unpack.py`), by manifest digest."""
         return self.root / "rootfs" / manifest_digest.split(":", 1)[1]
+
+    def prune_rootfs(self) -> None:
+        """Remove the unpacked rootfs of every manifest no longer in the store (after garbage collection).
+        Staging directories of unpacks in progress (`.unpack-*`) are left alone."""
+        with contextlib.suppress(FileNotFoundError):
+            for unpacked in (self.root / "rootfs").iterdir():
+                if not unpacked.name.startswith(".") and not self.has_blob(f"sha256:{unpacked.name}"):
+                    shutil.rmtree(unpacked, ignore_errors=True)
 
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).is_file()

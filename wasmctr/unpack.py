@@ -68,15 +68,6 @@ def unpack_image(store: Store, image: stored.Image) -> Path:
     return target
 
 
-def prune(store: Store) -> None:
-    """Remove the unpacked rootfs of every manifest no longer in the store (after garbage collection).
-    Staging directories of unpacks in progress (`.unpack-*`) are left alone."""
-    with contextlib.suppress(FileNotFoundError):
-        for unpacked in (store.root / "rootfs").iterdir():
-            if not unpacked.name.startswith(".") and not store.has_blob(f"sha256:{unpacked.name}"):
-                shutil.rmtree(unpacked, ignore_errors=True)
-
-
 def apply_layer(tar: tarfile.TarFile, root: Path, name: str = "layer") -> None:
     """Apply one layer's tar stream on top of the directory `root`."""
     root_fd = os.open(root, DIRECTORY | os.O_CLOEXEC)

@@ -3,8 +3,9 @@
 Modules are validated without holding their data segments in memory: the file is streamed section by
 section, data-segment payloads are skipped (their framing is checked here, their bytes never matter to
 validation), custom sections are dropped, and the resulting skeleton is handed to wasmtime's validator.
-A 64 MiB module of data therefore costs kilobytes. Components are validated by compiling them with
-wasmtime, which also yields their import and export names. Imports only errors from wasmctr.
+A 64 MiB module of data therefore costs kilobytes. A component is not compiled either: its sections are
+walked, each core module in it validated the same way, and its import and export names read from its
+own sections. Imports only errors from wasmctr.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from .leb128 import encode_unsigned as _uleb
 MAGIC = b"\0asm"
 MODULE_VERSION = b"\x01\x00\x00\x00"
 SECTION_CUSTOM, SECTION_IMPORT, SECTION_EXPORT, SECTION_DATA = 0, 2, 7, 11
+# the component binary format's sections (component-model Binary.md) this reader looks into
+COMPONENT_CORE_MODULE, COMPONENT_COMPONENT, COMPONENT_IMPORT, COMPONENT_EXPORT = 1, 4, 10, 11
+COMPONENT_LAST_SECTION = 12
 IMPORT_KINDS = {0: "func", 1: "table", 2: "memory", 3: "global", 4: "tag"}
 
 WasmKind = Literal["module", "component"]
@@ -96,7 +100,15 @@ def module_imports(stream: IO[bytes]) -> list[Import]:
 
 
 def _analyse_module(path: str, f: BinaryIO) -> WasmInfo:
-    end = os.fstat(f.fileno()).st_size
+    skeleton, imports, exports = _module_skeleton(path, f, os.fstat(f.fileno()).st_size)
+    _validate(path, lambda engine: _wasmtime().Module.validate(engine, skeleton))
+    return WasmInfo("module", imports, exports)
+
+
+def _module_skeleton(path: str, f: BinaryIO, end: int) -> tuple[bytes, list[Import], list[str]]:
+    """The module from `f`'s position (after its header) to `end`, data payloads and custom sections left
+    out, as wasmtime's validator needs it; and its imports and exports."""
+    begin = f.tell()
     skeleton = io.BytesIO()
     skeleton.write(MAGIC + MODULE_VERSION)
     imports: list[Import] = []
@@ -107,7 +119,7 @@ def _analyse_module(path: str, f: BinaryIO) -> WasmInfo:
             size = _read_uleb_stream(f)
             start = f.tell()
             if start + size > end:
-                raise InvalidWasm(f"{path}: section {section_id} runs past the end of the file (truncated?)")
+                raise InvalidWasm(f"{path}: section {section_id} runs past the end of the module (truncated?)")
             if section_id == SECTION_CUSTOM:
                 f.seek(size, io.SEEK_CUR)
                 continue
@@ -121,15 +133,82 @@ def _analyse_module(path: str, f: BinaryIO) -> WasmInfo:
                     exports = _parse_exports(body)
             skeleton.write(bytes([section_id]) + _uleb(len(body)) + body)
     except _Exotic:
-        f.seek(0)
-        skeleton = io.BytesIO(f.read())
+        f.seek(begin)
+        skeleton = io.BytesIO(MAGIC + MODULE_VERSION + _read_exact(f, end - begin))
     except (EOFError, IndexError, UnicodeDecodeError):
         raise InvalidWasm(f"{path}: malformed module (truncated or corrupt section)") from None
-    _validate(path, lambda engine: _wasmtime().Module.validate(engine, skeleton.getvalue()))
-    return WasmInfo("module", imports, exports)
+    return skeleton.getvalue(), imports, exports
 
 
 def _analyse_component(path: str, f: BinaryIO) -> WasmInfo:
+    """A component validated without compiling it (which takes seconds to minutes for a large one): its
+    structure read here, every core module inside it validated by wasmtime's validator as a module is;
+    its own imports and exports from its import and export sections. A construct this reader does not
+    know is validated by compiling, as before."""
+    imports: list[Import] = []
+    exports: list[str] = []
+    try:
+        _component_sections(path, f, os.fstat(f.fileno()).st_size, imports, exports)
+    except _Exotic:
+        return _compile_component(path, f)
+    except (EOFError, IndexError, UnicodeDecodeError):
+        raise InvalidWasm(f"{path}: malformed component (truncated or corrupt section)") from None
+    return WasmInfo("component", imports, exports)
+
+
+def _component_sections(path: str, f: BinaryIO, end: int, imports: list[Import] | None,
+                        exports: list[str] | None) -> None:
+    """Walk a component's sections from after its preamble to `end`: core modules are validated, nested
+    components walked; the names of the outermost component's imports and exports are collected."""
+    while f.tell() < end:
+        section_id = _read_exact(f, 1)[0]
+        size = _read_uleb_stream(f)
+        start = f.tell()
+        if start + size > end:
+            raise InvalidWasm(f"{path}: section {section_id} runs past the end of the component (truncated?)")
+        if section_id == COMPONENT_CORE_MODULE:
+            if _read_exact(f, 8) != MAGIC + MODULE_VERSION:
+                raise InvalidWasm(f"{path}: a core module inside the component has no module header")
+            skeleton, _, _ = _module_skeleton(path, f, start + size)
+            _validate(path, lambda engine, code=skeleton: _wasmtime().Module.validate(engine, code))
+        elif section_id == COMPONENT_COMPONENT:
+            if sniff(_read_exact(f, 8)) != "component":
+                raise InvalidWasm(f"{path}: a component inside the component has no component header")
+            _component_sections(path, f, start + size, None, None)
+        elif section_id == COMPONENT_IMPORT and imports is not None:
+            imports.extend(Import(name, "", "instance") for name in _component_names(_read_exact(f, size), False))
+        elif section_id == COMPONENT_EXPORT and exports is not None:
+            exports.extend(_component_names(_read_exact(f, size), True))
+        elif section_id > COMPONENT_LAST_SECTION:
+            raise InvalidWasm(f"{path}: unknown component section {section_id}")
+        else:
+            f.seek(start + size)
+        if f.tell() != start + size:
+            raise InvalidWasm(f"{path}: component section {section_id} is not the size it says")
+
+
+def _component_names(body: bytes, exported: bool) -> list[str]:
+    """The names in a component's import or export section (the binary format's `import` and `export`)."""
+    c = _Cursor(body)
+    names = []
+    for _ in range(c.uleb()):
+        if c.byte() != 0x00:  # a version-suffixed or older name form
+            raise _Exotic()
+        names.append(c.name())
+        if exported:
+            if c.byte() == 0x00:  # sortidx: a core sort has a second byte
+                c.byte()
+            c.uleb()
+            if c.byte() == 0x01:  # an optional externdesc (ascribed type)
+                c.externdesc()
+        else:
+            c.externdesc()
+    if c.pos != len(body):
+        raise EOFError
+    return names
+
+
+def _compile_component(path: str, f: BinaryIO) -> WasmInfo:
     f.seek(0)
     data = f.read()
     wasmtime = _wasmtime()
@@ -233,6 +312,22 @@ class _Cursor:
             self.uleb()
         if flags & 8:
             self.uleb()
+
+    def externdesc(self) -> None:
+        """Skip a component `externdesc`: what kind of thing is imported or exported, and its type."""
+        kind = self.byte()
+        if kind == 0x00 and self.byte() == 0x11:  # a core module type
+            self.uleb()
+        elif kind in (0x01, 0x04, 0x05):  # func, component, instance: a type index
+            self.uleb()
+        elif kind == 0x02:  # value bound: an eq index, or a value type (an s33): one LEB either way
+            self.byte()
+            self.uleb()
+        elif kind == 0x03:  # type bound: eq index, or `sub resource`
+            if self.byte() == 0x00:
+                self.uleb()
+        else:
+            raise _Exotic()
 
     def reftype(self) -> None:
         if self.byte() in (0x63, 0x64):

@@ -1,0 +1,67 @@
+"""Start-up: a command imports only what it uses. Each command runs under `python -X importtime`, and the
+modules it must not pay for (the engine, the registry stack, progress bars, the shim's protobuf, layer
+compression, building) are checked absent. Timings are bench/'s business (bench/startup.py); this is
+the behaviour that keeps them: a new top-level import of a heavy module fails here."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import wasmctr
+
+ENGINE = {"wasmtime"}
+REGISTRY = {"requests", "oras", "urllib3", "docker", "wasmctr.registry", "wasmctr.distribution", "wasmctr.transport"}
+PRESENTATION = {"rich"}
+SHIM = {"google.protobuf", "pyseccomp", "shim"}
+LAYERS = {"tarfile", "gzip", "zstandard", "wasmctr.layer", "wasmctr.unpack", "wasmctr.archive"}
+BUILDING = {"wasmctr.builder", "wasmctr.dockerfile", "wasmctr.dockerignore"}
+ISOLATION = {"pickle", "wasmctr.isolated", "wasmctr.confined", "wasmctr.seccomp", "wasmctr.landlock"}
+
+
+def imported(*args: str) -> set[str]:
+    """The modules `wasmctr ARGS` imports, as python -X importtime lists them."""
+    code = "import sys; sys.argv[0] = 'wasmctr'; from wasmctr.cli import main; main()"
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", code, *args], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")
+            and "|" in line}
+
+
+def heavy(found: set[str], *groups: set[str]) -> set[str]:
+    """Which of the groups' modules (or their submodules) were imported."""
+    return {name for name in found for group in groups for module in group
+            if name == module or name.startswith(module + ".")}
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["run", "--help"], ["images"], ["images", "-q"],
+                                  ["image", "prune"]])
+def test_listing_and_help_import_no_engine_registry_layers_or_building(args: list[str]) -> None:
+    assert heavy(imported(*args), ENGINE, REGISTRY, PRESENTATION, SHIM, LAYERS, BUILDING, ISOLATION) == set()
+
+
+def test_a_warm_run_of_a_module_imports_only_the_engine(hello_c_wasm: Path) -> None:
+    wasmctr("build", str(hello_c_wasm), "-t", "warm:1")
+    wasmctr("run", "warm:1")  # unpacked and compiled: the next run is warm
+    found = imported("run", "warm:1")
+    assert "wasmtime" in found
+    assert heavy(found, REGISTRY, PRESENTATION, SHIM, LAYERS, BUILDING, ISOLATION) == set()
+    assert heavy(found, {"wasmtime.component"}) == set(), "component support is loaded only for components"
+
+
+def test_inspect_and_tag_read_the_store_only(hello_c_wasm: Path) -> None:
+    wasmctr("build", str(hello_c_wasm), "-t", "look:1")
+    for args in (["inspect", "look:1"], ["tag", "look:1", "look:2"]):
+        assert heavy(imported(*args), ENGINE, REGISTRY, PRESENTATION, SHIM, BUILDING, ISOLATION) == set(), args
+
+
+def test_the_shim_binary_imports_nothing_but_what_it_needs_to_reach_its_template() -> None:
+    """containerd runs it twice per container: `shim/containerd.py` keeps to os, sys, types, zlib, _socket."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import shim.containerd"], capture_output=True,
+                          text=True, timeout=60)
+    names = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert heavy(names, ENGINE, REGISTRY, PRESENTATION, {"google.protobuf", "socket", "json", "re", "hashlib",
+                                                         "wasmctr", "typing", "dataclasses"}) == set()
