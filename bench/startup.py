@@ -46,6 +46,34 @@ def show(label: str, times: list[float], peer: list[float] | None = None, peer_l
     return median
 
 
+# where a warm `wasmctr run` spends its time, phase by phase, in one interpreter (stdout: the guest's)
+PROBE = """
+import sys, time
+t0 = time.perf_counter()
+import typer, wasmtime
+t1 = time.perf_counter()
+import wasmctr.cli, wasmctr.api, wasmctr.launch, wasmctr.executor, wasmctr.image, wasmctr.policy, wasmctr.streams
+t2 = time.perf_counter()
+typer.main.get_command(wasmctr.cli.app)
+t3 = time.perf_counter()
+wasmctr.api.run("hello:1", stdout=-3)
+t4 = time.perf_counter()
+print(*(round((b - a) * 1000, 1) for a, b in ((t0, t1), (t1, t2), (t2, t3), (t3, t4))), file=sys.stderr)
+"""
+PHASES = ("import typer, wasmtime", "import wasmctr's modules for run", "typer builds the command tree",
+          "the run: store, policy, cached code, link, instantiate, guest")
+
+
+def phases(env: dict[str, str], repeat: int) -> None:
+    found: list[list[float]] = [[] for _ in PHASES]
+    for _ in range(repeat):
+        proc = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True)
+        for column, value in zip(found, proc.stderr.splitlines()[-1].split(), strict=True):
+            column.append(float(value))
+    for label, values in zip(PHASES, found, strict=True):
+        print(f"  {label:56s} {statistics.median(values):8.1f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=15)
@@ -73,6 +101,8 @@ def main() -> None:
         show('python -c "import wasmtime"', engine)
         show("wasmctr run hello:1", warm, floor, "the typer+wasmtime floor")
         show("", warm, engine, "import wasmtime alone")
+        print("where the time goes (medians; the rest is Python's own start and exit):")
+        phases(env, args.repeat)
 
         print("== an 18 MB componentize-py component")
         component = work / "hello-component.wasm"

@@ -175,6 +175,10 @@ def test_user_runs_the_guest_as_that_user_confined(hostile_wasm: Path, tmp_path:
     bad = run("--user", "nobody", str(hostile_wasm), "exit", "0")
     assert bad.returncode == 125
     assert bad.stderr.strip() == "wasmctr: error: --user 'nobody': expected UID[:GID] as numbers"
+    # from Python, output captured across the fork (in a new interpreter: pytest's own is never forked)
+    code = f"import wasmctr; print(wasmctr.run({str(hostile_wasm)!r}, ['env', 'A'], env=['A=1'], user='1000', " \
+           "capture_output=True, text=True).stdout, end='')"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout == "A=1\n"
 
     spinner = subprocess.Popen([EXE, "run", "--user", "1000:1001", str(hostile_wasm), "spin"], stderr=subprocess.PIPE,
                                text=True)
@@ -564,6 +568,17 @@ def test_python_api_takes_what_subprocess_run_takes(hostile_wasm: Path, tmp_path
                   {"stdin": subprocess.PIPE}, {"stdout": subprocess.STDOUT}, {"stdout": True}):
         with pytest.raises(api.WasmctrError):
             api.run(guest, ["environ"], **wrong)
+
+
+def test_captured_output_leaves_nothing_to_panic_at_interpreter_exit(hostile_wasm: Path) -> None:
+    """wasmtime's custom output callbacks were called from its worker threads while Python exited (a Rust
+    panic on stderr in half the runs): output now goes through pipes drained by threads of ours."""
+    code = (f"import io, wasmctr; out = io.StringIO(); wasmctr.run({str(hostile_wasm)!r}, ['environ'], env=['A=1'], "
+            "stdout=out, stderr=-3); done = wasmctr.run({0!r}, ['environ'], env=['B=2'], capture_output=True); "
+            "print(out.getvalue() + done.stdout.decode(), end='')".replace("{0!r}", repr(str(hostile_wasm))))
+    for _ in range(12):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (0, "A=1\nB=2\n", "")
 
 
 @pytest.mark.parametrize("mode", ["sleep", "cat", "spin"])

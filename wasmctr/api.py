@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,7 @@ from . import image as stored
 from . import reference as references
 from .errors import GuestFailed, GuestTimeout, ImageNotFound, UsageError, WasmctrError
 from .model import Descriptor, Platform
+from .record import record
 from .store import Store, Tagged
 
 if TYPE_CHECKING:  # building, archives, the registry stack (requests, oras) and wasmtime: imported where used
@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # building, archives, the registry stack (requests, oras) and
     from .registry import Registry
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BuildResult:
     name: str
     digest: str
@@ -38,7 +38,7 @@ class BuildResult:
     kind: str
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ImageSummary:
     repository: str
     tag: str
@@ -52,6 +52,8 @@ class ImageSummary:
 def _store(store: Store | None) -> Store:
     return store if store is not None else Store()
 
+
+PUMP_WAIT_SECONDS = 10  # for a guest's last output, once it has ended
 
 BUILD_OS = ("wasi", "wasip1", "wasip2", "linux")
 BUILD_ARCHITECTURES = ("wasm", "wasm32", "amd64", "arm64", "arm", "386", "ppc64le", "s390x", "riscv64")
@@ -167,7 +169,7 @@ def tag(source: str, target: str, store: Store | None = None) -> str:
     return dst.familiar()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Removed:
     untagged: list[str]  # names taken off
     deleted: list[str]  # IDs of the images that went with them (no name or entry left)
@@ -301,12 +303,12 @@ def _registry_host(registry: str) -> str:
     return "docker.io" if host in ("index.docker.io", "registry-1.docker.io") else host
 
 
-def executor(store: Store | None = None) -> Executor:
-    """An executor whose compile cache lives in the store."""
+def executor(store: Store | None = None, map_cached_code: bool = False) -> Executor:
+    """An executor whose compile cache lives in the store (`Executor` says when to map cached code)."""
     from .compile_cache import CompileCache
     from .executor import Executor
 
-    return Executor(CompileCache(_store(store).root / "cache" / "compiled"))
+    return Executor(CompileCache(_store(store).root / "cache" / "compiled"), map_cached_code)
 
 
 def _device_dir(names: list[str], cleanup: list[Path]) -> Path:
@@ -389,8 +391,6 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
         stdout = stderr = streams.PIPE
     out, err = streams.Output(stdout, "stdout"), streams.Output(stderr, "stderr")
     source = streams.Input(stdin, input, encoding)
-    if ids is not None and (stdout == streams.PIPE or stderr == streams.PIPE):
-        raise UsageError("user= runs the guest in another process: give its output a file, not PIPE")
     options = launch.RunOptions(
         args=list(args or []), entrypoint=entrypoint, workdir=workdir, env=list(env or []),
         env_files=list(env_files or []), volumes=list(volumes or []), tmpfs=list(tmpfs or []), memory=memory,
@@ -398,6 +398,7 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
         policy=Policy.from_flags(network, deny_wasi, allow_wasi, syscall_policy))
     st = _store(store)
     cleanup: list[Path] = []
+    pumps = streams.Pumps()
     try:
         path = Path(target)
         if target.endswith((".wasm", ".wat")) or path.is_file():
@@ -415,7 +416,7 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
             spec = launch.spec_for_image(st, stored.load(st, desc, wanted), options, cleanup)
         if devices:
             spec.devices = _device_dir([d.removeprefix("/dev/") for d in devices], cleanup)
-        runner = executor(st)
+        runner = executor(st, map_cached_code=True)  # this process, or its forked --user child, closes nothing
         if spec.timeout is not None and not hard_stop and ids is None:
             from . import isolated
 
@@ -427,7 +428,7 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
             err.deliver(got_err)
         else:
             spec.stdin = source.path(cleanup)
-            spec.stdout, spec.stderr = out.writer(), err.writer(out)
+            spec.stdout, spec.stderr = streams.wasi_paths(out, err, pumps)
             if ids is None:
                 outcome = runner.run(spec, exit_process if hard_stop else None)
             else:
@@ -436,6 +437,7 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
                         os.chmod(mount.host, 0o1777)
                 outcome = confined.run(runner, runner.prepare(spec), *ids)
     finally:
+        pumps.finish(PUMP_WAIT_SECONDS)  # after the run: the guest's store, and its ends of the pipes, are gone
         out.close()
         err.close()
         for directory in cleanup:

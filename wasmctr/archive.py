@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,6 +20,7 @@ from . import reference
 from .errors import ArchiveError, StoreError, WasmctrError
 from .layer import TAR_ERRORS
 from .model import Descriptor, Index, canonical_json
+from .record import record
 from .store import LAYOUT_VERSION, MAX_DOCUMENT, Store
 
 
@@ -60,7 +60,7 @@ def save_layout(store: Store, desc: Descriptor, ref: reference.Reference | None,
         target.set_tag(ref, desc)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Loaded:
     name: str
     descriptor: Descriptor

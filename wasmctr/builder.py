@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -25,13 +24,14 @@ from .dockerfile import BuildPlan
 from .errors import BuildError, UsageError
 from .layer import LayerEntry, write_tar_gzip
 from .model import WASI_WASM, Descriptor, Index, Manifest, Platform, canonical_json
+from .record import record
 from .store import Store
 
 Format = Literal["compat", "artifact"]
 FORMATS: tuple[Format, ...] = ("compat", "artifact")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Built:
     """What a build produced: the descriptor to tag, and what it holds."""
 

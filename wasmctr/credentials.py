@@ -11,17 +11,17 @@ from __future__ import annotations
 import base64
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import atomic
 from .errors import AuthError
+from .record import record
 
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Credentials:
     username: str
     password: str

@@ -16,12 +16,12 @@ import os
 import posixpath
 import re
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import dockerignore
 from .errors import DockerfileError
 from .layer import LayerEntry
+from .record import field, record
 
 DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
 VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::([-+])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
@@ -37,7 +37,7 @@ NEEDS_BASE = {
 }
 
 
-@dataclass
+@record
 class BuildPlan:
     """What a Dockerfile asks for: the files of the image and its runtime configuration."""
 

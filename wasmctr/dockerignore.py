@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import posixpath
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DockerfileError
+from .record import record
 
 # regexp metacharacters that are not filepath.Match syntax: escaped, as patternmatcher does
 _ESCAPED = set(".+()|{}$")
@@ -42,7 +42,7 @@ def read(path: Path) -> list[str]:
     return patterns
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class _Pattern:
     text: str
     exception: bool

@@ -12,7 +12,6 @@ import posixpath
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -20,13 +19,14 @@ from . import mediatypes as mt
 from . import wasm
 from .errors import ImageNotFound, StoreError
 from .model import WASI_WASM, Descriptor, Manifest, Platform, parse_config
+from .record import field, record
 from .store import Store
 
 if TYPE_CHECKING:  # layers are read only for a program inside a rootfs layer
     import tarfile
 
 
-@dataclass
+@record
 class Image:
     """One platform's manifest and config, as stored."""
 
@@ -142,7 +142,7 @@ def open_program(store: Store, image: Image) -> Iterator[IO[bytes]]:
         yield stream
 
 
-@dataclass
+@record
 class WasmSummary:
     kind: str
     path: str

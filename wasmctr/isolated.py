@@ -95,7 +95,7 @@ def _child(spec_fd: int, report_fd: int) -> NoReturn:
     try:
         with os.fdopen(spec_fd, "rb") as specs:
             spec, cache = pickle.load(specs)
-        outcome = Executor(CompileCache(Path(cache))).run(spec, hard_stop=stop_hard)
+        outcome = Executor(CompileCache(Path(cache)), map_cached_code=True).run(spec, hard_stop=stop_hard)
         report(report_fd, outcome)
         code = outcome.exit_code
     except BaseException as exc:  # noqa: BLE001 - the parent raises it; nothing else may print

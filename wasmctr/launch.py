@@ -12,7 +12,6 @@ import os
 import posixpath
 import re
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import image as stored
@@ -20,13 +19,14 @@ from . import inroot, wasm
 from .errors import ExecutorError, UsageError
 from .executor import Mount, RunSpec
 from .policy import Policy
+from .record import field, record
 from .store import Store
 
 SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?$", re.IGNORECASE)
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 
 
-@dataclass
+@record
 class RunOptions:
     """The `wasmctr run` flags, before they meet an image."""
 

@@ -16,7 +16,6 @@ import posixpath
 import tarfile
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,6 +23,7 @@ from . import digest as digests
 from . import mediatypes as mt
 from .errors import LayerError
 from .model import Descriptor
+from .record import record
 from .store import Store
 
 GZIP_LEVEL = 6
@@ -31,7 +31,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class LayerEntry:
     """One path of the image filesystem: a file copied from `source`, a symlink, or a directory."""
 
@@ -47,7 +47,7 @@ class LayerEntry:
         return self.source is None and self.link_target is None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Layer:
     descriptor: Descriptor
     diff_id: str

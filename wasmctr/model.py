@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
 from . import digest as digests
 from . import mediatypes as mt
 from . import shape
 from .errors import StoreError
+from .record import field, record
 
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
@@ -28,7 +28,7 @@ def canonical_json(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Platform:
     os: str
     architecture: str
@@ -61,7 +61,7 @@ class Platform:
 WASI_WASM = Platform("wasi", "wasm")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Descriptor:
     media_type: str
     digest: str
@@ -118,7 +118,7 @@ def _load_json(raw: bytes, what: str) -> dict[str, Any]:
     return value
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Manifest:
     """An image manifest (OCI or Docker schema 2)."""
 
@@ -159,7 +159,7 @@ class Manifest:
         return Descriptor.of(self.media_type, self.raw, **extra)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Index:
     """An OCI image index or a Docker manifest list."""
 

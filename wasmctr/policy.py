@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from dataclasses import dataclass, field
 from typing import Literal
 
 from .errors import UsageError
+from .record import field, record
 
 WASIP1_MODULES = frozenset({"wasi_snapshot_preview1", "wasi_unstable"})
 SOCKET_PATTERNS = ("wasi:sockets/*",)
@@ -36,7 +36,7 @@ INTERFACE = re.compile(r"wasi:(\*|[a-z][a-z0-9-]*/(\*|[a-z][a-z0-9-]*)(@[0-9][0-
 Mode = Literal["refuse", "trap"]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Policy:
     network: bool = False
     deny: tuple[str, ...] = ()
@@ -67,7 +67,7 @@ class Policy:
         return None
 
 
-@dataclass
+@record
 class Verdict:
     """The imports of one guest, sorted into allowed and denied (with reasons)."""
 

@@ -8,9 +8,9 @@ one-component path gets `library/`. The default tag is `latest`. Imports nothing
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from .errors import InvalidReference
+from .record import record
 
 DEFAULT_REGISTRY = "docker.io"
 DEFAULT_TAG = "latest"
@@ -27,7 +27,7 @@ _SHA256 = re.compile(r"^sha256:[0-9a-f]{64}$")
 _IMAGE_ID = re.compile(r"^(?:sha256:)?([0-9a-f]{1,64})$")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Reference:
     """A parsed, normalised image reference."""
 

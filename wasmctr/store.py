@@ -20,7 +20,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -29,6 +28,7 @@ from . import digest as digests
 from . import mediatypes as mt
 from .errors import DigestMismatch, ImageNotFound, StoreError, UsageError
 from .model import Descriptor, Index, Manifest, canonical_json
+from .record import record
 from .reference import Reference, image_id, parse
 
 MAX_DOCUMENT = 4 << 20
@@ -47,7 +47,7 @@ def default_root() -> Path:
     return Path(data) / "wasmctr"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Tagged:
     """One `index.json` entry: a name (`hello:1`) and the manifest or index it points to. An entry with no
     name is a dangling image: one a build, pull, load or tag moved its name away from (Docker's `<none>`),

@@ -7,9 +7,11 @@ descriptor, as a child process would write it; one without (io.StringIO, io.Byte
 as they come, decoded for a text stream. stdin is closed unless given, as `docker run` without `-i`
 leaves it: True (ours), a path, a descriptor, a file object, or `input` bytes.
 
-A guest runs either on a thread of this process (`Output.writer`, `Input.path`: what wasmtime's WASI
-config takes) or in a child interpreter (`Output.popen`, `Input.popen`: what `subprocess.Popen` takes);
-both give the caller the same result.
+A guest runs either on a thread of this process or in a child interpreter (`Output.popen`,
+`Input.popen`: what `subprocess.Popen` takes); both give the caller the same result. On a thread, wasmtime
+is given paths (`wasi_paths`, `Input.path`): a file, or the write end of a pipe of ours (`Pumps`) that a
+thread of ours drains into the target as the guest writes. wasmtime's own output callbacks are not
+used: its worker threads may still call into Python while the interpreter exits, and panic.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import io
 import os
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -56,14 +59,9 @@ class Output:
         self.captured: bytearray | None = bytearray() if target == PIPE else None
         self._opened: IO[bytes] | None = None
 
-    def writer(self, stdout: Output | None = None) -> Callable[[bytes], object] | None:
-        """For a guest on a thread: a function that takes each write, or None to inherit ours."""
+    def writer(self) -> Callable[[bytes], object]:
+        """A function that delivers each write of the guest to the target (not None or STDOUT)."""
         target = self.target
-        if target is None:
-            return None
-        if target == STDOUT:
-            assert stdout is not None
-            return stdout.writer() or partial(_write_all, 1)
         if target == PIPE:
             assert self.captured is not None
             return self.captured.extend
@@ -103,7 +101,19 @@ class Output:
         if self.captured is not None:
             self.captured.extend(data)
         elif self.target != PIPE:
-            self.writer()(data)  # type: ignore[misc]
+            self.writer()(data)
+
+    def wasi_path(self, pumps: Pumps, shared: bool = False) -> str | None:
+        """For a guest on a thread: the path wasmtime opens for this stream, or None to inherit ours. A
+        path target is opened by wasmtime itself unless another stream shares it (`shared`)."""
+        target = self.target
+        if target is None:
+            return None
+        if target == DEVNULL:
+            return os.devnull
+        if isinstance(target, str | os.PathLike) and not shared:
+            return os.fspath(target)
+        return pumps.path_for(self.writer())
 
     def result(self, decode: Callable[[bytes], str] | None) -> bytes | str | None:
         if self.captured is None:
@@ -113,6 +123,51 @@ class Output:
     def close(self) -> None:
         if self._opened is not None:
             self._opened.close()
+
+
+def wasi_paths(stdout: Output, stderr: Output, pumps: Pumps) -> tuple[str | None, str | None]:
+    """The paths wasmtime opens for the guest's stdout and stderr (None: ours). stderr=STDOUT shares
+    stdout's pipe: two opens of one file would each start at its beginning and overwrite each other."""
+    if stderr.target != STDOUT:
+        return stdout.wasi_path(pumps), stderr.wasi_path(pumps)
+    path = stdout.wasi_path(pumps, shared=True)
+    return path, path if path is not None else pumps.path_for(partial(_write_all, 1))
+
+
+class Pumps:
+    """Pipes that carry the guest's output to its targets, each drained by a thread of ours. wasmtime
+    opens a pipe's write end by its /proc/self/fd path (so a forked child that runs the guest reaches it
+    too); `finish`, once the guest's store is gone, closes ours and waits for what is left to arrive."""
+
+    def __init__(self) -> None:
+        self._pipes: list[tuple[int, threading.Thread]] = []
+
+    def path_for(self, write: Callable[[bytes], object]) -> str:
+        read_end, write_end = os.pipe()
+        drain = threading.Thread(target=_drain, args=(read_end, write), name="wasmctr-output", daemon=True)
+        drain.start()
+        self._pipes.append((write_end, drain))
+        return f"/proc/self/fd/{write_end}"
+
+    def finish(self, timeout: float) -> None:
+        """Close our write ends and wait up to `timeout` for each pipe's last bytes: a guest left blocked
+        in a host call (stopped, not ended) still holds its end, and is not waited for."""
+        for write_end, _ in self._pipes:
+            os.close(write_end)
+        for _, drain in self._pipes:
+            drain.join(timeout)
+        self._pipes.clear()
+
+
+def _drain(read_end: int, write: Callable[[bytes], object]) -> None:
+    delivering = True
+    with open(read_end, "rb", buffering=0) as pipe:
+        while chunk := pipe.read(1 << 16):
+            if delivering:
+                try:
+                    write(chunk)
+                except Exception:  # noqa: BLE001 - a target that fails (closed pipe): the rest is dropped
+                    delivering = False
 
 
 class Input:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass, field
 from typing import IO, BinaryIO, Literal
 
 from .errors import InvalidWasm
 from .leb128 import encode_unsigned as _uleb
+from .record import field, record
 
 MAGIC = b"\0asm"
 MODULE_VERSION = b"\x01\x00\x00\x00"
@@ -29,7 +29,7 @@ IMPORT_KINDS = {0: "func", 1: "table", 2: "memory", 3: "global", 4: "tag"}
 WasmKind = Literal["module", "component"]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Import:
     module: str
     name: str
@@ -39,7 +39,7 @@ class Import:
         return f"{self.module}.{self.name}" if self.name else self.module
 
 
-@dataclass
+@record
 class WasmInfo:
     """The facts about a wasm binary that images record and the executor's policy checks."""
 
