@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -271,6 +272,33 @@ def test_a_component_is_validated_without_being_compiled_and_precompile_compiles
         (tmp_path / name).write_bytes(data)
         assert_one_line_error(wasmctr("build", str(tmp_path / name), "-t", "bad:1", check=False), 1, why)
     assert not list(cache.glob("*.cwasm"))[1:], "nothing compiled"
+
+
+def test_layers_are_compressed_on_every_core_into_bytes_that_do_not_depend_on_it(tmp_path: Path) -> None:
+    """pgzip: blocks deflated on threads join into one standard gzip member; the bytes depend on the
+    input only (not the thread count or how it was written); the system's gzip reads and checks it."""
+    from wasmctr.pgzip import BLOCK, ParallelGzipWriter
+
+    data = os.urandom(BLOCK) + bytes(BLOCK // 2) + b"tail" * 1000 + os.urandom(BLOCK // 3)
+    outputs = []
+    for threads, step in ((1, len(data)), (4, 4096), (2, BLOCK + 7)):
+        out = io.BytesIO()
+        with ParallelGzipWriter(out, 6, threads) as gz:
+            for at in range(0, len(data), step):
+                gz.write(data[at:at + step])
+        outputs.append(out.getvalue())
+    assert outputs[0] == outputs[1] == outputs[2] and gzip.decompress(outputs[0]) == data
+    (tmp_path / "layer.gz").write_bytes(outputs[0])
+    assert subprocess.run(["gzip", "-t", str(tmp_path / "layer.gz")]).returncode == 0
+    small, before = io.BytesIO(), io.BytesIO()  # one block: what gzip.GzipFile wrote, byte for byte
+    with ParallelGzipWriter(small, 6) as gz:
+        gz.write(b"small layer")
+    with gzip.GzipFile(filename="", mode="wb", compresslevel=6, fileobj=before, mtime=0) as old:
+        old.write(b"small layer")
+    assert small.getvalue() == before.getvalue()
+    empty = io.BytesIO()
+    ParallelGzipWriter(empty).close()
+    assert gzip.decompress(empty.getvalue()) == b""
 
 
 def test_artifact_rejects_several_files_and_suggests_compat(tmp_path: Path, hello_wasm: Path) -> None:
