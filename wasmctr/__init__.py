@@ -13,18 +13,22 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~3 ms): 
 
 __version__ = "0.1.0"
 
-_API = ("BuildResult", "ImageSummary", "build", "images", "inspect", "load", "login", "logout", "prune", "pull",
-        "push", "rmi", "run", "save", "tag")
+_API = ("BuildResult", "Completed", "GuestFailed", "GuestTimeout", "ImageSummary", "build", "images", "inspect",
+        "load", "login", "logout", "prune", "pull", "push", "rmi", "run", "save", "tag")
 _ELSEWHERE = {"Store": "store", "WasmctrError": "errors"}
 
-__all__ = ["BuildResult", "ImageSummary", "Store", "WasmctrError", "__version__", "build", "images", "inspect",
-           "load", "login", "logout", "prune", "pull", "push", "rmi", "run", "save", "tag"]
+__all__ = ["BuildResult", "Completed", "GuestFailed", "GuestTimeout", "ImageSummary", "Store", "WasmctrError",
+           "__version__", "build", "images", "inspect", "load", "login", "logout", "prune", "pull", "push", "rmi",
+           "run", "save", "tag"]
 
 if TYPE_CHECKING:
     from typing import Any
 
     from .api import (
         BuildResult,
+        Completed,
+        GuestFailed,
+        GuestTimeout,
         ImageSummary,
         build,
         images,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import image as stored
 from . import reference as references
-from .errors import GuestFailed, GuestTimeout, ImageNotFound, UsageError, WasmctrError
+from .errors import ImageNotFound, UsageError, WasmctrError
 from .model import Descriptor, Platform
 from .record import record
 from .store import Store, Tagged
@@ -323,6 +323,30 @@ def _device_dir(names: list[str], cleanup: list[Path]) -> Path:
         return devices.populate(scratch / "dev", names)
     except ValueError as exc:
         raise UsageError(f"--device: {exc}") from None
+
+
+class GuestFailed(subprocess.CalledProcessError, WasmctrError):
+    """`wasmctr.run(..., check=True)`: the guest exited non-zero, trapped or was stopped. A
+    `subprocess.CalledProcessError`, so code written for subprocess catches it; `result` is what `run`
+    would have returned (`reason`, `message`, captured output)."""
+
+    def __init__(self, result: Any) -> None:
+        super().__init__(result.returncode, result.args, result.stdout, result.stderr)
+        self.result = result
+
+    def __str__(self) -> str:
+        message = self.result.message
+        return f"{super().__str__()}: {message}" if message else super().__str__()
+
+
+class GuestTimeout(subprocess.TimeoutExpired, WasmctrError):
+    """`wasmctr.run(..., timeout=...)`: the guest was stopped at its deadline (a
+    `subprocess.TimeoutExpired`, as `subprocess.run` raises); `result` holds its exit code (137) and
+    what it wrote before."""
+
+    def __init__(self, result: Any, timeout: float) -> None:
+        super().__init__(result.args, timeout, result.stdout, result.stderr)
+        self.result = result
 
 
 class Completed(subprocess.CompletedProcess[Any]):

@@ -19,7 +19,7 @@ import typer
 from typer.core import TyperCommand
 
 from . import __version__, api, console, diagnostics
-from .errors import GuestTimeout, UsageError, WasmctrError
+from .errors import UsageError, WasmctrError
 
 # `run` exits with the guest's code, so its own failures, bad flags included, use docker run's 125 rather
 # than 2, which a guest may well return
@@ -187,7 +187,7 @@ def run(
                               syscall_policy=syscall_policy, stdin=interactive, platform=platform, user=user,
                               devices=device,
                               insecure=insecure, ca_cert=ca_cert, progress=progress, hard_stop=True)
-        except GuestTimeout as stopped:
+        except api.GuestTimeout as stopped:
             outcome = stopped.result
         except WasmctrError as exc:
             _fail(str(exc), EXIT_RUN_FAILED)

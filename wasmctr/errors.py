@@ -5,9 +5,6 @@ wrong and where, and the exit code the CLI returns (2 for a usage error, 1 other
 imports the rest of wasmctr.
 """
 
-import subprocess
-from typing import Any
-
 
 class WasmctrError(Exception):
     """Base of every error wasmctr raises on purpose."""
@@ -70,26 +67,3 @@ class ExecutorError(WasmctrError):
 
     exit_code = 125
 
-
-class GuestFailed(subprocess.CalledProcessError, WasmctrError):
-    """`wasmctr.run(..., check=True)`: the guest exited non-zero, trapped or was stopped. A
-    `subprocess.CalledProcessError`, so code written for subprocess catches it; `result` is what `run`
-    would have returned (`reason`, `message`, captured output)."""
-
-    def __init__(self, result: Any) -> None:
-        super().__init__(result.returncode, result.args, result.stdout, result.stderr)
-        self.result = result
-
-    def __str__(self) -> str:
-        message = self.result.message
-        return f"{super().__str__()}: {message}" if message else super().__str__()
-
-
-class GuestTimeout(subprocess.TimeoutExpired, WasmctrError):
-    """`wasmctr.run(..., timeout=...)`: the guest was stopped at its deadline (a
-    `subprocess.TimeoutExpired`, as `subprocess.run` raises); `result` holds its exit code (137) and
-    what it wrote before."""
-
-    def __init__(self, result: Any, timeout: float) -> None:
-        super().__init__(result.args, timeout, result.stdout, result.stderr)
-        self.result = result

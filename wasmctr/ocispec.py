@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import posixpath
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import inroot, shape, wasm
 from .errors import ExecutorError, WasmctrError
-from .executor import Mount, RunSpec
-from .launch import parse_duration
-from .policy import Policy
+
+if TYPE_CHECKING:  # the runtime CLI's start, state and delete read config.json through this module only
+    from .executor import RunSpec
 
 ANNOTATION_PREFIX = "wasmctr.io/"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # runc's, when env has none
@@ -144,6 +144,10 @@ def _sniff(program: Path) -> bool:
 
 
 def spec_from_bundle(bundle: Path, config: dict[str, Any]) -> RunSpec:
+    from .executor import Mount, RunSpec
+    from .launch import parse_duration
+    from .policy import Policy
+
     process = config.get("process") or {}
     args = list(process.get("args") or [])
     program, function = entrypoint_of(bundle, config)
