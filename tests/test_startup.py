@@ -27,7 +27,12 @@ def imported(*args: str) -> set[str]:
     proc = subprocess.run([sys.executable, "-X", "importtime", "-c", code, *args], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")
+    return importtime_names(proc.stderr)
+
+
+def importtime_names(stderr: str) -> set[str]:
+    """The module names in `python -X importtime`'s report."""
+    return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")
             and "|" in line}
 
 
@@ -62,6 +67,5 @@ def test_the_shim_binary_imports_nothing_but_what_it_needs_to_reach_its_template
     """containerd runs it twice per container: `shim/containerd.py` keeps to os, sys, types, zlib, _socket."""
     proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import shim.containerd"], capture_output=True,
                           text=True, timeout=60)
-    names = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
-    assert heavy(names, ENGINE, REGISTRY, PRESENTATION, {"google.protobuf", "socket", "json", "re", "hashlib",
-                                                         "wasmctr", "typing", "dataclasses"}) == set()
+    light = {"google.protobuf", "socket", "json", "re", "hashlib", "wasmctr", "typing", "dataclasses"}
+    assert heavy(importtime_names(proc.stderr), ENGINE, REGISTRY, PRESENTATION, light) == set()

@@ -319,7 +319,7 @@ def images_command(
 
 def _image_id(digest: str, full: bool) -> str:
     """An image's ID, as Docker's containerd store has it: its manifest or index digest (12 hex digits)."""
-    return digest if full else digest.removeprefix("sha256:")[:12]
+    return digest if full else console.short_id(digest)
 
 
 @app.command(cls=_Command, short_help="Show an image's details and WASI imports")

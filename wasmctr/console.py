@@ -15,8 +15,9 @@ if TYPE_CHECKING:
     from .distribution import Progress
 
 
-def _short(desc: Descriptor) -> str:
-    return desc.digest.removeprefix("sha256:")[:12]
+def short_id(digest: str) -> str:
+    """A digest as Docker abbreviates it: its first 12 hex digits."""
+    return digest.removeprefix("sha256:")[:12]
 
 
 def size(n: int) -> str:
@@ -38,7 +39,7 @@ class LineProgress:
 
     def end(self, desc: Descriptor, outcome: str) -> None:
         with self._lock:
-            print(f"{_short(desc)}: {outcome} ({size(desc.size)})", file=sys.stderr, flush=True)
+            print(f"{short_id(desc.digest)}: {outcome} ({size(desc.size)})", file=sys.stderr, flush=True)
 
 
 class RichProgress:
@@ -52,7 +53,7 @@ class RichProgress:
 
     def begin(self, desc: Descriptor, action: str) -> Callable[[int], None]:
         with self._lock:
-            task = self._bars.add_task(f"{_short(desc)} {action}", total=desc.size)
+            task = self._bars.add_task(f"{short_id(desc.digest)} {action}", total=desc.size)
             self._tasks[desc.digest] = task
         return lambda n: self._bars.advance(task, n)  # type: ignore[arg-type]
 
@@ -61,7 +62,7 @@ class RichProgress:
             task = self._tasks.get(desc.digest)
             if task is None:
                 task = self._bars.add_task("", total=desc.size)
-            self._bars.update(task, description=f"{_short(desc)} {outcome}", completed=desc.size)  # type: ignore[arg-type]
+            self._bars.update(task, description=f"{short_id(desc.digest)} {outcome}", completed=desc.size)  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager

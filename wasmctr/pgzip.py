@@ -28,9 +28,9 @@ class Writable(Protocol):
 
 
 def _deflate(block: bytes, dictionary: bytes, level: int, last: bool) -> bytes:
+    # an empty dictionary (the first block) deflates exactly as none
     compressor = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, zlib.DEF_MEM_LEVEL,
-                                  zlib.Z_DEFAULT_STRATEGY, dictionary) if dictionary else \
-        zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, zlib.DEF_MEM_LEVEL, zlib.Z_DEFAULT_STRATEGY)
+                                  zlib.Z_DEFAULT_STRATEGY, dictionary)
     return compressor.compress(block) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
 
 

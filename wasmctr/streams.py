@@ -183,6 +183,11 @@ class Input:
                              "object, a path, or input=")
         self.stdin = stdin
         self.data = data
+        self.fd: int | None = None  # a descriptor, given or a file object's, to read from
+        if data is None and stdin not in (None, False, True, DEVNULL) and not isinstance(stdin, str | os.PathLike):
+            self.fd = stdin if isinstance(stdin, int) else _fileno(stdin)
+            if self.fd is None:
+                raise UsageError("stdin: a file object needs a file descriptor; give its bytes as input=")
 
     def path(self, cleanup: list[Path]) -> bool | str:
         """For a guest on a thread: closed (False), ours (True), or a path the engine opens."""
@@ -198,10 +203,7 @@ class Input:
             return True
         if isinstance(stdin, str | os.PathLike):
             return str(stdin)
-        fd = stdin if isinstance(stdin, int) else _fileno(stdin)
-        if fd is None:
-            raise UsageError("stdin: a file object needs a file descriptor; give its bytes as input=")
-        return f"/proc/self/fd/{fd}"
+        return f"/proc/self/fd/{self.fd}"
 
     def popen(self) -> tuple[bool | str, Any]:
         """For a guest in a child process: what its spec says (closed, ours or a path) and what Popen takes."""
@@ -214,8 +216,6 @@ class Input:
             return True, None
         if isinstance(stdin, str | os.PathLike):
             return str(stdin), DEVNULL
-        if not isinstance(stdin, int) and _fileno(stdin) is None:
-            raise UsageError("stdin: a file object needs a file descriptor; give its bytes as input=")
         return True, stdin
 
 

@@ -115,11 +115,7 @@ def _module_skeleton(path: str, f: BinaryIO, end: int) -> tuple[bytes, list[Impo
     exports: list[str] = []
     try:
         while f.tell() < end:
-            section_id = _read_exact(f, 1)[0]
-            size = _read_uleb_stream(f)
-            start = f.tell()
-            if start + size > end:
-                raise InvalidWasm(f"{path}: section {section_id} runs past the end of the module (truncated?)")
+            section_id, size, start = _section(path, f, end, "module")
             if section_id == SECTION_CUSTOM:
                 f.seek(size, io.SEEK_CUR)
                 continue
@@ -138,6 +134,17 @@ def _module_skeleton(path: str, f: BinaryIO, end: int) -> tuple[bytes, list[Impo
     except (EOFError, IndexError, UnicodeDecodeError):
         raise InvalidWasm(f"{path}: malformed module (truncated or corrupt section)") from None
     return skeleton.getvalue(), imports, exports
+
+
+def _section(path: str, f: BinaryIO, end: int, what: str) -> tuple[int, int, int]:
+    """A section's header, read at `f`'s position: its id, its size and where its body starts; a section
+    that runs past `end` (the module's or component's) is refused."""
+    section_id = _read_exact(f, 1)[0]
+    size = _read_uleb_stream(f)
+    start = f.tell()
+    if start + size > end:
+        raise InvalidWasm(f"{path}: section {section_id} runs past the end of the {what} (truncated?)")
+    return section_id, size, start
 
 
 def _analyse_component(path: str, f: BinaryIO) -> WasmInfo:
@@ -161,11 +168,7 @@ def _component_sections(path: str, f: BinaryIO, end: int, imports: list[Import] 
     """Walk a component's sections from after its preamble to `end`: core modules are validated, nested
     components walked; the names of the outermost component's imports and exports are collected."""
     while f.tell() < end:
-        section_id = _read_exact(f, 1)[0]
-        size = _read_uleb_stream(f)
-        start = f.tell()
-        if start + size > end:
-            raise InvalidWasm(f"{path}: section {section_id} runs past the end of the component (truncated?)")
+        section_id, size, start = _section(path, f, end, "component")
         if section_id == COMPONENT_CORE_MODULE:
             if _read_exact(f, 8) != MAGIC + MODULE_VERSION:
                 raise InvalidWasm(f"{path}: a core module inside the component has no module header")
