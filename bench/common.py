@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -44,6 +45,16 @@ def timed(argv: list[str], env: dict[str, str] | None = None, quiet: bool = Fals
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"failed: {' '.join(argv)}")
     return time.perf_counter() - start, usage.ru_maxrss
+
+
+def exec_ms(argv: list[str], repeat: int = 20) -> float:
+    """Median wall milliseconds of running a short command to its end (a process's start and exit)."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
 
 
 def compile_sources() -> None:

@@ -13,10 +13,11 @@ hybrid hosts). Paths are those containerd writes: `/parent/id` (cgroupfs driver)
 
 from __future__ import annotations
 
-import contextlib
 import os
-from dataclasses import dataclass
-from typing import Any
+
+TYPE_CHECKING = False  # wasmctr-runtime's `delete` imports this module: no typing, no dataclasses
+if TYPE_CHECKING:
+    from typing import Any
 
 ROOT = "/sys/fs/cgroup"
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids")
@@ -59,12 +60,12 @@ def _v1_mounts() -> dict[str, str]:
     return found
 
 
-@dataclass
 class Cgroup:
     """One container's cgroup, in every hierarchy it lives in (one on v2, one per controller on v1)."""
 
-    path: str
-    directories: dict[str, str]  # controller (or "" on v2) -> directory
+    def __init__(self, path: str, directories: dict[str, str]) -> None:
+        self.path = path
+        self.directories = directories  # controller (or "" on v2) -> directory
 
     @classmethod
     def open(cls, cgroups_path: str) -> Cgroup:
@@ -117,8 +118,10 @@ class Cgroup:
     def remove(self) -> None:
         """Remove the container's directories (empty once its process is gone); parents stay."""
         for directory in self.directories.values():
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.rmdir(directory)
+            except FileNotFoundError:
+                pass
 
     def usage(self) -> tuple[int, int, int, int]:
         """(CPU time in microseconds, memory in use, memory limit, number of processes)."""
@@ -156,8 +159,11 @@ def _enable_controllers(directory: str) -> None:
     current = ROOT
     for part in parts:
         available: set[str] = set()
-        with contextlib.suppress(OSError), open(os.path.join(current, "cgroup.controllers")) as f:
-            available = set(f.read().split()) & {"memory", "cpu", "pids"}
-        with contextlib.suppress(OSError), open(os.path.join(current, "cgroup.subtree_control"), "w") as f:
-            f.write(" ".join(f"+{c}" for c in sorted(available)))
+        try:
+            with open(os.path.join(current, "cgroup.controllers")) as f:
+                available = set(f.read().split()) & {"memory", "cpu", "pids"}
+            with open(os.path.join(current, "cgroup.subtree_control"), "w") as f:
+                f.write(" ".join(f"+{c}" for c in sorted(available)))
+        except OSError:
+            pass
         current = os.path.join(current, part)

@@ -10,9 +10,7 @@ only warns. A wasm container has no namespaces of its own, so every hook runs in
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: wasmctr-runtime runs per container
@@ -28,7 +26,11 @@ class HookError(Exception):
 
 def run(config: dict[str, Any], kind: str, state: dict[str, Any]) -> None:
     """Run the spec's hooks of `kind` in order; HookError at the first that fails."""
-    for hook in (config.get("hooks") or {}).get(kind) or []:
+    hooks = config.get("hooks") or {}
+    entries = (hooks.get(kind) if isinstance(hooks, dict) else None) or []
+    if not isinstance(entries, list) or not all(isinstance(hook, dict) for hook in entries):
+        raise HookError(f"{kind} hooks must be a list of JSON objects")
+    for hook in entries:
         _run_one(hook, kind, state)
 
 
@@ -41,6 +43,9 @@ def run_warning(config: dict[str, Any], kind: str, state: dict[str, Any]) -> Non
 
 
 def _run_one(hook: dict[str, Any], kind: str, state: dict[str, Any]) -> None:
+    import json  # here, not above: most containers have no hooks, and every verb imports this module
+    import subprocess
+
     path = hook.get("path")
     if not isinstance(path, str) or not path.startswith("/"):
         raise HookError(f"{kind} hook: path {path!r} must be absolute")

@@ -327,6 +327,60 @@ def test_delete_force_and_kill_by_number(bundle: Path, tmp_path: Path) -> None:
     runtime(root, "delete", "--force", "f2")
 
 
+LIGHT_VERB_MUST_NOT_IMPORT = {"json", "re", "enum", "pathlib", "subprocess", "contextlib", "typing", "dataclasses",
+                              "datetime", "signal", "wasmtime", "pyseccomp", "wasmctr.executor", "wasmctr.ocispec"}
+
+
+def test_start_kill_and_delete_import_only_what_they_use(bundle: Path, tmp_path: Path) -> None:
+    """Callers run `start`, `kill` and `delete` as a new interpreter for every container: they read the
+    state and the bundle's hooks with json's C scanner and signal through `_signal`, and import neither
+    the engine nor the stdlib modules that cost them ~50 ms each before (hooks, where a bundle has them,
+    import subprocess and json to run: test_oci_hooks_run_at_the_specs_points_with_the_state_on_stdin)."""
+    from test_startup import importtime_names
+
+    root = tmp_path / "root"
+    subprocess.run([RUNTIME, "--root", str(root), "create", "--bundle", str(bundle), "light"], check=True,
+                   stdout=subprocess.DEVNULL, timeout=30)
+    for verb in (["start", "light"], ["kill", "light", "9"], ["delete", "light"]):
+        if verb[0] == "delete":
+            deadline = time.monotonic() + 5
+            while json.loads(runtime(root, "state", "light").stdout)["status"] != "stopped":
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        proc = subprocess.run([sys.executable, "-X", "importtime", RUNTIME, "--root", str(root), *verb],
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        found = importtime_names(proc.stderr)
+        assert "shim.runtime" in found
+        assert found & LIGHT_VERB_MUST_NOT_IMPORT == set(), verb
+    assert not (root / "light").exists()
+
+
+@pytest.mark.parametrize("text", ['{"a": [1, 2.5, -3e5, true, false, null, "\\u00e9\\n"], "b": {}}',
+                                  " [NaN, -Infinity] ", '"s"', "0", '{"pid": 12, "x": "\\ud83d\\ude00"}'])
+def test_the_light_json_reader_reads_what_json_reads(text: str) -> None:
+    from shim import jsonload
+
+    assert repr(jsonload.loads(text)) == repr(json.loads(text))
+
+
+@pytest.mark.parametrize("text", ["", "{", "[1,]", "{} x", "nul", '"\\x"', '{"a":1,}', "[1] [2]", "\x00"])
+def test_the_light_json_reader_refuses_what_json_refuses(text: str) -> None:
+    from shim import jsonload
+
+    with pytest.raises(ValueError):
+        json.loads(text)
+    with pytest.raises(ValueError):
+        jsonload.loads(text)
+
+
+def test_an_unreadable_state_file_fails_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "root" / "broken").mkdir(parents=True)
+    (tmp_path / "root" / "broken" / "wasmctr.json").write_text('{"pid": 1,')
+    proc = runtime(tmp_path / "root", "state", "broken")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "unreadable state" in proc.stderr, proc.stderr
+
+
 def test_an_unusable_root_and_a_refused_guest_fail_create_in_one_line(bundle: Path, tmp_path: Path) -> None:
     log = tmp_path / "log.json"
     unusable = runtime(Path("/proc/no-such-root"), "create", "--bundle", str(bundle), "c1", log=log)

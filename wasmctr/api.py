@@ -305,10 +305,11 @@ def _registry_host(registry: str) -> str:
 
 def executor(store: Store | None = None, map_cached_code: bool = False) -> Executor:
     """An executor whose compile cache lives in the store (`Executor` says when to map cached code)."""
+    from . import home
     from .compile_cache import CompileCache
     from .executor import Executor
 
-    return Executor(CompileCache(_store(store).root / "cache" / "compiled"), map_cached_code)
+    return Executor(CompileCache(home.compile_cache_dir(_store(store).root)), map_cached_code)
 
 
 def _device_dir(names: list[str], cleanup: list[Path]) -> Path:

@@ -9,10 +9,12 @@ create or remove nothing in it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-from pathlib import Path
+
+TYPE_CHECKING = False  # `remove` runs in wasmctr-runtime's `delete`, a new interpreter for every container
+if TYPE_CHECKING:
+    from pathlib import Path
 
 DEFAULT = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0)}
 
@@ -28,8 +30,11 @@ def populate(directory: Path, names: list[str] | None = None) -> Path:
     for name in chosen:
         path = directory / name
         wanted = os.makedev(*DEFAULT[name])
-        with contextlib.suppress(FileNotFoundError):
+        try:
             st = path.lstat()
+        except FileNotFoundError:
+            pass
+        else:
             if stat.S_ISCHR(st.st_mode) and st.st_rdev == wanted:
                 continue
             path.unlink()
@@ -38,10 +43,14 @@ def populate(directory: Path, names: list[str] | None = None) -> Path:
     return directory
 
 
-def remove(directory: Path) -> None:
+def remove(directory: str | os.PathLike[str]) -> None:
     """Remove a directory `populate` made (its nodes only)."""
     for name in DEFAULT:
-        with contextlib.suppress(FileNotFoundError):
-            (directory / name).unlink()
-    with contextlib.suppress(OSError):
-        directory.rmdir()
+        try:
+            os.unlink(os.path.join(directory, name))
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(directory)
+    except OSError:
+        pass

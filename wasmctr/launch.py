@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
 import tempfile
 from pathlib import Path
 
@@ -21,9 +20,7 @@ from .executor import Mount, RunSpec
 from .policy import Policy
 from .record import field, record
 from .store import Store
-
-SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?$", re.IGNORECASE)
-DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+from .units import MIN_MEMORY, parse_duration, parse_size
 
 
 @record
@@ -41,25 +38,6 @@ class RunOptions:
     timeout: str | None = None
     fuel: int | None = None
     policy: Policy = field(default_factory=Policy)
-
-
-MIN_MEMORY = 6 << 20  # Docker refuses less: "Minimum memory limit allowed is 6MB"
-
-
-def parse_size(text: str) -> int:
-    """`64m`, `1g`, `512k`, `1048576` → bytes (binary units, as Docker's --memory)."""
-    m = SIZE.match(text.strip())
-    if not m:
-        raise UsageError(f"invalid size {text!r}: expected a number with an optional unit k, m or g (e.g. 64m)")
-    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " "))
-
-
-def parse_duration(text: str) -> float:
-    """`10s`, `500ms`, `2m`, `1h`, `30` (seconds) → seconds."""
-    m = DURATION.match(text.strip())
-    if not m or float(m.group(1)) <= 0:
-        raise UsageError(f"invalid duration {text!r}: expected e.g. 10s, 500ms, 2m")
-    return float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
 
 
 def spec_for_file(path: Path, options: RunOptions, cleanup: list[Path]) -> RunSpec:

@@ -145,8 +145,8 @@ def _sniff(program: Path) -> bool:
 
 def spec_from_bundle(bundle: Path, config: dict[str, Any]) -> RunSpec:
     from .executor import Mount, RunSpec
-    from .launch import parse_duration
     from .policy import Policy
+    from .units import parse_duration
 
     process = config.get("process") or {}
     args = list(process.get("args") or [])

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import atomic
+from . import atomic, home
 from . import digest as digests
 from . import mediatypes as mt
 from .errors import DigestMismatch, ImageNotFound, StoreError, UsageError
@@ -37,14 +37,6 @@ LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 
 def _named(desc: Descriptor, name: str) -> bool:
     return desc.annotations.get(mt.ANNOTATION_REF_NAME) == name
-
-
-def default_root() -> Path:
-    """`$WASMCTR_HOME`, else `$XDG_DATA_HOME/wasmctr`, else `~/.local/share/wasmctr`."""
-    if home := os.environ.get("WASMCTR_HOME"):
-        return Path(home)
-    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data) / "wasmctr"
 
 
 @record(frozen=True)
@@ -165,7 +157,7 @@ class Store:
     """An OCI image layout used as wasmctr's local image store."""
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
-        self.root = Path(root) if root is not None else default_root()
+        self.root = Path(root) if root is not None else home.store_root()
         self.blobs_dir = self.root / "blobs" / "sha256"
         self.ingest_dir = self.root / "ingest"
         self.index_path = self.root / "index.json"
