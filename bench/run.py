@@ -21,8 +21,7 @@ import time
 from pathlib import Path
 
 from common import compile_sources
-
-from wasmctr.leb128 import encode_unsigned as uleb
+from synth import big_code_module
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -35,26 +34,6 @@ def wall(argv: list[str], env: dict[str, str], repeat: int) -> float:
         subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def big_code_module(path: Path, functions: int = 800, body_ops: int = 400) -> None:
-    """A WASI command whose code section is several MiB of arithmetic, to make compilation real work."""
-    body = bytearray(b"\x01\x02\x7f")  # one local group: 2 x i32
-    for i in range(body_ops):  # local0 = local0 * k + local1 ...
-        body += b"\x20\x00\x41" + uleb(i % 60 + 3) + b"\x6c\x20\x01\x6a\x21\x00"
-        body += b"\x20\x00\x41\x05\x76\x20\x01\x73\x21\x01"
-    body += b"\x20\x00\x0b"
-    func = uleb(len(body)) + bytes(body)
-    types = b"\x02" + b"\x60\x00\x01\x7f" + b"\x60\x00\x00"
-    funcs = uleb(functions + 1) + b"\x00" * functions + b"\x01"
-    exports = b"\x01" + uleb(6) + b"_start" + b"\x00" + uleb(functions)
-    start_body = b"\x00\x0b"
-    code = uleb(functions + 1) + func * functions + uleb(len(start_body)) + start_body
-    sections = [(1, types), (3, funcs), (7, exports), (10, code)]
-    with open(path, "wb") as f:
-        f.write(b"\0asm\x01\x00\x00\x00")
-        for sid, content in sections:
-            f.write(bytes([sid]) + uleb(len(content)) + content)
 
 
 def in_process_load(path: Path, home: Path) -> tuple[float, float]:

@@ -166,7 +166,7 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
     state_dir = Path(g.root, container_id)
     if (state_dir / STATE_FILE).exists():
         raise SpecError(f"container with id {container_id} already exists")
-    executor = Executor(CompileCache(home.compile_cache_dir(home.store_root())))
+    executor = Executor(CompileCache(home.compile_cache_dir(home.store_root())), map_cached_code=True)
     try:
         # before the fork: a guest the policy refuses fails `create`, and the container process starts warm
         guest = executor.prepare(spec_from_bundle(bundle, config))

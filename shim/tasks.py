@@ -109,7 +109,7 @@ class TaskService:
         self.last_activity = time.monotonic()
         from wasmctr import api
 
-        self.executor = executor or api.executor()
+        self.executor = executor or api.executor(map_cached_code=True)
         self.runc = Runc(os.path.join(runc_root, namespace or "default"))
 
     def service(self) -> Service:
@@ -425,7 +425,9 @@ def _child(executor: Any, task: Task, guest: Prepared, process: dict[str, Any], 
     default_signals()
     gc.disable()
     logger_fds = (task.logger.stdout, task.logger.stderr) if task.logger else ()
-    stdio.close_inherited_fds(keep={start_r, report_w, *logger_fds, *([ruleset] if ruleset is not None else [])})
+    cache = executor.cache.directory if executor.cache is not None else None
+    stdio.close_inherited_fds(keep={start_r, report_w, *logger_fds, *([ruleset] if ruleset is not None else [])},
+                              keep_files_under=cache and str(cache))
     os.setsid()
     if task.netns:
         _join_network_namespace(task.netns)

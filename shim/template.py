@@ -53,7 +53,7 @@ def run(path: str, stamp: str, answer: Answer) -> int:
 
     from . import events, native, tasks, ttrpc, verbs  # noqa: F401
 
-    _executor = api.executor()
+    _executor = api.executor(map_cached_code=True)  # code shared through the page cache by every pod
     _executor.warm()
     seccomp.allowlist(False)  # the container filter, built once for every shim (and guest) forked below
 

@@ -131,6 +131,30 @@ def test_sigterm_stops_a_spinning_guest(hostile_wasm: Path) -> None:
     assert proc.returncode == 143 and "signal 15" in err
 
 
+def test_a_sleeping_guests_supervisor_sleeps_too_and_still_answers_sigterm(hostile_wasm: Path) -> None:
+    """The main thread waits for the guest's end, a signal or a deadline, and wakes for nothing else: an
+    idle container process costs no CPU (it polled 50 times a second before). Counted as the main
+    thread's voluntary context switches, which a busy machine does not add to."""
+    proc = subprocess.Popen([EXE, "run", str(hostile_wasm), "sleep", "60"], stderr=subprocess.PIPE, text=True)
+    status = Path(f"/proc/{proc.pid}/status")
+    deadline = time.monotonic() + 30
+    while len(list(Path(f"/proc/{proc.pid}/task").iterdir())) < 2:  # the guest's thread is running
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.2)
+
+    def switches() -> int:
+        return int(next(line for line in status.read_text().splitlines()
+                        if line.startswith("voluntary_ctxt_switches")).split()[1])
+
+    before = switches()
+    time.sleep(1.0)
+    assert switches() - before <= 2
+    proc.terminate()
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 143 and "signal 15" in err
+
+
 def test_exit_codes_hold_when_nobody_reads_stderr(hostile_wasm: Path, tmp_path: Path) -> None:
     """The diagnostic line cannot be written (stderr is a pipe whose reader is gone): the code stays 134
     for a trap, 143 for SIGTERM, 125 for a guest that cannot start; no traceback, no Python 120."""

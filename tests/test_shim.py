@@ -433,6 +433,31 @@ def test_a_guest_process_keeps_only_the_capabilities_its_spec_grants(containerd,
     wait_for_nothing_left(containerd)
 
 
+def test_the_guests_of_every_pod_run_one_copy_of_the_compiled_code(containerd, images) -> None:  # type: ignore[no-untyped-def]
+    """Each guest's code is mapped from the compile cache entry, not copied into its pod's shim: the
+    guests of all pods share its pages through the page cache. The entry's descriptor, which wasmtime
+    keeps to map memory images from, survives the container process closing what it inherited."""
+    code_files = {}
+    for n in range(2):
+        assert ctr_run(containerd, "-d", "--annotation", f"io.kubernetes.cri.sandbox-id=code-pod-{n}",
+                       images["hostile"], f"code-{n}", "/hostile.wasm", "sleep", "30").returncode == 0
+        pid = [line.split()[1] for line in containerd.ctr("task", "ls").stdout.splitlines()
+               if line.startswith(f"code-{n}")][0]
+        executable = {line.split()[5] for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
+                      if line.split()[1] == "r-xp" and len(line.split()) > 5}
+        code_files[n] = {path for path in executable if path.endswith(".cwasm")}
+        assert len(code_files[n]) == 1 and "/cache/compiled/" in next(iter(code_files[n])), executable
+        containerd.ctr("task", "kill", "--signal", "SIGKILL", f"code-{n}")
+    assert code_files[0] == code_files[1]
+    for n in range(2):
+        for _ in range(50):
+            if containerd.ctr("task", "delete", f"code-{n}").returncode == 0:
+                break
+            time.sleep(0.1)
+        containerd.ctr("container", "delete", f"code-{n}")
+    wait_for_nothing_left(containerd)
+
+
 @pytest.mark.parametrize("process, expected", [
     ({"user": {"uid": 1000, "gid": 1001, "additionalGids": [5, 6]}},
      {"Uid": "1000", "Gid": "1001", "Groups": ["5", "6"], "CapEff": 0, "CapBnd": 0}),
