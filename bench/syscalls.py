@@ -28,19 +28,20 @@ MARKER = 987654  # close(MARKER) fails with EBADF: the line in strace's output w
 DRIVER = f"""
 import os, sys
 from pathlib import Path
-from wasmctr import api
+from wasmctr import api, landlock
 from wasmctr.executor import Mount, RunSpec
 from shim.container import become_guest
 wasm, data, timeout, args = sys.argv[1], sys.argv[2], float(sys.argv[3]) or None, sys.argv[4:]
-executor = api.executor()
+executor = api.executor(map_cached_code=True)  # as the shim's: code mapped from the compile cache
 spec = RunSpec(Path(wasm), ["guest", *args], mounts=[Mount(Path(data), "/data", False)], timeout=timeout,
                memory_limit=64 << 20)
 guest = executor.prepare(spec)
+ruleset = landlock.ruleset_for(guest.spec)  # made before the fork in the shim, enforced once started
 try:
     os.close({MARKER})
 except OSError:
     pass
-outcome = become_guest(executor, guest, lambda: True)
+outcome = become_guest(executor, guest, lambda: True, ruleset)
 os._exit(outcome.exit_code if outcome else 137)
 """
 

@@ -182,3 +182,20 @@ def test_corrupt_layers_are_one_line_errors(tmp_path: Path, hello_wasm: Path) ->
         wasmctr("load", "-i", str(tmp_path / name), "--tag", f"corrupt-{name}:1")
         assert_one_line_error(wasmctr("run", f"corrupt-{name}:1", check=False), 125, "corrupt")
         assert_one_line_error(wasmctr("inspect", f"corrupt-{name}:1", check=False), 1, "corrupt")
+
+
+def test_the_syscall_benchs_driver_runs_a_container_process_as_the_shim_does(hostile_wasm: Path,
+                                                                             tmp_path: Path) -> None:
+    """bench/syscalls.py derives the seccomp allowlist by tracing this driver, so it must keep calling the
+    container path as the shim does (it went stale once, unnoticed, when Landlock joined that path)."""
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from syscalls import DRIVER
+
+    (tmp_path / "in.txt").write_text("hello")
+    proc = subprocess.run([sys.executable, "-c", DRIVER, str(hostile_wasm), str(tmp_path), "0", "read",
+                           "/data/in.txt"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == "read: hello\n", proc.stderr
