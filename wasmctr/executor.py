@@ -39,7 +39,7 @@ from .errors import ExecutorError
 from .record import field, record
 
 GRACE_SECONDS = 0.5
-ENDED = b"\xff"  # what the guest thread writes when it ends (the wakeup fd carries signal numbers, < 65)
+ENDED = b"\xff"  # what the guest thread writes when it ends (the supervisor then reads `finished`)
 LOADED_CODE_LIMIT = 64
 EXIT_TRAP = 134
 EXIT_KILLED = 137
