@@ -382,15 +382,7 @@ def _delete(g: Globals, container_id: str, force: bool) -> None:
     from wasmctr import devices
 
     devices.remove(os.path.join(state_dir, "dev"))
-    for name in (STATE_FILE, "exec.fifo"):
-        try:
-            os.unlink(os.path.join(state_dir, name))
-        except FileNotFoundError:
-            pass
-    try:
-        os.rmdir(state_dir)
-    except OSError:
-        pass
+    devices.remove_files(state_dir, (STATE_FILE, "exec.fifo"))
 
 
 # -- helpers --------------------------------------------------------------------------------------

@@ -139,13 +139,13 @@ def _is_fifo(path: str) -> bool:
         return False
 
 
-def close_inherited_fds(keep: set[int], keep_files_under: str | None = None) -> None:
+def close_inherited_fds(keep: set[int], keep_files_under: str | os.PathLike[str] | None = None) -> None:
     """Close every fd above 2 but `keep` in a forked child: a container process that kept its shim's
     sockets, or a shim that kept the template's, would hold connections open that its parent's peers
     wait to see close (containerd notices a dead shim by its connection closing). Files below
     `keep_files_under` stay open too: the compile cache entries wasmtime maps code from, and maps the
     guest's memory image from when it instantiates it."""
-    prefix = os.path.join(os.path.realpath(keep_files_under), "") if keep_files_under else None
+    prefix = os.path.join(os.path.realpath(keep_files_under), "") if keep_files_under is not None else None
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if fd <= 2 or fd in keep:

@@ -425,9 +425,8 @@ def _child(executor: Any, task: Task, guest: Prepared, process: dict[str, Any], 
     default_signals()
     gc.disable()
     logger_fds = (task.logger.stdout, task.logger.stderr) if task.logger else ()
-    cache = executor.cache.directory if executor.cache is not None else None
     stdio.close_inherited_fds(keep={start_r, report_w, *logger_fds, *([ruleset] if ruleset is not None else [])},
-                              keep_files_under=cache and str(cache))
+                              keep_files_under=executor.cache.directory if executor.cache is not None else None)
     os.setsid()
     if task.netns:
         _join_network_namespace(task.netns)

@@ -14,6 +14,7 @@ import stat
 
 TYPE_CHECKING = False  # `remove` runs in wasmctr-runtime's `delete`, a new interpreter for every container
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from pathlib import Path
 
 DEFAULT = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0)}
@@ -45,7 +46,12 @@ def populate(directory: Path, names: list[str] | None = None) -> Path:
 
 def remove(directory: str | os.PathLike[str]) -> None:
     """Remove a directory `populate` made (its nodes only)."""
-    for name in DEFAULT:
+    remove_files(directory, DEFAULT)
+
+
+def remove_files(directory: str | os.PathLike[str], names: Iterable[str]) -> None:
+    """Remove the named files in `directory`, then the directory unless something else is left in it."""
+    for name in names:
         try:
             os.unlink(os.path.join(directory, name))
         except FileNotFoundError:
