@@ -11,6 +11,10 @@ print. The binary imports os, sys, types, zlib and `_socket` and no more, so a r
 interpreter's start does. Where there is no current template, the binary carries the verb out itself
 and starts a template for the runs that follow.
 
+`containerd-shim-wasmctr-shared-v1` (runtime `io.containerd.wasmctr-shared.v1`) is the same binary
+with one difference, passed on as `-shared`: its `start` hands every container of a namespace, whatever
+its pod, to one shim (shim/verbs.py says what that trades).
+
 `serve` (the long-lived shim server on an inherited socket) and `template` are this binary's own
 verbs for the processes it starts.
 """
@@ -30,14 +34,16 @@ if TYPE_CHECKING:
 TEMPLATE_TIMEOUT = 20.0  # seconds a template may take to answer: it serves one request at a time
 
 VALUE_FLAGS = ("namespace", "address", "publish-binary", "id", "bundle", "socket")
-BOOL_FLAGS = {"debug": "debug", "v": "version", "version": "version"}
+BOOL_FLAGS = {"debug": "debug", "v": "version", "version": "version", "shared": "shared"}
+NAMES = {False: "containerd-shim-wasmctr-v1", True: "containerd-shim-wasmctr-shared-v1"}  # by `shared`
 
 
 def parse(argv: list[str]) -> SimpleNamespace:
     """containerd's shim flags as Go's flag package reads them (`-flag value`, `--flag=value`, booleans
     alone or `=true`), then the action. Not argparse: its imports cost ~17 ms on each of the two runs
     containerd makes per container."""
-    args = SimpleNamespace(**{f.replace("-", "_"): "" for f in VALUE_FLAGS}, debug=False, version=False, action="")
+    args = SimpleNamespace(**{f.replace("-", "_"): "" for f in VALUE_FLAGS}, debug=False, version=False, shared=False,
+                           action="")
     items = iter(argv)
     for item in items:
         if not item.startswith("-") or item == "-":
@@ -47,46 +53,49 @@ def parse(argv: list[str]) -> SimpleNamespace:
         if name in VALUE_FLAGS:
             found = value if eq else next(items, None)
             if found is None:
-                _usage(f"flag needs an argument: -{name}")
+                _usage(args, f"flag needs an argument: -{name}")
             setattr(args, name.replace("-", "_"), found)
         elif name in BOOL_FLAGS and value in ("", "true", "false"):
             setattr(args, BOOL_FLAGS[name], value != "false")
         else:
-            _usage(f"flag provided but not defined: -{name}")
+            _usage(args, f"flag provided but not defined: -{name}")
     return args
 
 
-def _usage(message: str) -> NoReturn:
-    print(f"containerd-shim-wasmctr-v1: {message}", file=sys.stderr)
+def _usage(args: SimpleNamespace, message: str) -> NoReturn:
+    print(f"{NAMES[args.shared]}: {message}", file=sys.stderr)
     sys.exit(2)
 
 
-def main() -> None:
-    args = parse(sys.argv[1:])
+def main(shared: bool = False) -> None:
+    """The binary's entry; `shared` for containerd-shim-wasmctr-shared-v1 (its script passes it)."""
+    argv = ["-shared", *sys.argv[1:]] if shared else sys.argv[1:]
+    args = parse(argv)
+    name = NAMES[args.shared]
     if args.version:
         from wasmctr import __version__
 
-        print(f"containerd-shim-wasmctr-v1 (wasmctr {__version__})")
+        print(f"{name} (wasmctr {__version__})")
         return
     if args.action in ("start", "delete"):
-        sys.exit(_verb(args))
+        sys.exit(_verb(args, argv, name))
     actions = {"serve": serve, "template": _template}
     if args.action not in actions:
-        print(f"containerd-shim-wasmctr-v1: unknown action {args.action!r} (start, delete)", file=sys.stderr)
+        print(f"{name}: unknown action {args.action!r} (start, delete)", file=sys.stderr)
         sys.exit(2)
     try:
         sys.exit(actions[args.action](args))
     except OSError as exc:
-        print(f"containerd-shim-wasmctr-v1 {args.action}: {exc}", file=sys.stderr)
+        print(f"{name} {args.action}: {exc}", file=sys.stderr)
         sys.exit(1)
 
 
-def _verb(args: SimpleNamespace) -> int:
+def _verb(args: SimpleNamespace, argv: list[str], name: str) -> int:
     """`start` or `delete`, by the template where there is a current one, else here."""
     if args.action == "start":
         sys.stdin.read()  # runtime options: none are needed by this shim
     try:
-        answer = _ask_template(args.address, sys.argv[1:])
+        answer = _ask_template(args.address, argv)
         if answer is None:
             from . import verbs
 
@@ -96,7 +105,7 @@ def _verb(args: SimpleNamespace) -> int:
         else:
             raise OSError(answer[1:].decode(errors="replace"))
     except OSError as exc:  # containerd shows this line in its error: "failed to start shim: ..."
-        print(f"containerd-shim-wasmctr-v1 {args.action}: {exc}", file=sys.stderr)
+        print(f"{name} {args.action}: {exc}", file=sys.stderr)
         return 1
     sys.stdout.buffer.write(output)
     sys.stdout.flush()

@@ -4,6 +4,10 @@ binary itself carries them out.
 `start` finds the shim serving the container's group (a Kubernetes pod: annotation
 `io.kubernetes.cri.sandbox-id`; else the namespace) and reserves it, or binds a new socket and has a new
 shim spawned on it; it writes the bundle's `address` and `shim.pid` files and answers the address.
+The shared runtime (`-shared`) groups by namespace alone: all of a node's pods share one shim. A pod
+then adds its container processes and no shim process (each of which copies megabytes of the pages
+it shares with the template as it works); what it gives up is the wall between pods' shims: if that
+one process dies, containerd ends every task it served.
 `delete` cleans up after a shim that is gone and answers a DeleteResponse.
 """
 
@@ -29,6 +33,7 @@ from .layout import RUNC_ROOT, SOCKET_DIR, template_path
 from .mounts import unmount_all
 
 GROUP_ANNOTATION = "io.kubernetes.cri.sandbox-id"
+SHARED_GROUP = "shared"
 
 Spawn = Callable[[list[str], dict[str, str], int, int], int]
 """Start a shim server: (its argv, its environment, the listening socket's fd, the log fd) -> its pid."""
@@ -49,7 +54,7 @@ def socket_path(namespace: str, group: str, address: str) -> str:
 def start(args: SimpleNamespace, cwd: str, env: Mapping[str, str], spawn: Spawn) -> str:
     """Bind (or find) the shim socket, have a shim server started on it, return the address."""
     bundle = args.bundle or cwd
-    path = socket_path(args.namespace, _group(bundle), args.address)
+    path = socket_path(args.namespace, _group(bundle, args.shared), args.address)
     address = f"unix://{path}"
     os.makedirs(SOCKET_DIR, mode=0o711, exist_ok=True)
     lock = os.open(SOCKET_DIR, os.O_RDONLY)
@@ -110,7 +115,7 @@ def delete(args: SimpleNamespace, cwd: str, env: Mapping[str, str]) -> bytes:
         subprocess.run([env.get("WASMCTR_RUNC", "runc"), "--root", os.path.join(RUNC_ROOT, args.namespace),
                         "delete", "--force", args.id], capture_output=True)
     unmount_all(os.path.join(bundle, "rootfs"))
-    path = socket_path(args.namespace, _group(bundle), args.address)
+    path = socket_path(args.namespace, _group(bundle, args.shared), args.address)
     if not _alive(path):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
@@ -133,8 +138,11 @@ def _bytes_field(number: int, value: bytes) -> bytes:
     return bytes([number << 3 | 2]) + _varint(len(value)) + value
 
 
-def _group(bundle: str) -> str:
-    """The containers that share one shim: a Kubernetes pod (its sandbox id), else the namespace's."""
+def _group(bundle: str, shared: bool) -> str:
+    """The containers that share one shim: a Kubernetes pod (its sandbox id), else the namespace's; for
+    the shared runtime, the namespace's (a name no sandbox id takes: those are 64 hex digits)."""
+    if shared:
+        return SHARED_GROUP
     with contextlib.suppress(OSError, ValueError):
         with open(os.path.join(bundle, "config.json"), "rb") as f:
             annotations = json.load(f).get("annotations") or {}

@@ -1,13 +1,14 @@
-"""Kubernetes for real: pods with `runtime_handler: wasmctr` driven through containerd's CRI plugin as a
-kubelet drives it (RunPodSandbox, CreateContainer, StartContainer, ContainerStatus, stats, StopPodSandbox,
-RemovePodSandbox), with the documented containerd config, a pause image of the tests' own and images
-pulled by CRI from a local registry. The sandbox and native sidecars run through runc inside the wasmctr
-shim; wasm containers are forked guests in the pod's cgroup."""
+"""Kubernetes for real: pods with `runtime_handler: wasmctr` (and `wasmctr-shared`) driven through
+containerd's CRI plugin as a kubelet drives it (RunPodSandbox, CreateContainer, StartContainer,
+ContainerStatus, stats, StopPodSandbox, RemovePodSandbox), with the documented containerd config, a pause
+image of the tests' own and images pulled by CRI from a local registry. The sandbox and native sidecars
+run through runc inside the wasmctr shim; wasm containers are forked guests in the pod's cgroup."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import pytest
 from conftest import wasmctr
 from cri import api_pb2 as cri
 from cri.node import Node, node_config, node_images
-from services import Containerd
+from services import Containerd, ppid
 
 from shim import cgroups
 
@@ -153,6 +154,73 @@ def test_pod_annotations_carry_the_policy(node) -> None:  # type: ignore[no-unty
         client.start(container)  # the shim's Create runs at StartContainer
     assert "fd_write" in refused.value.details()
     client.remove_pod(pod)
+
+
+def task_pids(containerd: Containerd) -> dict[str, int]:
+    """Every k8s.io task's pid, as `ctr task ls` lists them (a wasm container's is its guest process)."""
+    listed = containerd.ctr("--namespace", "k8s.io", "task", "ls", check=True).stdout.splitlines()[1:]
+    return {fields[0]: int(fields[1]) for fields in (line.split() for line in listed)}
+
+
+def sleeping_pods(client: Node, refs: dict[str, str], handler: str, names: list[str]) -> dict[str, tuple[str, str]]:
+    """A pod per name, each with a wasm container asleep: name -> (pod, container)."""
+    pods = {}
+    for name in names:
+        pod, config = client.run_pod(name, handler=handler, cgroup_parent=f"{CGROUP_PARENT}/{name}")
+        container = client.create(pod, config, "sleeper", refs["hostile"], ["sleep", "120"])
+        client.start(container)
+        pods[name] = (pod, container)
+    return pods
+
+
+def wait_gone(pid: int, timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while ppid(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not ppid(pid)
+
+
+def test_pods_of_the_shared_runtime_share_one_shim_and_outlive_each_other(node) -> None:  # type: ignore[no-untyped-def]
+    client, refs, containerd = node
+    own = sleeping_pods(client, refs, "wasmctr", ["own-a", "own-b"])
+    shared = sleeping_pods(client, refs, "wasmctr-shared", ["shared-a", "shared-b"])
+    pids = task_pids(containerd)
+    shim_of = {name: ppid(pids[container]) for name, (_, container) in {**own, **shared}.items()}
+    assert shim_of["own-a"] != shim_of["own-b"]  # the default runtime: a shim per pod
+    assert shim_of["shared-a"] == shim_of["shared-b"] not in (shim_of["own-a"], shim_of["own-b"])
+    sandbox_pids = {name: pids[pod] for name, (pod, _) in shared.items()}
+    assert {ppid(pid) for pid in sandbox_pids.values()} == {shim_of["shared-a"]}  # the pause containers too
+    for pod, _ in own.values():
+        client.remove_pod(pod)
+
+    client.remove_pod(shared["shared-a"][0])
+    assert pod_cgroups(f"{CGROUP_PARENT}/shared-a") == []
+    survivor = shared["shared-b"][1]
+    assert client.status(survivor).state == cri.CONTAINER_RUNNING
+    assert ppid(pids[survivor]) == shim_of["shared-b"]  # its guest, still the shared shim's
+    client.remove_pod(shared["shared-b"][0])
+    assert wait_gone(shim_of["shared-b"]), "the shared shim exits once no pod is left"
+    assert pod_cgroups(f"{CGROUP_PARENT}/shared-b") == []
+
+
+def test_when_the_shared_shim_dies_its_pods_containers_end_and_new_pods_get_a_new_one(node) -> None:  # type: ignore[no-untyped-def]
+    """What the shared runtime trades: one process's death ends every pod's containers it served."""
+    client, refs, containerd = node
+    pods = sleeping_pods(client, refs, "wasmctr-shared", ["doomed-a", "doomed-b"])
+    pids = task_pids(containerd)
+    guests = [pids[container] for _, container in pods.values()]
+    shim = ppid(guests[0])
+    os.kill(shim, signal.SIGKILL)
+    for _, container in pods.values():
+        assert client.wait_exited(container, timeout=30).state == cri.CONTAINER_EXITED
+    assert all(wait_gone(guest) for guest in guests), "containerd's cleanup (the binary's delete) kills the guests"
+    for pod, _ in pods.values():
+        client.remove_pod(pod)
+    after = sleeping_pods(client, refs, "wasmctr-shared", ["after"])
+    container = after["after"][1]
+    assert client.status(container).state == cri.CONTAINER_RUNNING
+    assert ppid(task_pids(containerd)[container]) not in (0, shim)
+    client.remove_pod(after["after"][0])
 
 
 def test_pod_shims_leave_no_process_behind(node) -> None:  # type: ignore[no-untyped-def]

@@ -19,15 +19,17 @@ def test_containerd_loads_the_runtime_from_the_documented_config(tmp_path: Path)
         assert re.search(r"io\.containerd\.grpc\.v1\s+cri\s+.*ok", plugins), plugins
         log = (tmp_path / "ctd" / "containerd.log").read_text()
         assert re.search(r"wasmctr:\{Type:io\.containerd\.wasmctr\.v1", log), "CRI lists the wasmctr runtime"
+        assert re.search(r"wasmctr-shared:\{Type:io\.containerd\.wasmctr-shared\.v1", log), "and the shared one"
     finally:
         containerd.stop()
 
 
-def test_runtimeclass_and_pod_name_the_same_handler() -> None:
-    runtimeclass = (EXAMPLE / "runtimeclass.yaml").read_text()
-    pod = (EXAMPLE / "pod.yaml").read_text()
-    handler = re.search(r"^handler:\s*(\S+)", runtimeclass, re.M)
-    name = re.search(r"^\s+name:\s*(\S+)", runtimeclass, re.M)
-    assert handler and name and handler.group(1) == "wasmctr"
-    assert f"runtimeClassName: {name.group(1)}" in pod
-    assert "runtimes.wasmctr]" in (EXAMPLE / "containerd-config.toml").read_text()
+def test_runtimeclasses_name_the_configs_runtimes_and_the_pod_one_of_them() -> None:
+    config = (EXAMPLE / "containerd-config.toml").read_text()
+    classes = [dict(re.findall(r"^(?:  )?(name|handler):\s*(\S+)", doc, re.M))
+               for doc in (EXAMPLE / "runtimeclass.yaml").read_text().split("\n---\n")]
+    assert [c["handler"] for c in classes] == ["wasmctr", "wasmctr-shared"]
+    for runtime_class in classes:
+        assert runtime_class["name"] == runtime_class["handler"]
+        assert f"runtimes.{runtime_class['handler']}]" in config
+    assert "runtimeClassName: wasmctr\n" in (EXAMPLE / "pod.yaml").read_text()

@@ -666,14 +666,14 @@ def test_a_lingering_shim_is_reserved_before_it_is_reused(containerd, images) ->
     wait_for_nothing_left(containerd)
 
 
-def test_start_that_cannot_make_its_socket_fails_in_one_line(tmp_path: Path) -> None:
-    shim = Path(sys.executable).parent / "containerd-shim-wasmctr-v1"
+@pytest.mark.parametrize("binary", ["containerd-shim-wasmctr-v1", "containerd-shim-wasmctr-shared-v1"])
+def test_start_that_cannot_make_its_socket_fails_in_one_line(tmp_path: Path, binary: str) -> None:
+    shim = Path(sys.executable).parent / binary
     proc = subprocess.run([str(shim), "-namespace", "ns", "-address", str(tmp_path / "ctd.sock"), "-id", "c1",
                            "start"], input="", capture_output=True, text=True, cwd=tmp_path, timeout=30,
                           env={**os.environ, "WASMCTR_SHIM_SOCKET_DIR": "/proc/no-such-dir"})
     assert proc.returncode == 1 and proc.stdout == ""
-    assert proc.stderr.splitlines() == ["containerd-shim-wasmctr-v1 start: [Errno 2] No such file or directory: "
-                                        "'/proc/no-such-dir'"]
+    assert proc.stderr.splitlines() == [f"{binary} start: [Errno 2] No such file or directory: '/proc/no-such-dir'"]
 
 
 def test_new_groups_get_shims_forked_from_the_warm_template(containerd, images) -> None:  # type: ignore[no-untyped-def]
