@@ -7,7 +7,8 @@ shim spawned on it; it writes the bundle's `address` and `shim.pid` files and an
 The shared runtime (`-shared`) groups by namespace alone: all of a node's pods share one shim. A pod
 then adds its container processes and no shim process (each of which copies megabytes of the pages
 it shares with the template as it works); what it gives up is the wall between pods' shims: if that
-one process dies, containerd ends every task it served.
+one process dies, containerd ends every task it served, and every guest is forked from a process that
+has read all the pods' specs.
 `delete` cleans up after a shim that is gone and answers a DeleteResponse.
 """
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import signal
 import socket
@@ -143,10 +143,45 @@ def _group(bundle: str, shared: bool) -> str:
     the shared runtime, the namespace's (a name no sandbox id takes: those are 64 hex digits)."""
     if shared:
         return SHARED_GROUP
-    with contextlib.suppress(OSError, ValueError):
-        with open(os.path.join(bundle, "config.json"), "rb") as f:
-            annotations = json.load(f).get("annotations") or {}
-        return str(annotations.get(GROUP_ANNOTATION) or "")
+    try:
+        with open(os.path.join(bundle, "config.json"), "rb", buffering=0) as f:
+            spec = bytearray(os.fstat(f.fileno()).st_size)
+            size = 0
+            while size < len(spec) and (count := f.readinto(memoryview(spec)[size:])):
+                size += count
+    except OSError:
+        return ""
+    try:
+        return _string_member(spec, size, GROUP_ANNOTATION)
+    finally:
+        spec[:] = bytes(len(spec))  # the template's pages are every later pod's: keep no other pod's spec
+
+
+def _string_member(text: bytearray, size: int, key: str) -> str:
+    """The string value of the JSON member `key` (the first; its key and value free of escapes) in the
+    first `size` bytes of `text`, else "". It reads the bytes where they are, making no object of
+    anything else: a spec's environment (tokens, passwords) is never copied into a Python string that
+    would outlive this call in freed memory, as json.load's objects would. A quote counts where an even
+    number of backslashes precedes it: inside a JSON string every quote is escaped, so only a real key
+    matches, never text in a value."""
+    pattern = b'"' + key.encode() + b'"'
+    at = text.find(pattern, 0, size)
+    while at >= 0:
+        backslashes = 0
+        while at - backslashes > 0 and text[at - backslashes - 1] == 0x5C:
+            backslashes += 1
+        end = at + len(pattern)
+        while end < size and text[end] in b" \t\r\n":
+            end += 1
+        if backslashes % 2 == 0 and end < size and text[end] == 0x3A:  # `:`: a member's key
+            start = end + 1
+            while start < size and text[start] in b" \t\r\n":
+                start += 1
+            close = text.find(b'"', start + 1, size)
+            if start >= size or text[start] != 0x22 or close < 0 or text.find(b"\\", start, close) >= 0:
+                return ""
+            return text[start + 1:close].decode("utf-8", "replace")
+        at = text.find(pattern, at + 1, size)
     return ""
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -221,6 +222,57 @@ def test_when_the_shared_shim_dies_its_pods_containers_end_and_new_pods_get_a_ne
     assert client.status(container).state == cri.CONTAINER_RUNNING
     assert ppid(task_pids(containerd)[container]) not in (0, shim)
     client.remove_pod(after["after"][0])
+
+
+def memory_holds(pid: int, needle: bytes) -> bool:
+    """Whether `needle` is anywhere in what a process has in memory: every run of present pages
+    (pagemap's bit 63) of its readable mappings, so a guest's reserved gigabytes are not read."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/pagemap", "rb") as pagemap, \
+            open(f"/proc/{pid}/mem", "rb") as mem:
+        for line in maps:
+            fields = line.split()
+            if "r" not in fields[1] or fields[-1] in ("[vvar]", "[vsyscall]"):
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            pagemap.seek(start // page * 8)
+            entries = pagemap.read((end - start) // page * 8)
+            present = [entries[i * 8 + 7] & 0x80 for i in range(len(entries) // 8)]
+            i = 0
+            while i < len(present):
+                if not present[i]:
+                    i += 1
+                    continue
+                run = i
+                while i < len(present) and present[i]:
+                    i += 1
+                with contextlib.suppress(OSError):
+                    mem.seek(start + run * page)
+                    if needle in mem.read((i - run) * page):
+                        return True
+    return False
+
+
+def test_a_pods_processes_hold_nothing_of_another_pods_spec(node) -> None:  # type: ignore[no-untyped-def]
+    """Pods' shims are forked from one template, and guests from their shims: what one pod's spec says
+    (its environment: tokens, passwords) must not be in another pod's processes, where a guest that
+    escaped wasmtime's sandbox would find it in its own memory."""
+    client, refs, containerd = node
+    secret = secrets.token_hex(24)
+    holder, config = client.run_pod("secret-holder")
+    padding = "p" * 65536  # a spec larger than the next ones: their reads do not overwrite all of it
+    container = client.create(holder, config, "holder", refs["hello"], ["x"], env={"PADDING": padding,
+                                                                                   "API_TOKEN": secret})
+    client.start(container)
+    assert client.wait_exited(container).exit_code == 0
+    assert containerd.proc is not None and memory_holds(containerd.proc.pid, secret.encode())  # the probe works
+    bystander = sleeping_pods(client, refs, "wasmctr", ["bystander"])["bystander"]
+    guest = task_pids(containerd)[bystander[1]]
+    shim = ppid(guest)
+    for pid, what in ((guest, "another pod's guest"), (shim, "another pod's shim"), (ppid(shim), "the template")):
+        assert not memory_holds(pid, secret.encode()), f"{what} (pid {pid}) holds the secret"
+    client.remove_pod(holder)
+    client.remove_pod(bystander[0])
 
 
 def test_pod_shims_leave_no_process_behind(node) -> None:  # type: ignore[no-untyped-def]
