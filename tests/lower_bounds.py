@@ -18,7 +18,7 @@ PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 # what each dependency is used for, run at its lowest version: typer (every command line, help, errors,
 # pipes, interrupts), rich (the progress on a terminal), oras and docker (registry auth and credentials),
-# zstandard (zstd layers), wasmtime and pyseccomp (running guests, confined), protobuf (the shim's protocol)
+# zstandard (zstd layers), wasmtime (running guests), protobuf (the shim's protocol)
 LOWER_BOUND_TESTS = ["tests/test_dependencies.py", "tests/test_store.py", "tests/test_registry.py",
                      "tests/test_run.py", "tests/test_lying_registry.py"]
 

@@ -328,7 +328,8 @@ def test_delete_force_and_kill_by_number(bundle: Path, tmp_path: Path) -> None:
 
 
 LIGHT_VERB_MUST_NOT_IMPORT = {"json", "re", "enum", "pathlib", "subprocess", "contextlib", "typing", "dataclasses",
-                              "datetime", "signal", "wasmtime", "pyseccomp", "wasmctr.executor", "wasmctr.ocispec"}
+                              "datetime", "signal", "wasmtime", "wasmctr.libseccomp", "wasmctr.executor",
+                              "wasmctr.ocispec"}
 
 
 def test_start_kill_and_delete_import_only_what_they_use(bundle: Path, tmp_path: Path) -> None:

@@ -533,7 +533,7 @@ def test_the_container_filter_lets_a_guest_run_and_refuses_what_no_guest_needs(h
                                                                                tmp_path: Path) -> None:
     """Under the filter a guest still reads, writes, creates, renames, links and removes files in a
     granted directory; execve, ptrace, mount, unshare and (without a granted network) socket fail with
-    EPERM in the process."""
+    EPERM in the process, and prctl does for every option but the four allowed (an argument rule)."""
     import errno
 
     out = tmp_path / "out.txt"
@@ -547,11 +547,14 @@ def test_the_container_filter_lets_a_guest_run_and_refuses_what_no_guest_needs(h
             "socket": errno_of(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM)),
             "ptrace": libc_errno(libc.ptrace(16, os.getppid(), 0, 0)),  # PTRACE_ATTACH
             "mount": libc_errno(libc.mount(b"none", {str(tmp_path).encode()!r}, b"tmpfs", 0, None)),
-            "unshare": libc_errno(libc.unshare(0x10000000))}}))  # CLONE_NEWUSER
+            "unshare": libc_errno(libc.unshare(0x10000000)),  # CLONE_NEWUSER
+            "prctl PR_SET_NAME": libc_errno(libc.prctl(15, b"named", 0, 0, 0)),
+            "prctl PR_SET_DUMPABLE": libc_errno(libc.prctl(4, 1, 0, 0, 0))}}))
         """, setup=guest_setup(hostile_wasm, tmp_path, out))
     assert out.read_text() == "fs ok\n"
     assert result == {"guest": 0, "execve": errno.EPERM, "socket": errno.EPERM, "ptrace": errno.EPERM,
-                      "mount": errno.EPERM, "unshare": errno.EPERM}
+                      "mount": errno.EPERM, "unshare": errno.EPERM, "prctl PR_SET_NAME": 0,
+                      "prctl PR_SET_DUMPABLE": errno.EPERM}
     granted = confined("print(errno_of(lambda: socket.socket(socket.AF_INET).close()))", network=True)
     assert granted == 0
 
@@ -563,6 +566,25 @@ def test_the_specs_seccomp_profile_applies_on_top(hostile_wasm: Path, tmp_path: 
     code = confined("print(executor.start(guest).exit_code)", setup=guest_setup(hostile_wasm, tmp_path, out),
                     profile=profile)
     assert code == 1 and out.read_text() == "denied: Permission denied\n"
+
+
+def test_a_spec_profiles_argument_rules_match_only_their_arguments() -> None:
+    """`args` as runc reads them: EQ compares `value`; MASKED_EQ masks the argument with `value` and
+    compares it with `valueTwo`. Each rule fails its call only for the arguments it names."""
+    profile = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["prctl"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13,
+         "args": [{"index": 0, "value": 15, "op": "SCMP_CMP_EQ"}]},  # PR_SET_NAME
+        {"names": ["fcntl"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38,
+         "args": [{"index": 1, "value": 0xF, "valueTwo": 3, "op": "SCMP_CMP_MASKED_EQ"}]}]}  # F_GETFL, not F_GETFD
+    result = confined("""
+        libc = ctypes.CDLL(None, use_errno=True)
+        def failed(result):
+            return ctypes.get_errno() if result == -1 else 0
+        print(json.dumps({"PR_SET_NAME": failed(libc.prctl(15, b"named", 0, 0, 0)),
+                          "PR_GET_NAME": failed(libc.prctl(16, ctypes.create_string_buffer(16), 0, 0, 0)),
+                          "F_GETFL": failed(libc.fcntl(0, 3)), "F_GETFD": failed(libc.fcntl(0, 1))}))
+        """, profile=profile)
+    assert result == {"PR_SET_NAME": 13, "PR_GET_NAME": 0, "F_GETFL": 38, "F_GETFD": 0}
 
 
 def test_landlock_confines_the_process_to_its_rootfs_and_mounts(tmp_path: Path) -> None:

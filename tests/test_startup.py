@@ -15,10 +15,11 @@ from conftest import wasmctr
 ENGINE = {"wasmtime"}
 REGISTRY = {"requests", "oras", "urllib3", "docker", "wasmctr.registry", "wasmctr.distribution", "wasmctr.transport"}
 PRESENTATION = {"rich"}
-SHIM = {"google.protobuf", "pyseccomp", "shim"}
+SHIM = {"google.protobuf", "shim"}
 LAYERS = {"tarfile", "gzip", "zstandard", "wasmctr.layer", "wasmctr.unpack", "wasmctr.archive"}
 BUILDING = {"wasmctr.builder", "wasmctr.dockerfile", "wasmctr.dockerignore"}
-ISOLATION = {"pickle", "wasmctr.isolated", "wasmctr.confined", "wasmctr.seccomp", "wasmctr.landlock"}
+ISOLATION = {"pickle", "wasmctr.isolated", "wasmctr.confined", "wasmctr.seccomp", "wasmctr.libseccomp",
+             "wasmctr.landlock"}
 
 
 def imported(*args: str) -> set[str]:
@@ -69,3 +70,12 @@ def test_the_shim_binary_imports_nothing_but_what_it_needs_to_reach_its_template
                           text=True, timeout=60)
     light = {"google.protobuf", "socket", "json", "re", "hashlib", "wasmctr", "typing", "dataclasses"}
     assert heavy(importtime_names(proc.stderr), ENGINE, REGISTRY, PRESENTATION, light) == set()
+
+
+def test_the_seccomp_filters_load_libseccomp_without_ctypes_util() -> None:
+    """Every container process imports them (`wasmctr-runtime create` once per container): ctypes.util's
+    find_library imports shutil, subprocess and tempfile and runs `ldconfig -p` (pyseccomp's 26 ms)."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import wasmctr.seccomp"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert heavy(importtime_names(proc.stderr), {"ctypes.util", "subprocess", "shutil", "tempfile"}) == set()

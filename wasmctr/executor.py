@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select  # with this module: a container process under Landlock can no longer load its extension
 import signal
 import threading
 import time
@@ -400,8 +401,6 @@ def _supervise(guest: _Guest, engine: Any, spec: RunSpec, hard_stop: HardStop | 
     number before Python's handler runs), the deadline, or the end of the grace a stopped guest has.
     An idle container process then wakes for nothing (it polled 50 times a second before: ~1 % of a
     core for each sleeping guest). poll(2), which the container's seccomp allowlist has (not select)."""
-    import select
-
     stop: dict[str, Any] = {}
 
     def interrupt(reason: str, code: int) -> None:

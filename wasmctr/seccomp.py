@@ -8,7 +8,7 @@ filter goes) and completed from what each WASI preview 1 call maps to in wasmtim
 it has no way to start a program (execve), trace or mount anything, change ids or capabilities, or
 load modules, and no sockets unless the guest was granted the network (components only). A spec that
 carries a `linux.seccomp` profile gets it too, as a second filter: the kernel applies both, so the
-stricter answer wins. Both are built with libseccomp (pyseccomp), not by hand.
+stricter answer wins. Both are built with libseccomp (`libseccomp.py`), not by hand.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ import errno
 import functools
 from typing import Any
 
-import pyseccomp  # here, not where a filter is loaded: Landlock may forbid reading it by then
-
+from wasmctr import libseccomp  # here, not where a filter is loaded: Landlock may forbid reading it by then
 from wasmctr.errors import WasmctrError
 
 ALLOWED = (
@@ -51,29 +50,29 @@ PR_SET_NAME, PR_GET_NAME, PR_GET_SECCOMP, PR_SET_NO_NEW_PRIVS = 15, 16, 21, 38
 PRCTL_OPTIONS = (PR_SET_NAME, PR_GET_NAME,  # the engine names its threads
                  PR_GET_SECCOMP, PR_SET_NO_NEW_PRIVS)  # libseccomp, loading the spec's profile; no other option
 
-ACTIONS = {"SCMP_ACT_KILL": "KILL", "SCMP_ACT_KILL_THREAD": "KILL_THREAD", "SCMP_ACT_KILL_PROCESS": "KILL_PROCESS",
-           "SCMP_ACT_TRAP": "TRAP", "SCMP_ACT_ALLOW": "ALLOW", "SCMP_ACT_LOG": "LOG"}
-OPERATORS = {"SCMP_CMP_NE": "NE", "SCMP_CMP_LT": "LT", "SCMP_CMP_LE": "LE", "SCMP_CMP_EQ": "EQ",
-             "SCMP_CMP_GE": "GE", "SCMP_CMP_GT": "GT", "SCMP_CMP_MASKED_EQ": "MASKED_EQ"}
+ACTIONS = {"SCMP_ACT_KILL": libseccomp.KILL_THREAD, "SCMP_ACT_KILL_THREAD": libseccomp.KILL_THREAD,
+           "SCMP_ACT_KILL_PROCESS": libseccomp.KILL_PROCESS, "SCMP_ACT_TRAP": libseccomp.TRAP,
+           "SCMP_ACT_ALLOW": libseccomp.ALLOW, "SCMP_ACT_LOG": libseccomp.LOG}
+OPERATORS = {f"SCMP_CMP_{name}": name for name in libseccomp.COMPARISONS}
 
 
 @functools.cache
-def allowlist(network: bool) -> Any:
+def allowlist(network: bool) -> libseccomp.Filter:
     """The container allowlist (with the network calls if `network`) as a libseccomp filter, built once
     per process: a process that forks containers builds it before the fork, and each child only loads
     it (building it there would cost every container its own copies of the pages that work touches)."""
-    allow = pyseccomp.SyscallFilter(pyseccomp.ERRNO(errno.EPERM))
+    allow = libseccomp.Filter(libseccomp.errno_action(errno.EPERM))
     for name in ALLOWED + (NETWORK if network else ()):
         try:
-            allow.add_rule(pyseccomp.ALLOW, name)
-        except (OSError, ValueError, RuntimeError):  # a call this kernel or architecture lacks
+            allow.add_rule(libseccomp.ALLOW, name)
+        except (OSError, ValueError):  # a call this kernel or architecture lacks
             continue
     for option in PRCTL_OPTIONS:
-        allow.add_rule(pyseccomp.ALLOW, "prctl", pyseccomp.Arg(0, pyseccomp.EQ, option))
+        allow.add_rule(libseccomp.ALLOW, "prctl", (0, "EQ", option, 0))
     return allow
 
 
-def install(allow: Any, profile: Any | None) -> None:
+def install(allow: libseccomp.Filter, profile: libseccomp.Filter | None) -> None:
     """Load the allowlist, then the spec's profile (`build`) if any. Needs no_new_privs (set by
     `privileges.drop`) or CAP_SYS_ADMIN."""
     allow.load()
@@ -81,42 +80,39 @@ def install(allow: Any, profile: Any | None) -> None:
         profile.load()
 
 
-def build(profile: dict[str, Any]) -> Any:
+def build(profile: dict[str, Any]) -> libseccomp.Filter:
     """An OCI `linux.seccomp` profile as a libseccomp filter: defaultAction (defaultErrnoRet),
     architectures, and each syscalls entry's names, action (errnoRet) and argument conditions.
     Names this libseccomp does not know are skipped, as runc skips them."""
     default = _action(profile.get("defaultAction", "SCMP_ACT_ALLOW"), profile.get("defaultErrnoRet"))
-    rules = pyseccomp.SyscallFilter(default)
+    try:
+        rules = libseccomp.Filter(default)
+    except ValueError as exc:
+        raise WasmctrError(f"linux.seccomp: {exc}") from None
     for arch in profile.get("architectures") or []:
-        name = str(arch).removeprefix("SCMP_ARCH_")
-        if hasattr(pyseccomp.Arch, name):
-            try:
-                rules.add_arch(getattr(pyseccomp.Arch, name))
-            except OSError:  # already there (the native one)
-                pass
+        rules.add_arch(str(arch).removeprefix("SCMP_ARCH_"))  # one libseccomp does not know is skipped
     for entry in profile.get("syscalls") or []:
         action = _action(entry.get("action", ""), entry.get("errnoRet"))
         if action == default:
             continue  # libseccomp refuses a rule that repeats the default
-        conditions = [pyseccomp.Arg(int(a["index"]), getattr(pyseccomp, _operator(a.get("op", ""))),
-                                    int(a.get("value", 0)), int(a.get("valueTwo", 0)))
+        conditions = [(int(a["index"]), _operator(a.get("op", "")), int(a.get("value", 0)), int(a.get("valueTwo", 0)))
                       for a in entry.get("args") or []]
         for name in entry.get("names") or []:
             try:
                 rules.add_rule(action, name, *conditions)
-            except (OSError, ValueError, RuntimeError):
+            except (OSError, ValueError):
                 continue
     return rules
 
 
 def _action(name: str, errno_ret: int | None) -> int:
     if name == "SCMP_ACT_ERRNO":
-        return int(pyseccomp.ERRNO(errno.EPERM if errno_ret is None else int(errno_ret)))
+        return libseccomp.errno_action(errno.EPERM if errno_ret is None else int(errno_ret))
     if name == "SCMP_ACT_TRACE":
-        return int(pyseccomp.TRACE(errno.EPERM if errno_ret is None else int(errno_ret)))
+        return libseccomp.trace_action(errno.EPERM if errno_ret is None else int(errno_ret))
     if name not in ACTIONS:
         raise WasmctrError(f"linux.seccomp: unknown action {name!r}")
-    return int(getattr(pyseccomp, ACTIONS[name]))
+    return ACTIONS[name]
 
 
 def _operator(name: str) -> str:
