@@ -78,7 +78,7 @@ def main(shared: bool = False) -> None:
         print(f"{name} (wasmctr {__version__})")
         return
     if args.action in ("start", "delete"):
-        sys.exit(_verb(args, argv, name))
+        sys.exit(_verb(args, argv))
     actions = {"serve": serve, "template": _template}
     if args.action not in actions:
         print(f"{name}: unknown action {args.action!r} (start, delete)", file=sys.stderr)
@@ -90,7 +90,7 @@ def main(shared: bool = False) -> None:
         sys.exit(1)
 
 
-def _verb(args: SimpleNamespace, argv: list[str], name: str) -> int:
+def _verb(args: SimpleNamespace, argv: list[str]) -> int:
     """`start` or `delete`, by the template where there is a current one, else here."""
     if args.action == "start":
         sys.stdin.read()  # runtime options: none are needed by this shim
@@ -105,7 +105,7 @@ def _verb(args: SimpleNamespace, argv: list[str], name: str) -> int:
         else:
             raise OSError(answer[1:].decode(errors="replace"))
     except OSError as exc:  # containerd shows this line in its error: "failed to start shim: ..."
-        print(f"{name} {args.action}: {exc}", file=sys.stderr)
+        print(f"{NAMES[args.shared]} {args.action}: {exc}", file=sys.stderr)
         return 1
     sys.stdout.buffer.write(output)
     sys.stdout.flush()

@@ -29,11 +29,13 @@ from types import SimpleNamespace
 from wasmctr.leb128 import encode_unsigned as _varint
 
 from . import process
+from .jsonload import WHITESPACE
 from .layout import RUNC_ROOT, SOCKET_DIR, template_path
 from .mounts import unmount_all
 
 GROUP_ANNOTATION = "io.kubernetes.cri.sandbox-id"
 SHARED_GROUP = "shared"
+JSON_WHITESPACE = WHITESPACE.encode()
 
 Spawn = Callable[[list[str], dict[str, str], int, int], int]
 """Start a shim server: (its argv, its environment, the listening socket's fd, the log fd) -> its pid."""
@@ -170,19 +172,22 @@ def _string_member(text: bytearray, size: int, key: str) -> str:
         backslashes = 0
         while at - backslashes > 0 and text[at - backslashes - 1] == 0x5C:
             backslashes += 1
-        end = at + len(pattern)
-        while end < size and text[end] in b" \t\r\n":
-            end += 1
+        end = _after_whitespace(text, at + len(pattern), size)
         if backslashes % 2 == 0 and end < size and text[end] == 0x3A:  # `:`: a member's key
-            start = end + 1
-            while start < size and text[start] in b" \t\r\n":
-                start += 1
+            start = _after_whitespace(text, end + 1, size)
             close = text.find(b'"', start + 1, size)
             if start >= size or text[start] != 0x22 or close < 0 or text.find(b"\\", start, close) >= 0:
                 return ""
             return text[start + 1:close].decode("utf-8", "replace")
         at = text.find(pattern, at + 1, size)
     return ""
+
+
+def _after_whitespace(text: bytearray, at: int, size: int) -> int:
+    """The first index from `at` (below `size`) that is not JSON whitespace, else `size`."""
+    while at < size and text[at] in JSON_WHITESPACE:
+        at += 1
+    return at
 
 
 def _shim_log(bundle: str) -> int:

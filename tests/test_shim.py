@@ -690,7 +690,6 @@ def test_a_lingering_shim_is_reserved_before_it_is_reused(containerd, images) ->
     wait_for_nothing_left(containerd)
 
 
-SANDBOX_KEY = "io.kubernetes.cri.sandbox-id"
 ANY_TEXT = st.text(max_size=12)
 
 
@@ -703,6 +702,7 @@ def test_the_group_scanner_reads_the_sandbox_id_as_json_does(env: list[str], oth
                                                             ascii_only: bool, annotations_first: bool) -> None:
     """`start` reads a container's pod from its spec without json (shim/verbs.py says why): whatever the
     rest of the spec, including values that spell the key, it finds the id json finds, or none."""
+    from shim.verbs import GROUP_ANNOTATION as SANDBOX_KEY
     from shim.verbs import _string_member
 
     lures = [f'"{SANDBOX_KEY}": "victim"', f'\\"{SANDBOX_KEY}\\": "victim"', f"{SANDBOX_KEY}\\",

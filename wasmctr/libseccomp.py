@@ -35,8 +35,8 @@ def trace_action(value: int) -> int:
 
 
 class ArgCompare(ctypes.Structure):
-    """struct scmp_arg_cmp: argument `arg` (0-5) compared by `op` with datum_a (and datum_b, the mask of
-    MASKED_EQ)."""
+    """struct scmp_arg_cmp: argument `arg` (0-5) compared by `op` with datum_a; for MASKED_EQ, datum_a is
+    the mask and datum_b what the masked argument must equal."""
 
     _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
                 ("datum_b", ctypes.c_uint64)]
