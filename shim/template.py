@@ -4,11 +4,13 @@ here, and a warm shim forked for each pod.
 containerd runs the shim binary (`start`, `delete`) twice for every container and starts a shim server
 per pod. A fresh interpreter that imports what those need costs each run tens of milliseconds, and each
 pod's server hundreds of milliseconds and tens of MiB that no other pod shares. The template does that
-work once: the binary sends it a request over a unix socket only root can reach and prints its answer;
-for a new pod it binds the pod's socket and forks, and the child becomes that pod's shim server (a
-session of its own, containerd's environment, the shim's stderr on containerd's log FIFO), sharing the
-template's pages copy-on-write. One shim per pod is kept, for isolation: a pod's guests, its crash or
-its kill never touch another pod's shim.
+work once: the binary sends it a request over a unix socket only root and containerd's user may use
+(shim/sockets.py) and prints its answer; for a new pod it binds the pod's socket and forks, and the
+child becomes that pod's shim server (a session of its own, containerd's environment, the shim's stderr
+on containerd's log FIFO), sharing the template's pages copy-on-write. A request brings the binary's
+directory and arguments, and of its environment only what containerd sets per run: what the verb and
+the shim run with is otherwise the template's own environment (`verb_environment`). One shim per pod
+is kept, for isolation: a pod's guests, its crash or its kill never touch another pod's shim.
 
 The template is single-threaded (forking a threaded process could leave a lock held in the child),
 serves one request at a time, and reaps the shims it forked. It exits when a request carries another
@@ -25,7 +27,10 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+
+from . import sockets
+from .layout import private_socket_dir
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -35,8 +40,12 @@ MAX_REQUEST = 1 << 20
 _executor: Executor | None = None  # the template's, inherited by the shims it forks
 _shims: set[int] = set()  # forked here, not yet reaped
 
+PER_RUN = ("TTRPC_ADDRESS", "GRPC_ADDRESS", "NAMESPACE", "MAX_SHIM_VERSION", "SCHED_CORE")
+"""What containerd sets for each run of a shim binary, on top of its own environment."""
+
 Answer = Callable[[str, list[str], dict[str, str]], bytes]
-"""(the binary's directory, its arguments, its environment) -> what it prints; OSError when it fails."""
+"""(the binary's directory, its arguments, the environment to carry it out in) -> what it prints;
+OSError when it fails."""
 
 
 def warm_executor() -> Executor | None:
@@ -58,13 +67,9 @@ def run(path: str, stamp: str, answer: Answer) -> int:
     seccomp.allowlist(False)  # the container filter, built once for every shim (and guest) forked below
 
     idle = float(os.environ.get("WASMCTR_SHIM_TEMPLATE_IDLE", "600"))
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(path)
+    os.close(private_socket_dir())
+    server = sockets.listen(path, 64)
     bound = os.stat(path).st_ino  # the socket file's inode (fstat of the socket gives sockfs's)
-    os.chmod(path, 0o600)
-    server.listen(64)
     server.settimeout(idle)
     signal.signal(signal.SIGCHLD, _reap)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # through `finally`: the socket file goes too
@@ -76,6 +81,8 @@ def run(path: str, stamp: str, answer: Answer) -> int:
             except TimeoutError:
                 return 0
             with conn:
+                if not sockets.trusted(sockets.peer_uid(conn)):
+                    continue  # closed unanswered
                 conn.settimeout(10)
                 try:
                     request_stamp, cwd, argv, env = decode_request(_receive(conn))
@@ -86,7 +93,7 @@ def run(path: str, stamp: str, answer: Answer) -> int:
                         conn.sendall(b"stale")
                     return 0
                 try:
-                    reply = b"+" + answer(cwd, argv, env)
+                    reply = b"+" + answer(cwd, argv, verb_environment(env))
                 except Exception as exc:  # the binary reports it; the template serves on
                     reply = b"-" + (str(exc) or type(exc).__name__).encode(errors="replace")
                 with contextlib.suppress(OSError):
@@ -96,6 +103,14 @@ def run(path: str, stamp: str, answer: Answer) -> int:
             if os.stat(path).st_ino == bound:  # not a newer template's
                 os.unlink(path)
         server.close()
+
+
+def verb_environment(request: Mapping[str, str]) -> dict[str, str]:
+    """What a request's verb runs in, and a pod's shim forked for it inherits: the template's own
+    environment (containerd's, from the run that started it), with only the variables containerd sets per
+    run (PER_RUN) taken from the request. What chooses a program or how it loads (WASMCTR_RUNC, PATH,
+    LD_PRELOAD) is never the request's."""
+    return {**os.environ, **{name: request[name] for name in PER_RUN if name in request}}
 
 
 def _receive(conn: socket.socket) -> bytes:

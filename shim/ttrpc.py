@@ -4,13 +4,15 @@ Frames are a 10-byte big-endian header (data length u32, stream id u32, type u8,
 most 4 MiB of data. A request frame carries a `ttrpc.Request` (service, method, payload, timeout_nano,
 metadata); the response frame on the same stream carries a `ttrpc.Response` with a gRPC status. Only
 unary calls, which is all the shim API uses. The server answers each request on its own thread, so a
-blocking `Wait` never holds up a `Kill` on the same connection.
+blocking `Wait` never holds up a `Kill` on the same connection, and closes unanswered every connection
+from a user other than root and its own (shim/sockets.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import struct
 import threading
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .api import ttrpc_pb2
+from .sockets import peer_uid, trusted
 
 HEADER = struct.Struct(">IIBB")
 MAX_DATA = 4 << 20
@@ -134,6 +137,10 @@ class Server:
                 if self._stopping.is_set():
                     return
                 raise
+            if not trusted(uid := peer_uid(conn)):
+                log.warning("closed a connection from uid %d: only root and uid %d may call", uid, os.geteuid())
+                conn.close()
+                continue
             conn.settimeout(None)
             threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
 

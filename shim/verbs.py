@@ -30,8 +30,9 @@ from wasmctr.leb128 import encode_unsigned as _varint
 
 from . import process
 from .jsonload import WHITESPACE
-from .layout import RUNC_ROOT, SOCKET_DIR, template_path
+from .layout import RUNC_ROOT, SOCKET_DIR, private_socket_dir, template_path
 from .mounts import unmount_all
+from .sockets import listen
 
 GROUP_ANNOTATION = "io.kubernetes.cri.sandbox-id"
 SHARED_GROUP = "shared"
@@ -58,8 +59,7 @@ def start(args: SimpleNamespace, cwd: str, env: Mapping[str, str], spawn: Spawn)
     bundle = args.bundle or cwd
     path = socket_path(args.namespace, _group(bundle, args.shared), args.address)
     address = f"unix://{path}"
-    os.makedirs(SOCKET_DIR, mode=0o711, exist_ok=True)
-    lock = os.open(SOCKET_DIR, os.O_RDONLY)
+    lock = private_socket_dir()
     try:
         # concurrent starts of one group: the first spawns the shim, the others then find it
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -76,11 +76,7 @@ def start(args: SimpleNamespace, cwd: str, env: Mapping[str, str], spawn: Spawn)
 
 def _spawn(args: SimpleNamespace, path: str, bundle: str, env: Mapping[str, str], spawn: Spawn) -> int:
     """Bind the socket here, so it accepts connections at once, and hand it to a new shim server."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(128)
+    listener = listen(path, 128)
     log = _shim_log(bundle)
     argv = ["-namespace", args.namespace, "-address", args.address, "-id", args.id, "-socket", path,
             *(["-debug"] if args.debug else []), "serve"]

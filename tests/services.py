@@ -153,11 +153,13 @@ def proc_status(pid: int | str) -> dict[str, list[str]]:
 
 
 class Containerd:
-    """A private containerd (own root, state and socket) for `ctr` interop tests."""
+    """A private containerd (own root, state and socket) for `ctr` interop tests; `umask` is the one it
+    runs with (and passes on to the shims it starts), -1 for the test's own."""
 
-    def __init__(self, directory: Path, extra_config: str = "") -> None:
+    def __init__(self, directory: Path, extra_config: str = "", umask: int = -1) -> None:
         self.directory = directory
         self.extra_config = extra_config
+        self.umask = umask
         self.socket = directory / "containerd.sock"
         self.shims = Path(tempfile.mkdtemp(prefix="wasmctr-shims-"))  # short: unix socket paths are <= 108
         self.proc: subprocess.Popen[bytes] | None = None
@@ -174,7 +176,7 @@ class Containerd:
         self.proc = subprocess.Popen(
             ["containerd", "--config", str(config), "--root", str(self.directory / "root"),
              "--state", str(self.directory / "state"), "--address", str(self.socket)],
-            stdout=log, stderr=log, start_new_session=True, env=env)
+            stdout=log, stderr=log, start_new_session=True, env=env, umask=self.umask)
         wait_for(lambda: self.ctr("version").returncode == 0, what="containerd")
         return self
 

@@ -771,6 +771,153 @@ def test_new_groups_get_shims_forked_from_the_warm_template(containerd, images) 
     wait_for_nothing_left(containerd)
 
 
+NOBODY = 65534
+
+
+def connect_as(uid: int, path: Path, request: bytes, half_close: bool) -> str:
+    """What a process of `uid` (gid alike, no other groups) meets when it connects to `path` and sends
+    `request` (then ends its side, where `half_close`): "refused" at connect, "closed" without a byte of
+    answer, or "answered". Forked and setuid, as any local user's process is."""
+    import socket
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        outcome = b"error"
+        try:
+            os.close(read)
+            if uid:
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+            with socket.socket(socket.AF_UNIX) as conn:
+                conn.settimeout(20)
+                try:
+                    conn.connect(str(path))
+                except PermissionError:
+                    outcome = b"refused"
+                else:
+                    try:
+                        conn.sendall(request)
+                        if half_close:
+                            conn.shutdown(socket.SHUT_WR)
+                        outcome = b"answered" if conn.recv(1) else b"closed"
+                    except (BrokenPipeError, ConnectionResetError):
+                        outcome = b"closed"
+        finally:
+            os.write(write, outcome)
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        outcome = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return outcome
+
+
+def state_request(container_id: str) -> bytes:
+    """A ttrpc frame asking the Task API for a container's state (the API that also runs runc as root)."""
+    from shim.api import task_pb2, ttrpc_pb2
+    from shim.ttrpc import HEADER, TYPE_REQUEST
+
+    request = ttrpc_pb2.Request(service="containerd.task.v2.Task", method="State",
+                                payload=task_pb2.StateRequest(id=container_id).SerializeToString())
+    request.metadata.add(key="containerd-namespace", value="default")
+    data = request.SerializeToString()
+    return HEADER.pack(len(data), 1, TYPE_REQUEST, 0) + data
+
+
+def test_only_root_reaches_the_template_and_the_shims_of_a_umask_0_containerd(  # type: ignore[no-untyped-def]
+        images, tmp_path: Path) -> None:
+    """Under containerd's umask 0000 a pod shim's socket was 0777, and uid 65534 called the Task API. The
+    socket directory is 0700 (one an older install left open too), every socket is 0600 from its bind
+    (by the binary, and by the template for a later pod), and where the directory and sockets were
+    opened up anyway, a peer neither root nor containerd's user is closed unanswered; root is served."""
+    import stat
+
+    from services import Containerd, wait_for
+
+    from shim.containerd import encode_request
+    from shim.layout import code_stamp, template_path
+
+    ctd = Containerd(tmp_path / "ctd", umask=0)
+    ctd.shims.chmod(0o755)
+    ctd.start()
+    try:
+        ctd.ctr("image", "pull", "--plain-http", "--platform", "wasi/wasm", images["hostile"], check=True)
+        template = ctd.shims / Path(template_path(str(ctd.socket))).name
+        names = ["umask-1", "umask-2"]  # the first bound by the binary itself, the second by the template
+        for n, name in enumerate(names):
+            if n:
+                wait_for(template.exists, what="the shim template")
+            pod = ["--annotation", f"io.kubernetes.cri.sandbox-id={name}"]
+            assert ctr_run(ctd, "-d", *pod, images["hostile"], name, "/hostile.wasm", "sleep", "60").returncode == 0
+        bundles = ctd.directory / "state" / "io.containerd.runtime.v2.task" / "default"
+        shims = [Path((bundles / name / "address").read_text().removeprefix("unix://")) for name in names]
+        delete = encode_request(code_stamp(), str(tmp_path), ["-namespace", "umask-other", "-address", str(ctd.socket),
+                                                              "-id", "nothing", "delete"], {})
+        targets = [*((path, state_request(name), False) for path, name in zip(shims, names, strict=True)),
+                   (template, delete, True)]
+        assert stat.S_IMODE(ctd.shims.stat().st_mode) == 0o700
+        assert [stat.S_IMODE(path.stat().st_mode) for path, _, _ in targets] == [0o600] * 3
+        assert [connect_as(NOBODY, *target) for target in targets] == ["refused"] * 3
+        ctd.shims.chmod(0o711)  # a node where someone opened them up
+        for path, _, _ in targets:
+            path.chmod(0o666)
+        assert [connect_as(NOBODY, *target) for target in targets] == ["closed"] * 3
+        assert [connect_as(0, *target) for target in targets] == ["answered"] * 3
+        for name in names:
+            ctd.ctr("task", "kill", "--signal", "SIGKILL", name)
+        wait_for(lambda: ctd.ctr("task", "ls").stdout.count("STOPPED") == 2, what="the tasks' end")
+        for name in names:
+            ctd.ctr("task", "delete", name)
+            ctd.ctr("container", "delete", name)
+    finally:
+        ctd.stop()
+
+
+def test_a_requests_environment_chooses_nothing_the_template_runs(  # type: ignore[no-untyped-def]
+        containerd, images, tmp_path: Path) -> None:
+    """`delete` of a native container runs runc. A request carrying WASMCTR_RUNC=/path (or a PATH with a
+    `runc` of its own) had the template run that path as root; it runs its own. The same delete by the
+    binary itself, whose own environment it is, runs the script: the request reached runc's call."""
+    import socket
+
+    from shim.api import task_pb2
+    from shim.containerd import encode_request
+    from shim.layout import code_stamp, template_path
+
+    ran, bindir, bundle = tmp_path / "ran", tmp_path / "bin", tmp_path / "bundle"
+    bindir.mkdir()
+    for name in ("evil-runc", "runc"):
+        (bindir / name).write_text(f"#!/bin/sh\necho {name} >> {ran}\n")
+        (bindir / name).chmod(0o755)
+    bundle.mkdir()
+    (bundle / "runc.pid").write_text("1")  # a native container's bundle
+    argv = ["-namespace", "env-test", "-address", str(containerd.socket), "-id", "env-1", "-bundle", str(bundle),
+            "delete"]
+    hostile = {**os.environ, "WASMCTR_RUNC": str(bindir / "evil-runc"), "PATH": f"{bindir}:{os.environ['PATH']}"}
+    shim = Path(sys.executable).parent / "containerd-shim-wasmctr-v1"
+    by_itself = subprocess.run([str(shim), *argv], capture_output=True, timeout=30, cwd=bundle,
+                               env={**hostile, "WASMCTR_SHIM_SOCKET_DIR": str(tmp_path / "no-template")})
+    assert by_itself.returncode == 0 and ran.read_text() == "evil-runc\n"
+    ran.unlink()
+
+    assert ctr_run(containerd, "--rm", images["hello"], "env-warm").returncode == 0
+    template = containerd.shims / Path(template_path(str(containerd.socket))).name
+    deadline = time.monotonic() + 20
+    while not template.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.connect(str(template))
+        conn.sendall(encode_request(code_stamp(), str(bundle), argv, hostile))
+        conn.shutdown(socket.SHUT_WR)
+        answer = b"".join(iter(lambda: conn.recv(65536), b""))
+    assert answer[:1] == b"+", answer
+    assert task_pb2.DeleteResponse.FromString(answer[1:]).exit_status == 137
+    assert not ran.exists()
+    wait_for_nothing_left(containerd)
+
+
 def test_a_guest_joins_the_network_namespace_its_spec_names(containerd, images) -> None:  # type: ignore[no-untyped-def]
     """A pod's containers share its network namespace: the spec names it by path, and the guest's process
     is in it (here a namespace of a process the test starts with `unshare --net`)."""
