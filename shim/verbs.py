@@ -2,8 +2,9 @@
 binary itself carries them out.
 
 `start` finds the shim serving the container's group (a Kubernetes pod: annotation
-`io.kubernetes.cri.sandbox-id`; else the namespace) and reserves it, or binds a new socket and has a new
-shim spawned on it; it writes the bundle's `address` and `shim.pid` files and answers the address.
+`io.kubernetes.cri.sandbox-id`, read without json by shim/specscan.py; else the namespace) and
+reserves it, or binds a new socket and has a new shim spawned on it; it writes the bundle's `address`
+and `shim.pid` files and answers the address. A spec it cannot read as json would is refused.
 The shared runtime (`-shared`) groups by namespace alone: all of a node's pods share one shim. A pod
 then adds its container processes and no shim process (each of which copies megabytes of the pages
 it shares with the template as it works); what it gives up is the wall between pods' shims: if that
@@ -29,14 +30,13 @@ from types import SimpleNamespace
 from wasmctr.leb128 import encode_unsigned as _varint
 
 from . import process
-from .jsonload import WHITESPACE
 from .layout import RUNC_ROOT, SOCKET_DIR, private_socket_dir, template_path
 from .mounts import unmount_all
 from .sockets import listen
+from .specscan import annotation
 
 GROUP_ANNOTATION = "io.kubernetes.cri.sandbox-id"
 SHARED_GROUP = "shared"
-JSON_WHITESPACE = WHITESPACE.encode()
 
 Spawn = Callable[[list[str], dict[str, str], int, int], int]
 """Start a shim server: (its argv, its environment, the listening socket's fd, the log fd) -> its pid."""
@@ -57,7 +57,11 @@ def socket_path(namespace: str, group: str, address: str) -> str:
 def start(args: SimpleNamespace, cwd: str, env: Mapping[str, str], spawn: Spawn) -> str:
     """Bind (or find) the shim socket, have a shim server started on it, return the address."""
     bundle = args.bundle or cwd
-    path = socket_path(args.namespace, _group(bundle, args.shared), args.address)
+    try:
+        group = _group(bundle, args.shared)
+    except ValueError as exc:
+        raise OSError(f"cannot tell the container's pod from its config.json: {exc}") from None
+    path = socket_path(args.namespace, group, args.address)
     address = f"unix://{path}"
     lock = private_socket_dir()
     try:
@@ -113,10 +117,11 @@ def delete(args: SimpleNamespace, cwd: str, env: Mapping[str, str]) -> bytes:
         subprocess.run([env.get("WASMCTR_RUNC", "runc"), "--root", os.path.join(RUNC_ROOT, args.namespace),
                         "delete", "--force", args.id], capture_output=True)
     unmount_all(os.path.join(bundle, "rootfs"))
-    path = socket_path(args.namespace, _group(bundle, args.shared), args.address)
-    if not _alive(path):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+    with contextlib.suppress(ValueError):  # a spec `start` refused: it made no socket
+        path = socket_path(args.namespace, _group(bundle, args.shared), args.address)
+        if not _alive(path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
     return delete_response(pid, 128 + signal.SIGKILL, time.time())
 
 
@@ -138,7 +143,8 @@ def _bytes_field(number: int, value: bytes) -> bytes:
 
 def _group(bundle: str, shared: bool) -> str:
     """The containers that share one shim: a Kubernetes pod (its sandbox id), else the namespace's; for
-    the shared runtime, the namespace's (a name no sandbox id takes: those are 64 hex digits)."""
+    the shared runtime, the namespace's (a name no sandbox id takes: those are 64 hex digits).
+    ValueError where the spec cannot be read without json as json reads it (shim/specscan.py)."""
     if shared:
         return SHARED_GROUP
     try:
@@ -150,40 +156,9 @@ def _group(bundle: str, shared: bool) -> str:
     except OSError:
         return ""
     try:
-        return _string_member(spec, size, GROUP_ANNOTATION)
+        return annotation(spec, size, GROUP_ANNOTATION)
     finally:
         spec[:] = bytes(len(spec))  # the template's pages are every later pod's: keep no other pod's spec
-
-
-def _string_member(text: bytearray, size: int, key: str) -> str:
-    """The string value of the JSON member `key` (the first; its key and value free of escapes) in the
-    first `size` bytes of `text`, else "". It reads the bytes where they are, making no object of
-    anything else: a spec's environment (tokens, passwords) is never copied into a Python string that
-    would outlive this call in freed memory, as json.load's objects would. A quote counts where an even
-    number of backslashes precedes it: inside a JSON string every quote is escaped, so only a real key
-    matches, never text in a value."""
-    pattern = b'"' + key.encode() + b'"'
-    at = text.find(pattern, 0, size)
-    while at >= 0:
-        backslashes = 0
-        while at - backslashes > 0 and text[at - backslashes - 1] == 0x5C:
-            backslashes += 1
-        end = _after_whitespace(text, at + len(pattern), size)
-        if backslashes % 2 == 0 and end < size and text[end] == 0x3A:  # `:`: a member's key
-            start = _after_whitespace(text, end + 1, size)
-            close = text.find(b'"', start + 1, size)
-            if start >= size or text[start] != 0x22 or close < 0 or text.find(b"\\", start, close) >= 0:
-                return ""
-            return text[start + 1:close].decode("utf-8", "replace")
-        at = text.find(pattern, at + 1, size)
-    return ""
-
-
-def _after_whitespace(text: bytearray, at: int, size: int) -> int:
-    """The first index from `at` (below `size`) that is not JSON whitespace, else `size`."""
-    while at < size and text[at] in JSON_WHITESPACE:
-        at += 1
-    return at
 
 
 def _shim_log(bundle: str) -> int:

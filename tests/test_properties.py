@@ -1,6 +1,7 @@
 """Property-based: manifests, configs and tar headers mutated at random, then loaded, inspected and run
 through the Python API. Whatever the mutation, the outcome is a correct result or a `WasmctrError` with
-a one-line message, never another exception, and a failed load leaves the store as it was."""
+a one-line message, never another exception, and a failed load leaves the store as it was. And the
+shim's spec scanner against json, on specs spelled at random."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from hypothesis import strategies as st
 from imagekit import Entry, tar_bytes, write_layout
 
 import wasmctr as api
+from shim.specscan import annotation
+from shim.verbs import GROUP_ANNOTATION as KEY
 from wasmctr.errors import WasmctrError
 from wasmctr.store import Store
 
@@ -140,3 +143,74 @@ def test_mutated_tar_headers_give_a_result_or_one_clean_error(base: dict[str, An
     for offset, patch in patches:  # the first three blocks: the PAX header, its data, the member's header
         layer[offset:offset + len(patch)] = patch
     attempt(base, bytes(layer), base["config"], None)
+
+
+def json_string(text: str, escape: bool, ascii_only: bool) -> str:
+    """`text` as a JSON string; with `escape`, its first character written as a \\u escape (json reads the
+    same string)."""
+    if not escape or not text:
+        return json.dumps(text, ensure_ascii=ascii_only)
+    first = f"\\u{ord(text[0]):04x}" if ord(text[0]) <= 0xFFFF else json.dumps(text[0])[1:-1]  # a surrogate pair
+    return f'"{first}{json.dumps(text[1:], ensure_ascii=ascii_only)[1:]}'
+
+
+@st.composite
+def specs(draw: st.DrawFn) -> tuple[str, bool]:
+    """A spec's JSON text, spelled at random, and whether it is plain: no key of its top-level object or of
+    its annotations written with an escape, neither `annotations` nor the sandbox id's key twice in its
+    object, the id free of escapes. Elsewhere it holds what could mislead a reader of bytes: objects
+    before the annotations that have annotations of their own, strings that spell the key, escapes."""
+    ascii_only = draw(st.booleans())
+    space = st.sampled_from(["", " ", "\n", "\n  ", "\t", "\r\n "])
+
+    def string(text: str) -> str:
+        return json_string(text, draw(st.integers(0, 11)) == 0, ascii_only)
+
+    def value(doc: Any) -> str:
+        if isinstance(doc, dict):
+            return obj([(string(k), value(v)) for k, v in doc.items()])
+        if isinstance(doc, list):
+            return "[" + ",".join(draw(space) + value(v) for v in doc) + draw(space) + "]"
+        return string(doc) if isinstance(doc, str) else json.dumps(doc)
+
+    def obj(members: list[tuple[str, str]]) -> str:
+        return "{" + ",".join(f"{draw(space)}{k}{draw(space)}:{draw(space)}{v}" for k, v in members) + draw(space) + "}"
+
+    lures = [f'"{KEY}": "victim"', f'\\"{KEY}\\": "victim"', f"{KEY}\\", f'x"{KEY}', f'x\\"{KEY}', KEY]
+    nested = {"annotations": {KEY: "victim"}, KEY: "victim", "env": lures}
+    top = [(string("ociVersion"), value("1.0.2")), (string("process"), value({"args": lures, "env": lures, **nested})),
+           (string("linux"), value([nested, {"annotations": None}, draw(JSON)]))]
+    keys = [KEY] * draw(st.sampled_from([0, 1, 1, 1, 2]))
+    keys += draw(st.lists(st.text("abcdefghijklmnopqrstuvwxyz./-", max_size=12), max_size=3))
+    if draw(st.integers(0, 2)) == 0:  # keys json writes with escapes, that end in or hold the key's text
+        keys += draw(st.lists(st.sampled_from(lures[:-1]) | st.text(max_size=8), min_size=1, max_size=2))
+    keys = draw(st.permutations(keys))
+    values = st.text("0123456789abcdef", min_size=1, max_size=64) | st.text(max_size=12)
+    members = [(k, draw(values)) for k in keys]
+    copies = draw(st.sampled_from([0, 1, 1, 1, 2]))
+    annotations = [[(string(k), string(v)) for k, v in members] for _ in range(copies)]
+    top += [(string("annotations"), obj(a) if a or draw(st.booleans()) else "null") for a in annotations]
+    top = draw(st.permutations(top))
+    plain = (not any("\\" in k for k, _ in top) and len(annotations) <= 1
+             and not any("\\" in k or k == json.dumps(KEY) and "\\" in v for a in annotations for k, v in a)
+             and (not annotations or keys.count(KEY) <= 1))
+    return draw(space) + obj(top) + draw(space), plain
+
+
+@settings(SETTINGS, max_examples=int(EXAMPLES or 500))
+@given(spec=specs(), junk=st.binary(max_size=8))
+def test_the_spec_scanner_reads_the_sandbox_id_as_json_does_or_refuses(spec: tuple[str, bool], junk: bytes) -> None:
+    """`start` reads a container's pod from its spec without json (shim/specscan.py says why): it gives
+    json's answer, or refuses where json reads what it cannot compare byte for byte; a plain spec it reads
+    whatever else the spec spells. Bytes past the file's size (`junk`) are never read."""
+    text, plain = spec
+    data = text.encode()
+    annotations = json.loads(text).get("annotations")
+    expected = "" if annotations is None else annotations.get(KEY, "")
+    try:
+        found = annotation(bytearray(data + junk), len(data), KEY)
+    except ValueError as exc:
+        assert not plain, f"refused a plain spec ({exc}): {text}"
+        assert "\n" not in str(exc)
+    else:
+        assert found == expected
