@@ -4,7 +4,8 @@ Every `wasmctr`, `python -m ziglang` and `skopeo` line of the README's shell blo
 then each of its Python blocks, against a registry of the test's own (127.0.0.1:5000 in the README is
 replaced by its address). The lines that need a daemon or a host this test does not start run in their
 own tests: `ctr` and containerd (test_shim, test_runtime), `dockerd`/`docker run` and `podman`
-(test_runtime), `login` (test_registry), `./run-tests` (CI itself) and `./demo` (below).
+(test_runtime), `login` (test_registry), `./run-tests` (CI itself), and the registry's two lines and `./demo`
+(below).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import sys
 from pathlib import Path
 
 from conftest import REPO
+from services import free_port, wait_for
 
-ELSEWHERE = ("ctr ", "dockerd ", "docker ", "podman ", "./run-tests", "./demo", "python3 -m venv", "echo \"$TOKEN\"")
+ELSEWHERE = ("ctr ", "dockerd ", "docker ", "podman ", "./run-tests", "./demo", "python3 -m venv", "echo \"$TOKEN\"",
+             "printf ", "docker-registry ")
 
 
 def readme_commands() -> list[str]:
@@ -45,6 +48,35 @@ def test_every_readme_command_runs(plain_registry, tmp_path: Path, wasmctr_home:
                               timeout=300)
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, f"README Python failed:\n{block}\n{proc.stderr}"
     assert "wc failed with 1" in proc.stdout
+
+
+def test_the_readme_s_two_lines_start_a_registry_without_auth(tmp_path: Path, hello_wasm: Path) -> None:
+    text = (REPO / "README.md").read_text()
+    lines = [line for block in re.findall(r"```sh\n(.*?)```", text, re.S) for line in block.splitlines()
+             if line.startswith(("printf ", "docker-registry "))]
+    assert len(lines) == 2
+    host = f"127.0.0.1:{free_port()}"
+    script = "\n".join(lines).replace("127.0.0.1:5000", host).replace("/tmp/", f"{tmp_path}/")
+    registry = subprocess.Popen(["bash", "-c", script.removesuffix("&") + "\nwait"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: _answers(host), what="the README's registry")
+        subprocess.run([str(Path(sys.executable).parent / "wasmctr"), "build", str(hello_wasm), "-t",
+                        f"{host}/readme:1", "--push", "-q"], check=True, capture_output=True)
+        assert (tmp_path / "registry" / "docker" / "registry" / "v2" / "repositories" / "readme").is_dir()
+    finally:
+        os.killpg(registry.pid, 15)
+        registry.wait(timeout=30)
+
+
+def _answers(host: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{host}/v2/", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
 def test_the_demo_builds_runs_and_shows_the_sandbox(tmp_path: Path) -> None:

@@ -14,12 +14,12 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~3 ms): 
 __version__ = "0.1.0"
 
 _API = ("BuildResult", "Completed", "GuestFailed", "GuestTimeout", "ImageSummary", "build", "images", "inspect",
-        "load", "login", "logout", "prune", "pull", "push", "rmi", "run", "save", "tag")
+        "load", "login", "logout", "prune", "pull", "pull_if_missing", "push", "rmi", "run", "save", "tag")
 _ELSEWHERE = {"Store": "store", "WasmctrError": "errors"}
 
 __all__ = ["BuildResult", "Completed", "GuestFailed", "GuestTimeout", "ImageSummary", "Store", "WasmctrError",
-           "__version__", "build", "images", "inspect", "load", "login", "logout", "prune", "pull", "push", "rmi",
-           "run", "save", "tag"]
+           "__version__", "build", "images", "inspect", "load", "login", "logout", "prune", "pull", "pull_if_missing",
+           "push", "rmi", "run", "save", "tag"]
 
 if TYPE_CHECKING:
     from typing import Any
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
         logout,
         prune,
         pull,
+        pull_if_missing,
         push,
         rmi,
         run,

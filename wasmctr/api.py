@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import image as stored
 from . import reference as references
-from .errors import ImageNotFound, UsageError, WasmctrError
+from .errors import ImageInUse, ImageNotFound, UsageError, WasmctrError
 from .model import Descriptor, Platform
 from .record import record
 from .store import Store, Tagged
@@ -40,6 +40,7 @@ class BuildResult:
 
 @record(frozen=True)
 class ImageSummary:
+    name: str | None  # the full reference, as docker's RepoTags spell it (`hello:1`); None for a dangling image
     repository: str
     tag: str
     digest: str
@@ -120,15 +121,15 @@ def images(pattern: str | None = None, store: Store | None = None) -> list[Image
         if tagged.dangling:
             if pattern is not None:
                 continue
-            repository = tag = "<none>"
+            name, repository, tag = None, "<none>", "<none>"
         else:
             ref = references.parse(tagged.name)
-            repository, tag = ref.familiar_name, ref.tag or "<none>"
+            name, repository, tag = tagged.name, ref.familiar_name, ref.tag or "<none>"
             if pattern is not None and not references.matches(pattern, ref):
                 continue
         image = stored.load(st, tagged.descriptor)
         size = sum(st.blob_path(d).stat().st_size for d in st.referenced(tagged.descriptor))
-        out.append(ImageSummary(repository, tag, tagged.descriptor.digest,
+        out.append(ImageSummary(name, repository, tag, tagged.descriptor.digest,
                                 [str(p) for p in stored.platforms(st, tagged.descriptor)], image.format, size,
                                 str(image.config.get("created", ""))))
     return out
@@ -177,12 +178,17 @@ class Removed:
     bytes: int
 
 
-def rmi(ref: str, store: Store | None = None) -> Removed:
-    """Untag an image (every tag of it, and itself if dangling, for an ID or digest), then delete the
-    blobs nothing else uses."""
+def rmi(ref: str, *, force: bool = False, store: Store | None = None) -> Removed:
+    """Untag an image (for an ID or digest: every name of it, and itself if dangling), then delete the
+    blobs nothing else uses. As `docker rmi`, an ID of an image with several names is refused unless
+    `force`: one ID would silently take names someone else set."""
     st = _store(store)
     desc, parsed = st.lookup(ref)
     if parsed is None or parsed.digest:
+        names = sorted(t.name for t in st.tags() if t.descriptor.digest == desc.digest and not t.dangling)
+        if len(names) > 1 and not force:
+            raise ImageInUse(f"{ref} is the image of {len(names)} names ({', '.join(names)}): remove them "
+                             "by name, or force removing them all")
         untagged = st.remove(lambda t: t.descriptor.digest == desc.digest)
     else:
         untagged = st.remove(lambda t: t.name == parsed.familiar())
@@ -235,9 +241,25 @@ def load(source: str | os.PathLike[str], tag: str | None = None, store: Store | 
     return [item.name for item in loaded]
 
 
-def _pull_missing(target: str, platform: str | None, insecure: bool, ca_cert: str | None,
-                  progress: Progress | None, st: Store) -> Descriptor:
-    """Pull an image `run` did not find locally; a failure says both, as `docker run` does."""
+def _is_file_target(target: str) -> bool:
+    """Whether `run` takes `target` as a `.wasm` (or `.wat`) file rather than an image name."""
+    return target.endswith((".wasm", ".wat")) or Path(target).is_file()
+
+
+def pull_if_missing(target: str, *, platform: str | None = None, insecure: bool = False,
+                    ca_cert: str | None = None, progress: Progress | None = None,
+                    store: Store | None = None) -> Descriptor | None:
+    """Pull the image `run(target)` would pull: None when `target` is a file or an image already in the
+    store. A failed pull says both, as `docker run` does. The CLI calls it first, so that its progress
+    display is gone before a guest writes to the same terminal."""
+    st = _store(store)
+    if _is_file_target(target):
+        return None
+    try:
+        st.lookup(target)
+        return None
+    except ImageNotFound:
+        pass
     name = references.parse(target).familiar()
     try:
         return pull(target, platform=platform, insecure=insecure, ca_cert=ca_cert, progress=progress, store=st)
@@ -426,18 +448,16 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
     pumps = streams.Pumps()
     try:
         path = Path(target)
-        if target.endswith((".wasm", ".wat")) or path.is_file():
+        if _is_file_target(target):
             if not path.is_file():
                 raise UsageError(f"{target}: no such file")
             spec = launch.spec_for_file(path, options, cleanup)
         else:
             wanted = parse_platforms(platform)[0] if platform else None
-            try:
-                desc, _ = st.lookup(target)
-            except ImageNotFound:
-                if not pull_missing:
-                    raise
-                desc = _pull_missing(target, platform, insecure, ca_cert, progress, st)
+            if pull_missing:
+                pull_if_missing(target, platform=platform, insecure=insecure, ca_cert=ca_cert, progress=progress,
+                                store=st)
+            desc, _ = st.lookup(target)
             spec = launch.spec_for_image(st, stored.load(st, desc, wanted), options, cleanup)
         if devices:
             spec.devices = _device_dir([d.removeprefix("/dev/") for d in devices], cleanup)

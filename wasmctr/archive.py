@@ -48,16 +48,16 @@ def save_layout(store: Store, desc: Descriptor, ref: reference.Reference | None,
     """Copy one image into an OCI layout directory (created, or added to if it exists); unnamed there when
     saved by ID."""
     store.ensure_complete(desc, ref.familiar() if ref else desc.digest)
-    target = Store(directory)
-    with target.writing():
-        for digest in sorted(store.referenced(desc)):
-            if not target.has_blob(digest):
-                with store.open_blob(digest) as f:
-                    target.put_stream(f, "application/octet-stream", digest)
-    if ref is None:
-        target.keep_unnamed(desc)
-    else:
-        target.set_tag(ref, desc)
+    with Store.for_export(directory) as target:
+        with target.writing():
+            for digest in sorted(store.referenced(desc)):
+                if not target.has_blob(digest):
+                    with store.open_blob(digest) as f:
+                        target.put_stream(f, "application/octet-stream", digest)
+        if ref is None:
+            target.keep_unnamed(desc)
+        else:
+            target.set_tag(ref, desc)
 
 
 @record(frozen=True)

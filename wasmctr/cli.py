@@ -31,6 +31,7 @@ CaCert = Annotated[str | None, typer.Option("--ca-cert", metavar="FILE",
                                             help="CA bundle to verify the registry's TLS certificate (default: "
                                                  "SSL_CERT_FILE or the system's).")]
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress output; only the digest.")]
+RunQuiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress output while pulling a missing image.")]
 
 class _Command(TyperCommand):
     """Usage lines as Docker's read (`wasmctr run [OPTIONS] IMAGE|FILE.wasm [ARG...]`): each argument by
@@ -132,12 +133,16 @@ def run(
                                                      help="Arguments; they replace the image's Cmd.")] = None,
     interactive: Annotated[bool, typer.Option("-i", "--interactive", help="Pass our stdin to the guest "
                                                                           "(closed otherwise).")] = False,
+    tty: Annotated[bool, typer.Option("-t", "--tty", help="Accepted as docker's: the guest's output is "
+                                                          "wasmctr's own, a terminal if wasmctr runs on one.")] = False,
+    remove: Annotated[bool, typer.Option("--rm", help="Accepted as docker's: a run never leaves a container "
+                                                      "behind.")] = False,
     env: Annotated[list[str] | None, typer.Option("-e", "--env", metavar="KEY=VALUE",
                                                   help="Set a variable in the guest (KEY alone copies ours).")] = None,
     env_file: Annotated[list[str] | None, typer.Option("--env-file", metavar="FILE", help="File of K=V lines.")] = None,
-    volume: Annotated[list[str] | None, typer.Option("-v", "--volume", metavar="HOST:GUEST[:ro]",
-                                                     help="Grant a host directory at a guest path (:ro: read-only)."
-                                                     )] = None,
+    volume: Annotated[list[str] | None, typer.Option("-v", "--volume", metavar="HOST:GUEST[:ro|:rw]",
+                                                     help="Grant a host directory at a guest path (:ro: read-only; "
+                                                          ":rw, the default: writable).")] = None,
     tmpfs: Annotated[list[str] | None, typer.Option("--tmpfs", metavar="PATH",
                                                     help="An empty writable scratch directory at "
                                                          "this guest path.")] = None,
@@ -171,7 +176,7 @@ def run(
                                                   "with no capabilities, seccomp and Landlock.")] = None,
     insecure: Insecure = False,
     ca_cert: CaCert = None,
-    quiet: Quiet = False,
+    quiet: RunQuiet = False,
 ) -> None:
     """Run a wasm image or file under WASI, with only what you grant; exits with the guest's code.
 
@@ -179,18 +184,20 @@ def run(
     """
     if network not in ("none", "host"):
         _fail(f"--network {network!r}: expected none or host", EXIT_RUN_FAILED)
-    with console.progress(quiet) as progress:
-        try:
-            outcome = api.run(target, args, entrypoint=entrypoint, workdir=workdir, env=env, env_files=env_file,
-                              volumes=volume, tmpfs=tmpfs, memory=memory, timeout=timeout, fuel=fuel,
-                              network=network == "host", deny_wasi=deny_wasi, allow_wasi=allow_wasi,
-                              syscall_policy=syscall_policy, stdin=interactive, platform=platform, user=user,
-                              devices=device,
-                              insecure=insecure, ca_cert=ca_cert, progress=progress, hard_stop=True)
-        except api.GuestTimeout as stopped:
-            outcome = stopped.result
-        except WasmctrError as exc:
-            _fail(str(exc), EXIT_RUN_FAILED)
+    try:
+        # the progress display ends (and the terminal is restored) before the guest's first byte: it
+        # redraws its lines, and would erase a partial line or a prompt the guest printed
+        with console.progress(quiet) as progress:
+            api.pull_if_missing(target, platform=platform, insecure=insecure, ca_cert=ca_cert, progress=progress)
+        outcome = api.run(target, args, entrypoint=entrypoint, workdir=workdir, env=env, env_files=env_file,
+                          volumes=volume, tmpfs=tmpfs, memory=memory, timeout=timeout, fuel=fuel,
+                          network=network == "host", deny_wasi=deny_wasi, allow_wasi=allow_wasi,
+                          syscall_policy=syscall_policy, stdin=interactive, platform=platform, user=user,
+                          devices=device, pull_missing=False, hard_stop=True)
+    except api.GuestTimeout as stopped:
+        outcome = stopped.result
+    except WasmctrError as exc:
+        _fail(str(exc), EXIT_RUN_FAILED)
     if outcome.message:
         diagnostics.emit(f"wasmctr: {outcome.message}")
     for stream in (sys.stdout, sys.stderr):
@@ -375,13 +382,17 @@ def tag(
 
 @app.command(cls=_Command, short_help="Remove one or more images")
 def rmi(refs: Annotated[list[str], typer.Argument(metavar="IMAGE [IMAGE...]", help="Images to remove: names, or IDs "
-                                                                           "as `wasmctr images` shows them.")]) -> None:
-    """Untag images, then delete the blobs no other image uses; an ID removes every tag of its image.
+                                                                           "as `wasmctr images` shows them.")],
+        force: Annotated[bool, typer.Option("-f", "--force", help="Remove an image by ID even when several names "
+                                                                  "point at it (every one of them goes).")] = False,
+        ) -> None:
+    """Untag images, then delete the blobs no other image uses; an ID of an image with several names needs -f,
+    and removes every name.
 
     Example: wasmctr rmi hello:1 8a41258c080c
     """
     for ref in refs:
-        removed = api.rmi(ref)
+        removed = api.rmi(ref, force=force)
         for name in removed.untagged:
             _echo(f"Untagged: {name}")
         for image_id in removed.deleted:
@@ -391,6 +402,9 @@ def rmi(refs: Annotated[list[str], typer.Argument(metavar="IMAGE [IMAGE...]", he
 
 image_app = typer.Typer(name="image", help="Manage images.", short_help="Manage images", no_args_is_help=True)
 app.add_typer(image_app)
+# Docker's management commands: `image ls` and `image rm` are `images` and `rmi`, as in docker
+image_app.command("ls", cls=_Command, short_help="List images (as `wasmctr images`)")(images_command)
+image_app.command("rm", cls=_Command, short_help="Remove images (as `wasmctr rmi`)")(rmi)
 
 
 @image_app.command("prune", cls=_Command, short_help="Remove dangling images and unused blobs")
@@ -440,6 +454,47 @@ def load(
         _echo(f"Loaded image: {name}")
 
 
+NO_CONTAINERS = "wasmctr has no daemon and keeps no containers: a `wasmctr run` is a process that ends with its guest"
+DOCKER_ONLY = {  # docker commands about containers a daemon keeps, and why each has no wasmctr counterpart
+    "ps": f"{NO_CONTAINERS} (list running guests with ps(1); under containerd, `ctr tasks ls`)",
+    "rm": f"{NO_CONTAINERS}, so there is none to remove (images: `wasmctr rmi`)",
+    "logs": f"{NO_CONTAINERS}; its output goes to your terminal or pipe and is not kept",
+    "stop": f"{NO_CONTAINERS}; stop one with Ctrl-C or kill(1), which stop its guest",
+    "kill": f"{NO_CONTAINERS}; stop one with Ctrl-C or kill(1), which stop its guest",
+    "exec": "a wasm guest is one program with no shell or process table to run another in",
+    "attach": f"{NO_CONTAINERS}; run it in the foreground (-i for stdin) instead",
+    "start": f"{NO_CONTAINERS}, so there is none to start: `wasmctr run IMAGE`",
+    "create": f"{NO_CONTAINERS}, so none is created ahead of time: `wasmctr run IMAGE`",
+    "container": f"{NO_CONTAINERS}, so there are none to manage",
+}
+
+
+def _docker_only(name: str, why: str) -> None:
+    def refuse(words: Annotated[list[str] | None, typer.Argument(hidden=True)] = None) -> None:
+        raise UsageError(f"`wasmctr {name}` does not exist: {why}")
+
+    app.command(name, hidden=True, add_help_option=False,
+                context_settings={"ignore_unknown_options": True, "allow_extra_args": True})(refuse)
+
+
+for _name, _why in DOCKER_ONLY.items():
+    _docker_only(_name, _why)
+
+
+NEAR_MISS_RATIO = 0.75  # `--netwrok`/`--network` 0.86, `--envfile`/`--env-file` 0.94; `--rm`/`--user` 0.33
+
+
+def _near_misses(word: str, candidates: list[str]) -> list[str]:
+    """What a mistyped flag or command was most likely meant to be: only near misses (a typo or two),
+    not click's default of anything sharing a few letters (`--rm` → `--user`)."""
+    import difflib
+
+    bare = word.lstrip("-")
+    return [c for c in candidates
+            if difflib.SequenceMatcher(None, bare, c.lstrip("-")).ratio() >= NEAR_MISS_RATIO][:3]
+
+
+
 def _ago(created: str) -> str:
     """`docker images`' CREATED; `-` for a build stamped with the default SOURCE_DATE_EPOCH of 0, which says
     when nothing was built."""
@@ -458,8 +513,9 @@ def _ago(created: str) -> str:
 
 
 class _Interrupted(BaseException):
-    """Ctrl-C, raised by our SIGINT handler: a BaseException, as KeyboardInterrupt is, so that no
-    `except Exception` swallows it, and not KeyboardInterrupt, which typer turns into a silent exit 130."""
+    """Ctrl-C or SIGTERM (its number the argument), raised by our handler: a BaseException, as
+    KeyboardInterrupt is, so that no `except Exception` swallows it, and not KeyboardInterrupt, which typer
+    turns into a silent exit 130."""
 
 
 class _OutputClosed(Exception):
@@ -476,7 +532,7 @@ def _echo(text: str = "", err: bool = False) -> None:
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    raise _Interrupted
+    raise _Interrupted(signum)
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -484,9 +540,24 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+def _suggest_near_misses_only(exc: Any) -> None:
+    """Replace click's and typer's "did you mean" (anything sharing a few letters) with near misses."""
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoSuchOption" and ctx is not None:
+        names = [n for p in ctx.command.get_params(ctx) for n in (*p.opts, *p.secondary_opts) if n.startswith("--")]
+        exc.possibilities = _near_misses(exc.option_name, names)
+    elif str(getattr(exc, "message", "")).startswith("No such command") and ctx is not None:
+        word = exc.message.split("'")[1]
+        visible = [n for n, c in getattr(ctx.command, "commands", {}).items() if not c.hidden]
+        exc.message = f"No such command {word!r}."
+        if found := _near_misses(word, visible):
+            exc.message += " Did you mean " + ", ".join(repr(m) for m in found) + "?"
+
+
 def main() -> None:
     """Entry point of the `wasmctr` console script."""
     signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)  # so that a display open at the time is taken down
     try:
         result = app(standalone_mode=False)
     except _OutputClosed:
@@ -495,19 +566,21 @@ def main() -> None:
         if isinstance(exc.__context__, BrokenPipeError):
             sys.exit(0)
         raise
-    except (_Interrupted, KeyboardInterrupt):
+    except (_Interrupted, KeyboardInterrupt) as exc:
         # after the progress display has been taken down; downloads in other threads are not waited
         # for (what they fetched stays in ingest/, and the next pull resumes it)
-        diagnostics.emit("wasmctr: error: interrupted")
+        signum = exc.args[0] if isinstance(exc, _Interrupted) else signal.SIGINT
+        diagnostics.emit("wasmctr: error: " + ("terminated" if signum == signal.SIGTERM else "interrupted"))
         with contextlib.suppress(OSError, ValueError):
             sys.stdout.flush()
-        os._exit(130)
+        os._exit(128 + signum)
     except WasmctrError as exc:
         _fail(str(exc), exc.exit_code)
     except COMMAND_LINE_ERROR as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":
             _echo(exc.format_message())
             sys.exit(0)
+        _suggest_near_misses_only(exc)
         command = getattr(getattr(exc, "ctx", None), "command", None)
         _fail(exc.format_message(), EXIT_RUN_FAILED if getattr(command, "name", "") == "run" else exc.exit_code)
     except typer.Abort:

@@ -7,7 +7,7 @@ import contextlib
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .model import Descriptor
 
@@ -43,30 +43,57 @@ class LineProgress:
 
 
 class RichProgress:
-    def __init__(self, bars: object) -> None:
-        from rich.progress import Progress as Bars
+    """A rich bar per blob. The live display starts with the first blob, so a command that transfers
+    nothing draws nothing (and never hides the cursor), and `close` takes it down."""
 
-        assert isinstance(bars, Bars)
-        self._bars = bars
+    def __init__(self) -> None:
+        self._bars: Any = None
         self._tasks: dict[str, object] = {}
         self._lock = threading.Lock()
 
+    def _display(self) -> Any:
+        if self._bars is None:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self._bars = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                  TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
+            self._bars.start()
+        return self._bars
+
     def begin(self, desc: Descriptor, action: str) -> Callable[[int], None]:
         with self._lock:
-            task = self._bars.add_task(f"{short_id(desc.digest)} {action}", total=desc.size)
+            bars = self._display()
+            task = bars.add_task(f"{short_id(desc.digest)} {action}", total=desc.size)
             self._tasks[desc.digest] = task
-        return lambda n: self._bars.advance(task, n)  # type: ignore[arg-type]
+        return lambda n: bars.advance(task, n)
 
     def end(self, desc: Descriptor, outcome: str) -> None:
         with self._lock:
+            bars = self._display()
             task = self._tasks.get(desc.digest)
             if task is None:
-                task = self._bars.add_task("", total=desc.size)
-            self._bars.update(task, description=f"{short_id(desc.digest)} {outcome}", completed=desc.size)  # type: ignore[arg-type]
+                task = bars.add_task("", total=desc.size)
+            bars.update(task, description=f"{short_id(desc.digest)} {outcome}", completed=desc.size)
+
+    def close(self) -> None:
+        """Draw the bars a last time, show the cursor again and stop redrawing."""
+        with self._lock:
+            if self._bars is not None:
+                self._bars.stop()
 
 
 @contextlib.contextmanager
 def progress(quiet: bool) -> Iterator[Progress]:
+    """The display for one command's transfers; on a terminal it is taken down, and the cursor shown
+    again, however the block ends (an error, Ctrl-C)."""
     if quiet:
         from .distribution import Silent
 
@@ -75,9 +102,8 @@ def progress(quiet: bool) -> Iterator[Progress]:
     if not sys.stderr.isatty():
         yield LineProgress()
         return
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeRemainingColumn(), console=Console(stderr=True)) as bars:
-        yield RichProgress(bars)
+    bars = RichProgress()
+    try:
+        yield bars
+    finally:
+        bars.close()

@@ -38,6 +38,10 @@ class ImageNotFound(WasmctrError):
     """No image in the store answers to the reference."""
 
 
+class ImageInUse(WasmctrError):
+    """An image cannot be removed as asked without taking names the request did not name."""
+
+
 class StoreError(WasmctrError):
     """The local store cannot be read or written, or its content is damaged."""
 

@@ -174,6 +174,21 @@ class Store:
         except OSError as exc:
             raise StoreError(f"cannot use store {self.root}: {exc.strerror or exc}") from None
 
+    @classmethod
+    @contextlib.contextmanager
+    def for_export(cls, directory: Path) -> Iterator[Store]:
+        """A layout written for others to read (`save --oci-dir`): the lock files and `ingest/` a store
+        works with are removed afterwards, unless they were there before (the directory is a store in use,
+        whose other users hold them)."""
+        work = [directory / name for name in ("gc.lock", "index.lock", "ingest")]
+        new = [path for path in work if not os.path.lexists(path)]
+        try:
+            yield cls(directory)
+        finally:
+            for path in new:
+                with contextlib.suppress(OSError):  # ingest/ holding a write of someone else's stays
+                    path.rmdir() if path.name == "ingest" else path.unlink()
+
     # -- blobs -------------------------------------------------------------------------------------
 
     def blob_path(self, digest: str) -> Path:

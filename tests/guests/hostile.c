@@ -53,6 +53,9 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "cwd")) { char b[256]; printf("cwd=%s\n", getcwd(b, sizeof b) ? b : "?"); return 0; }
     if (!strcmp(mode, "exit")) return atoi(arg);
     if (!strcmp(mode, "sleep")) { sleep((unsigned)atoi(arg)); return 0; }
+    if (!strcmp(mode, "prompt")) {  /* a partial line, a pause, the rest: as a progress message or a prompt */
+        fputs("Working... ", stdout); fflush(stdout); sleep((unsigned)atoi(arg)); puts("done"); return 0;
+    }
     if (!strcmp(mode, "abort")) abort();
     if (!strcmp(mode, "fs")) {  /* every kind of change a granted writable directory allows, in `arg` */
         char a[512], b[512], c[512];
