@@ -97,7 +97,7 @@ def test_help_lists_exactly_the_commands_of_the_readme_table() -> None:
 def test_run_help_agrees_with_the_readme_and_with_run() -> None:
     shown = " ".join(wasmctr("run", "--help").stdout.split())
     assert "HOST:GUEST[:ro|:rw]" in shown
-    assert "HOST:GUEST[:ro|:rw]" in (REPO / "README.md").read_text().replace("\\|", "|")
+    assert "HOST:GUEST[:ro|:rw]" in (REPO / "docs" / "running.md").read_text().replace("\\|", "|")
     assert "only the digest" not in shown  # run prints no digest
     for flag in ("--rm", "-t, --tty", "-i, --interactive"):
         assert flag in shown

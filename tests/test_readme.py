@@ -1,7 +1,7 @@
-"""The README's commands, run as a user would paste them, and the demo.
+"""The README's commands and those of the pages under docs/, run as a user would paste them, and the demo.
 
-Every `wasmctr`, `python -m ziglang` and `skopeo` line of the README's shell blocks runs here, in order,
-then each of its Python blocks, against a registry of the test's own (127.0.0.1:5000 in the README is
+Every `wasmctr`, `python -m ziglang` and `skopeo` line of their shell blocks runs here, in order,
+then each of their Python blocks, against a registry of the test's own (127.0.0.1:5000 in the README is
 replaced by its address). The lines that need a daemon or a host this test does not start run in their
 own tests: `ctr` and containerd (test_shim, test_runtime), `dockerd`/`docker run` and `podman`
 (test_runtime), `login` (test_registry), `./run-tests` (CI itself), and the registry's two lines and `./demo`
@@ -23,8 +23,23 @@ ELSEWHERE = ("ctr ", "dockerd ", "docker ", "podman ", "./run-tests", "./demo", 
              "printf ", "docker-registry ")
 
 
+# the README, then the pages it links to, in the order a reader follows them (running.md uses what the
+# Quickstart built)
+PAGES = ["README.md", "docs/images.md", "docs/registries.md", "docs/running.md", "docs/security.md",
+         "docs/kubernetes.md", "docs/performance.md"]
+
+
+def documentation() -> str:
+    return "\n".join((REPO / page).read_text() for page in PAGES)
+
+
+def test_every_page_the_readme_links_is_run_here() -> None:
+    linked = set(re.findall(r"\]\((docs/[a-z]+\.md)\)", (REPO / "README.md").read_text()))
+    assert linked == set(PAGES[1:]) == {f"docs/{p.name}" for p in (REPO / "docs").glob("*.md")}
+
+
 def readme_commands() -> list[str]:
-    text = (REPO / "README.md").read_text()
+    text = documentation()
     blocks = re.findall(r"```sh\n(.*?)```", text, re.S)
     lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
     return [line for line in lines if line and not line.startswith(ELSEWHERE)]
@@ -43,7 +58,7 @@ def test_every_readme_command_runs(plain_registry, tmp_path: Path, wasmctr_home:
                               timeout=300)
         assert proc.returncode == 0, f"README command failed: {command}\n{proc.stderr}"
     assert (tmp_path / ".local" / "share" / "wasmctr" / "index.json").is_file()
-    for block in re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S):
+    for block in re.findall(r"```python\n(.*?)```", documentation(), re.S):
         proc = subprocess.run([sys.executable, "-c", block], cwd=REPO, env=env, capture_output=True, text=True,
                               timeout=300)
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, f"README Python failed:\n{block}\n{proc.stderr}"
@@ -51,7 +66,7 @@ def test_every_readme_command_runs(plain_registry, tmp_path: Path, wasmctr_home:
 
 
 def test_the_readme_s_two_lines_start_a_registry_without_auth(tmp_path: Path, hello_wasm: Path) -> None:
-    text = (REPO / "README.md").read_text()
+    text = documentation()
     lines = [line for block in re.findall(r"```sh\n(.*?)```", text, re.S) for line in block.splitlines()
              if line.startswith(("printf ", "docker-registry "))]
     assert len(lines) == 2
