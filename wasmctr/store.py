@@ -14,6 +14,7 @@ the blobs of a build still in flight. This module imports only the model and err
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -143,7 +144,7 @@ def _open_locked(path: Path) -> int:
     """Open (creating) and exclusively lock `path`, making sure the lock is on the file that is still
     at that path: a holder that finished renamed it away (into `blobs/`) while we waited."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
@@ -406,10 +407,11 @@ class Store:
 
     @contextlib.contextmanager
     def _locked(self, name: str, shared: bool = False) -> Iterator[None]:
-        try:
-            fd = os.open(self.root / name, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # not through a link: planted in a layout an `--oci-dir` names, it would have us create its target
+            fd = os.open(self.root / name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            raise StoreError(f"cannot lock store {self.root}: {exc.strerror}") from None
+            why = "is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+            raise StoreError(f"cannot lock store {self.root}: {name}: {why}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             yield
