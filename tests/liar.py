@@ -28,7 +28,9 @@ class LyingRegistry:
     - `wrong-bytes`: blobs with other content than their digest;
     - `stall-blob`: the first half of each blob over 1 MiB, then nothing (the connection stays open);
     - `busy`: 503 with Retry-After (seconds, then an HTTP date) for the first two requests of each path;
-    - `manifest`: serves `self.manifest_override` bytes as the manifest.
+    - `manifest`: serves `self.manifest_override` bytes as the manifest;
+    - `endless-blob`: `self.manifest_override` as the manifest, and a blob it names that we do not have as
+      a body that never ends (the descriptor's size is whatever the override declares).
     Every request's method, path and Range header is recorded in `requests`."""
 
     def __init__(self, blobs: dict[str, bytes], manifest: bytes) -> None:
@@ -101,9 +103,11 @@ class LyingRegistry:
                 return self._drip(h, self.manifest)
             if kind == "endless":
                 return self._endless(h)
-            body = self.manifest_override if kind == "manifest" else self.manifest
+            body = self.manifest_override if kind in ("manifest", "endless-blob") else self.manifest
             return self._send(h, 200, body, OCI_MANIFEST, head)
         blob = self.blobs.get(m.group(2))
+        if blob is None and kind == "endless-blob" and not head:
+            return self._endless(h, "application/octet-stream")
         if blob is None:
             return self._send(h, 404, b"{}", "application/json", head)
         if kind == "wrong-bytes":
@@ -147,9 +151,9 @@ class LyingRegistry:
             except OSError:
                 return
 
-    def _endless(self, h: Any) -> None:
+    def _endless(self, h: Any, content_type: str = OCI_MANIFEST) -> None:
         h.send_response(200)
-        h.send_header("Content-Type", OCI_MANIFEST)
+        h.send_header("Content-Type", content_type)
         h.end_headers()
         h.close_connection = True
         chunk = b" " * 65536

@@ -174,6 +174,50 @@ def test_a_bad_timeout_setting_is_refused_not_ignored(liar: LyingRegistry) -> No
         assert_one_line_error(proc, 2, "WASMCTR_REGISTRY_TIMEOUT")
 
 
+def endless_layer(liar: LyingRegistry, declared: int) -> None:
+    """The liar's image, its layer declared `declared` bytes long and streamed without end."""
+    manifest = json.loads(liar.manifest)
+    manifest["layers"][0].update(digest="sha256:" + "b" * 64, size=declared)
+    liar.behaviour, liar.manifest_override = "endless-blob", json.dumps(manifest).encode()
+
+
+@pytest.mark.parametrize("declared", [1 << 40, 1 << 20], ids=["over-the-cap", "at-the-cap"])
+def test_an_endless_blob_stops_at_the_cap_and_leaves_nothing(liar: LyingRegistry, wasmctr_home: Path,
+                                                              declared: int) -> None:
+    """A registry that declared a huge blob and streamed it without end filled 8 GB of disk in 30 s. With
+    the cap at 1 MiB: a blob declared over it is not even asked for; one declared at it is cut there."""
+    endless_layer(liar, declared)
+    proc = wasmctr("pull", f"{liar.host}/img:1", env={**BOUND, "WASMCTR_MAX_BLOB_MIB": "1"}, check=False)
+    layer_gets = [r for r in liar.requests if r[0] == "GET" and r[1].endswith("b" * 64)]
+    if declared > 1 << 20:
+        assert_one_line_error(proc, 1, f"{declared} bytes, over the 1 MiB limit (WASMCTR_MAX_BLOB_MIB)")
+        assert layer_gets == []
+    else:
+        assert_one_line_error(proc, 1, "larger than the 1048576 bytes its descriptor says")
+        assert len(layer_gets) == 1
+    assert store_files(wasmctr_home) == []
+    assert json.loads((wasmctr_home / "index.json").read_text())["manifests"] == []
+
+
+def test_a_blob_larger_than_the_free_space_is_not_fetched(liar: LyingRegistry, wasmctr_home: Path) -> None:
+    """The cap set above it, a blob declared 1 GiB more than the store's filesystem has free is refused
+    before a byte of it is asked for (the disk is never filled, here or by the test)."""
+    fs = os.statvfs(wasmctr_home.parent)
+    declared = fs.f_bavail * fs.f_frsize + (1 << 30)
+    endless_layer(liar, declared)
+    cap = {**BOUND, "WASMCTR_MAX_BLOB_MIB": str((declared >> 20) + 1)}
+    proc = wasmctr("pull", f"{liar.host}/img:1", env=cap, check=False)
+    assert_one_line_error(proc, 1, f"{declared} bytes", "MiB free")
+    assert not [r for r in liar.requests if r[0] == "GET" and r[1].endswith("b" * 64)]
+    assert store_files(wasmctr_home) == []
+
+
+def test_a_bad_blob_cap_setting_is_refused_not_ignored(liar: LyingRegistry) -> None:
+    for value in ("abc", "0", "-5", "1.5", "\u0661"):
+        proc = wasmctr("pull", f"{liar.host}/img:1", env={"WASMCTR_MAX_BLOB_MIB": value}, check=False)
+        assert_one_line_error(proc, 2, "WASMCTR_MAX_BLOB_MIB")
+
+
 @pytest.mark.parametrize("elsewhere", [False, True], ids=["realm-and-transfers-at-home", "elsewhere"])
 def test_credentials_go_to_their_registry_alone(elsewhere: bool, hello_wasm: Path, docker_config: Path,
                                                tmp_path: Path) -> None:

@@ -513,6 +513,33 @@ def test_a_link_planted_in_a_shared_directory_is_replaced_not_written_through(
     assert not (layout / "oci-layout").is_symlink()
 
 
+def test_load_says_what_its_limits_are(wasmctr_home: Path, tmp_path: Path) -> None:
+    """A valid 5 MB index.json was "not valid JSON" (reading stopped at 4 MiB); an archive member, gzip
+    lets declare far more than the file holds, is refused over the blob cap before it is written."""
+    import gzip
+    import hashlib
+    import io
+
+    layout = tmp_path / "layout"
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [],
+                                                   "annotations": {"pad": "x" * (5 << 20)}}))
+    assert_one_line_error(wasmctr("load", "-i", str(layout), check=False), 1, "index.json is over the 4 MiB limit")
+
+    zeros = bytes(2 << 20)
+    member = tarfile.TarInfo("blobs/sha256/" + hashlib.sha256(zeros).hexdigest())
+    member.size = len(zeros)
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w") as tar:
+        tar.addfile(member, io.BytesIO(zeros))
+    bomb = tmp_path / "bomb.tar.gz"
+    bomb.write_bytes(gzip.compress(packed.getvalue()))
+    proc = wasmctr("load", "-i", str(bomb), env={"WASMCTR_MAX_BLOB_MIB": "1"}, check=False)
+    assert_one_line_error(proc, 1, f"{len(zeros)} bytes, over the 1 MiB limit")
+    assert list((wasmctr_home / "ingest").iterdir()) == []
+
+
 def test_concurrent_resumable_writers_of_one_blob_never_trip_over_each_other(tmp_path: Path) -> None:
     """As concurrent pulls of one layer do: each waits for the ingest lock, then resumes, finds the blob
     done, or finishes it; the lock is held until the partial is renamed (it once was released before,
