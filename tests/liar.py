@@ -28,7 +28,9 @@ class LyingRegistry:
     - `wrong-bytes`: blobs with other content than their digest;
     - `stall-blob`: the first half of each blob over 1 MiB, then nothing (the connection stays open);
     - `busy`: 503 with Retry-After (seconds, then an HTTP date) for the first two requests of each path;
-    - `manifest`: serves `self.manifest_override` bytes as the manifest.
+    - `manifest`: serves `self.manifest_override` bytes as the manifest;
+    - `endless-blob`: `self.manifest_override` as the manifest, and a blob it names that we do not have as
+      a body that never ends (the descriptor's size is whatever the override declares).
     Every request's method, path and Range header is recorded in `requests`."""
 
     def __init__(self, blobs: dict[str, bytes], manifest: bytes) -> None:
@@ -101,9 +103,11 @@ class LyingRegistry:
                 return self._drip(h, self.manifest)
             if kind == "endless":
                 return self._endless(h)
-            body = self.manifest_override if kind == "manifest" else self.manifest
+            body = self.manifest_override if kind in ("manifest", "endless-blob") else self.manifest
             return self._send(h, 200, body, OCI_MANIFEST, head)
         blob = self.blobs.get(m.group(2))
+        if blob is None and kind == "endless-blob" and not head:
+            return self._endless(h, "application/octet-stream")
         if blob is None:
             return self._send(h, 404, b"{}", "application/json", head)
         if kind == "wrong-bytes":
@@ -147,9 +151,9 @@ class LyingRegistry:
             except OSError:
                 return
 
-    def _endless(self, h: Any) -> None:
+    def _endless(self, h: Any, content_type: str = OCI_MANIFEST) -> None:
         h.send_response(200)
-        h.send_header("Content-Type", OCI_MANIFEST)
+        h.send_header("Content-Type", content_type)
         h.end_headers()
         h.close_connection = True
         chunk = b" " * 65536
@@ -185,3 +189,105 @@ def image(directory: Path, layer: bytes) -> tuple[dict[str, bytes], bytes]:
                            "layers": [desc("application/vnd.oci.image.layer.v1.tar+gzip", layer)]}).encode()
     blobs = {"sha256:" + hashlib.sha256(b).hexdigest(): b for b in (config, layer)}
     return blobs, manifest
+
+
+class Tattler:
+    """A registry on 127.0.0.1 that sends its clients to other loopback addresses (all of 127/8 is
+    loopback on Linux) and records which address saw which `Authorization` header, in `seen` as
+    (address, method, path, authorization). Its token realm (plain HTTP) is on `realm_address`; upload
+    `Location`s and blob downloads (a 307, as to a CDN) are on `transfer_address`, which, when
+    `transfer_challenges`, asks for Basic credentials of its own. The realm gives a token to anyone; the
+    registry takes only that token."""
+
+    TOKEN = "issued-by-the-realm"
+
+    def __init__(self, realm_address: str = "127.0.0.2", transfer_address: str = "127.0.0.3",
+                 transfer_challenges: bool = False) -> None:
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.realm_address, self.transfer_address = realm_address, transfer_address
+        self.transfer_challenges = transfer_challenges
+        self.seen: list[tuple[str, str, str, str]] = []
+        self.blobs: dict[str, bytes] = {}
+        self.manifests: dict[str, tuple[bytes, str]] = {}
+        tattler = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                tattler.handle(self)
+
+            do_GET = do_POST = do_PUT = do_HEAD  # noqa: N815
+
+        self.servers = []
+        for address in sorted({"127.0.0.1", realm_address, transfer_address}):
+            httpd = http.server.ThreadingHTTPServer((address, self.port), Handler)
+            httpd.daemon_threads = True
+            threading.Thread(target=httpd.serve_forever, daemon=True).start()
+            self.servers.append(httpd)
+
+    def stop(self) -> None:
+        for httpd in self.servers:
+            httpd.shutdown()
+            httpd.server_close()
+
+    def authorizations(self, address: str) -> list[str]:
+        return [auth for where, _, _, auth in self.seen if where == address]
+
+    def handle(self, h: http.server.BaseHTTPRequestHandler) -> None:
+        address = h.connection.getsockname()[0]
+        body = h.rfile.read(int(h.headers.get("Content-Length") or 0))
+        self.seen.append((address, h.command, h.path, h.headers.get("Authorization", "")))
+        path = h.path.split("?", 1)[0]
+        if address == self.realm_address and path == "/token":
+            return self._send(h, 200, json.dumps({"token": self.TOKEN}).encode())
+        if address == self.transfer_address and path.startswith("/transfer/"):
+            return self._transfer(h, path, body)
+        if h.headers.get("Authorization") != f"Bearer {self.TOKEN}":
+            realm = f"http://{self.realm_address}:{self.port}/token"
+            return self._send(h, 401, b"{}", {"WWW-Authenticate": f'Bearer realm="{realm}",service="tattler"'})
+        elsewhere = f"http://{self.transfer_address}:{self.port}/transfer"
+        if path == "/v2/":
+            return self._send(h, 200, b"{}")
+        m = re.fullmatch(r"/v2/(.+)/(manifests|blobs)/(uploads/|[^/]+)", path)
+        if m and m.group(2) == "blobs" and h.command == "POST":
+            return self._send(h, 202, b"", {"Location": f"{elsewhere}/upload/{len(self.seen)}"})
+        if m and m.group(2) == "blobs" and m.group(3) in self.blobs:
+            if h.command == "HEAD":
+                return self._send(h, 200, b"", {"Content-Length": str(len(self.blobs[m.group(3)]))})
+            return self._send(h, 307, b"", {"Location": f"{elsewhere}/blob/{m.group(3)}"})
+        if m and m.group(2) == "manifests" and h.command == "PUT":
+            self.manifests[m.group(3)] = (body, h.headers.get("Content-Type", ""))
+            return self._send(h, 201, b"")
+        if m and m.group(2) == "manifests" and m.group(3) in self.manifests:
+            raw, media_type = self.manifests[m.group(3)]
+            return self._send(h, 200, raw, {"Content-Type": media_type})
+        return self._send(h, 404, b"{}")
+
+    def _transfer(self, h: http.server.BaseHTTPRequestHandler, path: str, body: bytes) -> None:
+        if self.transfer_challenges and not h.headers.get("Authorization"):
+            return self._send(h, 401, b"{}", {"WWW-Authenticate": 'Basic realm="transfer"'})
+        if path.startswith("/transfer/upload/") and h.command == "PUT":
+            digest = re.search(r"digest=(sha256:[0-9a-f]{64})", h.path)
+            if digest is None or digest.group(1) != "sha256:" + hashlib.sha256(body).hexdigest():
+                return self._send(h, 400, b"{}")
+            self.blobs[digest.group(1)] = body
+            return self._send(h, 201, b"")
+        blob = self.blobs.get(path.removeprefix("/transfer/blob/"))
+        return self._send(h, 404, b"{}") if blob is None else self._send(h, 200, blob)
+
+    def _send(self, h: http.server.BaseHTTPRequestHandler, status: int, body: bytes,
+              headers: dict[str, str] | None = None) -> None:
+        h.send_response(status)
+        headers = headers or {}
+        for name, value in headers.items():
+            h.send_header(name, value)
+        if "Content-Length" not in headers:
+            h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        if h.command != "HEAD":
+            h.wfile.write(body)

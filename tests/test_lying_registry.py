@@ -1,9 +1,11 @@
 """Pull from a registry that lies: silent, drip-fed, endless, wrong bytes, busy, stalling, malformed.
 Each ends in one line naming the host within the documented bound (WASMCTR_REGISTRY_TIMEOUT, set to
-2 s here), leaves the store as it was, or succeeds when the fault is one a client should ride out."""
+2 s here), leaves the store as it was, or succeeds when the fault is one a client should ride out.
+And push and pull with one that sends our credentials' holders elsewhere on loopback (`Tattler`)."""
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import json
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import assert_one_line_error, wasmctr
 from imagekit import Entry, tar_bytes
-from liar import LyingRegistry, image
+from liar import LyingRegistry, Tattler, image
 from services import wait_for
 
 BOUND = {"WASMCTR_REGISTRY_TIMEOUT": "2"}
@@ -170,3 +172,89 @@ def test_a_bad_timeout_setting_is_refused_not_ignored(liar: LyingRegistry) -> No
     for value in ("abc", "0", "-5", "inf"):
         proc = wasmctr("pull", f"{liar.host}/img:1", env={"WASMCTR_REGISTRY_TIMEOUT": value}, check=False)
         assert_one_line_error(proc, 2, "WASMCTR_REGISTRY_TIMEOUT")
+
+
+def endless_layer(liar: LyingRegistry, declared: int) -> None:
+    """The liar's image, its layer declared `declared` bytes long and streamed without end."""
+    manifest = json.loads(liar.manifest)
+    manifest["layers"][0].update(digest="sha256:" + "b" * 64, size=declared)
+    liar.behaviour, liar.manifest_override = "endless-blob", json.dumps(manifest).encode()
+
+
+@pytest.mark.parametrize("declared", [1 << 40, 1 << 20], ids=["over-the-cap", "at-the-cap"])
+def test_an_endless_blob_stops_at_the_cap_and_leaves_nothing(liar: LyingRegistry, wasmctr_home: Path,
+                                                              declared: int) -> None:
+    """A registry that declared a huge blob and streamed it without end filled 8 GB of disk in 30 s. With
+    the cap at 1 MiB: a blob declared over it is not even asked for; one declared at it is cut there."""
+    endless_layer(liar, declared)
+    proc = wasmctr("pull", f"{liar.host}/img:1", env={**BOUND, "WASMCTR_MAX_BLOB_MIB": "1"}, check=False)
+    layer_gets = [r for r in liar.requests if r[0] == "GET" and r[1].endswith("b" * 64)]
+    if declared > 1 << 20:
+        assert_one_line_error(proc, 1, f"{declared} bytes, over the 1 MiB limit (WASMCTR_MAX_BLOB_MIB)")
+        assert layer_gets == []
+    else:
+        assert_one_line_error(proc, 1, "larger than the 1048576 bytes its descriptor says")
+        assert len(layer_gets) == 1
+    assert store_files(wasmctr_home) == []
+    assert json.loads((wasmctr_home / "index.json").read_text())["manifests"] == []
+
+
+def test_a_blob_larger_than_the_free_space_is_not_fetched(liar: LyingRegistry, wasmctr_home: Path) -> None:
+    """The cap set above it, a blob declared 1 GiB more than the store's filesystem has free is refused
+    before a byte of it is asked for (the disk is never filled, here or by the test)."""
+    fs = os.statvfs(wasmctr_home.parent)
+    declared = fs.f_bavail * fs.f_frsize + (1 << 30)
+    endless_layer(liar, declared)
+    cap = {**BOUND, "WASMCTR_MAX_BLOB_MIB": str((declared >> 20) + 1)}
+    proc = wasmctr("pull", f"{liar.host}/img:1", env=cap, check=False)
+    assert_one_line_error(proc, 1, f"{declared} bytes", "MiB free")
+    assert not [r for r in liar.requests if r[0] == "GET" and r[1].endswith("b" * 64)]
+    assert store_files(wasmctr_home) == []
+
+
+def test_a_bad_blob_cap_setting_is_refused_not_ignored(liar: LyingRegistry) -> None:
+    for value in ("abc", "0", "-5", "1.5", "\u0661"):
+        proc = wasmctr("pull", f"{liar.host}/img:1", env={"WASMCTR_MAX_BLOB_MIB": value}, check=False)
+        assert_one_line_error(proc, 2, "WASMCTR_MAX_BLOB_MIB")
+
+
+@pytest.mark.parametrize("elsewhere", [False, True], ids=["realm-and-transfers-at-home", "elsewhere"])
+def test_credentials_go_to_their_registry_alone(elsewhere: bool, hello_wasm: Path, docker_config: Path,
+                                               tmp_path: Path) -> None:
+    """Our password went to a token realm on another host over plain HTTP, and the registry's Bearer token
+    to an upload Location on another host. Both now stay at home; the same flow at home still gets them."""
+    tattler = Tattler(*(("127.0.0.2", "127.0.0.3") if elsewhere else ("127.0.0.1", "127.0.0.1")))
+    try:
+        basic = base64.b64encode(b"alice:s3cret-pw").decode()
+        (docker_config / "config.json").write_text(json.dumps({"auths": {tattler.host: {"auth": basic}}}))
+        ref = f"{tattler.host}/app:1"
+        wasmctr("build", str(hello_wasm), "-t", ref)
+        wasmctr("push", ref)
+        wasmctr("pull", ref, env={"WASMCTR_HOME": str(tmp_path / "fresh")})
+        to_realm = {auth for _, _, path, auth in tattler.seen if path.startswith("/token")}
+        uploads = {auth for _, method, path, auth in tattler.seen if path.startswith("/transfer/upload/")}
+        downloads = {auth for _, method, path, auth in tattler.seen if path.startswith("/transfer/blob/")}
+        if elsewhere:
+            assert to_realm == uploads == downloads == {""}
+            assert not any(auth for address, *_, auth in tattler.seen if address != "127.0.0.1")
+        else:
+            assert to_realm == {f"Basic {basic}"}
+            assert uploads == downloads == {f"Bearer {Tattler.TOKEN}"}
+    finally:
+        tattler.stop()
+
+
+def test_an_upload_location_elsewhere_that_asks_for_credentials_gets_none(hello_wasm: Path,
+                                                                          docker_config: Path) -> None:
+    tattler = Tattler(transfer_challenges=True)
+    try:
+        basic = base64.b64encode(b"alice:s3cret-pw").decode()
+        (docker_config / "config.json").write_text(json.dumps({"auths": {tattler.host: {"auth": basic}}}))
+        ref = f"{tattler.host}/app:1"
+        wasmctr("build", str(hello_wasm), "-t", ref)
+        assert_one_line_error(wasmctr("push", ref, check=False), 1,
+                              f"http://127.0.0.3:{tattler.port} asked for credentials", f"go to {tattler.host} alone")
+        assert tattler.authorizations("127.0.0.3") and not any(tattler.authorizations("127.0.0.3"))
+        assert not any(tattler.authorizations("127.0.0.2"))
+    finally:
+        tattler.stop()

@@ -192,6 +192,28 @@ def test_login_then_push_and_pull_over_tls(secure_registry, tls, docker_config: 
     assert secure_registry.host not in json.loads((docker_config / "config.json").read_text())["auths"]
 
 
+def test_login_through_a_linked_config_json_leaves_a_private_file_not_a_readable_one(
+        secure_registry, tls, docker_config: Path, tmp_path: Path) -> None:
+    """A config.json that is a link (a dotfiles checkout, or one planted) to a world-readable file: the
+    password once went into that 0644 file. Now the link is replaced by a 0600 file that keeps what the
+    old one said, and its target is left as it was."""
+    dotfile = tmp_path / "dotfiles" / "config.json"
+    dotfile.parent.mkdir()
+    dotfile.write_text(json.dumps({"auths": {"other.example": {"auth": "b3RoZXI6cHc="}}}))
+    dotfile.chmod(0o644)
+    before = dotfile.read_bytes()
+    (docker_config / "config.json").symlink_to(dotfile)
+    proc = subprocess.run([str(Path(os.sys.executable).parent / "wasmctr"), "login", secure_registry.host, "-u",
+                           "alice", "--password-stdin", "--ca-cert", str(tls.ca)],
+                          input="s3cret-pw\n", capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    config_json = docker_config / "config.json"
+    assert not config_json.is_symlink() and config_json.stat().st_mode & 0o777 == 0o600
+    auths = json.loads(config_json.read_text())["auths"]
+    assert set(auths) == {"other.example", secure_registry.host}
+    assert dotfile.read_bytes() == before
+
+
 def test_credentials_from_a_config_json_and_from_a_credential_helper(
         secure_registry, tls, docker_config: Path, hello_wasm: Path, tmp_path: Path) -> None:
     ref = f"{secure_registry.host}/helper:1"

@@ -453,6 +453,8 @@ MALFORMED_BUNDLES = {
     "annotations-not-strings": {"process": {"args": ["/app.wasm"]}, "annotations": {"run.oci.handler": 1}},
     "memory-limit-a-string": {"process": {"args": ["/app.wasm"]},
                               "linux": {"resources": {"memory": {"limit": "64m"}}}},
+    "memory-limit-2^64": {"process": {"args": ["/app.wasm"]},  # once wrapped to 0: "exceeded (1.75922e+13 MiB)"
+                          "linux": {"resources": {"memory": {"limit": 1 << 64}}}},
 }
 
 

@@ -425,10 +425,11 @@ def test_a_rebuild_over_a_tag_leaves_blobs_that_image_prune_removes(wasmctr_home
     assert wasmctr("run", "app:1").stdout == "hello from wat\n"
 
 
-def test_save_writes_into_fifos_devices_symlinks_and_stdout_and_replaces_regular_files(
+def test_save_writes_into_fifos_devices_and_stdout_and_replaces_files_and_links(
         wasmctr_home: Path, hello_wasm: Path, tmp_path: Path) -> None:
-    """Never rename over what is not a regular file: `save -o /dev/null` once replaced the node's
-    /dev/null. Here the device is one of the test's own, made in its temp dir."""
+    """Never rename over a FIFO or device: `save -o /dev/null` once replaced the node's /dev/null. Here the
+    device is one of the test's own, made in its temp dir. A link is replaced, never written through, except
+    a link to this process's stdout (as /dev/stdout is), which is the stream itself."""
     import stat
     import threading
 
@@ -457,7 +458,14 @@ def test_save_writes_into_fifos_devices_symlinks_and_stdout_and_replaces_regular
     link = tmp_path / "link.tar"
     link.symlink_to(target)
     wasmctr("save", "out:1", "-o", str(link))
-    assert link.is_symlink() and target.read_bytes() == expected
+    assert not link.is_symlink() and link.read_bytes() == expected
+    assert target.read_bytes() == b"old content, longer than nothing"
+
+    stdout_link = tmp_path / "stdout"  # as /dev/stdout, which a test must not aim at
+    stdout_link.symlink_to("/proc/self/fd/1")
+    through = subprocess.run([str(Path(os.sys.executable).parent / "wasmctr"), "save", "out:1", "-o",
+                              str(stdout_link)], capture_output=True, check=True)
+    assert through.stdout == expected and stdout_link.is_symlink()
 
     to_stdout = subprocess.run([str(Path(os.sys.executable).parent / "wasmctr"), "save", "out:1", "-o", "-"],
                                capture_output=True, check=True)
@@ -471,6 +479,66 @@ def test_save_writes_into_fifos_devices_symlinks_and_stdout_and_replaces_regular
     assert_one_line_error(wasmctr("save", "out:1", "-o", str(tmp_path), check=False), 1, "directory")
     missing = tmp_path / "no-such-dir" / "x.tar"
     assert_one_line_error(wasmctr("save", "out:1", "-o", str(missing), check=False), 1, str(missing))
+
+
+def test_a_link_planted_in_a_shared_directory_is_replaced_not_written_through(
+        wasmctr_home: Path, hello_wasm: Path, tmp_path: Path) -> None:
+    """An unprivileged user (here: links owned by nobody, in a sticky world-writable directory, where
+    fs.protected_symlinks=0 lets root follow them) points root's outputs at root's files: `save -o`
+    replaces the link, as `docker save -o` does; into an `--oci-dir` there, a planted lock file link is
+    refused instead of creating the file it names (`/etc/nologin` would stop logins)."""
+    wasmctr("build", str(hello_wasm), "-t", "out:1")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    victim = tmp_path / "root-only"
+    victim.write_bytes(b"root's own data")
+    victim.chmod(0o600)
+    planted = shared / "out.tar"
+    planted.symlink_to(victim)
+    os.lchown(planted, 65534, 65534)
+    wasmctr("save", "out:1", "-o", str(planted))
+    assert victim.read_bytes() == b"root's own data" and victim.stat().st_mode & 0o777 == 0o600
+    assert not planted.is_symlink() and planted.stat().st_uid == 0
+    assert tarfile.open(planted).getmember("index.json").isfile()
+
+    layout = shared / "layout"
+    layout.mkdir()
+    nologin = tmp_path / "etc-nologin"
+    (layout / "index.lock").symlink_to(nologin)
+    os.lchown(layout / "index.lock", 65534, 65534)
+    (layout / "oci-layout").symlink_to(tmp_path / "etc-layout")  # a dangling link: replaced, not created
+    refused = wasmctr("save", "out:1", "--oci-dir", str(layout), check=False)
+    assert_one_line_error(refused, 1, "index.lock")
+    assert not nologin.exists() and not (tmp_path / "etc-layout").exists()
+    assert not (layout / "oci-layout").is_symlink()
+
+
+def test_load_says_what_its_limits_are(wasmctr_home: Path, tmp_path: Path) -> None:
+    """A valid 5 MB index.json was "not valid JSON" (reading stopped at 4 MiB); an archive member, gzip
+    lets declare far more than the file holds, is refused over the blob cap before it is written."""
+    import gzip
+    import hashlib
+    import io
+
+    layout = tmp_path / "layout"
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [],
+                                                   "annotations": {"pad": "x" * (5 << 20)}}))
+    assert_one_line_error(wasmctr("load", "-i", str(layout), check=False), 1, "index.json is over the 4 MiB limit")
+
+    zeros = bytes(2 << 20)
+    member = tarfile.TarInfo("blobs/sha256/" + hashlib.sha256(zeros).hexdigest())
+    member.size = len(zeros)
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w") as tar:
+        tar.addfile(member, io.BytesIO(zeros))
+    bomb = tmp_path / "bomb.tar.gz"
+    bomb.write_bytes(gzip.compress(packed.getvalue()))
+    proc = wasmctr("load", "-i", str(bomb), env={"WASMCTR_MAX_BLOB_MIB": "1"}, check=False)
+    assert_one_line_error(proc, 1, f"{len(zeros)} bytes, over the 1 MiB limit")
+    assert list((wasmctr_home / "ingest").iterdir()) == []
 
 
 def test_concurrent_resumable_writers_of_one_blob_never_trip_over_each_other(tmp_path: Path) -> None:

@@ -98,6 +98,8 @@ def _load(store: Store, source: Path, tag: reference.Reference | None, added: se
                            f"`skopeo copy docker-archive:{source} oci-archive:OUT.tar`")
     if index_raw is None:
         raise ArchiveError(f"{source}: no index.json, so not an OCI archive or layout")
+    if len(index_raw) > MAX_DOCUMENT:  # read no further: parsed cut short, it would look like broken JSON
+        raise ArchiveError(f"{source}: index.json is over the {MAX_DOCUMENT >> 20} MiB limit")
     try:
         entries = Index.parse(index_raw).manifests
     except StoreError as exc:

@@ -18,7 +18,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from typer.core import TyperCommand
 
-from . import __version__, api, console, diagnostics
+from . import __version__, api, atomic, console, diagnostics
 from .errors import UsageError, WasmctrError
 
 # `run` exits with the guest's code, so its own failures, bad flags included, use docker run's 125 rather
@@ -434,7 +434,7 @@ def save(
     Example: wasmctr save hello:1 -o hello.tar
     """
     desc = api.save(ref, output, oci_dir)
-    if output != "-":  # the archive itself went to stdout
+    if output is None or atomic.standard_stream(output) is not sys.stdout.buffer:  # else the archive went there
         _echo(desc.digest)
 
 

@@ -120,4 +120,6 @@ def _read(path: Path) -> dict[str, Any]:
 
 def _write(path: Path, config: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    atomic.write_bytes(path, json.dumps(config, indent="\t").encode() + b"\n", 0o600)
+    # a private file whatever was at its name: a link (to a world-readable dotfile, or planted) or a FIFO is
+    # replaced by a 0600 file, never written through
+    atomic.write_bytes(path, json.dumps(config, indent="\t").encode() + b"\n", 0o600, devices=False)

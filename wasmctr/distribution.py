@@ -25,7 +25,7 @@ from .errors import ImageNotFound, RegistryError, WasmctrError
 from .model import WASI_WASM, Descriptor, Index, Manifest, Platform, parse_config
 from .reference import Reference, parse
 from .registry import Registry
-from .store import Store
+from .store import MAX_DOCUMENT, Store
 
 PARALLEL_BLOBS = 4
 
@@ -162,6 +162,10 @@ def _fetch_manifest(store: Store, client: Registry, ref: Reference, desc: Descri
 
 
 def _fetch_small(store: Store, client: Registry, ref: Reference, desc: Descriptor, added: set[str]) -> None:
+    """A config: a document, read whole later, so one over the documents' limit is refused unfetched."""
+    if desc.size > MAX_DOCUMENT:
+        raise RegistryError(f"{ref.familiar()}: config {desc.digest} is {desc.size} bytes, over the "
+                            f"{MAX_DOCUMENT >> 20} MiB limit")
     if not store.has_blob(desc.digest):
         _download(store, client, ref, desc, Silent(), added)
 

@@ -83,7 +83,10 @@ def load_config(bundle: Path) -> dict[str, Any]:
     for group, keys in (("memory", ("limit",)), ("cpu", ("shares", "quota", "period")), ("pids", ("limit",))):
         values = shape.field(resources, group, dict, f"{what} linux.resources", error=ExecutorError) or {}
         for key in keys:
-            shape.field(values, key, int, f"{what} linux.resources.{group}", error=ExecutorError)
+            value = shape.field(values, key, int, f"{what} linux.resources.{group}", error=ExecutorError)
+            if value is not None and not -(1 << 63) <= value < 1 << 63:  # wasmtime's and ctypes' int64 would wrap it
+                raise ExecutorError(f"{what}: linux.resources.{group}.{key} {value} is out of range (a 64-bit "
+                                    "signed integer, as runc reads it)")
     return config
 
 

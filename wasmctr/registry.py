@@ -4,6 +4,9 @@ What it adds to plain HTTP:
 - one request path that answers both Basic and Bearer challenges (the token service asked as the
   distribution token spec says, with the challenge parsed by oras-py), re-authenticating when a new
   scope is asked for, and that turns 401/403 into an actionable error instead of a retry loop;
+- credentials that stay with their registry: `Authorization` goes only to its own origin (an upload
+  `Location` on another host, port or scheme gets none, and cannot ask for any), and a password goes to a
+  token service only over TLS or on the plain-HTTP registry's own host;
 - time bounds: every request, the token service's included, must finish within `timeout` seconds
   (`WASMCTR_REGISTRY_TIMEOUT`, default 60); a blob transfer may take longer but must move at least
   1 MiB in every such window. A silent or drip-feeding server ends in one line naming the host;
@@ -126,10 +129,15 @@ class Registry:
         """One request, authenticated on demand (Basic or Bearer); transient faults are retried by the
         session. Call it inside `bounded()`."""
         self._choose_scheme()
-        headers = {**(headers or {}), **self._auth_header}
+        ours = self._is_ours(url)
+        headers = {**(headers or {}), **(self._auth_header if ours else {})}
         response = self._send(method, url, data, headers, stream)
         if response.status_code == 401:
             response.close()
+            answered = urllib.parse.urlsplit(response.url or url)
+            if not (ours and self._is_ours(answered.geturl())):
+                raise AuthError(f"{self.host}: {answered.scheme}://{answered.netloc} asked for credentials; "
+                                f"they go to {self.host} alone")
             self._authenticate(response)
             _rewind(data)
             headers.update(self._auth_header)
@@ -153,6 +161,12 @@ class Registry:
                                 f"CA, or --insecure") from None
         except requests.exceptions.RequestException as exc:
             raise RegistryError(f"cannot reach {self.host}: {_reason(exc)}") from None
+
+    def _is_ours(self, url: str) -> bool:
+        """Whether `url` is this registry's own origin (scheme, host and port), the only one our
+        Authorization goes to: an upload `Location` elsewhere gets none, as a redirect would (requests
+        drops it when a redirect changes host, port or scheme)."""
+        return _origin(url) == _origin(f"{self.scheme}://{self.api_host}/")
 
     def _socket_timeouts(self) -> tuple[float, float]:
         """Connect, and each read: a backstop only, longer than the deadline, which ends a stalled
@@ -203,7 +217,8 @@ class Registry:
         if not challenge.realm or not challenge.realm.startswith(("https://", "http://")):
             raise AuthError(f"{self.host}: the Bearer challenge names no token service")
         params = {k: v for k, v in (("service", challenge.service), ("scope", challenge.scope)) if v}
-        headers = {"Authorization": f"Basic {_basic(who)}"} if who else {}
+        withheld = who is not None and not self._may_send_basic(challenge.realm)
+        headers = {"Authorization": f"Basic {_basic(who)}"} if who and not withheld else {}
         realm = urllib.parse.urlparse(challenge.realm).netloc
         try:
             with self.session.get(challenge.realm, params=params, headers=headers, verify=self.verify, stream=True,
@@ -218,9 +233,19 @@ class Registry:
                 doc = json.loads(body)
                 token = doc.get("token") or doc.get("access_token")
         if not isinstance(token, str) or not token:
+            if withheld:
+                raise AuthError(f"{self.host}: the token service {realm} refused us ({status}); your credentials "
+                                f"were not sent to it: it is another host, over plain HTTP")
             raise AuthError(f"{self.host}: the token service {realm} refused us ({status})"
                             + (f" (user {who.username!r})" if who else f"; log in with `wasmctr login {self.host}`"))
         return token
+
+    def _may_send_basic(self, realm: str) -> bool:
+        """Our password goes to a token service over TLS, or in the clear only to the host that already
+        gets it so (a plain-HTTP registry's own host, on any port): never to another host over plain HTTP,
+        where anyone on the path, or whoever the registry names, would read it."""
+        scheme, host, _ = _origin(realm)
+        return scheme == "https" or (self.scheme == "http" and host == _origin(f"http://{self.api_host}/")[1])
 
     # -- manifests ---------------------------------------------------------------------------------
 
@@ -370,6 +395,17 @@ def _rewind(data: Any) -> bool:
         return False
     seek(0)
     return True
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of a URL, the port made explicit where the scheme implies it."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1  # a malformed port: an origin of its own, equal to none of ours
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or ""), port if port is not None else default
 
 
 def _basic(who: creds.Credentials) -> str:

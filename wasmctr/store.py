@@ -14,6 +14,7 @@ the blobs of a build still in flight. This module imports only the model and err
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -33,6 +34,20 @@ from .reference import Reference, image_id, parse
 
 MAX_DOCUMENT = 4 << 20
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
+# the largest blob the store takes (WASMCTR_MAX_BLOB_MIB): a wasm image's blobs are megabytes, one that
+# carries a model a few GiB; a registry or archive that declares more is refused before a byte arrives
+DEFAULT_MAX_BLOB_MIB = 16 << 10
+
+
+def max_blob_size() -> int:
+    """WASMCTR_MAX_BLOB_MIB in bytes, else 16 GiB; a value that is not a positive whole number of MiB is
+    an error (a typo must not silently keep, or drop, the bound)."""
+    text = os.environ.get("WASMCTR_MAX_BLOB_MIB", "")
+    if not text:
+        return DEFAULT_MAX_BLOB_MIB << 20
+    if not text.isascii() or not text.isdigit() or int(text) == 0:
+        raise UsageError(f"WASMCTR_MAX_BLOB_MIB={text!r}: expected a positive whole number of MiB")
+    return int(text) << 20
 
 
 def _named(desc: Descriptor, name: str) -> bool:
@@ -59,7 +74,10 @@ class BlobWriter:
     A `resumable` writer (a download of a known digest) writes `ingest/<hex>.partial` under an
     exclusive lock: what an interrupted download left is kept and hashed again, so the next attempt
     asks only for the rest (`size` says how much is there), and a second download of the same blob
-    waits for the first instead of fetching it twice."""
+    waits for the first instead of fetching it twice.
+
+    No writer grows past `WASMCTR_MAX_BLOB_MIB`, nor past its expected size; one whose size is known is
+    refused before it starts when that is over the limit or over the filesystem's free space."""
 
     def __init__(self, store: Store, expected_digest: str | None = None, expected_size: int | None = None,
                  resumable: bool = False):
@@ -67,9 +85,19 @@ class BlobWriter:
         self._expected_digest = expected_digest
         self._expected_size = expected_size
         self._resumable = resumable and expected_digest is not None
+        self._limit = max_blob_size()
         self._file: BinaryIO
-        if expected_digest is not None and self._resumable:
-            self._path = store.ingest_dir / f"{store.blob_path(expected_digest).name}.partial"
+        partial = None
+        if self._resumable and expected_digest is not None:
+            partial = store.ingest_dir / f"{store.blob_path(expected_digest).name}.partial"
+        if expected_size is not None:
+            kept = 0
+            if partial is not None:
+                with contextlib.suppress(OSError):
+                    kept = min(partial.lstat().st_size, expected_size)
+            store.check_room(f"blob {expected_digest}" if expected_digest else "a blob", expected_size, kept)
+        if partial is not None:
+            self._path = partial
             self._file = os.fdopen(_open_locked(self._path), "r+b")
         else:
             fd, name = tempfile.mkstemp(dir=store.ingest_dir, prefix="blob-")
@@ -93,6 +121,8 @@ class BlobWriter:
             raise DigestMismatch(
                 f"blob {self._expected_digest} is larger than the {self._expected_size} bytes its descriptor says"
             )
+        if self._hasher.size + len(data) > self._limit:  # a blob of no declared size
+            raise StoreError(f"a blob is over the {self._limit >> 20} MiB limit (WASMCTR_MAX_BLOB_MIB)")
         return self._hasher.write(data)
 
     def flush(self) -> None:
@@ -143,7 +173,7 @@ def _open_locked(path: Path) -> int:
     """Open (creating) and exclusively lock `path`, making sure the lock is on the file that is still
     at that path: a holder that finished renamed it away (into `blobs/`) while we waited."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
@@ -208,6 +238,21 @@ class Store:
             for unpacked in (self.root / "rootfs").iterdir():
                 if not unpacked.name.startswith(".") and not self.has_blob(f"sha256:{unpacked.name}"):
                     shutil.rmtree(unpacked, ignore_errors=True)
+
+    def check_room(self, name: str, size: int, kept: int = 0) -> None:
+        """Refuse a blob over the size limit, or one whose missing `size - kept` bytes the store's
+        filesystem cannot hold, before any of it is written: a registry that declares a huge blob and
+        streams it endlessly must not fill the node's disk first."""
+        limit = max_blob_size()
+        if size > limit:
+            raise StoreError(f"{name} is {size} bytes, over the {limit >> 20} MiB limit (WASMCTR_MAX_BLOB_MIB)")
+        try:
+            fs = os.statvfs(self.ingest_dir)
+        except OSError as exc:
+            raise StoreError(f"cannot use store {self.root}: {exc.strerror}") from None
+        free = fs.f_bavail * fs.f_frsize
+        if size - kept > free:
+            raise StoreError(f"{name} is {size} bytes, and {self.root} has only {free >> 20} MiB free")
 
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).is_file()
@@ -421,10 +466,11 @@ class Store:
 
     @contextlib.contextmanager
     def _locked(self, name: str, shared: bool = False) -> Iterator[None]:
-        try:
-            fd = os.open(self.root / name, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # not through a link: planted in a layout an `--oci-dir` names, it would have us create its target
+            fd = os.open(self.root / name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            raise StoreError(f"cannot lock store {self.root}: {exc.strerror}") from None
+            why = "is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+            raise StoreError(f"cannot lock store {self.root}: {name}: {why}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             yield

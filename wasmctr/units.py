@@ -21,7 +21,9 @@ def parse_size(text: str) -> int:
     m = SIZE.match(text.strip())
     if not m:
         raise UsageError(f"invalid size {text!r}: expected a number with an optional unit k, m or g (e.g. 64m)")
-    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " "))
+    unit = 1024 ** " kmgt".index(m.group(2).lower() or " ")
+    whole, _, fraction = m.group(1).partition(".")  # in integers: a float rounds 2^63-1 up to 2^63
+    return int(whole) * unit + int(fraction or "0") * unit // 10 ** len(fraction)
 
 
 def parse_duration(text: str) -> float:
