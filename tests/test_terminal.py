@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import wasmctr
+from liar import LyingRegistry, image
 
 EXE = str(Path(sys.executable).parent / "wasmctr")
 HIDE_CURSOR, SHOW_CURSOR, ERASE_LINE = "\x1b[?25l", "\x1b[?25h", "\x1b[2K"
@@ -26,10 +27,11 @@ def _controlling_terminal() -> None:
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
-def on_terminal(args: list[str], env: dict[str, str], when: tuple[str, Callable[[int], None]] | None = None,
+def on_terminal(args: list[str], env: dict[str, str], when: tuple[str, Callable[[int, int], None]] | None = None,
                 ) -> tuple[int, str]:
     """Run wasmctr with a new pseudo-terminal as its terminal; once the screen shows `when[0]`, call
-    `when[1]` with the terminal's controller (to type at it). Returns the exit code and the screen."""
+    `when[1]` with the terminal's controller (to type at it) and wasmctr's pid. Returns the exit code and
+    the screen."""
     controller, terminal = os.openpty()
     proc = subprocess.Popen([EXE, *args], stdin=terminal, stdout=terminal, stderr=terminal,
                             env={**os.environ, "COLUMNS": "120", "TERM": "xterm", **env},
@@ -47,7 +49,7 @@ def on_terminal(args: list[str], env: dict[str, str], when: tuple[str, Callable[
                 break
             screen += chunk
             if when is not None and when[0].encode() in screen:
-                when[1](controller)
+                when[1](controller, proc.pid)
                 when = None
     os.close(controller)
     return proc.wait(timeout=60), screen.decode(errors="replace")
@@ -86,8 +88,20 @@ def test_the_pull_display_ends_before_the_guest_writes(plain_registry, hostile_w
 def test_ctrl_c_typed_at_the_terminal_stops_the_guest_and_leaves_the_terminal_usable(
         prompt_image: str, wasmctr_home: Path) -> None:
     code, screen = on_terminal(["run", prompt_image, "prompt", "60"], {"WASMCTR_HOME": str(wasmctr_home)},
-                               when=("Working... ", lambda controller: os.write(controller, b"\x03")))
+                               when=("Working... ", lambda controller, _pid: os.write(controller, b"\x03")))
     assert code == 130, screen
+    assert_terminal_restored(screen)
+
+
+def test_sigterm_while_the_bars_are_drawn_ends_the_pull_and_restores_the_cursor(tmp_path: Path) -> None:
+    server = LyingRegistry(*image(tmp_path, os.urandom(4 << 20)))
+    server.behaviour = "stall-blob"  # half of the layer, then nothing: the bars stay up
+    try:
+        code, screen = on_terminal(["pull", f"{server.host}/img:1"], {"WASMCTR_HOME": str(tmp_path / "store")},
+                                   when=(HIDE_CURSOR, lambda _controller, pid: os.kill(pid, 15)))
+    finally:
+        server.stop()
+    assert code == 143 and "terminated" in screen, screen
     assert_terminal_restored(screen)
 
 
