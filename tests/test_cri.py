@@ -170,7 +170,7 @@ def test_a_pods_wasm_containers_join_its_namespaces_and_reach_nothing_outside_it
     code under its confinement reaches nothing outside (see ESCAPE_REFUSED)."""
     client, refs, containerd = node
     pod, config = client.run_pod("namespaces", cgroup_parent=f"{CGROUP_PARENT}/pod-namespaces")
-    own = client.create(pod, config, "own", refs["hostile"], ["sleep", "120"])
+    own = client.create(pod, config, "own", refs["hostile"], ["sleep", "120"], pid=cri.CONTAINER)
     shared = client.create(pod, config, "shared", refs["hostile"], ["sleep", "120"], pid=cri.POD)
     for container in (own, shared):
         client.start(container)
