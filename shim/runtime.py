@@ -156,7 +156,7 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
     import signal
     from pathlib import Path
 
-    from wasmctr import devices, home, landlock, privileges, seccomp
+    from wasmctr import devices, home, landlock, namespaces, privileges, seccomp
     from wasmctr.compile_cache import CompileCache
     from wasmctr.executor import Executor
     from wasmctr.ocispec import spec_from_bundle
@@ -173,6 +173,7 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
         privileges.capability_sets(config.get("process") or {})  # bad names fail `create`
         profile = (config.get("linux") or {}).get("seccomp")
         filters = (seccomp.allowlist(guest.spec.policy.network), seccomp.build(profile) if profile else None)
+        spaces = namespaces.of_spec(config)
     except Exception as exc:
         raise SpecError(str(exc)) from None
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -184,10 +185,11 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
     user = (config.get("process") or {}).get("user") or {}
     os.chown(fifo, int(user.get("uid") or 0), int(user.get("gid") or 0))  # the container process opens it as its user
     ruleset = landlock.ruleset_for(guest.spec)  # as root, where the paths are reachable; enforced once started
-    pid = os.fork()
+    pid = namespaces.fork(spaces)  # in the spec's pid namespace
     if pid == 0:  # the container process: it becomes the guest
         code = 125
         try:
+            namespaces.enter(spaces)
             code = _container(executor, guest, fifo, config, filters, ruleset)
         except BaseException as exc:  # noqa: BLE001 - nothing may escape a forked child
             with contextlib.suppress(Exception):

@@ -25,7 +25,7 @@ from typing import Any
 
 from google.protobuf import any_pb2, empty_pb2
 
-from wasmctr import devices, landlock, privileges, seccomp
+from wasmctr import devices, landlock, namespaces, privileges, seccomp
 from wasmctr.errors import WasmctrError
 from wasmctr.executor import Executor, Prepared
 from wasmctr.ocispec import is_wasm, load_config, network_namespace, spec_from_bundle
@@ -69,6 +69,7 @@ class Task:
     native: bool = False  # run by runc, not forked from the shim
     cgroup: Cgroup | None = None
     netns: str | None = None
+    linux_namespaces: namespaces.Namespaces = field(default_factory=list)  # pid, ipc, uts, mount
     pidfd: int = -1  # signals go through it: the pid alone could name another process once reaped
     exited: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)  # status, start_fd and pidfd
@@ -169,6 +170,7 @@ class TaskService:
                 spec.devices = devices.populate(bundle / DEVICE_DIR)  # the OCI default devices, at /dev
                 task.memory_limit = spec.memory_limit or 0
                 task.netns = network_namespace(config)
+                task.linux_namespaces = namespaces.of_spec(config)
                 privileges.capability_sets(config.get("process") or {})  # bad names fail here, not in the child
                 filters = (seccomp.allowlist(spec.policy.network),  # built here: the child only loads them
                            seccomp.build(linux["seccomp"]) if linux.get("seccomp") else None)
@@ -360,7 +362,12 @@ class TaskService:
         # made here, as root, where the paths are reachable (the child may become a user who cannot
         # reach them) and where the work is not repeated in every container's pages; the child enforces it
         ruleset = landlock.ruleset_for(guest.spec)
-        pid = os.fork()
+        try:
+            pid = namespaces.fork(task.linux_namespaces)  # in the spec's pid namespace
+        except OSError:
+            for fd in (start_r, start_w, report_r, report_w, *([ruleset] if ruleset is not None else [])):
+                os.close(fd)
+            raise
         if pid == 0:  # the container process
             try:
                 os.close(start_w)
@@ -430,6 +437,7 @@ def _child(executor: Any, task: Task, guest: Prepared, process: dict[str, Any], 
     os.setsid()
     if task.netns:
         _join_network_namespace(task.netns)
+    namespaces.enter(task.linux_namespaces)
     stdio.redirect(task.stdin, 0, os.O_RDONLY)
     if task.logger:
         stdio.move(task.logger.stdout, 1)

@@ -185,3 +185,39 @@ def images(containerd, plain_registry, hostile_wasm: Path, hello_c_wasm: Path,  
     for ref in refs.values():
         containerd.ctr("image", "pull", "--plain-http", "--platform", "wasi/wasm", ref, check=True)
     return refs
+
+
+@pytest.fixture(scope="session")
+def escape(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/guests/escape.c, static: native code that takes a container process's confinement and tries
+    to get out of it (what a guest that got past wasmtime could run)."""
+    import platform
+
+    output = tmp_path_factory.mktemp("escape") / "escape"
+    subprocess.run([sys.executable, "-m", "ziglang", "cc", "-target", f"{platform.machine()}-linux-musl", "-static",
+                    "-O2", "-o", str(output), str(REPO / "tests" / "guests" / "escape.c")], check=True, timeout=600)
+    return output
+
+
+ESCAPE_REFUSED = {"clone CLONE_NEWUSER": 1, "clone3": 38, "unshare CLONE_NEWUSER": 1, "unshare CLONE_NEWNS": 1,
+                  "tgkill victim": 1, "kill victim": 1, "kill 1": 1, "ptrace victim": 1, "mount": 1, "bpf": 1,
+                  "io_uring_setup": 1, "keyctl": 1}
+"""What `attack` finds under a container process's confinement: EPERM (1) for each, ENOSYS (38) for clone3."""
+
+
+def attack(escape: Path, pid: int, scratch: Path) -> dict[str, int]:
+    """Run the escape helper under the confinement of container process `pid` against a process of the
+    test's own outside the container, and check that one survived; the helper's findings."""
+    import json
+
+    (scratch / "mountpoint").mkdir(exist_ok=True)
+    victim = subprocess.Popen(["sleep", "600"])
+    try:
+        proc = subprocess.run([str(escape), str(pid), str(victim.pid), str(scratch / "mountpoint")],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert victim.poll() is None, "the process outside the container was killed"
+    finally:
+        victim.kill()
+        victim.wait()
+    return dict(json.loads(proc.stdout))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import wasmctr
+from conftest import ESCAPE_REFUSED, attack, wasmctr
 from cri import api_pb2 as cri
 from cri.node import Node, node_config, node_images
 from services import Containerd, ppid
@@ -161,6 +161,33 @@ def task_pids(containerd: Containerd) -> dict[str, int]:
     """Every k8s.io task's pid, as `ctr task ls` lists them (a wasm container's is its guest process)."""
     listed = containerd.ctr("--namespace", "k8s.io", "task", "ls", check=True).stdout.splitlines()[1:]
     return {fields[0]: int(fields[1]) for fields in (line.split() for line in listed)}
+
+
+def test_a_pods_wasm_containers_join_its_namespaces_and_reach_nothing_outside_it(  # type: ignore[no-untyped-def]
+        node, escape: Path, tmp_path: Path) -> None:
+    """CRI names the sandbox's IPC (and, with pid mode POD, pid) namespace by path in each container's
+    spec: a wasm container's process joins them, and has a pid namespace of its own otherwise. Native
+    code under its confinement reaches nothing outside (see ESCAPE_REFUSED)."""
+    client, refs, containerd = node
+    pod, config = client.run_pod("namespaces", cgroup_parent=f"{CGROUP_PARENT}/pod-namespaces")
+    own = client.create(pod, config, "own", refs["hostile"], ["sleep", "120"], pid=cri.CONTAINER)
+    shared = client.create(pod, config, "shared", refs["hostile"], ["sleep", "120"], pid=cri.POD)
+    for container in (own, shared):
+        client.start(container)
+    pids = task_pids(containerd)
+    pause, own_pid, shared_pid = pids[pod], pids[own], pids[shared]
+
+    def namespace(pid: int | str, kind: str) -> str:
+        return os.readlink(f"/proc/{pid}/ns/{kind}")
+
+    for pid in (own_pid, shared_pid):
+        assert namespace(pid, "ipc") == namespace(pause, "ipc") != namespace("self", "ipc")
+    assert namespace(shared_pid, "pid") == namespace(pause, "pid") != namespace("self", "pid")
+    assert namespace(own_pid, "pid") not in (namespace(pause, "pid"), namespace("self", "pid"))
+    assert attack(escape, own_pid, tmp_path) == {"filters": 2, **ESCAPE_REFUSED}
+    assert attack(escape, shared_pid, tmp_path) == {"filters": 2, **ESCAPE_REFUSED}
+    assert client.status(own).state == client.status(shared).state == cri.CONTAINER_RUNNING
+    client.remove_pod(pod)
 
 
 def sleeping_pods(client: Node, refs: dict[str, str], handler: str, names: list[str]) -> dict[str, tuple[str, str]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import wasmtime
-from conftest import wasmctr
+from conftest import ESCAPE_REFUSED, attack, wasmctr
 from services import proc_status
 
 RUNTIME = str(Path(sys.executable).parent / "wasmctr-runtime")
@@ -112,6 +112,88 @@ def test_the_container_process_runs_as_the_specs_user_without_capabilities(bundl
     assert int(fields["CapEff"][0], 16) == int(fields["CapBnd"][0], 16) == 0 and fields["NoNewPrivs"] == ["1"]
     assert fields["Seccomp"] == ["2"]
     assert runtime(root, "delete", "--force", "u1").returncode == 0
+
+
+def write_config(bundle: Path, **changes: object) -> None:
+    config = json.loads((bundle / "config.json").read_text())
+    (bundle / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+def test_the_container_process_enters_the_specs_namespaces_and_an_escape_reaches_nothing(
+        bundle: Path, tmp_path: Path, escape: Path) -> None:
+    """New pid, uts and mount namespaces, and an ipc namespace joined by path (as a pod's containers
+    join their sandbox's: here one of a process the test starts with `unshare --ipc`). Native code under
+    the container process's confinement, CAP_KILL granted, reaches nothing outside (see ESCAPE_REFUSED)."""
+    holder = subprocess.Popen(["unshare", "--ipc", "sleep", "600"])
+    root = tmp_path / "root"
+    try:
+        deadline = time.monotonic() + 10
+        while os.readlink(f"/proc/{holder.pid}/ns/ipc") == os.readlink("/proc/self/ns/ipc"):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)  # until unshare has made the namespace
+        caps = ["CAP_KILL", "CAP_CHOWN"]
+        write_config(bundle, process={"args": ["/app.wasm", "sleep", "60"], "env": [], "cwd": "/",
+                                      "capabilities": {n: caps for n in ("bounding", "effective", "permitted")}},
+                     linux={"namespaces": [{"type": "pid"}, {"type": "ipc", "path": f"/proc/{holder.pid}/ns/ipc"},
+                                           {"type": "uts"}, {"type": "mount"}, {"type": "network"}]})
+        create = subprocess.Popen([RUNTIME, "--root", str(root), "create", "--bundle", str(bundle), "ns1"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # the container keeps them
+        assert create.wait(30) == 0
+        assert runtime(root, "start", "ns1").returncode == 0
+        pid = json.loads(runtime(root, "state", "ns1").stdout)["pid"]
+        assert os.readlink(f"/proc/{pid}/ns/ipc") == os.readlink(f"/proc/{holder.pid}/ns/ipc")
+        for kind in ("pid", "uts", "mnt"):
+            assert os.readlink(f"/proc/{pid}/ns/{kind}") != os.readlink(f"/proc/self/ns/{kind}"), kind
+        assert proc_status(pid)["NSpid"] == [str(pid), "1"]
+        assert attack(escape, pid, tmp_path) == {"filters": 2, **ESCAPE_REFUSED}
+        assert json.loads(runtime(root, "state", "ns1").stdout)["status"] == "running"
+    finally:
+        runtime(root, "delete", "--force", "ns1")
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize("linux, fragment", [
+    ({"seccomp": {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [  # a range, allowed: split, it would allow more
+        {"names": ["personality"], "action": "SCMP_ACT_ALLOW", "args": [
+            {"index": 0, "value": 0, "op": "SCMP_CMP_GE"}, {"index": 0, "value": 8, "op": "SCMP_CMP_LE"}]}]}},
+     "several conditions on one argument"),
+    ({"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["mkdirat"], "action": "SCMP_ACT_ERRNO", "args": [{"index": 6, "value": 0, "op": "SCMP_CMP_EQ"}]}]}},
+     "argument index 6"),
+    ({"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_NO_SUCH"]}}, "unknown architecture"),
+    ({"namespaces": [{"type": "mount", "path": "/proc/self/ns/mnt"}]}, "cannot join the mount namespace"),
+    ({"namespaces": [{"type": "ipc", "path": "/proc/self/ns/uts"}]}, "is not a namespace of type ipc"),
+    ({"namespaces": [{"type": "ipc", "path": "/dev/null"}]}, "/dev/null is not a namespace"),
+    ({"namespaces": [{"type": "pid"}, {"type": "pid"}]}, "pid is listed twice"),
+])
+def test_what_cannot_be_honoured_fails_create_in_one_line(bundle: Path, tmp_path: Path, linux: dict,  # type: ignore[type-arg]
+                                                          fragment: str) -> None:
+    """A seccomp profile is never loaded weaker than written, nor namespaces other than the spec's."""
+    write_config(bundle, linux=linux)
+    root = tmp_path / "root"
+    proc = runtime(root, "create", "--bundle", str(bundle), "refused")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and fragment in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("wasmctr-runtime: ") and "Traceback" not in proc.stderr
+    assert not (root / "refused").exists()
+
+
+def test_a_profiles_range_is_split_into_a_rule_per_condition(bundle: Path, tmp_path: Path) -> None:
+    """A deny rule with two conditions on mkdirat's mode (one that no mode meets both of) is split, as
+    runc splits it: each condition denies on its own, so the guest's mkdir is denied whatever its mode.
+    The unknown name beside mkdirat is skipped, not the rule."""
+    data = tmp_path / "data"
+    data.mkdir()
+    write_config(bundle, process={"args": ["/app.wasm", "fs", "/data"], "env": [], "cwd": "/"},
+                 mounts=[{"destination": "/data", "type": "bind", "source": str(data), "options": ["rbind", "rw"]}],
+                 linux={"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+                     {"names": ["no_such_call", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13, "args": [
+                         {"index": 2, "value": 0o700, "op": "SCMP_CMP_LE"},
+                         {"index": 2, "value": 0o700, "op": "SCMP_CMP_GT"}]}]}})
+    proc = subprocess.run([RUNTIME, "--root", str(tmp_path / "root"), "run", "--bundle", str(bundle), "split"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and proc.stdout == "denied: Permission denied\n", proc.stderr
+    assert not list(data.iterdir())
 
 
 def test_a_reused_pid_is_never_signalled(bundle: Path, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import ESCAPE_REFUSED, attack
 from services import ppid, proc_status, process_state, status_fields
 
 RUNTIME = ["--runtime", "io.containerd.wasmctr.v1"]
@@ -433,6 +434,59 @@ def test_a_guest_process_keeps_only_the_capabilities_its_spec_grants(containerd,
     wait_for_nothing_left(containerd)
 
 
+def task_pid(containerd, name: str) -> int:  # type: ignore[no-untyped-def]
+    return int([line.split()[1] for line in containerd.ctr("task", "ls").stdout.splitlines()
+                if line.startswith(name)][0])
+
+
+def remove_task(containerd, name: str) -> None:  # type: ignore[no-untyped-def]
+    containerd.ctr("task", "kill", "--signal", "SIGKILL", name)
+    for _ in range(50):
+        if containerd.ctr("task", "delete", name).returncode == 0:
+            break
+        time.sleep(0.1)
+    containerd.ctr("container", "delete", name)
+
+
+def test_a_guest_that_got_past_wasmtime_reaches_nothing_outside_its_container(  # type: ignore[no-untyped-def]
+        containerd, images, escape: Path, tmp_path: Path) -> None:
+    """ctr's spec lists new pid, ipc, uts and mount namespaces: the guest's process is in them, pid 1 of
+    its own. Native code under its confinement (its filters, namespaces, ids and capabilities: Docker's
+    default set, CAP_KILL among them) makes no namespace, signals or traces no process outside, kills
+    nothing, mounts nothing, and reaches neither BPF, io_uring nor keyrings. The guest, stopped for its
+    filters to be read and continued, sleeps on."""
+    assert ctr_run(containerd, "-d", images["hostile"], "escape", "/hostile.wasm", "sleep", "60").returncode == 0
+    pid = task_pid(containerd, "escape")
+    for kind in ("pid", "ipc", "uts", "mnt"):
+        assert os.readlink(f"/proc/{pid}/ns/{kind}") != os.readlink(f"/proc/self/ns/{kind}"), kind
+    assert proc_status(pid)["NSpid"] == [str(pid), "1"]
+    assert attack(escape, pid, tmp_path) == {"filters": 2, **ESCAPE_REFUSED}
+    assert process_state(pid) in ("S", "R") and "RUNNING" in containerd.ctr("task", "ls").stdout
+    remove_task(containerd, "escape")
+    wait_for_nothing_left(containerd)
+
+
+def test_a_guest_stopped_and_continued_sleeps_on_and_exits_as_it_would(containerd, images) -> None:  # type: ignore[no-untyped-def]
+    """SIGSTOP and SIGCONT (a debugger, the cgroup freezer) interrupt the guest's sleeps, which the kernel
+    resumes through restart_syscall: the filter allows it, so the guest finishes with its own code."""
+    runner = subprocess.Popen(["ctr", "--address", str(containerd.socket), "run", *RUNTIME, "--platform", "wasi/wasm",
+                               images["hostile"], "stopped", "/hostile.wasm", "sleep", "3"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while "RUNNING" not in containerd.ctr("task", "ls").stdout and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = task_pid(containerd, "stopped")
+    os.kill(pid, signal.SIGSTOP)
+    while process_state(pid) != "T" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert process_state(pid) == "T"
+    os.kill(pid, signal.SIGCONT)
+    _, err = runner.communicate(timeout=60)
+    assert runner.returncode == 0, err
+    containerd.ctr("container", "delete", "stopped")
+    wait_for_nothing_left(containerd)
+
+
 def test_the_guests_of_every_pod_run_one_copy_of_the_compiled_code(containerd, images) -> None:  # type: ignore[no-untyped-def]
     """Each guest's code is mapped from the compile cache entry, not copied into its pod's shim: the
     guests of all pods share its pages through the page cache. The entry's descriptor, which wasmtime
@@ -583,6 +637,23 @@ def test_a_spec_profiles_argument_rules_match_only_their_arguments() -> None:
                           "F_GETFL": failed(libc.fcntl(0, 3)), "F_GETFD": failed(libc.fcntl(0, 1))}))
         """, profile=profile)
     assert result == {"PR_SET_NAME": 13, "PR_GET_NAME": 0, "F_GETFL": 38, "F_GETFD": 0}
+
+
+def test_a_spec_profiles_repeated_argument_is_split_and_an_unknown_name_skipped() -> None:
+    """Two conditions on prctl's option (a deny rule) become a rule each, as runc splits them: both
+    options are denied, others not; the unknown name beside prctl is skipped, not the rule."""
+    profile = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["no_such_call", "prctl"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13,
+         "args": [{"index": 0, "value": 15, "op": "SCMP_CMP_EQ"}, {"index": 0, "value": 16, "op": "SCMP_CMP_EQ"}]}]}
+    result = confined("""
+        libc = ctypes.CDLL(None, use_errno=True)
+        def failed(result):
+            return ctypes.get_errno() if result == -1 else 0
+        print(json.dumps({"PR_SET_NAME": failed(libc.prctl(15, b"named", 0, 0, 0)),
+                          "PR_GET_NAME": failed(libc.prctl(16, ctypes.create_string_buffer(16), 0, 0, 0)),
+                          "PR_GET_SECCOMP": failed(libc.prctl(21, 0, 0, 0, 0))}))
+        """, profile=profile)
+    assert result == {"PR_SET_NAME": 13, "PR_GET_NAME": 13, "PR_GET_SECCOMP": 0}
 
 
 def test_landlock_confines_the_process_to_its_rootfs_and_mounts(tmp_path: Path) -> None:

@@ -97,12 +97,17 @@ class Node:
 
     def create(self, pod: str, pod_config: cri.PodSandboxConfig, name: str, image: str, args: list[str],
                annotations: dict[str, str] | None = None, memory: int = 0, command: list[str] | None = None,
-               env: dict[str, str] | None = None) -> str:
+               env: dict[str, str] | None = None, pid: int = cri.POD) -> str:
+        """A container in the pod; `pid` its pid namespace mode (the pod's, as an unset one means, or
+        cri.CONTAINER for its own, the kubelet's default)."""
         config = cri.ContainerConfig(
             metadata=cri.ContainerMetadata(name=name), image=cri.ImageSpec(image=image), args=args,
             command=command or [], annotations=annotations or {}, log_path=f"{name}.log",
             envs=[cri.KeyValue(key=k, value=v) for k, v in (env or {}).items()],
-            linux=cri.LinuxContainerConfig(resources=cri.LinuxContainerResources(memory_limit_in_bytes=memory)))
+            linux=cri.LinuxContainerConfig(
+                resources=cri.LinuxContainerResources(memory_limit_in_bytes=memory),
+                security_context=cri.LinuxContainerSecurityContext(
+                    namespace_options=cri.NamespaceOption(pid=pid))))
         return self.runtime.CreateContainer(cri.CreateContainerRequest(
             pod_sandbox_id=pod, config=config, sandbox_config=pod_config), timeout=120).container_id
 
