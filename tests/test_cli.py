@@ -101,3 +101,13 @@ def test_run_help_agrees_with_the_readme_and_with_run() -> None:
     assert "only the digest" not in shown  # run prints no digest
     for flag in ("--rm", "-t, --tty", "-i, --interactive"):
         assert flag in shown
+
+
+def test_rmi_says_deleted_only_for_an_image_that_is_gone(hello_wasm: Path) -> None:
+    single = api.build(hello_wasm, "single:1").digest
+    api.build(hello_wasm, "multi:1", platforms="wasi/wasm,linux/amd64")  # its wasi/wasm manifest is single:1's
+    assert api.inspect("multi:1", "wasi/wasm")["manifestDigest"] == single
+    out = wasmctr("rmi", "single:1").stdout
+    assert "Untagged: single:1" in out and f"Deleted: {single}" not in out
+    assert wasmctr("run", "multi:1").stdout == "hello from wat\n"
+    assert f"Deleted: {api.inspect('multi:1')['digest']}" in wasmctr("rmi", "multi:1").stdout

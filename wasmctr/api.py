@@ -207,9 +207,10 @@ def _collect(st: Store, removed: list[Tagged]) -> Removed:
     """After entries were removed: what went, once the blobs (and unpacked rootfs) nothing reaches are gone."""
     blobs, freed = st.gc()
     st.prune_rootfs()
-    left = {t.descriptor.digest for t in st.tags()}
-    return Removed(sorted(t.name for t in removed if not t.dangling),
-                   sorted({t.descriptor.digest for t in removed} - left), blobs, freed)
+    # an image is deleted when its manifest or index is gone: one still named, or in another image's
+    # index, stays
+    gone = {t.descriptor.digest for t in removed if not st.has_blob(t.descriptor.digest)}
+    return Removed(sorted(t.name for t in removed if not t.dangling), sorted(gone), blobs, freed)
 
 
 def save(ref: str, output: str | os.PathLike[str] | None = None, oci_dir: str | os.PathLike[str] | None = None,
