@@ -171,8 +171,10 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
         # before the fork: a guest the policy refuses fails `create`, and the container process starts warm
         guest = executor.prepare(spec_from_bundle(bundle, config))
         privileges.capability_sets(config.get("process") or {})  # bad names fail `create`
-        profile = (config.get("linux") or {}).get("seccomp")
+        linux = config.get("linux") or {}
+        profile = linux.get("seccomp")
         filters = (seccomp.allowlist(guest.spec.policy.network), seccomp.build(profile) if profile else None)
+        cgroup = Cgroup.open(linux["cgroupsPath"]) if linux.get("cgroupsPath") else None  # a bad path fails here
     except Exception as exc:
         raise SpecError(str(exc)) from None
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -193,10 +195,10 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
             with contextlib.suppress(Exception):
                 os.write(2, f"wasmctr-runtime: {exc}\n".encode())
         os._exit(code)
-    linux = config.get("linux") or {}
-    if linux.get("cgroupsPath"):  # before `start`: the guest runs only once it is inside, limited
+    if cgroup is not None:  # before `start`: the guest runs only once it is inside, limited
         try:
-            Cgroup.create(linux["cgroupsPath"], linux.get("resources") or {}).add(pid)
+            cgroup.make(linux.get("resources") or {})
+            cgroup.add(pid)
         except OSError as exc:
             os.kill(pid, signal.SIGKILL)  # not reaped yet: the pid cannot have been reused
             os.waitpid(pid, 0)
@@ -376,7 +378,7 @@ def _delete(g: Globals, container_id: str, force: bool) -> None:
 
         try:
             Cgroup.open(state[CGROUPS_PATH]).remove()
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a path refused at `create`, recorded by an older version
             pass
     state_dir = os.path.join(g.root, container_id)
     from wasmctr import devices

@@ -339,6 +339,7 @@ class TaskService:
             fds = (stdio.open_stdio(task.stdin, os.O_RDONLY), stdio.open_stdio(task.stdout, os.O_WRONLY),
                    stdio.open_stdio(task.stderr, os.O_WRONLY))
         try:
+            cgroup = Cgroup.open(cgroups_path) if cgroups_path else None  # a bad path fails before runc runs
             task.pid = self.runc.create(task.id, str(task.bundle), fds)
             task.pidfd = os.pidfd_open(task.pid)  # ours to reap (we are its subreaper): not reused before
         finally:
@@ -348,8 +349,7 @@ class TaskService:
             else:
                 os.close(fds[1])
                 os.close(fds[2])
-        if cgroups_path:
-            task.cgroup = Cgroup.open(cgroups_path)  # runc made it; Stats reads it
+        task.cgroup = cgroup  # runc made it; Stats reads it
         threading.Thread(target=self._reap, args=(task,), daemon=True).start()
 
     # -- the child ---------------------------------------------------------------------------------

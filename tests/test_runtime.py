@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 from conftest import wasmctr
-from services import proc_status
+from services import proc_status, remove_cgroup_tree
 
 RUNTIME = str(Path(sys.executable).parent / "wasmctr-runtime")
 VIA_RUNC_SHIM = ["--runtime", "io.containerd.runc.v2", "--runc-binary", RUNTIME]
@@ -162,6 +162,49 @@ def test_the_container_process_is_in_the_specs_cgroup_with_its_limits(bundle: Pa
     finally:
         runtime(root, "delete", "--force", "cg1")
         group.remove()
+
+
+def test_a_cgroups_path_that_climbs_stays_in_the_cgroup_hierarchy(bundle: Path, tmp_path: Path) -> None:
+    """`/../../..{target}` is cleaned as runc cleans it: the container's cgroup is `{target}` inside each
+    hierarchy, never the host directory `{target}` (which create made and filled before); delete
+    removes that cgroup."""
+    target = tmp_path / "escape"
+    climbing = "/" + "../" * 12 + str(target).lstrip("/")
+    config = json.loads((bundle / "config.json").read_text())
+    config["linux"] = {"cgroupsPath": climbing, "resources": {"memory": {"limit": 256 << 20}, "pids": {"limit": 64}}}
+    (bundle / "config.json").write_text(json.dumps(config))
+    root = tmp_path / "root"
+    try:
+        create = subprocess.Popen([RUNTIME, "--root", str(root), "create", "--bundle", str(bundle), "climb"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert create.wait(30) == 0
+        pid = json.loads(runtime(root, "state", "climb").stdout)["pid"]
+        memberships = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        memory = [line for line in memberships if ":memory:" in line or line.startswith("0::")]
+        assert memory and all(line.endswith(":" + str(target)) for line in memory)
+        assert not target.exists()
+        assert runtime(root, "delete", "--force", "climb").returncode == 0
+        assert not target.exists()
+    finally:
+        runtime(root, "delete", "--force", "climb")
+        remove_cgroup_tree(climbing)
+
+
+@pytest.mark.parametrize("part", ["name", "prefix", "slice"])
+def test_a_systemd_cgroups_path_naming_a_path_fails_create(bundle: Path, tmp_path: Path, part: str) -> None:
+    """As runc's ExpandSlice and systemd refuse them: a slice, prefix or name with `/` or `..` fails
+    create in one line, before anything (a state directory, a cgroup, the target) is made."""
+    target = tmp_path / "escape"
+    climbing = "../" * 12 + str(target).lstrip("/")
+    cgroups_path = {"name": f"system.slice::{climbing}", "prefix": f"system.slice:{climbing}:x",
+                    "slice": f"{climbing}.slice:cri:x"}[part]
+    config = json.loads((bundle / "config.json").read_text())
+    config["linux"] = {"cgroupsPath": cgroups_path, "resources": {"pids": {"limit": 64}}}
+    (bundle / "config.json").write_text(json.dumps(config))
+    refused = runtime(tmp_path / "root", "create", "--bundle", str(bundle), "sd")
+    assert refused.returncode == 1 and f"the {part} " in refused.stderr and "not a unit name" in refused.stderr
+    assert len(refused.stderr.splitlines()) == 1
+    assert not target.exists() and not (tmp_path / "root" / "sd").exists()
 
 
 def test_the_shims_create_claims_its_id_atomically_and_honours_the_deadline(bundle: Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from services import ppid, proc_status, process_state, status_fields
+from services import ppid, proc_status, process_state, remove_cgroup_tree, status_fields
 
 RUNTIME = ["--runtime", "io.containerd.wasmctr.v1"]
 
@@ -90,6 +90,37 @@ def test_task_metrics_report_the_container_cgroup_cpu_and_memory(containerd, ima
     assert gone.returncode != 0 and "no metrics" in gone.stderr  # containerd drops our NotFound
     containerd.ctr("task", "delete", "metered", check=True)
     containerd.ctr("container", "delete", "metered", check=True)
+    wait_for_nothing_left(containerd)
+
+
+def test_a_cgroups_path_stays_in_the_cgroup_hierarchy(containerd, images, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`ctr run --cgroup` with a path that climbs: the cgroupfs form is cleaned as runc cleans it (the
+    guest's cgroup is `{target}` in each hierarchy, not the host directory), and a systemd slice, prefix
+    or name naming a path fails Create; the target is never made."""
+    target = tmp_path / "escape"
+    climbing = "../" * 12 + str(target).lstrip("/")
+    for refused in (f"system.slice::{climbing}", f"system.slice:{climbing}:x", f"{climbing}.slice:cri:x"):
+        proc = ctr_run(containerd, "--rm", "--cgroup", refused, images["hostile"], "cg-refused", "/hostile.wasm",
+                       "exit", "0")
+        assert proc.returncode != 0 and "not a unit name" in proc.stderr, proc.stderr
+        containerd.ctr("container", "delete", "cg-refused")
+    try:
+        proc = ctr_run(containerd, "-d", "--cgroup", "/" + climbing, images["hostile"], "cg-climb", "/hostile.wasm",
+                       "sleep", "30")
+        assert proc.returncode == 0, proc.stderr
+        pid = int(containerd.ctr("task", "ls").stdout.split("cg-climb", 1)[1].split()[0])
+        memberships = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        memory = [line for line in memberships if ":memory:" in line or line.startswith("0::")]
+        assert memory and all(line.endswith(":" + str(target)) for line in memory)
+        containerd.ctr("task", "kill", "--signal", "SIGKILL", "cg-climb", check=True)
+        for _ in range(100):
+            if containerd.ctr("task", "delete", "cg-climb").returncode == 0:
+                break
+            time.sleep(0.05)
+        containerd.ctr("container", "delete", "cg-climb", check=True)
+        assert not target.exists()
+    finally:
+        remove_cgroup_tree("/" + climbing)
     wait_for_nothing_left(containerd)
 
 
