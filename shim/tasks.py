@@ -36,7 +36,7 @@ from .cgroups import Cgroup
 from .container import become_guest, default_signals
 from .events import Publisher, timestamp
 from .metrics import metrics
-from .native import Runc
+from .native import Runc, check_bundle
 from .ttrpc import Call, Code, RpcError, Service
 
 SERVICE = "containerd.task.v2.Task"
@@ -162,6 +162,7 @@ class TaskService:
             if stdio.is_binary_uri(req.stdout):
                 task.logger = stdio.BinaryLogger.start(req.stdout, req.id, task.namespace)
             if task.native:
+                check_bundle(str(bundle), config)  # before runc sees it
                 _commit(call)
                 self._create_native(task, linux.get("cgroupsPath"))
             else:
