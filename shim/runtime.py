@@ -162,6 +162,7 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
     from wasmctr.ocispec import spec_from_bundle
 
     from .cgroups import Cgroup
+    from .container import Ready
 
     state_dir = Path(g.root, container_id)
     if (state_dir / STATE_FILE).exists():
@@ -186,14 +187,17 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
     user = (config.get("process") or {}).get("user") or {}
     os.chown(fifo, int(user.get("uid") or 0), int(user.get("gid") or 0))  # the container process opens it as its user
     ruleset = landlock.ruleset_for(guest.spec)  # as root, where the paths are reachable; enforced once started
+    guest.spec.stdin = True
+    ready = Ready()
     pid = os.fork()
     if pid == 0:  # the container process: it becomes the guest
         code = 125
         try:
-            code = _container(executor, guest, fifo, config, filters, ruleset)
+            code = _container(executor, guest, fifo, config, filters, ruleset, ready)
         except BaseException as exc:  # noqa: BLE001 - nothing may escape a forked child
-            with contextlib.suppress(Exception):
-                os.write(2, f"wasmctr-runtime: {exc}\n".encode())
+            if not ready.failed(str(exc)):  # `create` reports it if it was not ready yet
+                with contextlib.suppress(Exception):
+                    os.write(2, f"wasmctr-runtime: {exc}\n".encode())
         os._exit(code)
     if cgroup is not None:  # before `start`: the guest runs only once it is inside, limited
         try:
@@ -203,6 +207,14 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
             os.kill(pid, signal.SIGKILL)  # not reaped yet: the pid cannot have been reused
             os.waitpid(pid, 0)
             raise SpecError(f"cgroup {linux['cgroupsPath']}: {exc.strerror or exc}") from None
+    failure = ready.wait()
+    if failure is not None:  # it ended before it was ready: reaped here, and nothing of it is left
+        os.waitpid(pid, 0)
+        if cgroup is not None:
+            cgroup.remove()
+        devices.remove(state_dir / "dev")
+        devices.remove_files(state_dir, ("exec.fifo",))
+        raise SpecError(failure)
     state = {"ociVersion": OCI_VERSION, "id": container_id, "pid": pid, "bundle": str(bundle),
              "created": _now(), "owner": "", "annotations": config.get("annotations") or {},
              START_TIME: process.start_time(pid),  # the pid's identity (runc's name)
@@ -220,7 +232,7 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
 
 
 def _container(executor: Any, guest: Any, fifo: Path, config: dict[str, Any], filters: tuple[Any, Any],
-               ruleset: int | None) -> int:
+               ruleset: int | None, ready: Any) -> int:
     from wasmctr import privileges, seccomp
 
     from .container import become_guest, default_signals
@@ -229,8 +241,10 @@ def _container(executor: Any, guest: Any, fifo: Path, config: dict[str, Any], fi
     # held by its path before the user changes (the state dir need not be searchable by that user), and
     # opened through /proc/self/fd after, which checks the FIFO's own owner and mode only
     fifo_path = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
+    guest = executor.open(guest)  # the rootfs and mounts, opened while privileged as runc enters the rootfs
     privileges.drop(config.get("process") or {})  # the spec's user and capabilities, no_new_privs
     seccomp.install(*filters)
+    ready.ready()
 
     def started() -> bool:
         fd = os.open(f"/proc/self/fd/{fifo_path}", os.O_WRONLY)  # blocks until `start` opens the other end
@@ -238,7 +252,6 @@ def _container(executor: Any, guest: Any, fifo: Path, config: dict[str, Any], fi
         os.close(fd)
         return True
 
-    guest.spec.stdin = True
     outcome = become_guest(executor, guest, started, ruleset)
     return outcome.exit_code if outcome is not None else 137
 

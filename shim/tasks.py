@@ -26,14 +26,14 @@ from typing import Any
 from google.protobuf import any_pb2, empty_pb2
 
 from wasmctr import devices, landlock, privileges, seccomp
-from wasmctr.errors import WasmctrError
+from wasmctr.errors import ExecutorError, WasmctrError
 from wasmctr.executor import Executor, Prepared
 from wasmctr.ocispec import is_wasm, load_config, network_namespace, spec_from_bundle
 
 from . import mounts, process, stdio
 from .api import shim_pb2, task_pb2
 from .cgroups import Cgroup
-from .container import become_guest, default_signals
+from .container import Ready, become_guest, default_signals
 from .events import Publisher, timestamp
 from .metrics import metrics
 from .native import Runc, check_bundle
@@ -168,6 +168,7 @@ class TaskService:
             else:
                 spec = spec_from_bundle(bundle, config)
                 spec.devices = devices.populate(bundle / DEVICE_DIR)  # the OCI default devices, at /dev
+                spec.stdin = bool(req.stdin)
                 task.memory_limit = spec.memory_limit or 0
                 task.netns = network_namespace(config)
                 privileges.capability_sets(config.get("process") or {})  # bad names fail here, not in the child
@@ -361,15 +362,17 @@ class TaskService:
         # made here, as root, where the paths are reachable (the child may become a user who cannot
         # reach them) and where the work is not repeated in every container's pages; the child enforces it
         ruleset = landlock.ruleset_for(guest.spec)
+        ready = Ready()
         pid = os.fork()
         if pid == 0:  # the container process
             try:
                 os.close(start_w)
                 os.close(report_r)
-                code = _child(self.executor, task, guest, process, filters, ruleset, start_r, report_w)
+                code = _child(self.executor, task, guest, process, filters, ruleset, start_r, report_w, ready)
             except BaseException as exc:  # noqa: BLE001 - nothing may escape a forked child
-                with contextlib.suppress(Exception):
-                    os.write(2, f"wasmctr: {exc}\n".encode())
+                if not ready.failed(str(exc)):  # Create reports it if it was not ready yet
+                    with contextlib.suppress(Exception):
+                        os.write(2, f"wasmctr: {exc}\n".encode())
                 code = 125
             os._exit(code)
         os.close(start_r)
@@ -383,10 +386,17 @@ class TaskService:
                 task.cgroup.add(pid)
             except OSError:
                 os.kill(pid, signal.SIGKILL)  # not reaped yet: the pid cannot have been reused
+                ready.wait()  # closes the pipe (a killed process says nothing)
                 os.waitpid(pid, 0)
                 os.close(start_w)
                 os.close(report_r)
                 raise
+        failure = ready.wait()
+        if failure is not None:  # it ended before it was ready: reaped here, before any reaper exists
+            os.waitpid(pid, 0)
+            os.close(start_w)
+            os.close(report_r)
+            raise ExecutorError(failure)
         task.pid, task.start_fd, task.report_fd = pid, start_w, report_r
         task.pidfd = os.pidfd_open(pid)  # before the reaper exists: the pid cannot have been reused
         threading.Thread(target=self._reap, args=(task,), daemon=True).start()
@@ -422,11 +432,12 @@ class TaskService:
 
 
 def _child(executor: Any, task: Task, guest: Prepared, process: dict[str, Any], filters: tuple[Any, Any],
-           ruleset: int | None, start_r: int, report_w: int) -> int:
+           ruleset: int | None, start_r: int, report_w: int, ready: Ready) -> int:
     default_signals()
     gc.disable()
     logger_fds = (task.logger.stdout, task.logger.stderr) if task.logger else ()
-    stdio.close_inherited_fds(keep={start_r, report_w, *logger_fds, *([ruleset] if ruleset is not None else [])},
+    stdio.close_inherited_fds(keep={start_r, report_w, ready.read_fd, ready.write_fd, *logger_fds,
+                                    *([ruleset] if ruleset is not None else [])},
                               keep_files_under=executor.cache.directory if executor.cache is not None else None)
     os.setsid()
     if task.netns:
@@ -441,9 +452,10 @@ def _child(executor: Any, task: Task, guest: Prepared, process: dict[str, Any], 
     # new stdio objects: another thread of the shim may have held the old ones' locks at the fork
     sys.stdout = open(1, "w", closefd=False)
     sys.stderr = open(2, "w", closefd=False)
+    guest = executor.open(guest)  # the rootfs and mounts, opened while privileged as runc enters the rootfs
     privileges.drop(process)  # after what needs root (the pod's netns, containerd's FIFOs), before the guest
     seccomp.install(*filters)  # from here, only the calls a loaded guest needs
-    guest.spec.stdin = bool(task.stdin)
+    ready.ready()
     outcome = become_guest(executor, guest, lambda: os.read(start_r, 1) == b"s", ruleset)
     if outcome is None:
         return 137  # deleted before it was started
