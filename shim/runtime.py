@@ -153,7 +153,6 @@ def _dispatch(g: Globals, command: str, rest: list[str]) -> None:
 
 def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any], pid_file: str | None) -> int:
     import contextlib
-    import signal
     from pathlib import Path
 
     from wasmctr import devices, home, landlock, privileges, seccomp
@@ -188,25 +187,24 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
     os.chown(fifo, int(user.get("uid") or 0), int(user.get("gid") or 0))  # the container process opens it as its user
     ruleset = landlock.ruleset_for(guest.spec)  # as root, where the paths are reachable; enforced once started
     guest.spec.stdin = True
+    if cgroup is not None:
+        try:
+            cgroup.make(linux.get("resources") or {})
+        except OSError as exc:
+            raise SpecError(f"cgroup {linux['cgroupsPath']}: {exc.strerror or exc}") from None
     ready = Ready()
     pid = os.fork()
     if pid == 0:  # the container process: it becomes the guest
         code = 125
         try:
+            if cgroup is not None:  # first: all it does from here on is charged to the container, and limited
+                cgroup.add(os.getpid())
             code = _container(executor, guest, fifo, config, filters, ruleset, ready)
         except BaseException as exc:  # noqa: BLE001 - nothing may escape a forked child
             if not ready.failed(str(exc)):  # `create` reports it if it was not ready yet
                 with contextlib.suppress(Exception):
                     os.write(2, f"wasmctr-runtime: {exc}\n".encode())
         os._exit(code)
-    if cgroup is not None:  # before `start`: the guest runs only once it is inside, limited
-        try:
-            cgroup.make(linux.get("resources") or {})
-            cgroup.add(pid)
-        except OSError as exc:
-            os.kill(pid, signal.SIGKILL)  # not reaped yet: the pid cannot have been reused
-            os.waitpid(pid, 0)
-            raise SpecError(f"cgroup {linux['cgroupsPath']}: {exc.strerror or exc}") from None
     failure = ready.wait()
     if failure is not None:  # it ended before it was ready: reaped here, and nothing of it is left
         os.waitpid(pid, 0)

@@ -2,8 +2,9 @@
 every other container (a pod's sandbox, native sidecars) a runc container.
 
 The shim process imports wasmtime once and stays warm; `Create` forks a child per wasm container that
-opens containerd's FIFOs, joins the pod's network namespace, loads the compiled guest and waits on a
-pipe, and puts it in the cgroup the spec names (with the spec's limits); `Start` releases it. Each
+enters the cgroup the spec names (with the spec's limits), opens containerd's FIFOs, joins the pod's
+network namespace, opens its rootfs and mounts, becomes the spec's user and waits on a pipe; Create
+returns once it is ready (or fails with its reason), and `Start` releases it. Each
 container therefore has its own pid, is killed and reaped alone, and one guest's trap or crash cannot
 disturb another. A container that is not wasm goes to runc (`native`), with the same Task API, events,
 stdio and exit codes. Events go to containerd over ttrpc.
@@ -381,16 +382,6 @@ class TaskService:
             os.close(ruleset)
         if task.logger:
             task.logger.release()
-        if task.cgroup:  # before Start (the guest runs only once it is inside) and before the reaper
-            try:
-                task.cgroup.add(pid)
-            except OSError:
-                os.kill(pid, signal.SIGKILL)  # not reaped yet: the pid cannot have been reused
-                ready.wait()  # closes the pipe (a killed process says nothing)
-                os.waitpid(pid, 0)
-                os.close(start_w)
-                os.close(report_r)
-                raise
         failure = ready.wait()
         if failure is not None:  # it ended before it was ready: reaped here, before any reaper exists
             os.waitpid(pid, 0)
@@ -434,6 +425,8 @@ class TaskService:
 def _child(executor: Any, task: Task, guest: Prepared, process: dict[str, Any], filters: tuple[Any, Any],
            ruleset: int | None, start_r: int, report_w: int, ready: Ready) -> int:
     default_signals()
+    if task.cgroup:  # first: all the process does from here on is charged to the container, and limited
+        task.cgroup.add(os.getpid())
     gc.disable()
     logger_fds = (task.logger.stdout, task.logger.stderr) if task.logger else ()
     stdio.close_inherited_fds(keep={start_r, report_w, ready.read_fd, ready.write_fd, *logger_fds,
