@@ -9,11 +9,18 @@ Both hierarchies: cgroup v2 (unified, at /sys/fs/cgroup) and v1 (one mount per c
 hybrid hosts). Paths are those containerd writes: `/parent/id` (cgroupfs driver) or systemd's
 `slice:prefix:name`, expanded as runc expands it (`kubepods-besteffort-pod1.slice:cri-containerd:ID` →
 `/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-ID.scope`).
+
+The path comes from a spec, so it is hostile: it is cleaned as runc's `CleanPath` cleans it (lexically,
+against `/`: `/../../srv/x` is the cgroup `/srv/x`, never the host's /srv/x), a systemd slice, prefix or
+name that names a path (`/`, `..`) is refused, and so is the root cgroup itself. Creating walks down
+from the controller's mount one directory at a time, never through a link, and checks that each is on
+that mount's filesystem, so nothing is made or written outside the hierarchy.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 
 TYPE_CHECKING = False  # wasmctr-runtime's `delete` imports this module: no typing, no dataclasses
 if TYPE_CHECKING:
@@ -24,19 +31,40 @@ V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids")
 
 
 def expand(cgroups_path: str) -> str:
-    """The cgroup's path below the hierarchy root, for either driver's notation."""
+    """The cgroup's path below the hierarchy root, for either driver's notation, cleaned; ValueError for
+    a systemd part that names a path or a path that is the root cgroup."""
     if ":" in cgroups_path and not cgroups_path.startswith("/"):
-        slice_name, prefix, name = (cgroups_path.split(":") + ["", ""])[:3]
+        parts = cgroups_path.split(":")
+        if len(parts) > 3:
+            raise ValueError(f"cgroupsPath {cgroups_path!r}: expected slice:prefix:name")
+        slice_name, prefix, name = (parts + ["", ""])[:3]
+        for what, part in (("slice", slice_name), ("prefix", prefix), ("name", name)):
+            if "/" in part or ".." in part:
+                raise ValueError(f"cgroupsPath {cgroups_path!r}: the {what} {part!r} is a path, not a unit name")
         parent = _expand_slice(slice_name or "system.slice")
-        return f"{parent.rstrip('/')}/{prefix}-{name}.scope" if prefix else f"{parent.rstrip('/')}/{name}"
-    return "/" + cgroups_path.strip("/")
+        path = f"{parent.rstrip('/')}/{prefix}-{name}.scope" if prefix else f"{parent.rstrip('/')}/{name}"
+    else:
+        path = clean(cgroups_path)
+    if path == "/":
+        raise ValueError(f"cgroupsPath {cgroups_path!r}: a container needs a cgroup of its own, not the root")
+    return path
+
+
+def clean(path: str) -> str:
+    """runc's CleanPath against `/`: lexical, so `..` stops at the root (`/../../srv/x` is `/srv/x`)."""
+    return "/" + posixpath.normpath("/" + path).lstrip("/")
 
 
 def _expand_slice(name: str) -> str:
+    """systemd's `a-b.slice` as the path `/a.slice/a-b.slice`; ValueError for a name systemd (and
+    runc's ExpandSlice) would refuse: no `.slice` suffix, an empty dash-separated component."""
     if name == "-.slice":
         return "/"
     stem = name.removesuffix(".slice")
-    parts, path = stem.split("-"), ""
+    parts = stem.split("-")
+    if stem == name or "" in parts:
+        raise ValueError(f"cgroupsPath: invalid slice name {name!r}")
+    path = ""
     for i in range(len(parts)):
         path += f"/{'-'.join(parts[:i + 1])}.slice"
     return path
@@ -63,27 +91,30 @@ def _v1_mounts() -> dict[str, str]:
 class Cgroup:
     """One container's cgroup, in every hierarchy it lives in (one on v2, one per controller on v1)."""
 
-    def __init__(self, path: str, directories: dict[str, str]) -> None:
+    def __init__(self, path: str, mounts: dict[str, str]) -> None:
         self.path = path
-        self.directories = directories  # controller (or "" on v2) -> directory
+        self.mounts = mounts  # controller (or "" on v2) -> its hierarchy's mount
+        self.directories = {controller: mount + path for controller, mount in mounts.items()}
 
     @classmethod
     def open(cls, cgroups_path: str) -> Cgroup:
-        """The cgroup at that path (as another runtime, runc, made it), to read."""
+        """The cgroup at that path (as another runtime, runc, made it), to read; ValueError for a path
+        `expand` refuses, before anything is made."""
         path = expand(cgroups_path)
-        if is_v2():
-            return cls(path, {"": ROOT + path})
-        return cls(path, {name: mount + path for name, mount in _v1_mounts().items()})
+        return cls(path, {"": ROOT} if is_v2() else _v1_mounts())
 
     @classmethod
     def create(cls, cgroups_path: str, resources: dict[str, Any]) -> Cgroup:
         group = cls.open(cgroups_path)
-        if "" in group.directories:
-            _enable_controllers(group.directories[""])
-        for directory in group.directories.values():
-            os.makedirs(directory, exist_ok=True)
-        group.limit(resources)
+        group.make(resources)
         return group
+
+    def make(self, resources: dict[str, Any]) -> None:
+        """Make the cgroup in every hierarchy (on v2, each parent delegating the controllers) and set
+        the spec's limits in it."""
+        for controller, mount in self.mounts.items():
+            _make(mount, self.path, delegate=controller == "")
+        self.limit(resources)
 
     def limit(self, resources: dict[str, Any]) -> None:
         """Write the spec's `linux.resources` (memory limit, CPU shares/quota/period, pids limit)."""
@@ -149,21 +180,36 @@ class Cgroup:
             return f.read()
 
 
-def _enable_controllers(directory: str) -> None:
-    """On v2, a controller's files exist in a cgroup only if its parent delegates it (subtree_control)."""
-    parts = directory[len(ROOT):].strip("/").split("/")
-    current = ROOT
-    for part in parts[:-1] if parts else []:
-        current = os.path.join(current, part)
-        os.makedirs(current, exist_ok=True)
-    current = ROOT
-    for part in parts:
-        available: set[str] = set()
-        try:
-            with open(os.path.join(current, "cgroup.controllers")) as f:
-                available = set(f.read().split()) & {"memory", "cpu", "pids"}
-            with open(os.path.join(current, "cgroup.subtree_control"), "w") as f:
-                f.write(" ".join(f"+{c}" for c in sorted(available)))
-        except OSError:
-            pass
-        current = os.path.join(current, part)
+def _make(mount: str, path: str, delegate: bool) -> None:
+    """mkdir -p of `path` below `mount`, one component at a time from the mount's descriptor, none
+    opened through a link, each checked to be on the mount's filesystem (a mount or link planted in the
+    hierarchy cannot lead out of it). With `delegate` (v2), each parent first enables the memory, cpu
+    and pids controllers its own parent gives it for its children (subtree_control): a controller's
+    files exist in a cgroup only then."""
+    fd = os.open(mount, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        device = os.fstat(fd).st_dev
+        for part in path.strip("/").split("/"):
+            if delegate:
+                _delegate(fd)
+            try:
+                os.mkdir(part, dir_fd=fd)
+            except FileExistsError:
+                pass
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = child
+            if os.fstat(fd).st_dev != device:
+                raise OSError(f"{mount}{path} leaves the cgroup hierarchy at {mount}")
+    finally:
+        os.close(fd)
+
+
+def _delegate(fd: int) -> None:
+    try:
+        with open(os.open("cgroup.controllers", os.O_RDONLY | os.O_CLOEXEC, dir_fd=fd)) as f:
+            available = set(f.read().split()) & {"memory", "cpu", "pids"}
+        with open(os.open("cgroup.subtree_control", os.O_WRONLY | os.O_CLOEXEC, dir_fd=fd), "w") as f:
+            f.write(" ".join(f"+{c}" for c in sorted(available)))
+    except OSError:
+        pass

@@ -7,6 +7,10 @@ own process is gone by then, so the init is re-parented to the shim). runc appli
 namespaces, cgroups, capabilities and seccomp profile, so a native container here is the container it
 would be under io.containerd.runc.v2. runc's errors arrive through its JSON `--log`, so a failed
 create is one line with runc's own message.
+
+A bundle is refused before runc sees it unless it is what containerd always sends: a mount namespace
+of the container's own (runc builds the rootfs and its /dev there; without one it made device nodes
+on the host's) and a root directory below the bundle (containerd mounts the rootfs at `rootfs`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import ctypes
 import json
 import os
 import subprocess
+from typing import Any
 
 from wasmctr.errors import ExecutorError
 
@@ -26,6 +31,37 @@ def become_subreaper() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def check_bundle(bundle: str, config: dict[str, Any]) -> None:
+    """ExecutorError unless the spec has a mount namespace of its own (an entry with a `path` joins
+    another process's, the host's for /proc/1/ns/mnt) and its root, opened as runc will open it (relative
+    to the bundle), is a directory below the bundle: the check walks up from that directory through
+    `..` until it meets the bundle, by identity, not by comparing strings."""
+    namespaces = (config.get("linux") or {}).get("namespaces") or []
+    if not any(isinstance(ns, dict) and ns.get("type") == "mount" and not ns.get("path") for ns in namespaces):
+        raise ExecutorError("a native container needs a mount namespace of its own (linux.namespaces)")
+    root = str((config.get("root") or {}).get("path") or "")
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+    bundle_status = os.stat(bundle)
+    try:
+        fd = os.open(os.path.join(bundle, root), flags)
+    except OSError as exc:
+        raise ExecutorError(f"root.path {root!r}: {exc.strerror}") from None
+    try:
+        previous = os.fstat(fd)
+        while True:
+            parent = os.open("..", flags, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            status = os.fstat(fd)
+            if (status.st_dev, status.st_ino) == (bundle_status.st_dev, bundle_status.st_ino):
+                return
+            if (status.st_dev, status.st_ino) == (previous.st_dev, previous.st_ino):  # the filesystem's root
+                raise ExecutorError(f"root.path {root!r} is not a directory below the bundle")
+            previous = status
+    finally:
+        os.close(fd)
 
 
 class Runc:

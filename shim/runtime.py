@@ -153,7 +153,6 @@ def _dispatch(g: Globals, command: str, rest: list[str]) -> None:
 
 def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any], pid_file: str | None) -> int:
     import contextlib
-    import signal
     from pathlib import Path
 
     from wasmctr import devices, home, landlock, namespaces, privileges, seccomp
@@ -162,6 +161,7 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
     from wasmctr.ocispec import spec_from_bundle
 
     from .cgroups import Cgroup
+    from .container import Ready
 
     state_dir = Path(g.root, container_id)
     if (state_dir / STATE_FILE).exists():
@@ -171,9 +171,11 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
         # before the fork: a guest the policy refuses fails `create`, and the container process starts warm
         guest = executor.prepare(spec_from_bundle(bundle, config))
         privileges.capability_sets(config.get("process") or {})  # bad names fail `create`
-        profile = (config.get("linux") or {}).get("seccomp")
+        linux = config.get("linux") or {}
+        profile = linux.get("seccomp")
         filters = (seccomp.allowlist(guest.spec.policy.network), seccomp.build(profile) if profile else None)
         spaces = namespaces.of_spec(config)
+        cgroup = Cgroup.open(linux["cgroupsPath"]) if linux.get("cgroupsPath") else None  # a bad path fails here
     except Exception as exc:
         raise SpecError(str(exc)) from None
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -185,24 +187,34 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
     user = (config.get("process") or {}).get("user") or {}
     os.chown(fifo, int(user.get("uid") or 0), int(user.get("gid") or 0))  # the container process opens it as its user
     ruleset = landlock.ruleset_for(guest.spec)  # as root, where the paths are reachable; enforced once started
+    guest.spec.stdin = True
+    if cgroup is not None:
+        try:
+            cgroup.make(linux.get("resources") or {})
+        except OSError as exc:
+            raise SpecError(f"cgroup {linux['cgroupsPath']}: {exc.strerror or exc}") from None
+    ready = Ready()
     pid = namespaces.fork(spaces)  # in the spec's pid namespace
     if pid == 0:  # the container process: it becomes the guest
         code = 125
         try:
+            if cgroup is not None:  # first: all it does from here on is charged to the container, and limited
+                cgroup.add(os.getpid())
             namespaces.enter(spaces)
-            code = _container(executor, guest, fifo, config, filters, ruleset)
+            code = _container(executor, guest, fifo, config, filters, ruleset, ready)
         except BaseException as exc:  # noqa: BLE001 - nothing may escape a forked child
-            with contextlib.suppress(Exception):
-                os.write(2, f"wasmctr-runtime: {exc}\n".encode())
+            if not ready.failed(str(exc)):  # `create` reports it if it was not ready yet
+                with contextlib.suppress(Exception):
+                    os.write(2, f"wasmctr-runtime: {exc}\n".encode())
         os._exit(code)
-    linux = config.get("linux") or {}
-    if linux.get("cgroupsPath"):  # before `start`: the guest runs only once it is inside, limited
-        try:
-            Cgroup.create(linux["cgroupsPath"], linux.get("resources") or {}).add(pid)
-        except OSError as exc:
-            os.kill(pid, signal.SIGKILL)  # not reaped yet: the pid cannot have been reused
-            os.waitpid(pid, 0)
-            raise SpecError(f"cgroup {linux['cgroupsPath']}: {exc.strerror or exc}") from None
+    failure = ready.wait()
+    if failure is not None:  # it ended before it was ready: reaped here, and nothing of it is left
+        os.waitpid(pid, 0)
+        if cgroup is not None:
+            cgroup.remove()
+        devices.remove(state_dir / "dev")
+        devices.remove_files(state_dir, ("exec.fifo",))
+        raise SpecError(failure)
     state = {"ociVersion": OCI_VERSION, "id": container_id, "pid": pid, "bundle": str(bundle),
              "created": _now(), "owner": "", "annotations": config.get("annotations") or {},
              START_TIME: process.start_time(pid),  # the pid's identity (runc's name)
@@ -220,7 +232,7 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
 
 
 def _container(executor: Any, guest: Any, fifo: Path, config: dict[str, Any], filters: tuple[Any, Any],
-               ruleset: int | None) -> int:
+               ruleset: int | None, ready: Any) -> int:
     from wasmctr import privileges, seccomp
 
     from .container import become_guest, default_signals
@@ -229,8 +241,10 @@ def _container(executor: Any, guest: Any, fifo: Path, config: dict[str, Any], fi
     # held by its path before the user changes (the state dir need not be searchable by that user), and
     # opened through /proc/self/fd after, which checks the FIFO's own owner and mode only
     fifo_path = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
+    guest = executor.open(guest)  # the rootfs and mounts, opened while privileged as runc enters the rootfs
     privileges.drop(config.get("process") or {})  # the spec's user and capabilities, no_new_privs
     seccomp.install(*filters)
+    ready.ready()
 
     def started() -> bool:
         fd = os.open(f"/proc/self/fd/{fifo_path}", os.O_WRONLY)  # blocks until `start` opens the other end
@@ -238,7 +252,6 @@ def _container(executor: Any, guest: Any, fifo: Path, config: dict[str, Any], fi
         os.close(fd)
         return True
 
-    guest.spec.stdin = True
     outcome = become_guest(executor, guest, started, ruleset)
     return outcome.exit_code if outcome is not None else 137
 
@@ -378,7 +391,7 @@ def _delete(g: Globals, container_id: str, force: bool) -> None:
 
         try:
             Cgroup.open(state[CGROUPS_PATH]).remove()
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a path refused at `create`, recorded by an older version
             pass
     state_dir = os.path.join(g.root, container_id)
     from wasmctr import devices

@@ -2,8 +2,9 @@
 every other container (a pod's sandbox, native sidecars) a runc container.
 
 The shim process imports wasmtime once and stays warm; `Create` forks a child per wasm container that
-opens containerd's FIFOs, joins the pod's network namespace, loads the compiled guest and waits on a
-pipe, and puts it in the cgroup the spec names (with the spec's limits); `Start` releases it. Each
+enters the cgroup the spec names (with the spec's limits), opens containerd's FIFOs, joins the pod's
+network namespace, opens its rootfs and mounts, becomes the spec's user and waits on a pipe; Create
+returns once it is ready (or fails with its reason), and `Start` releases it. Each
 container therefore has its own pid, is killed and reaped alone, and one guest's trap or crash cannot
 disturb another. A container that is not wasm goes to runc (`native`), with the same Task API, events,
 stdio and exit codes. Events go to containerd over ttrpc.
@@ -26,17 +27,17 @@ from typing import Any
 from google.protobuf import any_pb2, empty_pb2
 
 from wasmctr import devices, landlock, namespaces, privileges, seccomp
-from wasmctr.errors import WasmctrError
+from wasmctr.errors import ExecutorError, WasmctrError
 from wasmctr.executor import Executor, Prepared
 from wasmctr.ocispec import is_wasm, load_config, network_namespace, spec_from_bundle
 
 from . import mounts, process, stdio
 from .api import shim_pb2, task_pb2
 from .cgroups import Cgroup
-from .container import become_guest, default_signals
+from .container import Ready, become_guest, default_signals
 from .events import Publisher, timestamp
 from .metrics import metrics
-from .native import Runc
+from .native import Runc, check_bundle
 from .ttrpc import Call, Code, RpcError, Service
 
 SERVICE = "containerd.task.v2.Task"
@@ -163,11 +164,13 @@ class TaskService:
             if stdio.is_binary_uri(req.stdout):
                 task.logger = stdio.BinaryLogger.start(req.stdout, req.id, task.namespace)
             if task.native:
+                check_bundle(str(bundle), config)  # before runc sees it
                 _commit(call)
                 self._create_native(task, linux.get("cgroupsPath"))
             else:
                 spec = spec_from_bundle(bundle, config)
                 spec.devices = devices.populate(bundle / DEVICE_DIR)  # the OCI default devices, at /dev
+                spec.stdin = bool(req.stdin)
                 task.memory_limit = spec.memory_limit or 0
                 task.netns = network_namespace(config)
                 task.linux_namespaces = namespaces.of_spec(config)
@@ -341,6 +344,7 @@ class TaskService:
             fds = (stdio.open_stdio(task.stdin, os.O_RDONLY), stdio.open_stdio(task.stdout, os.O_WRONLY),
                    stdio.open_stdio(task.stderr, os.O_WRONLY))
         try:
+            cgroup = Cgroup.open(cgroups_path) if cgroups_path else None  # a bad path fails before runc runs
             task.pid = self.runc.create(task.id, str(task.bundle), fds)
             task.pidfd = os.pidfd_open(task.pid)  # ours to reap (we are its subreaper): not reused before
         finally:
@@ -350,8 +354,7 @@ class TaskService:
             else:
                 os.close(fds[1])
                 os.close(fds[2])
-        if cgroups_path:
-            task.cgroup = Cgroup.open(cgroups_path)  # runc made it; Stats reads it
+        task.cgroup = cgroup  # runc made it; Stats reads it
         threading.Thread(target=self._reap, args=(task,), daemon=True).start()
 
     # -- the child ---------------------------------------------------------------------------------
@@ -362,20 +365,23 @@ class TaskService:
         # made here, as root, where the paths are reachable (the child may become a user who cannot
         # reach them) and where the work is not repeated in every container's pages; the child enforces it
         ruleset = landlock.ruleset_for(guest.spec)
+        ready = Ready()
         try:
             pid = namespaces.fork(task.linux_namespaces)  # in the spec's pid namespace
         except OSError:
-            for fd in (start_r, start_w, report_r, report_w, *([ruleset] if ruleset is not None else [])):
+            for fd in (start_r, start_w, report_r, report_w, ready.read_fd, ready.write_fd,
+                       *([ruleset] if ruleset is not None else [])):
                 os.close(fd)
             raise
         if pid == 0:  # the container process
             try:
                 os.close(start_w)
                 os.close(report_r)
-                code = _child(self.executor, task, guest, process, filters, ruleset, start_r, report_w)
+                code = _child(self.executor, task, guest, process, filters, ruleset, start_r, report_w, ready)
             except BaseException as exc:  # noqa: BLE001 - nothing may escape a forked child
-                with contextlib.suppress(Exception):
-                    os.write(2, f"wasmctr: {exc}\n".encode())
+                if not ready.failed(str(exc)):  # Create reports it if it was not ready yet
+                    with contextlib.suppress(Exception):
+                        os.write(2, f"wasmctr: {exc}\n".encode())
                 code = 125
             os._exit(code)
         os.close(start_r)
@@ -384,15 +390,12 @@ class TaskService:
             os.close(ruleset)
         if task.logger:
             task.logger.release()
-        if task.cgroup:  # before Start (the guest runs only once it is inside) and before the reaper
-            try:
-                task.cgroup.add(pid)
-            except OSError:
-                os.kill(pid, signal.SIGKILL)  # not reaped yet: the pid cannot have been reused
-                os.waitpid(pid, 0)
-                os.close(start_w)
-                os.close(report_r)
-                raise
+        failure = ready.wait()
+        if failure is not None:  # it ended before it was ready: reaped here, before any reaper exists
+            os.waitpid(pid, 0)
+            os.close(start_w)
+            os.close(report_r)
+            raise ExecutorError(failure)
         task.pid, task.start_fd, task.report_fd = pid, start_w, report_r
         task.pidfd = os.pidfd_open(pid)  # before the reaper exists: the pid cannot have been reused
         threading.Thread(target=self._reap, args=(task,), daemon=True).start()
@@ -428,11 +431,14 @@ class TaskService:
 
 
 def _child(executor: Any, task: Task, guest: Prepared, process: dict[str, Any], filters: tuple[Any, Any],
-           ruleset: int | None, start_r: int, report_w: int) -> int:
+           ruleset: int | None, start_r: int, report_w: int, ready: Ready) -> int:
     default_signals()
+    if task.cgroup:  # first: all the process does from here on is charged to the container, and limited
+        task.cgroup.add(os.getpid())
     gc.disable()
     logger_fds = (task.logger.stdout, task.logger.stderr) if task.logger else ()
-    stdio.close_inherited_fds(keep={start_r, report_w, *logger_fds, *([ruleset] if ruleset is not None else [])},
+    stdio.close_inherited_fds(keep={start_r, report_w, ready.read_fd, ready.write_fd, *logger_fds,
+                                    *([ruleset] if ruleset is not None else [])},
                               keep_files_under=executor.cache.directory if executor.cache is not None else None)
     os.setsid()
     if task.netns:
@@ -448,9 +454,10 @@ def _child(executor: Any, task: Task, guest: Prepared, process: dict[str, Any], 
     # new stdio objects: another thread of the shim may have held the old ones' locks at the fork
     sys.stdout = open(1, "w", closefd=False)
     sys.stderr = open(2, "w", closefd=False)
+    guest = executor.open(guest)  # the rootfs and mounts, opened while privileged as runc enters the rootfs
     privileges.drop(process)  # after what needs root (the pod's netns, containerd's FIFOs), before the guest
     seccomp.install(*filters)  # from here, only the calls a loaded guest needs
-    guest.spec.stdin = bool(task.stdin)
+    ready.ready()
     outcome = become_guest(executor, guest, lambda: os.read(start_r, 1) == b"s", ruleset)
     if outcome is None:
         return 137  # deleted before it was started

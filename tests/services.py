@@ -143,6 +143,21 @@ def _stat(pid: int) -> list[str]:
         return []
 
 
+def remove_cgroup_tree(cgroups_path: str) -> None:
+    """Remove a test's cgroup and its parents, in every hierarchy, up to (not including) the mount: a
+    cleaned path's parents (`/tmp/pytest-of-root/...`) outlive the container. A parent another test
+    still uses is not empty, and stays."""
+    from shim.cgroups import Cgroup
+
+    group = Cgroup.open(cgroups_path)
+    for mount in set(group.mounts.values()):
+        directory = Path(mount + group.path)
+        while directory != Path(mount):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+            directory = directory.parent
+
+
 def status_fields(text: str) -> dict[str, list[str]]:
     """/proc/PID/status as {field: its words}: `Uid` -> [real, effective, saved, fs], `CapEff` -> [hex]."""
     return {key: value.split() for key, _, value in (line.partition(":") for line in text.splitlines())}

@@ -85,6 +85,21 @@ def test_image_rootfs_is_read_only_at_root(hostile_wasm: Path, tmp_path: Path) -
     assert "from the image" in run("hostile:1", "read", "/etc/motd").stdout
 
 
+def test_user_reads_an_images_rootfs_as_under_runc(hostile_wasm: Path, tmp_path: Path) -> None:
+    """The unpacked rootfs's `/` is 0755, as a snapshotter makes it, so `--user` reads the image's files as
+    that user would under runc (mkdtemp's 0700 had every call below `/` denied); the store above it
+    (here under pytest's 0700 directory) need not be reachable by that user."""
+    ctx = tmp_path / "ctx"
+    (ctx / "etc").mkdir(parents=True)
+    shutil.copy(hostile_wasm, ctx / "hostile.wasm")
+    (ctx / "etc" / "motd").write_text("from the image")
+    (ctx / "Dockerfile").write_text('FROM scratch\nCOPY . /\nENTRYPOINT ["/hostile.wasm"]\n')
+    wasmctr("build", str(ctx), "-t", "users:1")
+    listing = run("--user", "65534", "users:1", "ls", "/")
+    assert listing.returncode == 0 and {"etc", "hostile.wasm"} <= set(listing.stdout.split()), listing.stdout
+    assert run("--user", "65534:65534", "users:1", "read", "/etc/motd").stdout == "read: from the image\n"
+
+
 def test_only_granted_environment_reaches_the_guest(hostile_wasm: Path, tmp_path: Path) -> None:
     env_file = tmp_path / "env"
     env_file.write_text("# comment\nFROM_FILE=yes\n")

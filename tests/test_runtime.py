@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 from conftest import ESCAPE_REFUSED, attack, wasmctr
-from services import proc_status
+from services import proc_status, remove_cgroup_tree
 
 RUNTIME = str(Path(sys.executable).parent / "wasmctr-runtime")
 VIA_RUNC_SHIM = ["--runtime", "io.containerd.runc.v2", "--runc-binary", RUNTIME]
@@ -244,6 +244,119 @@ def test_the_container_process_is_in_the_specs_cgroup_with_its_limits(bundle: Pa
     finally:
         runtime(root, "delete", "--force", "cg1")
         group.remove()
+
+
+def test_a_cgroups_path_that_climbs_stays_in_the_cgroup_hierarchy(bundle: Path, tmp_path: Path) -> None:
+    """`/../../..{target}` is cleaned as runc cleans it: the container's cgroup is `{target}` inside each
+    hierarchy, never the host directory `{target}` (which create made and filled before); delete
+    removes that cgroup."""
+    from shim.cgroups import is_v2
+
+    target = tmp_path / "escape"
+    climbing = "/" + "../" * 12 + str(target).lstrip("/")
+    config = json.loads((bundle / "config.json").read_text())
+    config["linux"] = {"cgroupsPath": climbing, "resources": {"memory": {"limit": 256 << 20}, "pids": {"limit": 64}}}
+    (bundle / "config.json").write_text(json.dumps(config))
+    root = tmp_path / "root"
+    try:
+        create = subprocess.Popen([RUNTIME, "--root", str(root), "create", "--bundle", str(bundle), "climb"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert create.wait(30) == 0
+        pid = json.loads(runtime(root, "state", "climb").stdout)["pid"]
+        memberships = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        memory = [line for line in memberships if (line.startswith("0::") if is_v2() else ":memory:" in line)]
+        assert memory and all(line.endswith(":" + str(target)) for line in memory)
+        assert not target.exists()
+        assert runtime(root, "delete", "--force", "climb").returncode == 0
+        assert not target.exists()
+    finally:
+        runtime(root, "delete", "--force", "climb")
+        remove_cgroup_tree(climbing)
+
+
+@pytest.mark.parametrize("part", ["name", "prefix", "slice"])
+def test_a_systemd_cgroups_path_naming_a_path_fails_create(bundle: Path, tmp_path: Path, part: str) -> None:
+    """As runc's ExpandSlice and systemd refuse them: a slice, prefix or name with `/` or `..` fails
+    create in one line, before anything (a state directory, a cgroup, the target) is made."""
+    target = tmp_path / "escape"
+    climbing = "../" * 12 + str(target).lstrip("/")
+    cgroups_path = {"name": f"system.slice::{climbing}", "prefix": f"system.slice:{climbing}:x",
+                    "slice": f"{climbing}.slice:cri:x"}[part]
+    config = json.loads((bundle / "config.json").read_text())
+    config["linux"] = {"cgroupsPath": cgroups_path, "resources": {"pids": {"limit": 64}}}
+    (bundle / "config.json").write_text(json.dumps(config))
+    refused = runtime(tmp_path / "root", "create", "--bundle", str(bundle), "sd")
+    assert refused.returncode == 1 and f"the {part} " in refused.stderr and "not a unit name" in refused.stderr
+    assert len(refused.stderr.splitlines()) == 1
+    assert not target.exists() and not (tmp_path / "root" / "sd").exists()
+
+
+def private_bundle(tmp_path: Path, hostile_wasm: Path, user: dict[str, object], args: list[str]) -> Path:
+    """A bundle under a 0700 directory (as containerd's state directory is) whose process runs as `user`."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    bundle = private / "bundle"
+    (bundle / "rootfs").mkdir(parents=True)
+    shutil.copy(hostile_wasm, bundle / "rootfs" / "app.wasm")
+    (bundle / "rootfs" / "data.txt").write_text("in the rootfs")
+    (bundle / "config.json").write_text(json.dumps({
+        "ociVersion": "1.0.2", "root": {"path": "rootfs"}, "process": {"user": user, "args": args, "cwd": "/"},
+        "annotations": {"run.oci.handler": "wasm"}}))
+    return bundle
+
+
+NOBODY = {"uid": 65534, "gid": 65534}
+TOO_MANY_GROUPS = {**NOBODY, "additionalGids": list(range(1, 70_000))}  # over NGROUPS_MAX: setgroups refuses
+
+
+def test_a_user_who_cannot_reach_the_bundle_runs_the_guest_as_under_runc(tmp_path: Path, hostile_wasm: Path) -> None:
+    """runc enters the rootfs as root and then becomes the user: so does the container process (it opened
+    the rootfs after becoming 65534 before, got EACCES and died, while `start` answered success)."""
+    bundle = private_bundle(tmp_path, hostile_wasm, NOBODY, ["/app.wasm", "read", "/data.txt"])
+    proc = subprocess.run([RUNTIME, "--root", str(tmp_path / "root"), "run", "--bundle", str(bundle), "nobody"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout == "read: in the rootfs\n", proc.stderr
+
+
+def test_a_container_process_that_dies_before_it_is_ready_fails_create(tmp_path: Path, hostile_wasm: Path) -> None:
+    """As runc's create fails with its init's error: the reason, in one line, and nothing left behind (no
+    state, no process for `start` to call running)."""
+    bundle = private_bundle(tmp_path, hostile_wasm, TOO_MANY_GROUPS, ["/app.wasm", "sleep", "30"])
+    root = tmp_path / "root"
+    create = subprocess.Popen([RUNTIME, "--root", str(root), "create", "--bundle", str(bundle), "--pid-file",
+                               str(tmp_path / "pid"), "groups"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+    _, stderr = create.communicate(timeout=30)
+    assert create.returncode == 1 and stderr == "wasmctr-runtime: too many groups\n"
+    assert not (root / "groups").exists() and not (tmp_path / "pid").exists()
+    assert "does not exist" in runtime(root, "state", "groups").stderr
+
+
+def test_the_shims_container_process_opens_its_rootfs_before_it_becomes_the_user(tmp_path: Path,
+                                                                                  hostile_wasm: Path) -> None:
+    """The same through the shim's Task API: the guest reads its rootfs as 65534 from a bundle that user
+    cannot reach, and a process that dies before it is ready fails Create with its reason."""
+    from shim.api import task_pb2
+    from shim.events import Publisher
+    from shim.tasks import TaskService
+    from shim.ttrpc import Call, Code, RpcError
+
+    bundle = private_bundle(tmp_path, hostile_wasm, NOBODY, ["/app.wasm", "read", "/data.txt"])
+    out, err = tmp_path / "out", tmp_path / "err"
+    service = TaskService(Publisher(None), "default", on_empty=lambda: None)
+    service.create(task_pb2.CreateTaskRequest(id="nobody", bundle=str(bundle), stdout=str(out), stderr=str(err)),
+                   Call({}, 0))
+    service.start(task_pb2.StartRequest(id="nobody"), Call({}, 0))
+    waited = service.wait(task_pb2.WaitRequest(id="nobody"), Call({}, 0))
+    service.delete(task_pb2.DeleteRequest(id="nobody"), Call({}, 0))
+    assert waited.exit_status == 0 and out.read_text() == "read: in the rootfs\n", err.read_text()
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"]["user"] = TOO_MANY_GROUPS
+    (bundle / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RpcError) as refused:
+        service.create(task_pb2.CreateTaskRequest(id="groups", bundle=str(bundle)), Call({}, 0))
+    assert refused.value.code == Code.FAILED_PRECONDITION and refused.value.message.endswith(": too many groups")
+    assert service.tasks == {} and not (bundle / "wasmctr.pid").exists()
 
 
 def test_the_shims_create_claims_its_id_atomically_and_honours_the_deadline(bundle: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ESCAPE_REFUSED, attack
-from services import ppid, proc_status, process_state, status_fields
+from services import ppid, proc_status, process_state, remove_cgroup_tree, status_fields
 
 RUNTIME = ["--runtime", "io.containerd.wasmctr.v1"]
 
@@ -89,6 +89,39 @@ def test_task_metrics_report_the_container_cgroup_cpu_and_memory(containerd, ima
     assert gone.returncode != 0 and "no metrics" in gone.stderr  # containerd drops our NotFound
     containerd.ctr("task", "delete", "metered", check=True)
     containerd.ctr("container", "delete", "metered", check=True)
+    wait_for_nothing_left(containerd)
+
+
+def test_a_cgroups_path_stays_in_the_cgroup_hierarchy(containerd, images, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`ctr run --cgroup` with a path that climbs: the cgroupfs form is cleaned as runc cleans it (the
+    guest's cgroup is `{target}` in each hierarchy, not the host directory), and a systemd slice, prefix
+    or name naming a path fails Create; the target is never made."""
+    from shim.cgroups import is_v2
+
+    target = tmp_path / "escape"
+    climbing = "../" * 12 + str(target).lstrip("/")
+    for refused in (f"system.slice::{climbing}", f"system.slice:{climbing}:x", f"{climbing}.slice:cri:x"):
+        proc = ctr_run(containerd, "--rm", "--cgroup", refused, images["hostile"], "cg-refused", "/hostile.wasm",
+                       "exit", "0")
+        assert proc.returncode != 0 and "not a unit name" in proc.stderr, proc.stderr
+        containerd.ctr("container", "delete", "cg-refused")
+    try:
+        proc = ctr_run(containerd, "-d", "--cgroup", "/" + climbing, images["hostile"], "cg-climb", "/hostile.wasm",
+                       "sleep", "30")
+        assert proc.returncode == 0, proc.stderr
+        pid = int(containerd.ctr("task", "ls").stdout.split("cg-climb", 1)[1].split()[0])
+        memberships = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        memory = [line for line in memberships if (line.startswith("0::") if is_v2() else ":memory:" in line)]
+        assert memory and all(line.endswith(":" + str(target)) for line in memory)
+        containerd.ctr("task", "kill", "--signal", "SIGKILL", "cg-climb", check=True)
+        for _ in range(100):
+            if containerd.ctr("task", "delete", "cg-climb").returncode == 0:
+                break
+            time.sleep(0.05)
+        containerd.ctr("container", "delete", "cg-climb", check=True)
+        assert not target.exists()
+    finally:
+        remove_cgroup_tree("/" + climbing)
     wait_for_nothing_left(containerd)
 
 
@@ -174,25 +207,81 @@ def test_memory_limit_caps_the_guest(containerd, images) -> None:  # type: ignor
 
 
 def test_terminals_are_refused_and_native_containers_run_through_runc(containerd, images,  # type: ignore[no-untyped-def]
-                                                                      tmp_path: Path) -> None:
+                                                                      plain_registry, tmp_path: Path) -> None:
+    """A native image runs through runc with the task's stdio and exit code; a `--rootfs` outside the
+    bundle (containerd's snapshotter always mounts the rootfs in it) is refused by the shim, not runc."""
+    from cri.node import native_image
     command = (f"ctr --address {containerd.socket} run {' '.join(RUNTIME)} --platform wasi/wasm --rm -t "
                f"{images['hello']} tty-1")
     tty = subprocess.run(["script", "-qec", command, "/dev/null"], capture_output=True, text=True, timeout=60,
                          stdin=subprocess.DEVNULL)  # ctr -t wants a console: script gives it one
     assert tty.returncode != 0 and "terminal (-t) is not supported" in tty.stdout
-    rootfs = tmp_path / "rootfs"
-    (rootfs / "bin").mkdir(parents=True)
-    shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")  # static: a rootfs needs no libc for it
-    proc = subprocess.run(["ctr", "--address", str(containerd.socket), "run", *RUNTIME, "--rm", "--rootfs",
-                           str(rootfs), "native-1", "/bin/busybox", "echo", "native through runc"],
+    busybox = native_image(tmp_path / "busybox", f"{plain_registry.host}/shim-busybox:1",
+                           {"bin/busybox": Path("/bin/busybox").read_bytes()}, ["/bin/busybox"])  # static
+    containerd.ctr("image", "pull", "--plain-http", busybox, check=True)
+    proc = subprocess.run(["ctr", "--address", str(containerd.socket), "run", *RUNTIME, "--rm", busybox,
+                           "native-1", "/bin/busybox", "echo", "native through runc"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout == "native through runc\n", proc.stderr
-    failing = subprocess.run(["ctr", "--address", str(containerd.socket), "run", *RUNTIME, "--rm", "--rootfs",
-                              str(rootfs), "native-2", "/bin/busybox", "sh", "-c", "exit 7"],
+    failing = subprocess.run(["ctr", "--address", str(containerd.socket), "run", *RUNTIME, "--rm", busybox,
+                              "native-2", "/bin/busybox", "sh", "-c", "exit 7"],
                              capture_output=True, text=True, timeout=60)
     assert failing.returncode == 7, failing.stderr
-    containerd.ctr("container", "delete", "tty-1")
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")
+    outside = subprocess.run(["ctr", "--address", str(containerd.socket), "run", *RUNTIME, "--rm", "--rootfs",
+                              str(rootfs), "native-3", "/bin/busybox", "echo", "outside"],
+                             capture_output=True, text=True, timeout=60)
+    assert outside.returncode != 0 and "is not a directory below the bundle" in outside.stderr, outside.stderr
+    for name in ("tty-1", "native-3"):
+        containerd.ctr("container", "delete", name)
     wait_for_nothing_left(containerd)
+
+
+@pytest.mark.parametrize("root, namespaces, why", [
+    ("/", [], "needs a mount namespace of its own"),
+    ("rootfs", [{"type": "mount", "path": "/proc/1/ns/mnt"}], "needs a mount namespace of its own"),
+    ("/", [{"type": "mount"}], "is not a directory below the bundle"),
+    ("link", [{"type": "mount"}], "is not a directory below the bundle"),
+    ("rootfs/../..", [{"type": "mount"}], "is not a directory below the bundle"),
+    (".", [{"type": "mount"}], "is not a directory below the bundle"),
+])
+def test_the_shim_refuses_a_native_bundle_runc_should_not_see(tmp_path: Path, root: str, namespaces: list,  # type: ignore[type-arg]
+                                                               why: str) -> None:
+    """A native (sandbox) container whose root is the host's / or outside the bundle, or that has no mount
+    namespace of its own, fails Create before runc runs: the shim's runc here is a stand-in that
+    records being run, and a sane bundle (last) shows it would have been."""
+    from shim.api import task_pb2
+    from shim.events import Publisher
+    from shim.native import Runc
+    from shim.tasks import TaskService
+    from shim.ttrpc import Call, Code, RpcError
+
+    ran = tmp_path / "runc-ran"
+    stand_in = tmp_path / "runc"
+    stand_in.write_text(f"#!/bin/sh\ntouch {ran}\nexit 1\n")
+    stand_in.chmod(0o755)
+    bundle = tmp_path / "bundle"
+    (bundle / "rootfs").mkdir(parents=True)
+    (bundle / "link").symlink_to("/")
+    service = TaskService(Publisher(None), "default", on_empty=lambda: None)
+    service.runc = Runc(str(tmp_path / "runc-root"), binary=str(stand_in))
+
+    def create(root: str, namespaces: list) -> RpcError:  # type: ignore[type-arg]
+        (bundle / "config.json").write_text(json.dumps({
+            "ociVersion": "1.0.2", "root": {"path": root}, "process": {"args": ["/pause"], "cwd": "/"},
+            "annotations": {"io.kubernetes.cri.container-type": "sandbox"},
+            "linux": {"namespaces": namespaces}}))
+        with pytest.raises(RpcError) as refused:
+            service.create(task_pb2.CreateTaskRequest(id="native", bundle=str(bundle)), Call({}, 0))
+        return refused.value
+
+    refused = create(root, namespaces)
+    assert refused.code == Code.FAILED_PRECONDITION and why in refused.message, refused.message
+    assert not ran.exists() and not (bundle / "runc-log.json").exists()
+    sane = create("rootfs", [{"type": "mount"}, {"type": "pid"}])
+    assert ran.exists() and "runc create" in sane.message
 
 
 def test_policy_annotations_refuse_at_create_or_trap(containerd, images) -> None:  # type: ignore[no-untyped-def]

@@ -95,14 +95,16 @@ def exit_process(outcome: Outcome) -> NoReturn:
 
 @record(frozen=True)
 class Prepared:
-    """A guest ready to start: its spec, kind (module or component), engine, loaded code, and the
-    imports the policy denies (linked to traps)."""
+    """A guest ready to start: its spec, kind (module or component), engine, loaded code, the imports
+    the policy denies (linked to traps), and once `Executor.open` has made it, its store, whose WASI
+    context holds the preopened directories."""
 
     spec: RunSpec
     kind: str
     engine: Any
     code: Any
     denied: list[str]
+    store: Any = None
 
 
 class Executor:
@@ -169,13 +171,11 @@ class Executor:
             _check_export(engine, kind, code, spec.function)
         return Prepared(spec, kind, engine, code, list(verdict.denied))
 
-    def start(self, prepared: Prepared, hard_stop: HardStop | None = None,
-              confine: Callable[[], None] | None = None) -> Outcome:
-        """Run a prepared guest to its end (stdio and grants as its spec says at this point). `confine`
-        runs once the guest's preopens are open and before the guest does: a process that is about to
-        become another user, or give up syscalls, does it there. Without `hard_stop`, a guest stopped
-        while blocked in a host call is left blocked (its thread ends when the call returns) and the
-        outcome returned at once."""
+    def open(self, prepared: Prepared) -> Prepared:
+        """The guest with its store made and its preopens (rootfs, mounts, /dev, working directory) open,
+        stdio as its spec says at this point. A container process opens them while it is still
+        privileged, as runc enters the rootfs as root, and runs the guest after it has become the
+        spec's user, who may not be able to reach the bundle's path (a 0700 directory above it)."""
         import wasmtime
 
         spec = prepared.spec
@@ -186,10 +186,20 @@ class Executor:
             store.set_fuel(spec.fuel)
         store.set_epoch_deadline(1)
         store.set_wasi(self._wasi(spec))
+        return Prepared(spec, prepared.kind, prepared.engine, prepared.code, prepared.denied, store)
+
+    def start(self, prepared: Prepared, hard_stop: HardStop | None = None,
+              confine: Callable[[], None] | None = None) -> Outcome:
+        """Run a prepared guest to its end, opening it first unless `open` has. `confine` runs once the
+        guest's preopens are open and before the guest does: a process that is about to become
+        another user, or give up syscalls, does it there. Without `hard_stop`, a guest stopped while
+        blocked in a host call is left blocked (its thread ends when the call returns) and the outcome
+        returned at once."""
+        opened = prepared if prepared.store is not None else self.open(prepared)
         if confine is not None:
             confine()
-        guest = _Guest(prepared.engine, store, prepared.kind, prepared.code, spec, prepared.denied)
-        return _supervise(guest, prepared.engine, spec, hard_stop)
+        guest = _Guest(opened.engine, opened.store, opened.kind, opened.code, opened.spec, opened.denied)
+        return _supervise(guest, opened.engine, opened.spec, hard_stop)
 
     def _check_linkable(self, engine: Any, code: Any) -> None:
         """A module importing a WASI function that does not exist, or with another signature, could not

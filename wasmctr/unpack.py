@@ -52,6 +52,7 @@ def unpack_image(store: Store, image: stored.Image) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".unpack-"))
     try:
+        staging.chmod(0o755)  # the rootfs's `/`, as a snapshotter makes it: mkdtemp's 0700 shut out `--user`
         for layer in image.manifest.layers:
             with open_layer(store, layer.digest) as tar:
                 apply_layer(tar, staging, layer.digest)
