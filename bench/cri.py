@@ -62,7 +62,7 @@ def runtime_processes(handler: str, containerd_socket: Path) -> list[int]:
     are forked from) and everything below them."""
     if handler == "runc":
         return subtree(pgrep(f"containerd-shim-runc-v2 .*-address {containerd_socket}"))
-    found = pgrep(f"shim.containerd .*-address {containerd_socket} ")
+    found = pgrep(f"wasmctr_node.containerd .*-address {containerd_socket} ")
     return subtree([pid for pid in found if ppid(pid) not in found])  # the template, and spawned shims
 
 

@@ -39,8 +39,8 @@ def wall(argv: list[str], env: dict[str, str], repeat: int) -> float:
 def in_process_load(path: Path, home: Path) -> tuple[float, float]:
     """Compile (cold cache) vs load (verified cache hit, new executor) of one module, inside one process."""
     sys.path.insert(0, str(REPO))
-    from wasmctr.compile_cache import CompileCache
-    from wasmctr.executor import Executor
+    from wasmctr.running.compile_cache import CompileCache
+    from wasmctr.running.executor import Executor
 
     compile_times, load_times = [], []
     for n in range(3):

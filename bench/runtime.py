@@ -14,8 +14,7 @@ import tempfile
 from pathlib import Path
 
 from common import compile_sources, exec_ms
-
-from shim import lab, latency
+from wasmctr_node import lab, latency
 
 
 def main() -> None:

@@ -132,7 +132,7 @@ def main() -> None:
                             "io.containerd.wasmctr.v1", "--platform", "wasi/wasm", setup.refs["sleeper"],
                             f"idle-{n}", "/hostile.wasm", "sleep", "600"], check=True, stdout=subprocess.DEVNULL)
         time.sleep(1)
-        pids = subprocess.run(["pgrep", "-f", f"shim.containerd .*-address {containerd.socket}"],
+        pids = subprocess.run(["pgrep", "-f", f"wasmctr_node.containerd .*-address {containerd.socket}"],
                               capture_output=True, text=True).stdout.split()
         total = sum(pss_kib(pid) for pid in pids)
         print(f"density: {args.idle} idle containers in one pod, {len(pids)} processes, total PSS "
@@ -160,7 +160,7 @@ def big_code_pods(setup: Lab, pods: int) -> float:
     containerd = setup.containerd
 
     def processes() -> list[str]:
-        return subprocess.run(["pgrep", "-f", f"shim.containerd .*-address {containerd.socket}"],
+        return subprocess.run(["pgrep", "-f", f"wasmctr_node.containerd .*-address {containerd.socket}"],
                               capture_output=True, text=True).stdout.split()
 
     deadline = time.monotonic() + 60

@@ -52,7 +52,8 @@ import sys, time
 t0 = time.perf_counter()
 import typer, wasmtime
 t1 = time.perf_counter()
-import wasmctr.cli, wasmctr.api, wasmctr.launch, wasmctr.executor, wasmctr.image, wasmctr.policy, wasmctr.streams
+import wasmctr.cli, wasmctr.api, wasmctr.running.launch, wasmctr.running.executor, wasmctr.image.stored
+import wasmctr.running.policy, wasmctr.running.streams
 t2 = time.perf_counter()
 typer.main.get_command(wasmctr.cli.app)
 t3 = time.perf_counter()

@@ -1,7 +1,7 @@
 """Measure the host syscalls a container process makes once its guest is prepared: the source of the
-allowlist in `wasmctr/seccomp.py` (the talk's "only 44 usable syscalls in wasip1": measure!).
+allowlist in `wasmctr/sandbox/seccomp.py` (the talk's "only 44 usable syscalls in wasip1": measure!).
 
-Each case runs a container process as the shim does (`shim.container.become_guest` with a prepared
+Each case runs a container process as the shim does (`wasmctr_node.container.become_guest` with a prepared
 guest) under `strace -f`; what it calls after the point where the shim installs the filter is
 collected, per case and in all. The cases exercise every kind of WASI call the hostile guest makes
 (files read, written, created, renamed, linked, removed; directories listed; stdin and stdout;
@@ -21,16 +21,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from wasmctr import seccomp  # noqa: E402
+from wasmctr.sandbox import seccomp  # noqa: E402
 
 MARKER = 987654  # close(MARKER) fails with EBADF: the line in strace's output where the filter would go
 
 DRIVER = f"""
 import os, sys
 from pathlib import Path
-from wasmctr import api, landlock
-from wasmctr.executor import Mount, RunSpec
-from shim.container import become_guest
+from wasmctr import api
+from wasmctr.sandbox import landlock
+from wasmctr.running.executor import Mount, RunSpec
+from wasmctr_node.container import become_guest
 wasm, data, timeout, args = sys.argv[1], sys.argv[2], float(sys.argv[3]) or None, sys.argv[4:]
 executor = api.executor(map_cached_code=True)  # as the shim's: code mapped from the compile cache
 spec = RunSpec(Path(wasm), ["guest", *args], mounts=[Mount(Path(data), "/data", False)], timeout=timeout,

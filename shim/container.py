@@ -11,8 +11,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from wasmctr import diagnostics, landlock
-from wasmctr.executor import Outcome, Prepared, exit_process
+from wasmctr import diagnostics
+from wasmctr.running.executor import Outcome, Prepared, exit_process
+from wasmctr.sandbox import landlock
 
 
 def default_signals() -> None:

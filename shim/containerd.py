@@ -157,7 +157,7 @@ def serve(args: SimpleNamespace) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     import wasmtime  # noqa: F401  (imported before any container is forked: every child starts warm)
 
-    from wasmctr import landlock
+    from wasmctr.sandbox import landlock
 
     from .events import Publisher
     from .native import become_subreaper

@@ -155,10 +155,11 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
     import contextlib
     from pathlib import Path
 
-    from wasmctr import devices, home, landlock, namespaces, privileges, seccomp
-    from wasmctr.compile_cache import CompileCache
-    from wasmctr.executor import Executor
-    from wasmctr.ocispec import spec_from_bundle
+    from wasmctr.image import home
+    from wasmctr.running.compile_cache import CompileCache
+    from wasmctr.running.executor import Executor
+    from wasmctr.running.ocispec import spec_from_bundle
+    from wasmctr.sandbox import devices, landlock, namespaces, privileges, seccomp
 
     from .cgroups import Cgroup
     from .container import Ready
@@ -233,7 +234,7 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
 
 def _container(executor: Any, guest: Any, fifo: Path, config: dict[str, Any], filters: tuple[Any, Any],
                ruleset: int | None, ready: Any) -> int:
-    from wasmctr import privileges, seccomp
+    from wasmctr.sandbox import privileges, seccomp
 
     from .container import become_guest, default_signals
 
@@ -394,7 +395,7 @@ def _delete(g: Globals, container_id: str, force: bool) -> None:
         except (OSError, ValueError):  # ValueError: a path refused at `create`, recorded by an older version
             pass
     state_dir = os.path.join(g.root, container_id)
-    from wasmctr import devices
+    from wasmctr.sandbox import devices
 
     devices.remove(os.path.join(state_dir, "dev"))
     devices.remove_files(state_dir, (STATE_FILE, "exec.fifo"))
@@ -432,7 +433,7 @@ def _options(rest: list[str]) -> tuple[dict[str, str], str]:
 
 def _config(bundle: Path) -> dict[str, Any]:
     from wasmctr.errors import WasmctrError
-    from wasmctr.ocispec import load_config
+    from wasmctr.running.ocispec import load_config
 
     try:
         return load_config(bundle)
@@ -441,7 +442,7 @@ def _config(bundle: Path) -> dict[str, Any]:
 
 
 def _is_wasm(bundle: Path, config: dict[str, Any]) -> bool:
-    from wasmctr.ocispec import is_wasm
+    from wasmctr.running.ocispec import is_wasm
 
     annotations = config.get("annotations") or {}
     handler = annotations.get("run.oci.handler") or annotations.get("module.wasm.image/variant")
@@ -496,7 +497,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    from wasmctr import atomic
+    from wasmctr.image import atomic
 
     atomic.write_bytes(path, text.encode())
 

@@ -26,10 +26,10 @@ from typing import Any
 
 from google.protobuf import any_pb2, empty_pb2
 
-from wasmctr import devices, landlock, namespaces, privileges, seccomp
 from wasmctr.errors import ExecutorError, WasmctrError
-from wasmctr.executor import Executor, Prepared
-from wasmctr.ocispec import is_wasm, load_config, network_namespace, spec_from_bundle
+from wasmctr.running.executor import Executor, Prepared
+from wasmctr.running.ocispec import is_wasm, load_config, network_namespace, spec_from_bundle
+from wasmctr.sandbox import devices, landlock, namespaces, privileges, seccomp
 
 from . import mounts, process, stdio
 from .api import shim_pb2, task_pb2

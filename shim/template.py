@@ -34,7 +34,7 @@ from .layout import private_socket_dir
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from wasmctr.executor import Executor
+    from wasmctr.running.executor import Executor
 
 MAX_REQUEST = 1 << 20
 _executor: Executor | None = None  # the template's, inherited by the shims it forks
@@ -58,7 +58,8 @@ def run(path: str, stamp: str, answer: Answer) -> int:
     global _executor
     import wasmtime  # noqa: F401  (what every shim needs, loaded before any fork)
 
-    from wasmctr import api, seccomp
+    from wasmctr import api
+    from wasmctr.sandbox import seccomp
 
     from . import events, native, tasks, ttrpc, verbs  # noqa: F401
 

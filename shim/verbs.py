@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from types import SimpleNamespace
 
-from wasmctr.leb128 import encode_unsigned as _varint
+from wasmctr.image.leb128 import encode_unsigned as _varint
 
 from . import process
 from .layout import RUNC_ROOT, SOCKET_DIR, private_socket_dir, template_path
@@ -95,11 +95,11 @@ def spawn_interpreter(argv: list[str], env: dict[str, str], listener: int, log: 
     """Where there is no template: the shim server in a new interpreter (it pays for importing wasmtime),
     and a template started for the pods that follow."""
     address = argv[argv.index("-address") + 1]
-    subprocess.Popen([sys.executable, "-m", "shim.containerd", "-address", address, "-socket",
+    subprocess.Popen([sys.executable, "-m", "wasmctr_node.containerd", "-address", address, "-socket",
                       template_path(address), "template"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL, start_new_session=True, cwd="/", env=env)
     return subprocess.Popen(
-        [sys.executable, "-m", "shim.containerd", *argv], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        [sys.executable, "-m", "wasmctr_node.containerd", *argv], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         stderr=log, pass_fds=(listener,), env={**env, "WASMCTR_SHIM_LISTEN_FD": str(listener)},
         start_new_session=True, cwd="/").pid
 

@@ -147,7 +147,7 @@ def remove_cgroup_tree(cgroups_path: str) -> None:
     """Remove a test's cgroup and its parents, in every hierarchy, up to (not including) the mount: a
     cleaned path's parents (`/tmp/pytest-of-root/...`) outlive the container. A parent another test
     still uses is not empty, and stays."""
-    from shim.cgroups import Cgroup
+    from wasmctr_node.cgroups import Cgroup
 
     group = Cgroup.open(cgroups_path)
     for mount in set(group.mounts.values()):
@@ -203,8 +203,8 @@ class Containerd:
         """This containerd's shim servers: spawned as `... serve`, or forked by its template process (they
         keep the template's command line). Neither the template nor the guests a server forks (same
         command line as their server) count."""
-        listed = subprocess.run(["pgrep", "-af", f"shim.containerd .*-address {self.socket}"], capture_output=True,
-                                text=True).stdout.splitlines()
+        listed = subprocess.run(["pgrep", "-af", f"wasmctr_node.containerd .*-address {self.socket}"],
+                                capture_output=True, text=True).stdout.splitlines()
         found = {int(pid): command for pid, _, command in (line.partition(" ") for line in listed)}
         parents = {pid: ppid(pid) for pid in found}
         templates = {pid for pid, command in found.items()
@@ -225,7 +225,8 @@ class Containerd:
         self.start()
 
     def stop(self) -> None:
-        subprocess.run(["pkill", "-KILL", "-f", f"shim.containerd .*-address {self.socket}"], capture_output=True)
+        subprocess.run(["pkill", "-KILL", "-f", f"wasmctr_node.containerd .*-address {self.socket}"],
+                       capture_output=True)
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from wasmctr.leb128 import encode_unsigned as uleb
+from wasmctr.image.leb128 import encode_unsigned as uleb
 
 
 def data_module(path: Path, size: int, block: Callable[[], bytes]) -> Path:

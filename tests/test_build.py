@@ -16,8 +16,8 @@ import pytest
 from conftest import assert_one_line_error, wasmctr
 
 import wasmctr as api
-from wasmctr import mediatypes as mt
-from wasmctr.store import Store
+from wasmctr.image import mediatypes as mt
+from wasmctr.image.store import Store
 
 
 def blob(store: Store, digest: str) -> bytes:
@@ -277,7 +277,7 @@ def test_a_component_is_validated_without_being_compiled_and_precompile_compiles
 def test_layers_are_compressed_on_every_core_into_bytes_that_do_not_depend_on_it(tmp_path: Path) -> None:
     """pgzip: blocks deflated on threads join into one standard gzip member; the bytes depend on the
     input only (not the thread count or how it was written); the system's gzip reads and checks it."""
-    from wasmctr.pgzip import BLOCK, ParallelGzipWriter
+    from wasmctr.layers.pgzip import BLOCK, ParallelGzipWriter
 
     data = os.urandom(BLOCK) + bytes(BLOCK // 2) + b"tail" * 1000 + os.urandom(BLOCK // 3)
     outputs = []
@@ -314,7 +314,7 @@ def test_artifact_rejects_several_files_and_suggests_compat(tmp_path: Path, hell
 def test_large_module_with_data_segment_builds_and_validates(tmp_path: Path) -> None:
     from synth import data_module
 
-    from wasmctr import wasm
+    from wasmctr.image import wasm
 
     path = data_module(tmp_path / "big.wasm", 3 << 20, lambda: os.urandom(1 << 20))
     assert wasm.analyse(path).kind == "module"

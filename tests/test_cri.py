@@ -21,8 +21,7 @@ from conftest import ESCAPE_REFUSED, attack, wasmctr
 from cri import api_pb2 as cri
 from cri.node import Node, node_config, node_images
 from services import Containerd, ppid
-
-from shim import cgroups
+from wasmctr_node import cgroups
 
 CGROUP_PARENT = "/wasmctr-cri-test"
 

@@ -28,11 +28,11 @@ def test_the_shim_protocol_generated_code_loads_and_round_trips_on_this_protobuf
     """protoc's output checks the runtime's version when it is imported: a protobuf outside the range
     refuses shim/api here, as it would refuse the shim at its first container."""
     for name in ("events", "forward", "metrics", "shim", "task", "ttrpc"):
-        module = importlib.import_module(f"shim.api.{name}_pb2")
+        module = importlib.import_module(f"wasmctr_node.api.{name}_pb2")
         for message in module.DESCRIPTOR.message_types_by_name:
             cls = getattr(module, message)
             assert cls.FromString(cls().SerializeToString()) == cls()
-    from shim.api import events_pb2, forward_pb2
+    from wasmctr_node.api import events_pb2, forward_pb2
 
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(datetime(2026, 1, 2, tzinfo=UTC))

@@ -12,9 +12,9 @@ import pytest
 from conftest import assert_one_line_error, wasmctr
 
 import wasmctr as api
-from wasmctr.dockerignore import Matcher, read
+from wasmctr.building.dockerignore import Matcher, read
 from wasmctr.errors import DockerfileError
-from wasmctr.store import Store
+from wasmctr.image.store import Store
 
 # patternmatcher_test.go TestMatches: (pattern, path, matched exactly, matched through a parent directory)
 EXACT, PARENT, NONE = "exact", "parent", "none"

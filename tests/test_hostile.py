@@ -17,9 +17,9 @@ import pytest
 from conftest import assert_one_line_error, wasmctr
 from imagekit import Entry, directory, hardlink, symlink, tar_bytes, tree, write_layout
 
-from wasmctr import inroot
 from wasmctr.errors import LayerError
-from wasmctr.unpack import apply_layer
+from wasmctr.image import inroot
+from wasmctr.layers.unpack import apply_layer
 
 UP = "../" * 24  # more than enough to climb from any staging directory to /
 

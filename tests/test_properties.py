@@ -18,12 +18,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from imagekit import Entry, tar_bytes, write_layout
+from wasmctr_node.specscan import annotation
+from wasmctr_node.verbs import GROUP_ANNOTATION as KEY
 
 import wasmctr as api
-from shim.specscan import annotation
-from shim.verbs import GROUP_ANNOTATION as KEY
 from wasmctr.errors import WasmctrError
-from wasmctr.store import Store
+from wasmctr.image.store import Store
 
 # the same 40 examples on every CI run; WASMCTR_PROPERTY_EXAMPLES=N explores N random ones instead
 EXAMPLES = os.environ.get("WASMCTR_PROPERTY_EXAMPLES")

@@ -21,9 +21,9 @@ from services import Containerd, registry
 from synth import data_module
 
 import wasmctr as api
-from wasmctr import mediatypes as mt
-from wasmctr.model import Descriptor, Manifest, canonical_json
-from wasmctr.store import Store
+from wasmctr.image import mediatypes as mt
+from wasmctr.image.model import Descriptor, Manifest, canonical_json
+from wasmctr.image.store import Store
 
 
 def last_line(proc: subprocess.CompletedProcess[str]) -> str:

@@ -131,7 +131,7 @@ def test_spinning_guest_is_stopped_at_the_deadline(hostile_wasm: Path) -> None:
 
 def test_the_executor_reports_a_deadline_it_enforced(hostile_wasm: Path) -> None:
     executor = api.api.executor()
-    from wasmctr.executor import RunSpec
+    from wasmctr.running.executor import RunSpec
 
     outcome = executor.run(RunSpec(hostile_wasm, ["hostile", "spin"], timeout=0.5))
     assert (outcome.reason, outcome.exit_code, outcome.message) == ("timeout", 137,
@@ -541,7 +541,7 @@ def test_build_precompile_fills_the_cache(hostile_wasm: Path, wasmctr_home: Path
 
 
 def test_compile_cache_is_bounded_and_evicts_the_least_recently_used(tmp_path: Path) -> None:
-    from wasmctr.compile_cache import CompileCache
+    from wasmctr.running.compile_cache import CompileCache
 
     def cached(key: str) -> bytes | None:
         with cache.entry(key) as path:
@@ -632,7 +632,7 @@ def test_python_api_timeout_ends_a_guest_blocked_in_a_host_call_and_not_the_call
     assert stopped.value.result.message == "guest stopped: timeout after 0.5s"
     assert threading.active_count() == threads
     assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and ppid(int(pid)) == os.getpid()
-                and b"wasmctr.isolated" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+                and b"wasmctr.running.isolated" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     finished = api.run(str(hostile_wasm), ["cat"], input=b"in time", capture_output=True, timeout="30s")
     assert (finished.returncode, finished.stdout) == (0, b"in time")
 
@@ -646,7 +646,7 @@ def test_inspect_lists_the_same_imports_the_policy_checks(hostile_wasm: Path) ->
 
 
 def test_spec_from_an_oci_runtime_bundle(hostile_wasm: Path, granted: Path, tmp_path: Path) -> None:
-    from wasmctr.ocispec import is_wasm, spec_from_bundle
+    from wasmctr.running.ocispec import is_wasm, spec_from_bundle
 
     bundle = tmp_path / "bundle"
     (bundle / "rootfs" / "bin").mkdir(parents=True)
@@ -675,7 +675,7 @@ def test_spec_from_an_oci_runtime_bundle(hostile_wasm: Path, granted: Path, tmp_
 
 
 def test_a_bare_program_name_is_found_in_the_specs_path_as_runc_finds_it(hostile_wasm: Path, tmp_path: Path) -> None:
-    from wasmctr.ocispec import program_of
+    from wasmctr.running.ocispec import program_of
 
     bundle = tmp_path / "bundle"
     for directory in ("opt/tools", "usr/bin"):

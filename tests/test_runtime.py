@@ -199,7 +199,7 @@ def test_a_profiles_range_is_split_into_a_rule_per_condition(bundle: Path, tmp_p
 def test_a_reused_pid_is_never_signalled(bundle: Path, tmp_path: Path) -> None:
     """The state file's pid now names another process (its start time differs from the recorded one):
     the container is stopped, and neither kill nor delete --force signals that process."""
-    from shim.process import start_time
+    from wasmctr_node.process import start_time
 
     bystander = subprocess.Popen(["sleep", "60"])
     try:
@@ -221,7 +221,7 @@ def test_a_reused_pid_is_never_signalled(bundle: Path, tmp_path: Path) -> None:
 def test_the_container_process_is_in_the_specs_cgroup_with_its_limits(bundle: Path, tmp_path: Path) -> None:
     """As runc does: the cgroup at linux.cgroupsPath, with the spec's memory and pids limits, holds the
     container process from `create` on; `delete` removes it."""
-    from shim.cgroups import Cgroup, is_v2
+    from wasmctr_node.cgroups import Cgroup, is_v2
 
     cgroups_path = f"/wasmctr-test-{os.getpid()}-{tmp_path.name}"
     config = json.loads((bundle / "config.json").read_text())
@@ -250,7 +250,7 @@ def test_a_cgroups_path_that_climbs_stays_in_the_cgroup_hierarchy(bundle: Path, 
     """`/../../..{target}` is cleaned as runc cleans it: the container's cgroup is `{target}` inside each
     hierarchy, never the host directory `{target}` (which create made and filled before); delete
     removes that cgroup."""
-    from shim.cgroups import is_v2
+    from wasmctr_node.cgroups import is_v2
 
     target = tmp_path / "escape"
     climbing = "/" + "../" * 12 + str(target).lstrip("/")
@@ -336,10 +336,10 @@ def test_the_shims_container_process_opens_its_rootfs_before_it_becomes_the_user
                                                                                   hostile_wasm: Path) -> None:
     """The same through the shim's Task API: the guest reads its rootfs as 65534 from a bundle that user
     cannot reach, and a process that dies before it is ready fails Create with its reason."""
-    from shim.api import task_pb2
-    from shim.events import Publisher
-    from shim.tasks import TaskService
-    from shim.ttrpc import Call, Code, RpcError
+    from wasmctr_node.api import task_pb2
+    from wasmctr_node.events import Publisher
+    from wasmctr_node.tasks import TaskService
+    from wasmctr_node.ttrpc import Call, Code, RpcError
 
     bundle = private_bundle(tmp_path, hostile_wasm, NOBODY, ["/app.wasm", "read", "/data.txt"])
     out, err = tmp_path / "out", tmp_path / "err"
@@ -364,10 +364,10 @@ def test_the_shims_create_claims_its_id_atomically_and_honours_the_deadline(bund
     up (deadline answered) forks nothing and leaves no pid file."""
     import threading
 
-    from shim.api import task_pb2
-    from shim.events import Publisher
-    from shim.tasks import TaskService
-    from shim.ttrpc import Call, Code, RpcError
+    from wasmctr_node.api import task_pb2
+    from wasmctr_node.events import Publisher
+    from wasmctr_node.tasks import TaskService
+    from wasmctr_node.ttrpc import Call, Code, RpcError
 
     service = TaskService(Publisher(None), "default", on_empty=lambda: None)
     late = Call({}, 1)
@@ -523,8 +523,8 @@ def test_delete_force_and_kill_by_number(bundle: Path, tmp_path: Path) -> None:
 
 
 LIGHT_VERB_MUST_NOT_IMPORT = {"json", "re", "enum", "pathlib", "subprocess", "contextlib", "typing", "dataclasses",
-                              "datetime", "signal", "wasmtime", "wasmctr.libseccomp", "wasmctr.executor",
-                              "wasmctr.ocispec"}
+                              "datetime", "signal", "wasmtime", "wasmctr.sandbox.libseccomp",
+                              "wasmctr.running.executor", "wasmctr.running.ocispec"}
 
 
 def test_start_kill_and_delete_import_only_what_they_use(bundle: Path, tmp_path: Path) -> None:
@@ -547,7 +547,7 @@ def test_start_kill_and_delete_import_only_what_they_use(bundle: Path, tmp_path:
                               capture_output=True, text=True, timeout=30)
         assert proc.returncode == 0, proc.stderr[-2000:]
         found = importtime_names(proc.stderr)
-        assert "shim.runtime" in found
+        assert "wasmctr_node.runtime" in found
         assert found & LIGHT_VERB_MUST_NOT_IMPORT == set(), verb
     assert not (root / "light").exists()
 
@@ -555,14 +555,14 @@ def test_start_kill_and_delete_import_only_what_they_use(bundle: Path, tmp_path:
 @pytest.mark.parametrize("text", ['{"a": [1, 2.5, -3e5, true, false, null, "\\u00e9\\n"], "b": {}}',
                                   " [NaN, -Infinity] ", '"s"', "0", '{"pid": 12, "x": "\\ud83d\\ude00"}'])
 def test_the_light_json_reader_reads_what_json_reads(text: str) -> None:
-    from shim import jsonload
+    from wasmctr_node import jsonload
 
     assert repr(jsonload.loads(text)) == repr(json.loads(text))
 
 
 @pytest.mark.parametrize("text", ["", "{", "[1,]", "{} x", "nul", '"\\x"', '{"a":1,}', "[1] [2]", "\x00"])
 def test_the_light_json_reader_refuses_what_json_refuses(text: str) -> None:
-    from shim import jsonload
+    from wasmctr_node import jsonload
 
     with pytest.raises(ValueError):
         json.loads(text)
@@ -656,10 +656,10 @@ MALFORMED_BUNDLES = {
 @pytest.mark.parametrize("case", sorted(MALFORMED_BUNDLES))
 def test_a_malformed_bundle_fails_create_in_one_line_in_the_runtime_and_the_shim(
         bundle: Path, tmp_path: Path, case: str) -> None:
-    from shim.api import task_pb2
-    from shim.events import Publisher
-    from shim.tasks import TaskService
-    from shim.ttrpc import Call, Code, RpcError
+    from wasmctr_node.api import task_pb2
+    from wasmctr_node.events import Publisher
+    from wasmctr_node.tasks import TaskService
+    from wasmctr_node.ttrpc import Call, Code, RpcError
 
     (bundle / "config.json").write_text(json.dumps(MALFORMED_BUNDLES[case]))
     proc = runtime(tmp_path / "root", "create", "--bundle", str(bundle), "bad")

@@ -96,7 +96,7 @@ def test_a_cgroups_path_stays_in_the_cgroup_hierarchy(containerd, images, tmp_pa
     """`ctr run --cgroup` with a path that climbs: the cgroupfs form is cleaned as runc cleans it (the
     guest's cgroup is `{target}` in each hierarchy, not the host directory), and a systemd slice, prefix
     or name naming a path fails Create; the target is never made."""
-    from shim.cgroups import is_v2
+    from wasmctr_node.cgroups import is_v2
 
     target = tmp_path / "escape"
     climbing = "../" * 12 + str(target).lstrip("/")
@@ -252,11 +252,11 @@ def test_the_shim_refuses_a_native_bundle_runc_should_not_see(tmp_path: Path, ro
     """A native (sandbox) container whose root is the host's / or outside the bundle, or that has no mount
     namespace of its own, fails Create before runc runs: the shim's runc here is a stand-in that
     records being run, and a sane bundle (last) shows it would have been."""
-    from shim.api import task_pb2
-    from shim.events import Publisher
-    from shim.native import Runc
-    from shim.tasks import TaskService
-    from shim.ttrpc import Call, Code, RpcError
+    from wasmctr_node.api import task_pb2
+    from wasmctr_node.events import Publisher
+    from wasmctr_node.native import Runc
+    from wasmctr_node.tasks import TaskService
+    from wasmctr_node.ttrpc import Call, Code, RpcError
 
     ran = tmp_path / "runc-ran"
     stand_in = tmp_path / "runc"
@@ -409,9 +409,8 @@ def test_ttrpc_deadline_and_unknown_method(tmp_path: Path) -> None:
     import threading as th
 
     from google.protobuf import empty_pb2
-
-    from shim.api import task_pb2
-    from shim.ttrpc import Client, Code, RpcError, Server, Service
+    from wasmctr_node.api import task_pb2
+    from wasmctr_node.ttrpc import Client, Code, RpcError, Server, Service
 
     service = Service("test.Slow")
     service.method("Sleep", task_pb2.WaitRequest, lambda req, call: (time.sleep(1), empty_pb2.Empty())[1])
@@ -434,8 +433,8 @@ def test_ttrpc_deadline_and_unknown_method(tmp_path: Path) -> None:
 
 
 def test_hand_encoded_delete_response_matches_the_generated_message() -> None:
-    from shim.api import task_pb2
-    from shim.verbs import delete_response
+    from wasmctr_node.api import task_pb2
+    from wasmctr_node.verbs import delete_response
 
     decoded = task_pb2.DeleteResponse.FromString(delete_response(4242, 137, 1700000000.25))
     assert (decoded.pid, decoded.exit_status) == (4242, 137)
@@ -446,10 +445,10 @@ def test_the_binary_hands_its_verbs_to_the_template_and_imports_almost_nothing( 
         containerd, images, tmp_path: Path) -> None:
     """containerd runs the binary twice per container: with a template running, `delete` is answered by
     it, and the binary loads none of the modules that cost tens of milliseconds per run."""
-    from shim.api import task_pb2
+    from wasmctr_node.api import task_pb2
 
     assert ctr_run(containerd, "--rm", images["hello"], "warm-template").returncode == 0  # a template now exists
-    from shim.process import start_time
+    from wasmctr_node.process import start_time
 
     bundle = tmp_path / "bundle"
     bundle.mkdir()
@@ -480,8 +479,8 @@ def test_the_binary_hands_its_verbs_to_the_template_and_imports_almost_nothing( 
         bystander.kill()
         bystander.wait()
     imported = {line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines()}
-    assert "shim.layout" in imported
-    assert not imported & {"re", "json", "hashlib", "socket", "subprocess", "shim.verbs", "wasmtime", "typing"}
+    assert "wasmctr_node.layout" in imported
+    assert not imported & {"re", "json", "hashlib", "socket", "subprocess", "wasmctr_node.verbs", "wasmtime", "typing"}
     wait_for_nothing_left(containerd)
 
 
@@ -513,7 +512,7 @@ def test_a_guest_process_keeps_only_the_capabilities_its_spec_grants(containerd,
     assert changed == default & ~cap_kill | cap_sys_admin
     for fields in found.values():
         assert fields["CapEff"] == fields["CapPrm"] == fields["CapBnd"] and fields["NoNewPrivs"] == ["1"]
-        assert fields["Uid"][0] == "0" and fields["Seccomp"] == ["2"]  # filtered (wasmctr/seccomp.py)
+        assert fields["Uid"][0] == "0" and fields["Seccomp"] == ["2"]  # filtered (wasmctr/sandbox/seccomp.py)
     for name in found:
         for _ in range(50):
             if containerd.ctr("task", "delete", name).returncode == 0:
@@ -609,7 +608,7 @@ def test_the_guests_of_every_pod_run_one_copy_of_the_compiled_code(containerd, i
      {"Uid": "1000", "Gid": "1000", "Groups": [], "CapEff": 1 << 10, "CapBnd": 1 << 10}),
 ])
 def test_the_container_process_becomes_the_specs_user(process: dict, expected: dict) -> None:  # type: ignore[type-arg]
-    from wasmctr import privileges
+    from wasmctr.sandbox import privileges
 
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -642,8 +641,9 @@ def confined(script: str, setup: str = "", network: bool = False, profile: dict 
     prelude = textwrap.dedent("""
         import ctypes, errno, json, os, socket, sys
         from pathlib import Path
-        from wasmctr import api, landlock, privileges, seccomp
-        from wasmctr.executor import Mount, RunSpec
+        from wasmctr import api
+        from wasmctr.sandbox import landlock, privileges, seccomp
+        from wasmctr.running.executor import Mount, RunSpec
 
         def errno_of(call):
             try:
@@ -750,7 +750,7 @@ def test_landlock_confines_the_process_to_its_rootfs_and_mounts(tmp_path: Path) 
     grants, and writes only below the writable ones."""
     import errno
 
-    from wasmctr import landlock
+    from wasmctr.sandbox import landlock
 
     if not landlock.abi():
         pytest.skip("this kernel has no Landlock")
@@ -776,7 +776,7 @@ def test_stress_create_kill_delete_with_deadlines_leaves_nothing_behind(containe
     """120 containers, 8 at a time, each created, killed and deleted, one in four under a ctr deadline
     short enough that containerd may give up on its Create: afterwards no task, shim, mount, socket,
     zombie, stray guest process or cgroup is left."""
-    from shim.cgroups import Cgroup
+    from wasmctr_node.cgroups import Cgroup
 
     run = f"stress{os.getpid()}"  # cgroups outlive a failed run: names of this run only
 
@@ -863,7 +863,7 @@ def test_new_groups_get_shims_forked_from_the_warm_template(containerd, images) 
     a template whose code is stale answers so and exits, and the next start brings a current one."""
     import socket
 
-    from shim.containerd import encode_request, template_path
+    from wasmctr_node.containerd import encode_request, template_path
 
     template_socket = containerd.shims / Path(template_path(str(containerd.socket))).name  # its socket dir's
 
@@ -961,8 +961,8 @@ def connect_as(uid: int, path: Path, request: bytes, half_close: bool) -> str:
 
 def state_request(container_id: str) -> bytes:
     """A ttrpc frame asking the Task API for a container's state (the API that also runs runc as root)."""
-    from shim.api import task_pb2, ttrpc_pb2
-    from shim.ttrpc import HEADER, TYPE_REQUEST
+    from wasmctr_node.api import task_pb2, ttrpc_pb2
+    from wasmctr_node.ttrpc import HEADER, TYPE_REQUEST
 
     request = ttrpc_pb2.Request(service="containerd.task.v2.Task", method="State",
                                 payload=task_pb2.StateRequest(id=container_id).SerializeToString())
@@ -980,9 +980,8 @@ def test_only_root_reaches_the_template_and_the_shims_of_a_umask_0_containerd(  
     import stat
 
     from services import Containerd, wait_for
-
-    from shim.containerd import encode_request
-    from shim.layout import code_stamp, template_path
+    from wasmctr_node.containerd import encode_request
+    from wasmctr_node.layout import code_stamp, template_path
 
     ctd = Containerd(tmp_path / "ctd", umask=0)
     ctd.shims.chmod(0o755)
@@ -1027,9 +1026,9 @@ def test_a_requests_environment_chooses_nothing_the_template_runs(  # type: igno
     binary itself, whose own environment it is, runs the script: the request reached runc's call."""
     import socket
 
-    from shim.api import task_pb2
-    from shim.containerd import encode_request
-    from shim.layout import code_stamp, template_path
+    from wasmctr_node.api import task_pb2
+    from wasmctr_node.containerd import encode_request
+    from wasmctr_node.layout import code_stamp, template_path
 
     ran, bindir, bundle = tmp_path / "ran", tmp_path / "bin", tmp_path / "bundle"
     bindir.mkdir()

@@ -17,7 +17,7 @@ from conftest import assert_one_line_error, wasmctr
 
 import wasmctr as api
 from wasmctr.errors import DigestMismatch
-from wasmctr.store import Store
+from wasmctr.image.store import Store
 
 
 def snapshot(home: Path) -> dict[str, bytes]:

@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 _API = ("BuildResult", "Completed", "GuestFailed", "GuestTimeout", "ImageSummary", "build", "images", "inspect",
         "load", "login", "logout", "prune", "pull", "pull_if_missing", "push", "rmi", "run", "save", "tag")
-_ELSEWHERE = {"Store": "store", "WasmctrError": "errors"}
+_ELSEWHERE = {"Store": "image.store", "WasmctrError": "errors"}
 
 __all__ = ["BuildResult", "Completed", "GuestFailed", "GuestTimeout", "ImageSummary", "Store", "WasmctrError",
            "__version__", "build", "images", "inspect", "load", "login", "logout", "prune", "pull", "pull_if_missing",
@@ -24,7 +24,7 @@ __all__ = ["BuildResult", "Completed", "GuestFailed", "GuestTimeout", "ImageSumm
 if TYPE_CHECKING:
     from typing import Any
 
-    from .api import (
+    from wasmctr.api import (
         BuildResult,
         Completed,
         GuestFailed,
@@ -45,8 +45,8 @@ if TYPE_CHECKING:
         save,
         tag,
     )
-    from .errors import WasmctrError
-    from .store import Store
+    from wasmctr.errors import WasmctrError
+    from wasmctr.image.store import Store
 
 
 def __getattr__(name: str) -> Any:

@@ -14,18 +14,18 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import image as stored
-from . import reference as references
-from .errors import ImageInUse, ImageNotFound, UsageError, WasmctrError
-from .model import Descriptor, Platform
-from .record import record
-from .store import Store, Tagged
+from wasmctr.errors import ImageInUse, ImageNotFound, UsageError, WasmctrError
+from wasmctr.image import reference as references
+from wasmctr.image import stored
+from wasmctr.image.model import Descriptor, Platform
+from wasmctr.image.store import Store, Tagged
+from wasmctr.record import record
 
 if TYPE_CHECKING:  # building, archives, the registry stack (requests, oras) and wasmtime: imported where used
-    from .builder import Format
-    from .distribution import Progress
-    from .executor import Executor, Outcome
-    from .registry import Registry
+    from wasmctr.building.builder import Format
+    from wasmctr.registry.client import Registry
+    from wasmctr.registry.distribution import Progress
+    from wasmctr.running.executor import Executor, Outcome
 
 
 @record(frozen=True)
@@ -75,7 +75,7 @@ def build(source: str | os.PathLike[str], tag: str, *, dockerfile_path: str | os
           platforms: str = "wasi/wasm", author: str | None = None, precompile: bool = False,
           store: Store | None = None) -> BuildResult:
     """Build an image from a `.wasm` file, or from a directory holding a Dockerfile, and tag it."""
-    from . import builder, dockerfile
+    from wasmctr.building import builder, dockerfile
 
     ref = references.parse(tag)
     if format not in builder.FORMATS:
@@ -216,7 +216,8 @@ def _collect(st: Store, removed: list[Tagged]) -> Removed:
 def save(ref: str, output: str | os.PathLike[str] | None = None, oci_dir: str | os.PathLike[str] | None = None,
          store: Store | None = None) -> Descriptor:
     """Write an image as an OCI archive (`output`) or into an OCI layout directory (`oci_dir`)."""
-    from . import archive, atomic
+    from wasmctr.image import atomic
+    from wasmctr.layers import archive
 
     if (output is None) == (oci_dir is None):
         raise UsageError("give exactly one of -o FILE.tar and --oci-dir DIR")
@@ -233,7 +234,7 @@ def save(ref: str, output: str | os.PathLike[str] | None = None, oci_dir: str | 
 
 def load(source: str | os.PathLike[str], tag: str | None = None, store: Store | None = None) -> list[str]:
     """Import the images of an OCI archive or layout directory; returns the names tagged."""
-    from . import archive
+    from wasmctr.layers import archive
 
     path = Path(source)
     if not path.exists():
@@ -269,7 +270,7 @@ def pull_if_missing(target: str, *, platform: str | None = None, insecure: bool 
 
 
 def _client(registry: str, insecure: bool, ca_cert: str | None) -> Registry:
-    from .registry import Registry
+    from wasmctr.registry.client import Registry
 
     if ca_cert is not None and not Path(ca_cert).is_file():
         raise UsageError(f"--ca-cert {ca_cert}: no such file")
@@ -283,7 +284,7 @@ def pull(ref: str, *, platform: str | None = None, all_platforms: bool = False, 
     parsed = references.parse(ref)
     wanted = parse_platforms(platform)[0] if platform else None
     client = _client(parsed.registry, insecure, ca_cert)
-    from . import distribution
+    from wasmctr.registry import distribution
 
     return distribution.pull(_store(store), parsed, client, wanted, all_platforms, progress)
 
@@ -295,7 +296,7 @@ def push(ref: str, *, insecure: bool = False, ca_cert: str | None = None,
     if parsed.digest:
         raise UsageError(f"push takes a tag, not a digest: {ref}")
     client = _client(parsed.registry, insecure, ca_cert)
-    from . import distribution
+    from wasmctr.registry import distribution
 
     return distribution.push(_store(store), parsed, parsed, client, progress)
 
@@ -303,8 +304,8 @@ def push(ref: str, *, insecure: bool = False, ca_cert: str | None = None,
 def login(registry: str, username: str, password: str, *, insecure: bool = False,
           ca_cert: str | None = None) -> str:
     """Check the credentials against the registry, then save them as Docker does; returns where."""
-    from . import credentials
-    from .registry import Registry
+    from wasmctr.registry import credentials
+    from wasmctr.registry.client import Registry
 
     host = _registry_host(registry)
     who = credentials.Credentials(username, password)
@@ -314,7 +315,7 @@ def login(registry: str, username: str, password: str, *, insecure: bool = False
 
 
 def logout(registry: str) -> bool:
-    from . import credentials
+    from wasmctr.registry import credentials
 
     return credentials.remove(_registry_host(registry))
 
@@ -328,16 +329,16 @@ def _registry_host(registry: str) -> str:
 
 def executor(store: Store | None = None, map_cached_code: bool = False) -> Executor:
     """An executor whose compile cache lives in the store (`Executor` says when to map cached code)."""
-    from . import home
-    from .compile_cache import CompileCache
-    from .executor import Executor
+    from wasmctr.image import home
+    from wasmctr.running.compile_cache import CompileCache
+    from wasmctr.running.executor import Executor
 
     return Executor(CompileCache(home.compile_cache_dir(_store(store).root)), map_cached_code)
 
 
 def _device_dir(names: list[str], cleanup: list[Path]) -> Path:
     """A scratch /dev holding the granted default devices (`devices.populate`)."""
-    from . import devices
+    from wasmctr.sandbox import devices
 
     if os.geteuid() != 0:
         raise UsageError("--device needs root: the device nodes are made with mknod")
@@ -420,17 +421,17 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
 
     Nothing is granted unless asked for: `volumes` ("HOST:GUEST[:ro]"), `env` ("K=V" or "K" to copy
     ours), `network`. `user` ("UID[:GID]", as root) runs the guest in a child process that becomes
-    that user, with no capabilities, the container seccomp filter and Landlock (`wasmctr.confined`).
+    that user, with no capabilities, the container seccomp filter and Landlock (`wasmctr.sandbox.confined`).
     `devices` grants default device nodes at /dev ("/dev/null", "zero"...; as root: they are made with
     mknod).
     """
-    from . import launch, streams
-    from .executor import exit_process
-    from .policy import Policy
+    from wasmctr.running import launch, streams
+    from wasmctr.running.executor import exit_process
+    from wasmctr.running.policy import Policy
 
     ids = None
     if user is not None:
-        from . import confined
+        from wasmctr.sandbox import confined
 
         ids = confined.parse_user(user)
     if capture_output:
@@ -464,7 +465,7 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
             spec.devices = _device_dir([d.removeprefix("/dev/") for d in devices], cleanup)
         runner = executor(st, map_cached_code=True)  # this process, or its forked --user child, closes nothing
         if spec.timeout is not None and not hard_stop and ids is None:
-            from . import isolated
+            from wasmctr.running import isolated
 
             spec.stdin, popen_stdin = source.popen()
             assert runner.cache is not None

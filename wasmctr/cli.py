@@ -18,8 +18,9 @@ from typing import Annotated, Any, NoReturn
 import typer
 from typer.core import TyperCommand
 
-from . import __version__, api, atomic, console, diagnostics
-from .errors import UsageError, WasmctrError
+from wasmctr import __version__, api, console, diagnostics
+from wasmctr.errors import UsageError, WasmctrError
+from wasmctr.image import atomic
 
 # `run` exits with the guest's code, so its own failures, bad flags included, use docker run's 125 rather
 # than 2, which a guest may well return

@@ -9,10 +9,10 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .model import Descriptor
+from wasmctr.image.model import Descriptor
 
 if TYPE_CHECKING:
-    from .distribution import Progress
+    from wasmctr.registry.distribution import Progress
 
 
 def short_id(digest: str) -> str:
@@ -95,7 +95,7 @@ def progress(quiet: bool) -> Iterator[Progress]:
     """The display for one command's transfers; on a terminal it is taken down, and the cursor shown
     again, however the block ends (an error, Ctrl-C)."""
     if quiet:
-        from .distribution import Silent
+        from wasmctr.registry.distribution import Silent
 
         yield Silent()
         return

@@ -1,0 +1,139 @@
+"""From an image (or a bare `.wasm` file) and `docker run`-style flags to a `RunSpec`.
+
+Docker's rules: arguments replace the image's Cmd, `--entrypoint` replaces its Entrypoint (and drops
+its Cmd), `-w` replaces WorkingDir, `-e`/`--env-file` add to its Env. A compat image's layers are
+unpacked once per manifest into `$WASMCTR_HOME/rootfs/` by the one safe extractor (`unpack`), and that
+tree is the guest's read-only `/`; the entrypoint is found in it as the guest would find it (`inroot`).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tempfile
+from pathlib import Path
+
+from wasmctr.errors import ExecutorError, UsageError
+from wasmctr.image import inroot, stored, wasm
+from wasmctr.image.store import Store
+from wasmctr.record import field, record
+from wasmctr.running.executor import Mount, RunSpec
+from wasmctr.running.policy import Policy
+from wasmctr.running.units import MIN_MEMORY, parse_duration, parse_size
+
+
+@record
+class RunOptions:
+    """The `wasmctr run` flags, before they meet an image."""
+
+    args: list[str] = field(default_factory=list)
+    entrypoint: str | None = None
+    workdir: str | None = None
+    env: list[str] = field(default_factory=list)
+    env_files: list[str] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
+    tmpfs: list[str] = field(default_factory=list)
+    memory: str | None = None
+    timeout: str | None = None
+    fuel: int | None = None
+    policy: Policy = field(default_factory=Policy)
+
+
+def spec_for_file(path: Path, options: RunOptions, cleanup: list[Path]) -> RunSpec:
+    """A bare module or component: argv[0] is its file name; no filesystem but what is granted."""
+    spec = RunSpec(wasm=path, args=[path.name, *options.args], cwd=options.workdir or "/")
+    return _apply(spec, options, [], cleanup)
+
+
+def spec_for_image(store: Store, image: stored.Image, options: RunOptions, cleanup: list[Path]) -> RunSpec:
+    if not image.is_wasm:
+        raise ExecutorError(f"the image is a {image.format}; wasmctr runs wasm images (use runc or docker)")
+    rc = image.runtime_config
+    if image.format == "artifact":
+        layer = image.wasm_layer
+        assert layer is not None
+        program = image.program or "/module.wasm"
+        spec = RunSpec(wasm=store.blob_path(layer.digest), args=[program, *options.args],
+                       cwd=options.workdir or "/", wasm_digest=layer.digest)
+        return _apply(spec, options, [], cleanup)
+    entrypoint = [options.entrypoint] if options.entrypoint is not None else list(rc.get("Entrypoint") or [])
+    cmd = options.args if options.args or options.entrypoint is not None else list(rc.get("Cmd") or [])
+    argv = entrypoint + cmd
+    if not argv:
+        raise ExecutorError("no command: the image has no Entrypoint or Cmd and none was given")
+    cwd = options.workdir or rc.get("WorkingDir") or "/"
+    rootfs = store.rootfs_path(image.descriptor.digest)
+    if not rootfs.is_dir():  # unpacked once per image: extraction (tar, gzip, zstd) is imported only for that
+        from wasmctr.layers.unpack import unpack_image
+
+        rootfs = unpack_image(store, image)
+    host_program, function = inroot.is_file(rootfs, posixpath.join(cwd, argv[0])), None
+    if host_program is None and "#" in argv[0]:  # runwasi's `/module.wasm#func`: run export `func`
+        path, function = wasm.split_entrypoint(argv[0])
+        host_program = inroot.is_file(rootfs, posixpath.join(cwd, path))
+    if host_program is None:
+        raise ExecutorError(f"entrypoint {argv[0]} is not a file in the image")
+    spec = RunSpec(wasm=host_program, args=argv, cwd=cwd, rootfs=rootfs, function=function,
+                   wasm_digest=stored.program_key(image, "/" + host_program.relative_to(rootfs).as_posix()))
+    return _apply(spec, options, list(rc.get("Env") or []), cleanup)
+
+
+def _apply(spec: RunSpec, options: RunOptions, image_env: list[str], cleanup: list[Path]) -> RunSpec:
+    spec.env = _env(image_env, options)
+    spec.mounts = [_volume(v) for v in options.volumes]
+    for guest in options.tmpfs:
+        if not guest.startswith("/"):
+            raise UsageError(f"--tmpfs {guest}: the path in the guest must be absolute")
+        scratch = Path(tempfile.mkdtemp(prefix="wasmctr-tmpfs-"))
+        cleanup.append(scratch)
+        spec.mounts.append(Mount(scratch, guest, False))
+    if spec.rootfs is not None and any(m.guest == "/" for m in spec.mounts):
+        # as Docker refuses it: `/` is the image's root (a bare module has none: `/` may be granted, as
+        # wasmtime's `--dir DIR::/`)
+        raise UsageError("a volume cannot be mounted at / over an image's root; grant a directory below it")
+    spec.memory_limit = parse_size(options.memory) if options.memory else None
+    if spec.memory_limit is not None and not MIN_MEMORY <= spec.memory_limit < 1 << 63:
+        raise UsageError(f"-m {options.memory}: the memory limit must be at least 6 MiB (as Docker's) "
+                         "and below 8 EiB")
+    spec.timeout = parse_duration(options.timeout) if options.timeout else None
+    if options.fuel is not None and options.fuel <= 0:
+        raise UsageError("--fuel must be a positive number of units")
+    spec.fuel = options.fuel
+    spec.policy = options.policy
+    return spec
+
+
+def _env(image_env: list[str], options: RunOptions) -> list[str]:
+    merged: dict[str, str] = {}
+    for item in image_env:
+        name, _, value = item.partition("=")
+        merged[name] = value
+    lines: list[str] = []
+    for path in options.env_files:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise UsageError(f"--env-file {path}: {exc.strerror}") from None
+        lines += [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    for item in lines + options.env:
+        name, eq, value = item.partition("=")
+        if not name or "\0" in item:
+            raise UsageError(f"invalid environment variable {item!r}")
+        if eq:
+            merged[name] = value
+        elif name in os.environ:
+            merged[name] = os.environ[name]
+    return [f"{k}={v}" for k, v in merged.items()]
+
+
+def _volume(text: str) -> Mount:
+    parts = text.split(":")
+    mode = "rw"
+    if len(parts) == 3:
+        mode = parts.pop()
+    if len(parts) != 2 or mode not in ("ro", "rw") or not parts[0] or not parts[1].startswith("/"):
+        raise UsageError(f"-v {text}: expected HOST_DIR:/GUEST/PATH[:ro|:rw]")
+    host = Path(parts[0]).expanduser()
+    if not host.is_dir():
+        raise UsageError(f"-v {text}: {host} is not a directory (WASI grants directories, not files)")
+    return Mount(host.resolve(), posixpath.normpath(parts[1]), mode == "ro")

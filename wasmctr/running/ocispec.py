@@ -1,0 +1,189 @@
+"""From an OCI runtime bundle (`config.json`, as containerd and runc callers write it) to a `RunSpec`.
+
+- `root.path` (relative to the bundle) is the guest's `/`, read-only unless `root.readonly` is false
+  and it is granted as a volume; `process.args[0]` resolved in it is the wasm program;
+- `process.env`, `process.args`, `process.cwd`;
+- `mounts` of type `bind` (or with a `bind`/`rbind` option) become preopens, `ro` honoured; kernel
+  filesystems (proc, sysfs, devpts, tmpfs of /dev...) have no meaning for a wasm guest and are skipped;
+- `linux.resources.memory.limit` is the linear-memory cap;
+- annotations `wasmctr.io/timeout`, `wasmctr.io/fuel`, `wasmctr.io/network` (`host`),
+  `wasmctr.io/deny-wasi`, `wasmctr.io/allow-wasi`, `wasmctr.io/syscall-policy` carry the policy.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from wasmctr.errors import ExecutorError, WasmctrError
+from wasmctr.image import inroot, shape, wasm
+
+if TYPE_CHECKING:  # the runtime CLI's start, state and delete read config.json through this module only
+    from wasmctr.running.executor import RunSpec
+
+ANNOTATION_PREFIX = "wasmctr.io/"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # runc's, when env has none
+KERNEL_FILESYSTEMS = {"proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2", "tmpfs", "shm"}
+
+
+def load_config(bundle: Path) -> dict[str, Any]:
+    """The bundle's `config.json`, with the type of every field read here checked, so that a malformed
+    one fails Create in one line (a gRPC error text, a runtime CLI error), not as an AttributeError."""
+    what = f"{bundle / 'config.json'}"
+    try:
+        config = json.loads((bundle / "config.json").read_bytes())
+    except OSError as exc:
+        raise ExecutorError(f"cannot read {what}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ExecutorError(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise ExecutorError(f"{what} is not a JSON object")
+    root = shape.field(config, "root", dict, what, error=ExecutorError) or {}
+    shape.field(root, "path", str, f"{what} root", error=ExecutorError)
+    process = shape.field(config, "process", dict, what, error=ExecutorError) or {}
+    for key in ("args", "env"):
+        shape.strings(process, key, f"{what} process", error=ExecutorError)
+    shape.field(process, "cwd", str, f"{what} process", error=ExecutorError)
+    user = shape.field(process, "user", dict, f"{what} process", error=ExecutorError) or {}
+    for key in ("uid", "gid"):
+        shape.field(user, key, int, f"{what} process.user", error=ExecutorError)
+    for gid in shape.field(user, "additionalGids", list, f"{what} process.user", error=ExecutorError) or []:
+        if not isinstance(gid, int):
+            raise ExecutorError(f"{what}: process.user.additionalGids must be numbers")
+    capabilities = shape.field(process, "capabilities", dict, f"{what} process", error=ExecutorError) or {}
+    for key in ("bounding", "effective", "permitted", "inheritable", "ambient"):
+        shape.strings(capabilities, key, f"{what} process.capabilities", error=ExecutorError)
+    shape.string_map(config, "annotations", what, error=ExecutorError)
+    for mount in shape.field(config, "mounts", list, what, error=ExecutorError) or []:
+        if not isinstance(mount, dict):
+            raise ExecutorError(f"{what}: each of mounts must be a JSON object")
+        shape.field(mount, "destination", str, f"{what} mount", required=True, error=ExecutorError)
+        for key in ("source", "type"):
+            shape.field(mount, key, str, f"{what} mount", error=ExecutorError)
+        shape.strings(mount, "options", f"{what} mount", error=ExecutorError)
+    hooks = shape.field(config, "hooks", dict, what, error=ExecutorError) or {}
+    for kind, entries in hooks.items():
+        if not isinstance(entries, list) or not all(isinstance(hook, dict) for hook in entries):
+            raise ExecutorError(f"{what}: hooks.{kind} must be a list of JSON objects")
+        for hook in entries:
+            shape.field(hook, "path", str, f"{what} hooks.{kind}", required=True, error=ExecutorError)
+            for key in ("args", "env"):
+                shape.strings(hook, key, f"{what} hooks.{kind}", error=ExecutorError)
+            shape.field(hook, "timeout", int, f"{what} hooks.{kind}", error=ExecutorError)
+    linux = shape.field(config, "linux", dict, what, error=ExecutorError) or {}
+    shape.field(linux, "cgroupsPath", str, f"{what} linux", error=ExecutorError)
+    for namespace in shape.field(linux, "namespaces", list, f"{what} linux", error=ExecutorError) or []:
+        if not isinstance(namespace, dict):
+            raise ExecutorError(f"{what}: each of linux.namespaces must be a JSON object")
+        for key in ("type", "path"):
+            shape.field(namespace, key, str, f"{what} linux.namespaces", error=ExecutorError)
+    resources = shape.field(linux, "resources", dict, f"{what} linux", error=ExecutorError) or {}
+    for group, keys in (("memory", ("limit",)), ("cpu", ("shares", "quota", "period")), ("pids", ("limit",))):
+        values = shape.field(resources, group, dict, f"{what} linux.resources", error=ExecutorError) or {}
+        for key in keys:
+            value = shape.field(values, key, int, f"{what} linux.resources.{group}", error=ExecutorError)
+            if value is not None and not -(1 << 63) <= value < 1 << 63:  # wasmtime's and ctypes' int64 would wrap it
+                raise ExecutorError(f"{what}: linux.resources.{group}.{key} {value} is out of range (a 64-bit "
+                                    "signed integer, as runc reads it)")
+    return config
+
+
+def network_namespace(config: dict[str, Any]) -> str | None:
+    """The network namespace the spec joins (a pod's, `/proc/PID/ns/net` or a bind mount), if any."""
+    for namespace in (config.get("linux") or {}).get("namespaces") or []:
+        if namespace.get("type") == "network" and namespace.get("path"):
+            return str(namespace["path"])
+    return None
+
+
+def rootfs_of(bundle: Path, config: dict[str, Any]) -> Path:
+    root = (config.get("root") or {}).get("path") or "rootfs"
+    return (bundle / root).resolve() if not Path(root).is_absolute() else Path(root)
+
+
+def program_of(bundle: Path, config: dict[str, Any]) -> Path | None:
+    """The host path of `process.args[0]` inside the rootfs, if it is a file there (see `entrypoint_of`)."""
+    return entrypoint_of(bundle, config)[0]
+
+
+def entrypoint_of(bundle: Path, config: dict[str, Any]) -> tuple[Path | None, str | None]:
+    """`process.args[0]` as (its host path inside the rootfs, if it is a file there; the export to call,
+    if it names one). A name without a slash is looked up in the spec's PATH, as runc does; a relative
+    path is taken from `process.cwd`. runwasi's `/module.wasm#func` runs export `func`: a `#` splits
+    the path from the export unless the whole name is a file."""
+    process = config.get("process") or {}
+    args = process.get("args") or []
+    if not args:
+        return None, None
+    rootfs = rootfs_of(bundle, config)
+    found = _lookup(rootfs, process, args[0])
+    if found is None and "#" in args[0]:
+        path, function = wasm.split_entrypoint(args[0])
+        return _lookup(rootfs, process, path), function
+    return found, None
+
+
+def _lookup(rootfs: Path, process: dict[str, Any], name: str) -> Path | None:
+    if "/" in name:
+        return inroot.is_file(rootfs, posixpath.join(process.get("cwd") or "/", name))
+    env = dict(item.partition("=")[::2] for item in process.get("env") or [])
+    for directory in (env.get("PATH") or DEFAULT_PATH).split(":"):
+        found = inroot.is_file(rootfs, posixpath.join(directory or ".", name))
+        if found is not None:
+            return found
+    return None
+
+
+def is_wasm(bundle: Path, config: dict[str, Any]) -> bool:
+    program = program_of(bundle, config)
+    return program is not None and _sniff(program)
+
+
+def _sniff(program: Path) -> bool:
+    with open(program, "rb") as f:
+        return wasm.sniff(f.read(8)) is not None
+
+
+def spec_from_bundle(bundle: Path, config: dict[str, Any]) -> RunSpec:
+    from wasmctr.running.executor import Mount, RunSpec
+    from wasmctr.running.policy import Policy
+    from wasmctr.running.units import parse_duration
+
+    process = config.get("process") or {}
+    args = list(process.get("args") or [])
+    program, function = entrypoint_of(bundle, config)
+    if program is None:
+        raise ExecutorError(f"process.args[0] {args[0] if args else '(none)'!r} is not a file in the rootfs")
+    if not _sniff(program):
+        raise ExecutorError(f"{args[0]} is not WebAssembly; this container needs a Linux runtime such as runc")
+    annotations = config.get("annotations") or {}
+    mounts = []
+    for m in config.get("mounts") or []:
+        options = m.get("options") or []
+        if m.get("type") in KERNEL_FILESYSTEMS and "bind" not in options and "rbind" not in options:
+            continue
+        if m.get("type") != "bind" and "bind" not in options and "rbind" not in options:
+            continue
+        source = Path(m.get("source", ""))
+        if posixpath.normpath(m["destination"]) == "/":  # the rootfs is `/`; a second `/` preopen would shadow it
+            raise ExecutorError(f"mount {m.get('source', '')} on /: a bind mount cannot replace the rootfs")
+        if source.is_dir():
+            mounts.append(Mount(source.resolve(), posixpath.normpath(m["destination"]), "ro" in options))
+    memory = (((config.get("linux") or {}).get("resources") or {}).get("memory") or {}).get("limit")
+    try:
+        timeout = annotations.get(ANNOTATION_PREFIX + "timeout")
+        fuel = annotations.get(ANNOTATION_PREFIX + "fuel")
+        policy = Policy.from_flags(annotations.get(ANNOTATION_PREFIX + "network") == "host",
+                                   [annotations.get(ANNOTATION_PREFIX + "deny-wasi", "")],
+                                   [annotations.get(ANNOTATION_PREFIX + "allow-wasi", "")],
+                                   annotations.get(ANNOTATION_PREFIX + "syscall-policy", "refuse"))
+        return RunSpec(
+            wasm=program, args=args, env=list(process.get("env") or []), cwd=process.get("cwd") or "/",
+            function=function,
+            rootfs=rootfs_of(bundle, config), mounts=mounts,
+            memory_limit=int(memory) if memory and int(memory) > 0 else None,
+            timeout=parse_duration(timeout) if timeout else None, fuel=int(fuel) if fuel else None, policy=policy)
+    except (WasmctrError, ValueError) as exc:
+        raise ExecutorError(f"bad wasmctr annotation: {exc}") from None
