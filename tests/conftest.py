@@ -7,12 +7,26 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
 import wasmtime
 
 REPO = Path(__file__).resolve().parent.parent
+INSTALLED = {"wasmctr": REPO / "wasmctr", "wasmctr_node": REPO / "shim"}  # package -> its source in the repository
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The commands under test run the installed packages (not editable: shim/ installs as wasmctr_node), so a
+    change not installed yet would be tested as the old code: stop at once, saying what to run."""
+    site = Path(sysconfig.get_paths()["purelib"])
+    for package, source in INSTALLED.items():
+        for path in source.rglob("*.py"):
+            installed = site / package / path.relative_to(source)
+            if not installed.is_file() or installed.read_bytes() != path.read_bytes():
+                pytest.exit(f"{installed} is not the repository's {path.relative_to(REPO)}: install the tree first "
+                            f"({sys.executable} -m pip install --no-deps .; ./run-tests does)", returncode=4)
 
 HELLO_WAT = """
 (module
