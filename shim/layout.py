@@ -1,6 +1,6 @@
 """Where the shims keep their state on a node, and what a running template must match.
 
-Imported by every run of the shim binary, so it uses os and zlib only (hashlib alone costs ~10 ms).
+Imported by every run of the shim binary, so it uses os, sys and zlib only (hashlib alone costs ~10 ms).
 """
 
 from __future__ import annotations

@@ -137,11 +137,13 @@ def images(pattern: str | None = None, store: Store | None = None) -> list[Image
 
 def inspect(ref: str, platform: str | None = None, store: Store | None = None) -> dict[str, Any]:
     """Manifest, config and the program's WASI imports (its syscall surface) for one image."""
+    from wasmctr.layers.program import describe_program  # the layers part: `images` and help never load it
+
     st = _store(store)
     desc, parsed = st.lookup(ref)
     wanted = parse_platforms(platform)[0] if platform else None
     image = stored.load(st, desc, wanted)
-    program = stored.describe_program(st, image)
+    program = describe_program(st, image)
     out: dict[str, Any] = {
         "name": parsed.familiar() if parsed else "",
         "id": desc.digest,

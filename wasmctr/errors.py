@@ -2,7 +2,7 @@
 
 Every failure that reaches the CLI is one of these: it carries a one-line message that says what went
 wrong and where, and the exit code the CLI returns (2 for a usage error, 1 otherwise). Nothing here
-imports the rest of wasmctr.
+imports the rest of wasmctr (pyproject.toml's `standalone` import contract).
 """
 
 

@@ -6,7 +6,8 @@ Here those methods are shared functions that read a class's field list, so defin
 a plain class costs. Fields come from the class's annotations in order, with defaults given as values
 or by `field(default=..., default_factory=...)`; `frozen=True` makes instances immutable and hashable;
 equality compares the fields of instances of the same class, as dataclasses does. mypy understands it
-through `dataclass_transform` (PEP 681). Imports nothing of wasmctr.
+through `dataclass_transform` (PEP 681). Imports nothing of wasmctr (pyproject.toml's `standalone` import
+contract).
 """
 
 from __future__ import annotations

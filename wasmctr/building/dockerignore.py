@@ -6,7 +6,8 @@ never cross `/`, `**` crosses any number of directories (`**/x` also matches `x`
 everything below), `[...]` are Go character classes (`[^...]` negated); the last pattern that matches
 wins. A path is excluded when it or one of its parent directories matches, so `*.md` excludes `a.md`
 but not `docs/a.md`, and `docs` with `!docs/README.md` keeps that one file (the walk has to enter
-excluded directories while exceptions exist). Imports nothing of wasmctr but errors.
+excluded directories while exceptions exist). Like all of building, it imports only the parts below it
+(pyproject.toml's `parts` import contract).
 """
 
 from __future__ import annotations

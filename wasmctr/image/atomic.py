@@ -14,7 +14,8 @@ renaming over it would replace a node that other programs rely on. It is opened 
 refused, not followed. A private output (`devices=False`: credentials) never goes into a node someone
 else may read from: it replaces those too. A directory, a block device or a socket is refused.
 
-Imports only the standard library (the runtime CLI writes its state through here on every call).
+Imports only the standard library, nothing of wasmctr (pyproject.toml's `standalone` import contract): the
+runtime CLI writes its state through here on every call.
 """
 
 from __future__ import annotations

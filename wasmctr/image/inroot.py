@@ -8,7 +8,8 @@ involved, so a chain of links, a long expansion or a link swapped in between two
 
 Two implementations with one behaviour: `openat2(2)` with `RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`
 (Linux 5.6+), and, where the kernel lacks it or a seccomp filter refuses it, a walk that opens each
-component with `O_NOFOLLOW` and expands links itself. Imports nothing of wasmctr.
+component with `O_NOFOLLOW` and expands links itself. Imports nothing of wasmctr (pyproject.toml's
+`standalone` import contract).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Follows distribution/reference: a first path component is a registry only if it contains `.` or `:`,
 is `localhost`, or has an upper-case letter; otherwise the registry is Docker Hub (`docker.io`) and a
-one-component path gets `library/`. The default tag is `latest`. Imports nothing from wasmctr but errors.
+one-component path gets `library/`. The default tag is `latest`. As the rest of the image model, it imports
+no part above it (pyproject.toml's `parts` import contract).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 `json.loads` gives whatever the sender wrote; code that then calls `.get` on a number fails with an
 AttributeError far from the cause. These read one field and check its type, so a wrong shape is one
 line naming the document and the field. Errors are `StoreError` unless the caller names another
-`WasmctrError` (a runtime bundle's are `ExecutorError`). Imports only the errors.
+`WasmctrError` (a runtime bundle's are `ExecutorError`). As the rest of the image model, it imports no part
+above it (pyproject.toml's `parts` import contract).
 """
 
 from __future__ import annotations

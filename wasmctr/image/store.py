@@ -8,7 +8,8 @@ after their digest checks out, so a blob path always holds the bytes its name pr
 Two advisory locks keep concurrent processes correct: `index.lock` serialises read-modify-write of
 `index.json` (replaced atomically, never edited in place), and `gc.lock` is held shared by anything
 that writes blobs before tagging them and exclusively by garbage collection, so `rmi` never deletes
-the blobs of a build still in flight. This module imports only the model and errors.
+the blobs of a build still in flight. It imports no part above the image model: never layers, a registry,
+building, running or anything above them (pyproject.toml's `parts` import contract).
 """
 
 from __future__ import annotations

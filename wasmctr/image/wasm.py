@@ -5,7 +5,8 @@ section, data-segment payloads are skipped (their framing is checked here, their
 validation), custom sections are dropped, and the resulting skeleton is handed to wasmtime's validator.
 A 64 MiB module of data therefore costs kilobytes. A component is not compiled either: its sections are
 walked, each core module in it validated the same way, and its import and export names read from its
-own sections. Imports only errors from wasmctr.
+own sections. As the rest of the image model, it imports no part above it (pyproject.toml's `parts` import
+contract).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ thread (zlib releases the GIL) with the previous block's last 32 KiB as its dict
 sync flush, so the blocks join into one deflate stream in a standard gzip member (RFC 1952) that any
 gunzip reads. The block size is fixed, so the bytes, and the layer's digest, do not depend on how many
 cores did the work. At most two blocks per thread are in flight: memory stays bounded whatever the
-layer's size. Imports nothing of wasmctr.
+layer's size. Imports nothing of wasmctr (pyproject.toml's `standalone` import contract).
 """
 
 from __future__ import annotations

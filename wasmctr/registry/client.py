@@ -14,7 +14,8 @@ What it adds to plain HTTP:
   with an HTTP range request from what an interrupted pull left;
 - manifests of every accepted media type, capped at 4 MiB, digests checked;
 - transport policy as Docker's: HTTPS with verification, plain HTTP only for loopback or --insecure.
-Imports the model, store writer and errors; never the CLI.
+Below the CLI and the API, beside building and running: it imports none of them (pyproject.toml's `parts`
+import contract).
 """
 
 from __future__ import annotations

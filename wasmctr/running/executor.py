@@ -16,8 +16,9 @@ The guest runs on a worker thread while the calling thread supervises: it turns 
 into an epoch interrupt (the guest traps at its next loop or call). A thread cannot be killed, so a
 guest that sits in a blocking host call past the grace period can only end with its process: a caller
 whose process exists for its guest passes `hard_stop` (`exit_process`), which is called then; the
-Python API runs a guest with a deadline in a child interpreter for this (`isolated.py`). Imports the store's
-compile cache, the policy and wasm parsing; never the CLI.
+Python API runs a guest with a deadline in a child interpreter for this (`isolated.py`). Below the sandbox,
+the API and the CLI, beside the registry and building: it imports none of them (pyproject.toml's `parts`
+import contract).
 """
 
 from __future__ import annotations

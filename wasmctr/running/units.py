@@ -1,7 +1,7 @@
 """Sizes and durations as `wasmctr run` flags and the runtimes' annotations write them (`64m`, `10s`).
 
-Its own module, and importing `re` only: wasmctr-runtime's `create` reads a container's timeout here
-without importing the store and image code that `launch` needs.
+Its own module, and importing `re` and the errors only: wasmctr-runtime's `create` reads a container's
+timeout here without importing the store and image code that `launch` needs.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ host paths that another mount namespace need not have.
 
 A `path` comes from the spec: it is opened only if it is a regular file (what a namespace file is),
 never as a device or FIFO, and must be a namespace of the type named (checked before the fork, so a
-wrong one fails Create; setns checks it again). Imports only ctypes, fcntl, os, stat and the errors.
+wrong one fails Create; setns checks it again). Imports only ctypes, fcntl, os, stat, typing and the errors.
 """
 
 from __future__ import annotations
