@@ -41,6 +41,8 @@ def expand(cgroups_path: str) -> str:
         for what, part in (("slice", slice_name), ("prefix", prefix), ("name", name)):
             if "/" in part or ".." in part:
                 raise ValueError(f"cgroupsPath {cgroups_path!r}: the {what} {part!r} is a path, not a unit name")
+        if name in ("", "."):  # the slice itself (or, for `-.slice`, the root): not a cgroup of its own
+            raise ValueError(f"cgroupsPath {cgroups_path!r}: a container needs a unit name of its own")
         parent = _expand_slice(slice_name or "system.slice")
         path = f"{parent.rstrip('/')}/{prefix}-{name}.scope" if prefix else f"{parent.rstrip('/')}/{name}"
     else:

@@ -36,8 +36,8 @@ def become_subreaper() -> None:
 def check_bundle(bundle: str, config: dict[str, Any]) -> None:
     """ExecutorError unless the spec has a mount namespace of its own (an entry with a `path` joins
     another process's, the host's for /proc/1/ns/mnt) and its root, opened as runc will open it (relative
-    to the bundle), is a directory below the bundle: the check walks up from that directory through
-    `..` until it meets the bundle, by identity, not by comparing strings."""
+    to the bundle), is a directory below the bundle and not the host's `/` (bound there): the check walks
+    up from that directory through `..` until it meets the bundle, by identity, not by comparing strings."""
     namespaces = (config.get("linux") or {}).get("namespaces") or []
     if not any(isinstance(ns, dict) and ns.get("type") == "mount" and not ns.get("path") for ns in namespaces):
         raise ExecutorError("a native container needs a mount namespace of its own (linux.namespaces)")
@@ -50,6 +50,9 @@ def check_bundle(bundle: str, config: dict[str, Any]) -> None:
         raise ExecutorError(f"root.path {root!r}: {exc.strerror}") from None
     try:
         previous = os.fstat(fd)
+        host_root = os.stat("/")
+        if (previous.st_dev, previous.st_ino) == (host_root.st_dev, host_root.st_ino):  # a bind mount of `/`
+            raise ExecutorError(f"root.path {root!r} is the host's root")
         while True:
             parent = os.open("..", flags, dir_fd=fd)
             os.close(fd)

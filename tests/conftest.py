@@ -215,7 +215,7 @@ def escape(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 ESCAPE_REFUSED = {"clone CLONE_NEWUSER": 1, "clone3": 38, "unshare CLONE_NEWUSER": 1, "unshare CLONE_NEWNS": 1,
                   "tgkill victim": 1, "kill victim": 1, "kill 1": 1, "ptrace victim": 1, "mount": 1, "bpf": 1,
-                  "io_uring_setup": 1, "keyctl": 1}
+                  "io_uring_setup": 1, "keyctl": 1, "fcntl F_SETOWN victim": 1}
 """What `attack` finds under a container process's confinement: EPERM (1) for each, ENOSYS (38) for clone3."""
 
 

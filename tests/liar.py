@@ -197,16 +197,18 @@ class Tattler:
     (address, method, path, authorization). Its token realm (plain HTTP) is on `realm_address`; upload
     `Location`s and blob downloads (a 307, as to a CDN) are on `transfer_address`, which, when
     `transfer_challenges`, asks for Basic credentials of its own. The realm gives a token to anyone; the
-    registry takes only that token."""
+    registry takes only that token. `disguised` writes those URLs as `http://OTHER:PORT\\@127.0.0.1:PORT/...`,
+    which urllib.parse reads as the registry's own host and urllib3 (which requests connects with) as OTHER."""
 
     TOKEN = "issued-by-the-realm"
 
     def __init__(self, realm_address: str = "127.0.0.2", transfer_address: str = "127.0.0.3",
-                 transfer_challenges: bool = False) -> None:
+                 transfer_challenges: bool = False, disguised: bool = False) -> None:
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.realm_address, self.transfer_address = realm_address, transfer_address
         self.transfer_challenges = transfer_challenges
+        self.disguise = f"\\@127.0.0.1:{self.port}" if disguised else ""
         self.seen: list[tuple[str, str, str, str]] = []
         self.blobs: dict[str, bytes] = {}
         self.manifests: dict[str, tuple[bytes, str]] = {}
@@ -248,9 +250,9 @@ class Tattler:
         if address == self.transfer_address and path.startswith("/transfer/"):
             return self._transfer(h, path, body)
         if h.headers.get("Authorization") != f"Bearer {self.TOKEN}":
-            realm = f"http://{self.realm_address}:{self.port}/token"
+            realm = f"http://{self.realm_address}:{self.port}{self.disguise}/token"
             return self._send(h, 401, b"{}", {"WWW-Authenticate": f'Bearer realm="{realm}",service="tattler"'})
-        elsewhere = f"http://{self.transfer_address}:{self.port}/transfer"
+        elsewhere = f"http://{self.transfer_address}:{self.port}{self.disguise}/transfer"
         if path == "/v2/":
             return self._send(h, 200, b"{}")
         m = re.fullmatch(r"/v2/(.+)/(manifests|blobs)/(uploads/|[^/]+)", path)

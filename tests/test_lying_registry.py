@@ -258,3 +258,20 @@ def test_an_upload_location_elsewhere_that_asks_for_credentials_gets_none(hello_
         assert not any(tattler.authorizations("127.0.0.2"))
     finally:
         tattler.stop()
+
+
+def test_a_url_that_parses_as_ours_but_connects_elsewhere_gets_no_credentials(hello_wasm: Path,
+                                                                             docker_config: Path) -> None:
+    """`http://127.0.0.3:P\\@127.0.0.1:P/...`: urllib.parse said 127.0.0.1 (ours), and requests connected to
+    127.0.0.3 with our Authorization. The realm and every transfer here are written that way."""
+    tattler = Tattler(disguised=True)
+    try:
+        basic = base64.b64encode(b"alice:s3cret-pw").decode()
+        (docker_config / "config.json").write_text(json.dumps({"auths": {tattler.host: {"auth": basic}}}))
+        ref = f"{tattler.host}/app:1"
+        wasmctr("build", str(hello_wasm), "-t", ref)
+        wasmctr("push", ref, check=False)  # however far it gets, nothing of ours may leave 127.0.0.1
+        elsewhere = [auth for address, *_, auth in tattler.seen if address != "127.0.0.1"]
+        assert elsewhere and not any(elsewhere), tattler.seen
+    finally:
+        tattler.stop()

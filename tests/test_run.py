@@ -85,7 +85,7 @@ def test_image_rootfs_is_read_only_at_root(hostile_wasm: Path, tmp_path: Path) -
     assert "from the image" in run("hostile:1", "read", "/etc/motd").stdout
 
 
-def test_user_reads_an_images_rootfs_as_under_runc(hostile_wasm: Path, tmp_path: Path) -> None:
+def test_user_reads_an_images_rootfs_as_under_runc(hostile_wasm: Path, tmp_path: Path, wasmctr_home: Path) -> None:
     """The unpacked rootfs's `/` is 0755, as a snapshotter makes it, so `--user` reads the image's files as
     that user would under runc (mkdtemp's 0700 had every call below `/` denied); the store above it
     (here under pytest's 0700 directory) need not be reachable by that user."""
@@ -98,6 +98,15 @@ def test_user_reads_an_images_rootfs_as_under_runc(hostile_wasm: Path, tmp_path:
     listing = run("--user", "65534", "users:1", "ls", "/")
     assert listing.returncode == 0 and {"etc", "hostile.wasm"} <= set(listing.stdout.split()), listing.stdout
     assert run("--user", "65534:65534", "users:1", "read", "/etc/motd").stdout == "read: from the image\n"
+    unpacked = wasmctr_home / "rootfs"
+    assert unpacked.stat().st_mode & 0o777 == 0o700  # the image's files are no other user's to read
+
+
+def test_unpacked_images_are_kept_from_other_users(hostile_wasm: Path, tmp_path: Path, wasmctr_home: Path) -> None:
+    """Each rootfs's `/` is 0755 for --user guests; the directory holding them is 0700, as the blobs are."""
+    wasmctr("build", str(hostile_wasm), "-t", "private:1")
+    wasmctr("run", "private:1", "exit", "0")
+    assert (wasmctr_home / "rootfs").stat().st_mode & 0o777 == 0o700
 
 
 def test_only_granted_environment_reaches_the_guest(hostile_wasm: Path, tmp_path: Path) -> None:

@@ -166,6 +166,8 @@ def test_the_container_process_enters_the_specs_namespaces_and_an_escape_reaches
     ({"namespaces": [{"type": "ipc", "path": "/proc/self/ns/uts"}]}, "is not a namespace of type ipc"),
     ({"namespaces": [{"type": "ipc", "path": "/dev/null"}]}, "/dev/null is not a namespace"),
     ({"namespaces": [{"type": "pid"}, {"type": "pid"}]}, "pid is listed twice"),
+    ({"namespaces": [{"type": "pid"}, {"type": "user"}]}, "lists a user namespace"),  # hostUsers: false
+    ({"uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}]}, "lists a user namespace"),
 ])
 def test_what_cannot_be_honoured_fails_create_in_one_line(bundle: Path, tmp_path: Path, linux: dict,  # type: ignore[type-arg]
                                                           fragment: str) -> None:
@@ -289,6 +291,19 @@ def test_a_systemd_cgroups_path_naming_a_path_fails_create(bundle: Path, tmp_pat
     assert refused.returncode == 1 and f"the {part} " in refused.stderr and "not a unit name" in refused.stderr
     assert len(refused.stderr.splitlines()) == 1
     assert not target.exists() and not (tmp_path / "root" / "sd").exists()
+
+
+@pytest.mark.parametrize("cgroups_path", ["system.slice::", "system.slice::.", "-.slice::."])
+def test_a_systemd_cgroups_path_naming_the_slice_itself_fails_create(bundle: Path, tmp_path: Path,
+                                                                     cgroups_path: str) -> None:
+    """An empty or `.` unit name made the slice itself (or the root, for `-.slice`) the container's cgroup,
+    and the spec's limits went onto system.slice."""
+    config = json.loads((bundle / "config.json").read_text())
+    config["linux"] = {"cgroupsPath": cgroups_path, "resources": {"pids": {"limit": 64}}}
+    (bundle / "config.json").write_text(json.dumps(config))
+    refused = runtime(tmp_path / "root", "create", "--bundle", str(bundle), "sd")
+    assert refused.returncode == 1 and "a unit name of its own" in refused.stderr, refused.stderr
+    assert len(refused.stderr.splitlines()) == 1 and not (tmp_path / "root" / "sd").exists()
 
 
 def private_bundle(tmp_path: Path, hostile_wasm: Path, user: dict[str, object], args: list[str]) -> Path:

@@ -242,13 +242,14 @@ def test_terminals_are_refused_and_native_containers_run_through_runc(containerd
 @pytest.mark.parametrize("root, namespaces, why", [
     ("/", [], "needs a mount namespace of its own"),
     ("rootfs", [{"type": "mount", "path": "/proc/1/ns/mnt"}], "needs a mount namespace of its own"),
-    ("/", [{"type": "mount"}], "is not a directory below the bundle"),
-    ("link", [{"type": "mount"}], "is not a directory below the bundle"),
+    ("/", [{"type": "mount"}], "is the host's root"),
+    ("link", [{"type": "mount"}], "is the host's root"),
+    ("bound", [{"type": "mount"}], "is the host's root"),  # `/` bind-mounted below the bundle
     ("rootfs/../..", [{"type": "mount"}], "is not a directory below the bundle"),
     (".", [{"type": "mount"}], "is not a directory below the bundle"),
 ])
 def test_the_shim_refuses_a_native_bundle_runc_should_not_see(tmp_path: Path, root: str, namespaces: list,  # type: ignore[type-arg]
-                                                               why: str) -> None:
+                                                               why: str, request: pytest.FixtureRequest) -> None:
     """A native (sandbox) container whose root is the host's / or outside the bundle, or that has no mount
     namespace of its own, fails Create before runc runs: the shim's runc here is a stand-in that
     records being run, and a sane bundle (last) shows it would have been."""
@@ -265,6 +266,10 @@ def test_the_shim_refuses_a_native_bundle_runc_should_not_see(tmp_path: Path, ro
     bundle = tmp_path / "bundle"
     (bundle / "rootfs").mkdir(parents=True)
     (bundle / "link").symlink_to("/")
+    if root == "bound":
+        (bundle / "bound").mkdir()
+        subprocess.run(["mount", "--bind", "/", str(bundle / "bound")], check=True)
+        request.addfinalizer(lambda: subprocess.run(["umount", "-l", str(bundle / "bound")], check=True))
     service = TaskService(Publisher(None), "default", on_empty=lambda: None)
     service.runc = Runc(str(tmp_path / "runc-root"), binary=str(stand_in))
 

@@ -572,3 +572,27 @@ def test_concurrent_resumable_writers_of_one_blob_never_trip_over_each_other(tmp
         assert errors == []
         assert store.blob_path(digest).read_bytes() == data
     assert list(store.ingest_dir.iterdir()) == []
+
+
+def test_a_layout_directory_another_user_can_redirect_is_refused(wasmctr_home: Path, hello_wasm: Path,
+                                                                tmp_path: Path) -> None:
+    """`save --oci-dir` renames blobs into the layout's directories: where another user made
+    `blobs/sha256` a link (to /etc/cron.d, say), or owns a directory there, root's blobs would land where
+    that user chose. Refused in one line, nothing written."""
+    wasmctr("build", str(hello_wasm), "-t", "out:1")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    cron = tmp_path / "cron.d"
+    cron.mkdir()
+    linked = shared / "linked"
+    (linked / "blobs").mkdir(parents=True)
+    (linked / "blobs" / "sha256").symlink_to(cron)
+    os.lchown(linked / "blobs" / "sha256", 65534, 65534)
+    assert_one_line_error(wasmctr("save", "out:1", "--oci-dir", str(linked), check=False), 1,
+                          "blobs/sha256", "not a directory of its own")
+    theirs = shared / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    assert_one_line_error(wasmctr("save", "out:1", "--oci-dir", str(theirs), check=False), 1, "uid 65534")
+    assert list(cron.iterdir()) == [] and list(theirs.iterdir()) == []

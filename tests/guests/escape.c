@@ -165,7 +165,9 @@ int main(int argc, char **argv) {
     struct clone_args_ args = {.flags = CLONE_NEWUSER, .exit_signal = SIGCHLD};
     unsigned params[30] = {0};
     char attr[128] = {0};
-    int r[12];  /* one statement each: errno is read right after its call */
+    int r[13];  /* one statement each: errno is read right after its call */
+    int fds[2];
+    if (pipe(fds) != 0) die("pipe");
     r[0] = forked(syscall(SYS_clone, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0));
     r[1] = forked(syscall(NR_CLONE3, &args, sizeof args));
     r[2] = outcome(unshare(CLONE_NEWUSER));
@@ -178,12 +180,14 @@ int main(int argc, char **argv) {
     r[9] = outcome(syscall(NR_BPF, 0 /* BPF_MAP_CREATE */, attr, sizeof attr));
     r[10] = outcome(syscall(NR_IO_URING_SETUP, 1, params));
     r[11] = outcome(syscall(NR_KEYCTL, KEYCTL_JOIN_SESSION_KEYRING, 0));
+    r[12] = outcome(fcntl(fds[1], F_SETOWN, victim));  /* then O_ASYNC: the kernel signals the owner */
     char out[1024];
     int n = snprintf(out, sizeof out,
         "{\"filters\": %d, \"clone CLONE_NEWUSER\": %d, \"clone3\": %d, \"unshare CLONE_NEWUSER\": %d, "
         "\"unshare CLONE_NEWNS\": %d, \"tgkill victim\": %d, \"kill victim\": %d, \"kill 1\": %d, "
-        "\"ptrace victim\": %d, \"mount\": %d, \"bpf\": %d, \"io_uring_setup\": %d, \"keyctl\": %d}\n",
-        filter_count, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11]);
+        "\"ptrace victim\": %d, \"mount\": %d, \"bpf\": %d, \"io_uring_setup\": %d, \"keyctl\": %d, "
+        "\"fcntl F_SETOWN victim\": %d}\n",
+        filter_count, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12]);
     write(1, out, n);
     _exit(0);
 }

@@ -20,6 +20,7 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -184,6 +185,26 @@ def _open_locked(path: Path) -> int:
         os.close(fd)
 
 
+def _refuse_foreign_directories(root: Path, names: tuple[str, ...]) -> None:
+    """Each of `root`'s directories `names` that exists must be a directory (not a link to one) owned by
+    this process's user, or by root, and writable by no group or other user."""
+    me = os.geteuid()
+    for name in names:
+        path = root / name if name else root
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise StoreError(f"cannot use {path}: {exc.strerror}") from None
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+            raise StoreError(f"{path} is not a directory of its own (a link, or a file): refusing to write a "
+                             "layout through it")
+        if st.st_uid not in (me, 0) or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise StoreError(f"{path} belongs to uid {st.st_uid} (mode {stat.S_IMODE(st.st_mode):o}): another "
+                             "user could choose where its files land; write the layout to a directory of yours")
+
+
 class Store:
     """An OCI image layout used as wasmctr's local image store."""
 
@@ -210,7 +231,10 @@ class Store:
     def for_export(cls, directory: Path) -> Iterator[Store]:
         """A layout written for others to read (`save --oci-dir`): the lock files and `ingest/` a store
         works with are removed afterwards, unless they were there before (the directory is a store in use,
-        whose other users hold them)."""
+        whose other users hold them). Blobs are renamed into its directories, so each that exists must be
+        ours and no one else's to change: a symlink there (`blobs/sha256 -> /etc/cron.d`), or a directory
+        another user owns or may write, would let that user choose where root's files land."""
+        _refuse_foreign_directories(directory, ("", "blobs", "blobs/sha256", "ingest"))
         work = [directory / name for name in ("gc.lock", "index.lock", "ingest")]
         new = [path for path in work if not os.path.lexists(path)]
         try:

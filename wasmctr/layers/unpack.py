@@ -50,6 +50,9 @@ def unpack_image(store: Store, image: stored.Image) -> Path:
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    # private, as the blobs are: each rootfs's `/` is 0755 below for a --user guest (whose preopen is
+    # opened before it becomes that user), so this directory is what keeps other users out of them
+    target.parent.chmod(0o700)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".unpack-"))
     try:
         staging.chmod(0o755)  # the rootfs's `/`, as a snapshotter makes it: mkdtemp's 0700 shut out `--user`

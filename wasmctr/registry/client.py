@@ -399,14 +399,22 @@ def _rewind(data: Any) -> bool:
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
-    """(scheme, host, port) of a URL, the port made explicit where the scheme implies it."""
-    parts = urllib.parse.urlsplit(url)
+    """(scheme, host, port) of a URL as requests will connect to it, the port made explicit where the
+    scheme implies it. Parsed by urllib3, as requests parses it before it connects: urllib.parse reads
+    `https://evil.example\\@reg.example/` as reg.example, where the connection goes to evil.example. A URL
+    with credentials in it, or one urllib3 cannot parse, is an origin of its own, equal to none of ours."""
+    from urllib3.exceptions import LocationParseError
+    from urllib3.util import parse_url
+
     try:
-        port = parts.port
-    except ValueError:
-        port = -1  # a malformed port: an origin of its own, equal to none of ours
-    default = {"http": 80, "https": 443}.get(parts.scheme)
-    return parts.scheme, (parts.hostname or ""), port if port is not None else default
+        parts = parse_url(url)
+    except LocationParseError:
+        return "", "", -1
+    if parts.auth is not None:
+        return "", "", -1
+    scheme = (parts.scheme or "").lower()
+    default = {"http": 80, "https": 443}.get(scheme)
+    return scheme, (parts.host or "").lower().strip("[]"), parts.port if parts.port is not None else default
 
 
 def _basic(who: creds.Credentials) -> str:

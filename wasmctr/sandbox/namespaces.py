@@ -40,13 +40,24 @@ Namespaces = list[tuple[str, str | None]]
 """(type, the path of the namespace to join, or None for a new one), in the spec's order."""
 
 
+_NO_USER_NAMESPACE = ("linux.namespaces lists a user namespace, which wasm containers are not put in: its root "
+                      "would be the host's root, not the unprivileged user the spec asks for")
+
+
 def of_spec(config: dict[str, Any]) -> Namespaces:
     """The spec's pid, ipc, uts and mount namespaces; WasmctrError for a type listed twice (runc refuses
-    it too), a mount namespace to join, or a path that is not a namespace of its type. Called before the
-    container process is forked."""
+    it too), a mount namespace to join, or a path that is not a namespace of its type. A user namespace
+    (or uid/gid mappings) is refused rather than ignored: a pod with `hostUsers: false` is admitted as one
+    whose root is unprivileged on the host, which it would not be here. Called before the container
+    process is forked."""
+    if (config.get("linux") or {}).get("uidMappings") or (config.get("linux") or {}).get("gidMappings"):
+        raise WasmctrError(_NO_USER_NAMESPACE)
     found: Namespaces = []
-    for namespace in (config.get("linux") or {}).get("namespaces") or []:
+    linux = config.get("linux") or {}
+    for namespace in linux.get("namespaces") or []:
         kind, path = namespace.get("type"), namespace.get("path") or None
+        if kind == "user":
+            raise WasmctrError(_NO_USER_NAMESPACE)
         if kind not in FLAGS:
             continue
         if any(kind == seen for seen, _ in found):

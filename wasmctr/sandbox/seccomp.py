@@ -85,12 +85,23 @@ def allowlist(network: bool) -> libseccomp.Filter:
     return allow
 
 
+F_SETOWN, F_SETSIG, F_SETOWN_EX = 8, 10, 15
+FIOSETOWN, SIOCSPGRP = 0x8901, 0x8902
+
+
 def own_signals() -> libseccomp.Filter:
     """tgkill only with this process as its thread group (raise, and the engine signalling its own
     threads). Made in the container process itself: its pid is known only once it is forked (1 in a
-    new pid namespace, where no other process is visible anyway; the pod's or the host's otherwise)."""
+    new pid namespace, where no other process is visible anyway; the pod's or the host's otherwise).
+    Nor may a descriptor be given an owner (fcntl F_SETOWN, F_SETOWN_EX, F_SETSIG; ioctl FIOSETOWN,
+    SIOCSPGRP): with O_ASYNC, the kernel would signal that owner, any process, on the writer's behalf."""
     only = libseccomp.Filter(libseccomp.ALLOW)
-    only.add_rule(libseccomp.errno_action(errno.EPERM), "tgkill", (0, "NE", os.getpid(), 0))
+    denied = libseccomp.errno_action(errno.EPERM)
+    only.add_rule(denied, "tgkill", (0, "NE", os.getpid(), 0))
+    for command in (F_SETOWN, F_SETSIG, F_SETOWN_EX):
+        only.add_rule(denied, "fcntl", (1, "EQ", command, 0))
+    for request in (FIOSETOWN, SIOCSPGRP):
+        only.add_rule(denied, "ioctl", (1, "EQ", request, 0))
     return only
 
 
