@@ -97,7 +97,7 @@ class Executor:
         self.cache = cache
         self.map_cached_code = map_cached_code
         self._engines: dict[bool, Any] = {}
-        self._loaded: dict[str, Any] = {}
+        self._loaded: dict[str, Program] = {}
         self._digests: dict[tuple[int, int, int, int], str] = {}
         self._lock = threading.Lock()
 
@@ -188,26 +188,26 @@ class Executor:
         with self._lock:
             if cache_key in self._loaded:
                 return self._loaded[cache_key], False
-        code: Program | None = None
+        program: Program | None = None
         if self.cache is not None:
             with self.cache.entry(cache_key) as cached:
                 if cached is not None:
                     try:
                         if self.map_cached_code:
-                            code = program_format.deserialize_file(engine, cached)
+                            program = program_format.deserialize_file(engine, cached)
                         else:
                             with open(cached, "rb") as f:
-                                code = program_format.deserialize(engine, f.read())
+                                program = program_format.deserialize(engine, f.read())
                     except Exception:  # a verified entry from another engine build: rebuild it
                         self.cache.discard(cache_key)
-        compiled = code is None
-        if code is None:
-            code = self._compile(engine, program_format, path, cache_key)
+        compiled = program is None
+        if program is None:
+            program = self._compile(engine, program_format, path, cache_key)
         with self._lock:
             if len(self._loaded) >= LOADED_CODE_LIMIT:
                 self._loaded.pop(next(iter(self._loaded)))
-            self._loaded[cache_key] = code
-        return code, compiled
+            self._loaded[cache_key] = program
+        return program, compiled
 
     def _digest(self, path: Path) -> str:
         """The file's sha256, remembered while the file is unchanged (same inode, size and mtime)."""
