@@ -30,7 +30,7 @@ import os, sys
 from pathlib import Path
 from wasmctr import api
 from wasmctr.sandbox import landlock
-from wasmctr.running.executor import Mount, RunSpec
+from wasmctr.running.spec import Mount, RunSpec
 from wasmctr_node.container import become_guest
 wasm, data, timeout, args = sys.argv[1], sys.argv[2], float(sys.argv[3]) or None, sys.argv[4:]
 executor = api.executor(map_cached_code=True)  # as the shim's: code mapped from the compile cache

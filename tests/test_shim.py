@@ -648,7 +648,7 @@ def confined(script: str, setup: str = "", network: bool = False, profile: dict 
         from pathlib import Path
         from wasmctr import api
         from wasmctr.sandbox import landlock, privileges, seccomp
-        from wasmctr.running.executor import Mount, RunSpec
+        from wasmctr.running.spec import Mount, RunSpec
 
         def errno_of(call):
             try:

@@ -16,3 +16,8 @@ def emit(line: str) -> None:
     """Write `line` and a newline to fd 2, or nothing if fd 2 cannot take it."""
     with contextlib.suppress(OSError):
         os.write(2, f"{line}\n".encode(errors="replace"))
+
+
+def one_line(text: str) -> str:
+    """A multi-line message (wasmtime's, with its causes) as one line of at most 500 characters."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())[:500]

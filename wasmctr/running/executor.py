@@ -16,9 +16,13 @@ The guest runs on a worker thread while the calling thread supervises: it turns 
 into an epoch interrupt (the guest traps at its next loop or call). A thread cannot be killed, so a
 guest that sits in a blocking host call past the grace period can only end with its process: a caller
 whose process exists for its guest passes `hard_stop` (`exit_process`), which is called then; the
-Python API runs a guest with a deadline in a child interpreter for this (`isolated.py`). Below the sandbox,
-the API and the CLI, beside the registry and building: it imports none of them (pyproject.toml's `parts`
-import contract).
+Python API runs a guest with a deadline in a child interpreter for this (`isolated.py`).
+
+What kind of guest it is (a command module, a command component, ...) is its world's business
+(`worlds/world.py`): the executor loads the program, picks the world that matches it (`worlds/registry.py`)
+and asks the world to check it and to run it on the guest thread; it holds no branch on a kind of guest.
+Below the sandbox, the API and the CLI, beside the registry and building: it imports none of them
+(pyproject.toml's `parts` import contract).
 """
 
 from __future__ import annotations
@@ -37,44 +41,20 @@ from wasmctr import diagnostics
 from wasmctr.errors import ExecutorError
 from wasmctr.image import digest as digests
 from wasmctr.image import inroot, wasm
-from wasmctr.record import field, record
+from wasmctr.record import record
 from wasmctr.running import policy as policies
 from wasmctr.running.compile_cache import CompileCache, key
+from wasmctr.running.spec import RunSpec
+from wasmctr.running.units import mib
+from wasmctr.running.worlds import registry
+from wasmctr.running.worlds.program import Program, format_of
+from wasmctr.running.worlds.world import Guest, World
 
 GRACE_SECONDS = 0.5
 ENDED = b"\xff"  # what the guest thread writes when it ends (the supervisor then reads `finished`)
 LOADED_CODE_LIMIT = 64
 EXIT_TRAP = 134
 EXIT_KILLED = 137
-
-
-@record(frozen=True)
-class Mount:
-    """A host directory granted to the guest at `guest` (read-only if `readonly`)."""
-
-    host: Path
-    guest: str
-    readonly: bool = False
-
-
-@record
-class RunSpec:
-    wasm: Path
-    args: list[str]
-    env: list[str] = field(default_factory=list)
-    cwd: str = "/"
-    rootfs: Path | None = None
-    mounts: list[Mount] = field(default_factory=list)
-    memory_limit: int | None = None
-    timeout: float | None = None
-    fuel: int | None = None
-    policy: policies.Policy = field(default_factory=policies.Policy)
-    stdin: bool | str = False  # closed, inherited, or a file/FIFO path
-    stdout: str | None = None  # inherited, or a path (a file, or a pipe's /proc/self/fd path)
-    stderr: str | None = None
-    wasm_digest: str | None = None  # what names the wasm's content for the compile cache (else: its sha256)
-    function: str | None = None  # an export to call instead of the command's entry (`path#func`)
-    devices: Path | None = None  # a directory of default device nodes, preopened at /dev (`devices.py`)
 
 
 @record(frozen=True)
@@ -97,14 +77,13 @@ def exit_process(outcome: Outcome) -> NoReturn:
 
 @record(frozen=True)
 class Prepared:
-    """A guest ready to start: its spec, kind (module or component), engine, loaded code, the imports
-    the policy denies (linked to traps), and once `Executor.open` has made it, its store, whose WASI
+    """A guest ready to start: its spec, the world that runs it, its loaded program, the imports the
+    policy denies (linked to traps), and once `Executor.open` has made it, its store, whose WASI
     context holds the preopened directories."""
 
     spec: RunSpec
-    kind: str
-    engine: Any
-    code: Any
+    world: World
+    program: Program
     denied: list[str]
     store: Any = None
 
@@ -119,9 +98,8 @@ class Executor:
         self.cache = cache
         self.map_cached_code = map_cached_code
         self._engines: dict[bool, Any] = {}
-        self._loaded: dict[str, Any] = {}
+        self._loaded: dict[str, Program] = {}
         self._digests: dict[tuple[int, int, int, int], str] = {}
-        self._linkers: dict[int, Any] = {}  # per engine, for `_check_linkable`
         self._lock = threading.Lock()
 
     # -- the engine trait ---------------------------------------------------------------------------
@@ -153,25 +131,12 @@ class Executor:
         that could not run fails here, at Create, as runwasi's does). The shims prepare in the
         long-lived process, before forking the container: the container process then only creates the
         store and starts, and shares, rather than copies, the pages this work touched."""
-        kind = _kind(spec.wasm)
-        if spec.policy.network and kind == "module":
-            raise ExecutorError("--network host: WASI preview 1 modules have no call that creates a socket; "
-                                "network access needs a preview 2 component")
-        engine = self._engine(spec.fuel is not None)
-        code, _ = self._code(spec.wasm, spec.wasm_digest, spec.fuel is not None)
-        verdict = policies.check(spec.policy, _imports(engine, kind, code))
-        if verdict.denied and (spec.policy.mode == "refuse" or kind == "component"
-                               or any(r == "not a WASI import" for r in verdict.denied.values())):
-            listed = ", ".join(f"{name} ({why})" for name, why in sorted(verdict.denied.items()))
-            raise ExecutorError(f"refused: the guest imports {listed}")
-        # what the policy allows must also be there to link, and the entrypoint must exist: fail now
-        if kind == "component":
-            _check_provided(engine, code)
-        else:
-            self._check_linkable(engine, code)
-        if spec.function is not None:
-            _check_export(engine, kind, code, spec.function)
-        return Prepared(spec, kind, engine, code, list(verdict.denied))
+        program, _ = self._code(spec.wasm, spec.wasm_digest, spec.fuel is not None)
+        world = registry.select(program, spec)
+        verdict = policies.check(spec.policy, program.imports())
+        # what the policy denies, what the world cannot link, an entrypoint it lacks: fail now
+        world.check(program, spec, verdict.denied)
+        return Prepared(spec, world, program, list(verdict.denied))
 
     def open(self, prepared: Prepared) -> Prepared:
         """The guest with its store made and its preopens (rootfs, mounts, /dev, working directory) open,
@@ -181,14 +146,14 @@ class Executor:
         import wasmtime
 
         spec = prepared.spec
-        store = wasmtime.Store(prepared.engine)
+        store = wasmtime.Store(prepared.program.engine)
         if spec.memory_limit is not None:
             store.set_limits(memory_size=spec.memory_limit)
         if spec.fuel is not None:
             store.set_fuel(spec.fuel)
         store.set_epoch_deadline(1)
         store.set_wasi(self._wasi(spec))
-        return Prepared(spec, prepared.kind, prepared.engine, prepared.code, prepared.denied, store)
+        return Prepared(spec, prepared.world, prepared.program, prepared.denied, store)
 
     def start(self, prepared: Prepared, hard_stop: HardStop | None = None,
               confine: Callable[[], None] | None = None) -> Outcome:
@@ -200,23 +165,8 @@ class Executor:
         opened = prepared if prepared.store is not None else self.open(prepared)
         if confine is not None:
             confine()
-        guest = _Guest(opened.engine, opened.store, opened.kind, opened.code, opened.spec, opened.denied)
-        return _supervise(guest, opened.engine, opened.spec, hard_stop)
-
-    def _check_linkable(self, engine: Any, code: Any) -> None:
-        """A module importing a WASI function that does not exist, or with another signature, could not
-        be instantiated: refuse it now (`instantiate_pre` links without running anything), naming it."""
-        import wasmtime
-
-        with self._lock:
-            linker = self._linkers.get(id(engine))
-            if linker is None:
-                linker = self._linkers[id(engine)] = wasmtime.Linker(engine)
-                linker.define_wasi()
-        try:
-            linker.instantiate_pre(code)
-        except wasmtime.WasmtimeError as exc:
-            raise ExecutorError(f"cannot instantiate the guest: {_one_line(str(exc))}") from None
+        guest = _GuestThread(opened.world, Guest(opened.program, opened.store, opened.spec, opened.denied))
+        return _supervise(guest, opened.program.engine, opened.spec, hard_stop)
 
     # -- compiling ---------------------------------------------------------------------------------
 
@@ -231,35 +181,34 @@ class Executor:
                 self._engines[fuel] = wasmtime.Engine(config)
             return self._engines[fuel]
 
-    def _code(self, path: Path, digest: str | None, fuel: bool) -> tuple[Any, bool]:
+    def _code(self, path: Path, digest: str | None, fuel: bool) -> tuple[Program, bool]:
         """The guest's compiled code: already loaded, from the verified cache, or compiled now."""
-        kind = _kind(path)
+        program_format = format_of(path)
         engine = self._engine(fuel)
         cache_key = key(digest or self._digest(path), _settings(fuel))
         with self._lock:
             if cache_key in self._loaded:
                 return self._loaded[cache_key], False
-        code = None
+        program: Program | None = None
         if self.cache is not None:
             with self.cache.entry(cache_key) as cached:
                 if cached is not None:
                     try:
-                        loader = _code_class(kind)
                         if self.map_cached_code:
-                            code = loader.deserialize_file(engine, cached)
+                            program = program_format.deserialize_file(engine, cached)
                         else:
                             with open(cached, "rb") as f:
-                                code = loader.deserialize(engine, f.read())
+                                program = program_format.deserialize(engine, f.read())
                     except Exception:  # a verified entry from another engine build: rebuild it
                         self.cache.discard(cache_key)
-        compiled = code is None
-        if code is None:
-            code = self._compile(engine, kind, path, cache_key)
+        compiled = program is None
+        if program is None:
+            program = self._compile(engine, program_format, path, cache_key)
         with self._lock:
             if len(self._loaded) >= LOADED_CODE_LIMIT:
                 self._loaded.pop(next(iter(self._loaded)))
-            self._loaded[cache_key] = code
-        return code, compiled
+            self._loaded[cache_key] = program
+        return program, compiled
 
     def _digest(self, path: Path) -> str:
         """The file's sha256, remembered while the file is unchanged (same inode, size and mtime)."""
@@ -270,16 +219,16 @@ class Executor:
                 self._digests[identity] = digests.of_stream(f)[0]
         return self._digests[identity]
 
-    def _compile(self, engine: Any, kind: str, path: Path, cache_key: str) -> Any:
+    def _compile(self, engine: Any, program_format: type[Program], path: Path, cache_key: str) -> Program:
         import wasmtime
 
         try:
-            code = _code_class(kind)(engine, path.read_bytes())
+            program = program_format.compile(engine, path.read_bytes())
         except wasmtime.WasmtimeError as exc:
-            raise ExecutorError(f"{path}: invalid WebAssembly: {_one_line(str(exc))}") from None
+            raise ExecutorError(f"{path}: invalid WebAssembly: {diagnostics.one_line(str(exc))}") from None
         if self.cache is not None:
-            self.cache.save(cache_key, bytes(code.serialize()))
-        return code
+            self.cache.save(cache_key, program.serialize())
+        return program
 
     def _wasi(self, spec: RunSpec) -> Any:
         import wasmtime
@@ -321,14 +270,13 @@ class Executor:
         return config
 
 
-class _Guest(threading.Thread):
-    """The worker thread: instantiate and call the guest, record how it ended."""
+class _GuestThread(threading.Thread):
+    """The worker thread: the world runs the guest here; it records how the guest ended."""
 
-    def __init__(self, engine: Any, store: Any, kind: str, code: Any, spec: RunSpec, denied: list[str]) -> None:
+    def __init__(self, world: World, guest: Guest) -> None:
         super().__init__(name="wasm-guest", daemon=True)
-        self.engine, self.store, self.kind, self.code, self.spec, self.denied = engine, store, kind, code, spec, denied
+        self.world, self.guest = world, guest
         self.result: tuple[str, int | str] | None = None
-        self.memory: Any = None
         self.finished = False
         self.ended_fd = -1  # this thread's own: written once the guest has ended (wakes its supervisor), closed
 
@@ -336,10 +284,7 @@ class _Guest(threading.Thread):
         import wasmtime
 
         try:
-            if self.kind == "component":
-                self.result = ("exit", self._component())
-            else:
-                self.result = ("exit", self._module())
+            self.result = ("exit", self.world.run(self.guest))
         except wasmtime.ExitTrap as exc:
             self.result = ("exit", exc.code)
         except ExecutorError as exc:
@@ -355,57 +300,8 @@ class _Guest(threading.Thread):
                     os.write(self.ended_fd, ENDED)
                 os.close(self.ended_fd)
 
-    def _module(self) -> int:
-        import wasmtime
 
-        linker = wasmtime.Linker(self.engine)
-        linker.define_wasi()
-        if self.denied:
-            linker.allow_shadowing = True
-            for imp in self.code.imports:
-                if f"{imp.module}.{imp.name}" in self.denied and isinstance(imp.type, wasmtime.FuncType):
-                    linker.define_func(imp.module, imp.name, imp.type, _denied_call(f"{imp.module}.{imp.name}"))
-        instance = self._instantiate(linker)
-        exports = instance.exports(self.store)
-        memory = exports.get("memory")
-        if isinstance(memory, wasmtime.Memory):
-            self.memory = memory
-        start = exports.get(self.spec.function or "_start")
-        if not isinstance(start, wasmtime.Func):
-            raise ExecutorError("the module has no _start export: it is a library (reactor), not a command")
-        start(self.store)
-        return 0
-
-    def _component(self) -> int:
-        from wasmtime import component
-
-        linker = component.Linker(self.engine)
-        linker.add_wasip2()
-        instance = self._instantiate(linker)
-        if self.spec.function is not None:  # a plain function export (`path#func`), called with no arguments
-            instance.get_func(self.store, self.spec.function)(self.store)
-            return 0
-        names = [n for n in self.code.type.exports(self.engine) if n.startswith("wasi:cli/run@")]
-        if not names:
-            raise ExecutorError("the component does not export wasi:cli/run, so it is not a command")
-        run_index = instance.get_export_index(self.store, names[0])
-        func = instance.get_func(self.store, instance.get_export_index(self.store, "run", run_index))
-        result = func(self.store)
-        return 0 if getattr(result, "tag", "ok") == "ok" else 1
-
-    def _instantiate(self, linker: Any) -> Any:
-        import wasmtime
-
-        try:
-            return linker.instantiate(self.store, self.code)
-        except wasmtime.WasmtimeError as exc:
-            text = _one_line(str(exc))
-            if self.spec.memory_limit is not None and "memory" in text and "limit" in text.lower():
-                raise wasmtime.WasmtimeError(f"memory limit exceeded ({_mib(self.spec.memory_limit)})") from None
-            raise ExecutorError(f"cannot instantiate the guest: {text}") from None
-
-
-def _supervise(guest: _Guest, engine: Any, spec: RunSpec, hard_stop: HardStop | None) -> Outcome:
+def _supervise(guest: _GuestThread, engine: Any, spec: RunSpec, hard_stop: HardStop | None) -> Outcome:
     """Run the guest thread; stop it on deadline or signal; classify how it ended.
 
     The supervisor sleeps until something happens: the guest's end (its thread writes a pipe), a
@@ -471,13 +367,13 @@ def _supervise(guest: _Guest, engine: Any, spec: RunSpec, hard_stop: HardStop | 
         return Outcome(int(value) & 0xFF if isinstance(value, int) else 1, "exit")
     if kind == "error":
         raise ExecutorError(str(value))
-    message = _one_line(str(value))
+    message = diagnostics.one_line(str(value))
     if spec.fuel is not None and "fuel" in message:
         return Outcome(EXIT_TRAP, "trap", f"guest trapped: all fuel consumed ({spec.fuel} units)")
     if spec.memory_limit is not None and message.startswith("memory limit exceeded"):
         return Outcome(EXIT_TRAP, "oom", f"guest trapped: {message}")
     if spec.memory_limit is not None and _memory_exhausted(guest, spec.memory_limit):
-        return Outcome(EXIT_TRAP, "oom", f"guest trapped: memory limit exceeded ({_mib(spec.memory_limit)}): "
+        return Outcome(EXIT_TRAP, "oom", f"guest trapped: memory limit exceeded ({mib(spec.memory_limit)}): "
                                          f"{message}")
     return Outcome(EXIT_TRAP, "trap", f"guest trapped: {message}")
 
@@ -488,100 +384,16 @@ def _stopped(stop: dict[str, Any], spec: RunSpec) -> Outcome:
     return Outcome(stop["code"], "signal", f"guest stopped by signal {stop['code'] - 128}")
 
 
-def _memory_exhausted(guest: _Guest, limit: int) -> bool:
+def _memory_exhausted(thread: _GuestThread, limit: int) -> bool:
     """Whether the guest's memory stands near the cap: within one growth step an allocator would ask
     for (an eighth of the cap, at least 2 MiB), so that its last growth was most likely refused."""
+    guest = thread.guest
     if guest.memory is None:
         return False
     try:
         return guest.memory.size(guest.store) * 65536 > limit - max(limit // 8, 2 << 20)
     except Exception:
         return False
-
-
-def _denied_call(name: str):  # type: ignore[no-untyped-def]
-    def trap(*_args: Any) -> None:
-        import wasmtime
-
-        raise wasmtime.Trap(f"WASI call {name} is denied by the syscall policy")
-
-    return trap
-
-
-def _check_export(engine: Any, kind: str, code: Any, name: str) -> None:
-    """A `path#name` entrypoint must name a function the guest exports that takes no arguments."""
-    import wasmtime
-
-    if kind == "component":
-        from wasmtime import component
-
-        exports: dict[str, Any] = {n: item.ty for n, item in code.type.exports(engine).items()}
-        function_type: type = component.FuncType
-    else:
-        exports = {e.name: e.type for e in code.exports}
-        function_type = wasmtime.FuncType
-    found = exports.get(name)
-    if found is None:
-        raise ExecutorError(f"the guest has no export {name!r}; it exports: {', '.join(sorted(exports)) or 'nothing'}")
-    is_function = isinstance(found, function_type)  # (not in the `if`: `found` stays Any for mypy)
-    if not is_function:
-        raise ExecutorError(f"export {name!r} is not a function")
-    if list(found.params):
-        raise ExecutorError(f"export {name!r} takes arguments; an entrypoint function must take none")
-
-
-WASIP2_PROVIDED = {
-    "wasi:cli": {"environment", "exit", "stdin", "stdout", "stderr", "terminal-input", "terminal-output",
-                 "terminal-stdin", "terminal-stdout", "terminal-stderr"},
-    "wasi:clocks": {"monotonic-clock", "wall-clock"},
-    "wasi:filesystem": {"types", "preopens"},
-    "wasi:io": {"error", "poll", "streams"},
-    "wasi:random": {"random", "insecure", "insecure-seed"},
-    "wasi:sockets": {"network", "instance-network", "udp", "udp-create-socket", "tcp", "tcp-create-socket",
-                     "ip-name-lookup"},
-}
-"""What the component linker provides (`add_wasip2`): WASI 0.2's interfaces, at any 0.2.x version."""
-
-
-def _check_provided(engine: Any, code: Any) -> None:
-    """A component importing what the engine does not provide (`wasi:http/*`, a custom interface) could
-    not be instantiated: refuse it now, naming what is missing, not when it is started."""
-    missing = []
-    for name in code.type.imports(engine):
-        interface, _, version = name.partition("@")
-        package, _, short = interface.rpartition("/")
-        if short not in WASIP2_PROVIDED.get(package, ()) or not version.startswith("0.2."):
-            missing.append(name)
-    if missing:
-        raise ExecutorError(f"the guest imports {', '.join(sorted(missing))}, which this engine does not provide "
-                            "(it provides WASI 0.2: cli, clocks, filesystem, io, random, sockets)")
-
-
-def _imports(engine: Any, kind: str, code: Any) -> list[tuple[str, str]]:
-    if kind == "component":
-        return [(name, "") for name in code.type.imports(engine)]
-    return [(imp.module, imp.name or "") for imp in code.imports]
-
-
-def _kind(path: Path) -> str:
-    try:
-        with open(path, "rb") as f:
-            kind = wasm.sniff(f.read(8))
-    except OSError as exc:
-        raise ExecutorError(f"{path}: {exc.strerror}") from None
-    if kind is None:
-        raise ExecutorError(f"{path} is not WebAssembly (no \\0asm header); run it with a Linux runtime such as runc")
-    return kind
-
-
-def _code_class(kind: str) -> Any:
-    if kind == "component":  # wasmtime.component costs ~10 ms of imports: only for components
-        from wasmtime import component
-
-        return component.Component
-    import wasmtime
-
-    return wasmtime.Module
 
 
 def _settings(fuel: bool) -> str:
@@ -613,11 +425,3 @@ def _trap_reason(text: str) -> str:
     lines = [line for line in lines if not line.startswith("error while executing")
              and not line[:1].isdigit()]
     return "; ".join(lines) or text.strip()
-
-
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):g} MiB"
-
-
-def _one_line(text: str) -> str:
-    return " ".join(line.strip() for line in text.splitlines() if line.strip())[:500]

@@ -17,8 +17,8 @@ from wasmctr.errors import ExecutorError, UsageError
 from wasmctr.image import inroot, stored, wasm
 from wasmctr.image.store import Store
 from wasmctr.record import field, record
-from wasmctr.running.executor import Mount, RunSpec
 from wasmctr.running.policy import Policy
+from wasmctr.running.spec import Mount, RunSpec
 from wasmctr.running.units import MIN_MEMORY, parse_duration, parse_size
 
 

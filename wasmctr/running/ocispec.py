@@ -147,8 +147,8 @@ def _sniff(program: Path) -> bool:
 
 
 def spec_from_bundle(bundle: Path, config: dict[str, Any]) -> RunSpec:
-    from wasmctr.running.executor import Mount, RunSpec
     from wasmctr.running.policy import Policy
+    from wasmctr.running.spec import Mount, RunSpec
     from wasmctr.running.units import parse_duration
 
     process = config.get("process") or {}

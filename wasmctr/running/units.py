@@ -1,4 +1,5 @@
-"""Sizes and durations as `wasmctr run` flags and the runtimes' annotations write them (`64m`, `10s`).
+"""Sizes and durations as `wasmctr run` flags and the runtimes' annotations write them (`64m`, `10s`),
+and a size as a message says it (`64 MiB`).
 
 Its own module, and importing `re` and the errors only: wasmctr-runtime's `create` reads a container's
 timeout here without importing the store and image code that `launch` needs.
@@ -32,3 +33,8 @@ def parse_duration(text: str) -> float:
     if not m or float(m.group(1)) <= 0:
         raise UsageError(f"invalid duration {text!r}: expected e.g. 10s, 500ms, 2m")
     return float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+
+
+def mib(n: int) -> str:
+    """Bytes as a message says them: `64 MiB`, `0.5 MiB`."""
+    return f"{n / (1 << 20):g} MiB"
