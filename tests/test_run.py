@@ -130,8 +130,9 @@ def test_spinning_guest_is_stopped_at_the_deadline(hostile_wasm: Path) -> None:
 
 
 def test_the_executor_reports_a_deadline_it_enforced(hostile_wasm: Path) -> None:
-    executor = api.api.executor()
-    from wasmctr.running.executor import RunSpec
+    from wasmctr.running.executor import Executor, RunSpec
+
+    executor = Executor()
 
     outcome = executor.run(RunSpec(hostile_wasm, ["hostile", "spin"], timeout=0.5))
     assert (outcome.reason, outcome.exit_code, outcome.message) == ("timeout", 137,
@@ -646,6 +647,7 @@ def test_inspect_lists_the_same_imports_the_policy_checks(hostile_wasm: Path) ->
 
 
 def test_spec_from_an_oci_runtime_bundle(hostile_wasm: Path, granted: Path, tmp_path: Path) -> None:
+    from wasmctr.running.executor import Executor
     from wasmctr.running.ocispec import is_wasm, spec_from_bundle
 
     bundle = tmp_path / "bundle"
@@ -666,9 +668,9 @@ def test_spec_from_an_oci_runtime_bundle(hostile_wasm: Path, granted: Path, tmp_
     assert [(m.guest, m.readonly) for m in spec.mounts] == [("/data", True)]
     out = tmp_path / "out"
     spec.stdout = str(out)
-    assert api.api.executor().run(spec).exit_code == 0 and out.read_text() == "A=1\n"
+    assert Executor().run(spec).exit_code == 0 and out.read_text() == "A=1\n"
     spec.args, spec.stdout = ["/bin/app.wasm", "write", "/data/x"], None
-    assert api.api.executor().run(spec).exit_code == 1 and not (granted / "x").exists()
+    assert Executor().run(spec).exit_code == 1 and not (granted / "x").exists()
     (bundle / "rootfs" / "bin" / "sh").write_text("#!/bin/sh\n")
     config["process"]["args"] = ["/bin/sh"]
     assert not is_wasm(bundle, config)

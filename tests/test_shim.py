@@ -641,9 +641,8 @@ def confined(script: str, setup: str = "", network: bool = False, profile: dict 
     prelude = textwrap.dedent("""
         import ctypes, errno, json, os, socket, sys
         from pathlib import Path
-        from wasmctr import api
         from wasmctr.sandbox import landlock, privileges, seccomp
-        from wasmctr.running.executor import Mount, RunSpec
+        from wasmctr.running.executor import Executor, Mount, RunSpec
 
         def errno_of(call):
             try:
@@ -664,7 +663,7 @@ def confined(script: str, setup: str = "", network: bool = False, profile: dict 
 
 def guest_setup(hostile_wasm: Path, data: Path, out: Path) -> str:
     return f"""
-        executor = api.executor()
+        executor = Executor()
         guest = executor.prepare(RunSpec(Path({str(hostile_wasm)!r}), ["hostile", "fs", "/data"], stdout={str(out)!r},
                                          mounts=[Mount(Path({str(data)!r}), "/data", False)]))
         """

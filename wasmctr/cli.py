@@ -22,6 +22,16 @@ from wasmctr import __version__, api, console, diagnostics
 from wasmctr.errors import UsageError, WasmctrError
 from wasmctr.image import atomic
 
+# each parameter of the Python API an error can name, as a CLI user types it (`WasmctrError.spelled`)
+FLAGS = {
+    "format": "--format", "dockerfile_path": "-f", "platform": "--platform", "platforms": "--platform",
+    "tag": "--tag", "output": "-o", "oci_dir": "--oci-dir", "ca_cert": "--ca-cert", "insecure=True": "--insecure",
+    "all_platforms=True": "--all-platforms", "devices": "--device", "user": "--user", "memory": "-m",
+    "fuel": "--fuel", "env_files": "--env-file", "volumes": "-v", "tmpfs": "--tmpfs",
+    "syscall_policy": "--syscall-policy", "deny_wasi": "--deny-wasi", "allow_wasi": "--allow-wasi",
+    "network=True": "--network host",
+}
+
 # `run` exits with the guest's code, so its own failures, bad flags included, use docker run's 125 rather
 # than 2, which a guest may well return
 EXIT_RUN_FAILED = 125
@@ -198,7 +208,7 @@ def run(
     except api.GuestTimeout as stopped:
         outcome = stopped.result
     except WasmctrError as exc:
-        _fail(str(exc), EXIT_RUN_FAILED)
+        _fail(exc.spelled(FLAGS), EXIT_RUN_FAILED)
     if outcome.message:
         diagnostics.emit(f"wasmctr: {outcome.message}")
     for stream in (sys.stdout, sys.stderr):
@@ -576,7 +586,7 @@ def main() -> None:
             sys.stdout.flush()
         os._exit(128 + signum)
     except WasmctrError as exc:
-        _fail(str(exc), exc.exit_code)
+        _fail(exc.spelled(FLAGS), exc.exit_code)
     except COMMAND_LINE_ERROR as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":
             _echo(exc.format_message())

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from wasmctr import diagnostics
-from wasmctr.errors import ExecutorError
+from wasmctr.errors import ExecutorError, parameter
 from wasmctr.image import digest as digests
 from wasmctr.image import inroot, wasm
 from wasmctr.record import field, record
@@ -154,8 +154,8 @@ class Executor:
         store and starts, and shares, rather than copies, the pages this work touched."""
         kind = _kind(spec.wasm)
         if spec.policy.network and kind == "module":
-            raise ExecutorError("--network host: WASI preview 1 modules have no call that creates a socket; "
-                                "network access needs a preview 2 component")
+            raise ExecutorError(f"{parameter('network=True')}: WASI preview 1 modules have no call that creates a "
+                                "socket; network access needs a preview 2 component")
         engine = self._engine(spec.fuel is not None)
         code, _ = self._code(spec.wasm, spec.wasm_digest, spec.fuel is not None)
         verdict = policies.check(spec.policy, _imports(engine, kind, code))
