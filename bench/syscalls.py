@@ -28,12 +28,15 @@ MARKER = 987654  # close(MARKER) fails with EBADF: the line in strace's output w
 DRIVER = f"""
 import os, sys
 from pathlib import Path
-from wasmctr import api
+from wasmctr.image import home
 from wasmctr.sandbox import landlock
+from wasmctr.running.compile_cache import CompileCache
+from wasmctr.running.executor import Executor
 from wasmctr.running.spec import Mount, RunSpec
 from wasmctr_node.container import become_guest
 wasm, data, timeout, args = sys.argv[1], sys.argv[2], float(sys.argv[3]) or None, sys.argv[4:]
-executor = api.executor(map_cached_code=True)  # as the shim's: code mapped from the compile cache
+# as the shim's: code mapped from the compile cache
+executor = Executor(CompileCache(home.compile_cache_dir(home.store_root())), map_cached_code=True)
 spec = RunSpec(Path(wasm), ["guest", *args], mounts=[Mount(Path(data), "/data", False)], timeout=timeout,
                memory_limit=64 << 20)
 guest = executor.prepare(spec)

@@ -109,9 +109,12 @@ class TaskService:
         self.on_empty = on_empty
         self.reservations: dict[str, float] = {}  # container id -> until when (monotonic)
         self.last_activity = time.monotonic()
-        from wasmctr import api
+        if executor is None:
+            from wasmctr.image import home
+            from wasmctr.running.compile_cache import CompileCache
 
-        self.executor = executor or api.executor(map_cached_code=True)
+            executor = Executor(CompileCache(home.compile_cache_dir(home.store_root())), map_cached_code=True)
+        self.executor = executor
         self.runc = Runc(os.path.join(runc_root, namespace or "default"))
 
     def service(self) -> Service:

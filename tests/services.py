@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,13 +26,14 @@ def free_port() -> int:
 
 
 def wait_for(predicate, timeout: float = 15.0, what: str = "service") -> None:  # type: ignore[no-untyped-def]
+    """Until `predicate()` is true (an exception counts as not yet); a deadline that passes fails the test."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):
             if predicate():
                 return
         time.sleep(0.05)
-    raise TimeoutError(f"{what} did not come up in {timeout}s")
+    raise TimeoutError(f"waited {timeout} s for {what}, in vain")
 
 
 @dataclass
@@ -198,6 +200,39 @@ class Containerd:
     def ctr(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["ctr", "--address", str(self.socket), *args], capture_output=True, text=True,
                               check=check, timeout=120)
+
+    @contextlib.contextmanager
+    def events(self) -> Iterator[list[str]]:
+        """The lines `ctr events` prints, from the moment it has subscribed, growing as events come. Only
+        what is published after the subscription reaches it, so probes (namespaces made here) are
+        published until one comes through."""
+        watcher = subprocess.Popen(["ctr", "--address", str(self.socket), "events"], stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL, text=True)
+        lines: list[str] = []
+
+        def read() -> None:
+            assert watcher.stdout is not None
+            for line in watcher.stdout:
+                lines.append(line)
+
+        probes: list[str] = []
+
+        def probe_seen() -> bool:
+            probes.append(f"events-probe-{len(probes)}")
+            self.ctr("namespaces", "create", probes[-1], check=True)
+            return any(probe in line for line in lines for probe in probes)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            wait_for(probe_seen, what="`ctr events` to subscribe")
+            yield lines
+        finally:
+            watcher.terminate()
+            watcher.wait(10)
+            reader.join(10)
+            for probe in probes:
+                self.ctr("namespaces", "remove", probe)
 
     def shim_servers(self) -> list[int]:
         """This containerd's shim servers: spawned as `... serve`, or forked by its template process (they

@@ -119,7 +119,7 @@ def test_a_running_guest_is_in_its_cgroup_reports_stats_and_stops(node) -> None:
         client.runtime.ExecSync(cri.ExecSyncRequest(container_id=container, cmd=["ls"], timeout=5))
     assert "exec" in refused.value.details().lower()
     client.runtime.StopContainer(cri.StopContainerRequest(container_id=container, timeout=2))
-    assert client.wait_exited(container).exit_code in (137, 143)
+    assert client.wait_exited(container).exit_code == 143  # SIGTERM stops it, long before the SIGKILL 2 s later
     client.remove_pod(pod)
     assert pod_cgroups(parent) == []
 

@@ -22,6 +22,7 @@ from synth import data_module
 
 import wasmctr as api
 from wasmctr.image import mediatypes as mt
+from wasmctr.image import reference
 from wasmctr.image.model import Descriptor, Manifest, canonical_json
 from wasmctr.image.store import Store
 
@@ -136,7 +137,7 @@ def test_an_image_of_another_kind_is_stored_and_named(plain_registry, tmp_path: 
     config = store.put_bytes(canonical_json({"architecture": "amd64", "os": "linux",
                                              "rootfs": {"type": "layers", "diff_ids": [layer.digest]}}), mt.OCI_CONFIG)
     manifest = Manifest.build(config, [Descriptor(mt.OCI_LAYER_TAR, layer.digest, layer.size)], {})
-    ref = api.reference.parse(f"{plain_registry.host}/linux-thing:1")
+    ref = reference.parse(f"{plain_registry.host}/linux-thing:1")
     store.set_tag(ref, store.put_bytes(manifest.raw, mt.OCI_MANIFEST))
     wasmctr("push", str(ref.familiar()))
     fresh = {"WASMCTR_HOME": str(tmp_path / "fresh")}
@@ -299,7 +300,8 @@ def test_push_interrupted_by_a_registry_crash_completes_when_run_again(tmp_path:
             return False
 
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not upload_under_way():
+        while not upload_under_way():
+            assert time.monotonic() < deadline, "the push's upload never got under way"
             time.sleep(0.02)
         reg.stop(9)
         out, err = pusher.communicate(timeout=60)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 from conftest import ESCAPE_REFUSED, attack, wasmctr
-from services import proc_status, remove_cgroup_tree
+from services import proc_status, remove_cgroup_tree, wait_for
 
 RUNTIME = str(Path(sys.executable).parent / "wasmctr-runtime")
 VIA_RUNC_SHIM = ["--runtime", "io.containerd.runc.v2", "--runc-binary", RUNTIME]
@@ -35,9 +35,7 @@ def test_ctr_task_kill_stops_a_spinning_guest(containerd, images) -> None:  # ty
     runner = subprocess.Popen(["ctr", "--address", str(containerd.socket), "run", "--rm", *VIA_RUNC_SHIM,
                                images["hostile"], "rt-spin", "/hostile.wasm", "spin"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 10
-    while "RUNNING" not in ctr(containerd, "task", "ls").stdout and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: "RUNNING" in ctr(containerd, "task", "ls").stdout, 10, "rt-spin to run")
     ctr(containerd, "task", "kill", "rt-spin")
     runner.communicate(timeout=30)  # the guest never ends by itself: ending at all is SIGTERM at work
     assert runner.returncode == 143

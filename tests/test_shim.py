@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ESCAPE_REFUSED, attack
-from services import ppid, proc_status, process_state, remove_cgroup_tree, status_fields
+from services import ppid, proc_status, process_state, remove_cgroup_tree, status_fields, wait_for
 
 RUNTIME = ["--runtime", "io.containerd.wasmctr.v1"]
 
@@ -42,6 +42,15 @@ def wait_for_nothing_left(containerd, timeout: float = 10) -> None:  # type: ign
     assert not leftovers(containerd)
 
 
+def delete_task(containerd, name: str) -> None:  # type: ignore[no-untyped-def]
+    """Delete a killed task: once it has stopped (a kill returns before the task has), or fail."""
+    wait_for(lambda: containerd.ctr("task", "delete", name).returncode == 0, 10, f"task {name} to be deletable")
+
+
+def wait_for_status(containerd, status: str, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
+    wait_for(lambda: status in containerd.ctr("task", "ls").stdout, timeout, f"a task {status}")
+
+
 def test_ctr_run_prints_output_and_returns_the_exit_code(containerd, images) -> None:  # type: ignore[no-untyped-def]
     proc = ctr_run(containerd, "--rm", images["hello"], "hello-1", "/hello.wasm", "containerd", "7")
     assert proc.stdout == "Hello, containerd!\nargc=3\n", proc.stderr
@@ -59,11 +68,8 @@ def test_detached_task_is_listed_killed_and_deleted(containerd, images) -> None:
     pid = int(containerd.ctr("task", "ls", "-q").stdout.split()[0] and
               [line.split()[1] for line in listed.splitlines() if line.startswith("spinner")][0])
     assert Path(f"/proc/{pid}").exists()
-    start = time.monotonic()
     assert containerd.ctr("task", "kill", "spinner").returncode == 0
-    while "STOPPED" not in containerd.ctr("task", "ls").stdout and time.monotonic() - start < 30:
-        time.sleep(0.02)
-    assert "STOPPED" in containerd.ctr("task", "ls").stdout, "SIGTERM stops a guest that never ends by itself"
+    wait_for_status(containerd, "STOPPED", 30)  # SIGTERM stops a guest that never ends by itself
     assert containerd.ctr("task", "delete", "spinner").returncode == 0
     assert containerd.ctr("container", "delete", "spinner").returncode == 0
     wait_for_nothing_left(containerd)
@@ -73,18 +79,21 @@ def test_task_metrics_report_the_container_cgroup_cpu_and_memory(containerd, ima
     proc = ctr_run(containerd, "-d", "--memory-limit", str(64 << 20), images["hostile"], "metered",
                    "/hostile.wasm", "spin")
     assert proc.returncode == 0, proc.stderr
-    time.sleep(1)
-    shown = containerd.ctr("task", "metrics", "metered", "--format", "json")
-    assert shown.returncode == 0, shown.stderr
-    metrics = json.loads(shown.stdout)
+    shown: list[dict] = []
+
+    def spun() -> bool:
+        listed = containerd.ctr("task", "metrics", "metered", "--format", "json")
+        assert listed.returncode == 0, listed.stderr
+        shown.append(json.loads(listed.stdout))
+        return shown[-1]["cpu"]["usage_usec"] > 500_000
+
+    wait_for(spun, 60, "half a second of the guest's spinning in its cgroup's CPU time")
+    metrics = shown[-1]
     assert metrics["pids"]["current"] >= 1  # the tasks (threads) of the container's cgroup
-    assert metrics["cpu"]["usage_usec"] > 500_000, "a second of spinning"
     assert 1 << 20 < metrics["memory"]["usage"] < 64 << 20
     assert metrics["memory"]["usage_limit"] == 64 << 20
     containerd.ctr("task", "kill", "--signal", "SIGKILL", "metered", check=True)
-    deadline = time.monotonic() + 5
-    while "STOPPED" not in containerd.ctr("task", "ls").stdout and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_status(containerd, "STOPPED")
     gone = containerd.ctr("task", "metrics", "metered")
     assert gone.returncode != 0 and "no metrics" in gone.stderr  # containerd drops our NotFound
     containerd.ctr("task", "delete", "metered", check=True)
@@ -114,10 +123,7 @@ def test_a_cgroups_path_stays_in_the_cgroup_hierarchy(containerd, images, tmp_pa
         memory = [line for line in memberships if (line.startswith("0::") if is_v2() else ":memory:" in line)]
         assert memory and all(line.endswith(":" + str(target)) for line in memory)
         containerd.ctr("task", "kill", "--signal", "SIGKILL", "cg-climb", check=True)
-        for _ in range(100):
-            if containerd.ctr("task", "delete", "cg-climb").returncode == 0:
-                break
-            time.sleep(0.05)
+        delete_task(containerd, "cg-climb")
         containerd.ctr("container", "delete", "cg-climb", check=True)
         assert not target.exists()
     finally:
@@ -130,9 +136,7 @@ def test_wait_reports_128_plus_the_signal(containerd, images) -> None:  # type: 
         runner = subprocess.Popen(["ctr", "--address", str(containerd.socket), "run", *RUNTIME, "--platform",
                                    "wasi/wasm", "--rm", images["hostile"], name, "/hostile.wasm", "spin"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 10
-        while "RUNNING" not in containerd.ctr("task", "ls").stdout and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for_status(containerd, "RUNNING")
         containerd.ctr("task", "kill", "--signal", sig, name, check=True)
         runner.communicate(timeout=10)
         assert runner.returncode == code
@@ -351,11 +355,7 @@ def test_containerd_restart_while_a_task_runs(containerd, images) -> None:  # ty
     containerd.restart()
     assert "RUNNING" in containerd.ctr("task", "ls").stdout
     assert containerd.ctr("task", "kill", "--signal", "SIGKILL", "survivor").returncode == 0
-    for _ in range(50):
-        if "STOPPED" in containerd.ctr("task", "ls").stdout:
-            break
-        time.sleep(0.1)
-    containerd.ctr("task", "delete", "survivor", check=True)
+    delete_task(containerd, "survivor")
     containerd.ctr("container", "delete", "survivor", check=True)
     wait_for_nothing_left(containerd)
 
@@ -363,9 +363,7 @@ def test_containerd_restart_while_a_task_runs(containerd, images) -> None:  # ty
 def test_shim_killed_with_sigkill_is_cleaned_up(containerd, images) -> None:  # type: ignore[no-untyped-def]
     assert ctr_run(containerd, "-d", images["hostile"], "orphan", "/hostile.wasm", "spin").returncode == 0
     os.kill(containerd.shim_pid("orphan"), signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while "orphan" in containerd.ctr("task", "ls").stdout and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: "orphan" not in containerd.ctr("task", "ls").stdout, 10, "containerd to drop the shim's task")
     containerd.ctr("task", "delete", "orphan")
     containerd.ctr("container", "delete", "orphan")
     wait_for_nothing_left(containerd)
@@ -381,29 +379,19 @@ def test_a_pod_shares_one_shim_and_one_guests_trap_spares_the_other(containerd, 
     assert "RUNNING" in containerd.ctr("task", "ls").stdout, "the other container of the pod still runs"
     assert containerd.shim_servers() == [containerd.shim_pid("pod-sleeper")], "one shim served the whole pod"
     containerd.ctr("task", "kill", "--signal", "SIGKILL", "pod-sleeper", check=True)
-    for _ in range(50):
-        if "STOPPED" in containerd.ctr("task", "ls").stdout:
-            break
-        time.sleep(0.05)
-    containerd.ctr("task", "delete", "pod-sleeper", check=True)
+    delete_task(containerd, "pod-sleeper")
     containerd.ctr("container", "delete", "pod-sleeper", check=True)
     wait_for_nothing_left(containerd)
 
 
 def test_memory_limit_trap_publishes_an_oom_event(containerd, images) -> None:  # type: ignore[no-untyped-def]
-    events = subprocess.Popen(["ctr", "--address", str(containerd.socket), "events"], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True)
-    try:
-        time.sleep(0.3)
+    with containerd.events() as events:
         proc = ctr_run(containerd, "--rm", "--memory-limit", str(32 << 20), images["hostile"], "oom-1",
                        "/hostile.wasm", "bomb", "abort")
         assert proc.returncode == 134 and "memory limit exceeded (32 MiB)" in proc.stderr
-        time.sleep(0.5)
-    finally:
-        events.terminate()
-    out, _ = events.communicate(timeout=5)
-    topics = [token for line in out.splitlines() if "oom-1" in line
-              for token in line.split() if token.startswith("/tasks/")]
+        wait_for(lambda: any("oom-1" in line and "/tasks/delete" in line for line in events),
+                 what="the /tasks/delete event of oom-1")
+        topics = [token for line in events if "oom-1" in line for token in line.split() if token.startswith("/tasks/")]
     assert topics[:2] == ["/tasks/create", "/tasks/start"]
     assert "/tasks/oom" in topics and topics.index("/tasks/oom") < topics.index("/tasks/exit")
     assert "/tasks/delete" in topics
@@ -519,10 +507,7 @@ def test_a_guest_process_keeps_only_the_capabilities_its_spec_grants(containerd,
         assert fields["CapEff"] == fields["CapPrm"] == fields["CapBnd"] and fields["NoNewPrivs"] == ["1"]
         assert fields["Uid"][0] == "0" and fields["Seccomp"] == ["2"]  # filtered (wasmctr/sandbox/seccomp.py)
     for name in found:
-        for _ in range(50):
-            if containerd.ctr("task", "delete", name).returncode == 0:
-                break
-            time.sleep(0.1)
+        delete_task(containerd, name)
         containerd.ctr("container", "delete", name)
     wait_for_nothing_left(containerd)
 
@@ -534,10 +519,7 @@ def task_pid(containerd, name: str) -> int:  # type: ignore[no-untyped-def]
 
 def remove_task(containerd, name: str) -> None:  # type: ignore[no-untyped-def]
     containerd.ctr("task", "kill", "--signal", "SIGKILL", name)
-    for _ in range(50):
-        if containerd.ctr("task", "delete", name).returncode == 0:
-            break
-        time.sleep(0.1)
+    delete_task(containerd, name)
     containerd.ctr("container", "delete", name)
 
 
@@ -565,14 +547,10 @@ def test_a_guest_stopped_and_continued_sleeps_on_and_exits_as_it_would(container
     runner = subprocess.Popen(["ctr", "--address", str(containerd.socket), "run", *RUNTIME, "--platform", "wasi/wasm",
                                images["hostile"], "stopped", "/hostile.wasm", "sleep", "3"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while "RUNNING" not in containerd.ctr("task", "ls").stdout and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_status(containerd, "RUNNING", 30)
     pid = task_pid(containerd, "stopped")
     os.kill(pid, signal.SIGSTOP)
-    while process_state(pid) != "T" and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert process_state(pid) == "T"
+    wait_for(lambda: process_state(pid) == "T", 30, "the guest to be stopped")
     os.kill(pid, signal.SIGCONT)
     _, err = runner.communicate(timeout=60)
     assert runner.returncode == 0, err
@@ -597,10 +575,7 @@ def test_the_guests_of_every_pod_run_one_copy_of_the_compiled_code(containerd, i
         containerd.ctr("task", "kill", "--signal", "SIGKILL", f"code-{n}")
     assert code_files[0] == code_files[1]
     for n in range(2):
-        for _ in range(50):
-            if containerd.ctr("task", "delete", f"code-{n}").returncode == 0:
-                break
-            time.sleep(0.1)
+        delete_task(containerd, f"code-{n}")
         containerd.ctr("container", "delete", f"code-{n}")
     wait_for_nothing_left(containerd)
 
@@ -646,8 +621,8 @@ def confined(script: str, setup: str = "", network: bool = False, profile: dict 
     prelude = textwrap.dedent("""
         import ctypes, errno, json, os, socket, sys
         from pathlib import Path
-        from wasmctr import api
         from wasmctr.sandbox import landlock, privileges, seccomp
+        from wasmctr.running.executor import Executor
         from wasmctr.running.spec import Mount, RunSpec
 
         def errno_of(call):
@@ -669,7 +644,7 @@ def confined(script: str, setup: str = "", network: bool = False, profile: dict 
 
 def guest_setup(hostile_wasm: Path, data: Path, out: Path) -> str:
     return f"""
-        executor = api.executor()
+        executor = Executor()
         guest = executor.prepare(RunSpec(Path({str(hostile_wasm)!r}), ["hostile", "fs", "/data"], stdout={str(out)!r},
                                          mounts=[Mount(Path({str(data)!r}), "/data", False)]))
         """
@@ -792,11 +767,8 @@ def test_stress_create_kill_delete_with_deadlines_leaves_nothing_behind(containe
                         "wasi/wasm", "-d", images["hostile"], name, "/hostile.wasm", "sleep", "30"],
                        capture_output=True, timeout=120)
         containerd.ctr("task", "kill", "--signal", "SIGKILL", name)
-        for _ in range(100):
-            if containerd.ctr("task", "delete", name).returncode == 0 or \
-                    name not in containerd.ctr("task", "ls", "-q").stdout.split():
-                break
-            time.sleep(0.05)
+        wait_for(lambda: containerd.ctr("task", "delete", name).returncode == 0
+                 or name not in containerd.ctr("task", "ls", "-q").stdout.split(), 10, f"task {name} to be gone")
         containerd.ctr("container", "delete", name)
 
     with ThreadPoolExecutor(8) as pool:
@@ -879,9 +851,7 @@ def test_new_groups_get_shims_forked_from_the_warm_template(containerd, images) 
         return containerd.shim_pid(name)
 
     run_in_new_group("group-a")  # a template exists after the first start at the latest
-    deadline = time.monotonic() + 20
-    while not template_socket.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(template_socket.exists, 20, "the template's socket")
     shim = run_in_new_group("group-b")
     template = ppid(shim)
     assert Path(f"/proc/{template}/cmdline").read_bytes().endswith(b"\0template\0")
@@ -890,19 +860,13 @@ def test_new_groups_get_shims_forked_from_the_warm_template(containerd, images) 
         conn.sendall(encode_request("old code", "/", ["-id", "x", "delete"], {}))
         conn.shutdown(socket.SHUT_WR)
         assert conn.recv(16) == b"stale"
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{template}").exists() and "Z" not in Path(f"/proc/{template}/stat").read_text().split()[2] \
-            and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: not Path(f"/proc/{template}").exists() or process_state(template) == "Z", 10,
+             "the stale template to exit")
     assert run_in_new_group("group-c") != shim  # served still, by a spawned shim while a new template starts
     for name in ("group-a", "group-b", "group-c"):
         containerd.ctr("task", "kill", "--signal", "SIGKILL", name)
-    for _ in range(50):
-        if containerd.ctr("task", "ls").stdout.count("STOPPED") == 3:
-            break
-        time.sleep(0.1)
     for name in ("group-a", "group-b", "group-c"):
-        containerd.ctr("task", "delete", name)
+        delete_task(containerd, name)
         containerd.ctr("container", "delete", name)
     wait_for_nothing_left(containerd)
 
@@ -1053,9 +1017,7 @@ def test_a_requests_environment_chooses_nothing_the_template_runs(  # type: igno
 
     assert ctr_run(containerd, "--rm", images["hello"], "env-warm").returncode == 0
     template = containerd.shims / Path(template_path(str(containerd.socket))).name
-    deadline = time.monotonic() + 20
-    while not template.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(template.exists, 20, "the template's socket")
     with socket.socket(socket.AF_UNIX) as conn:
         conn.connect(str(template))
         conn.sendall(encode_request(code_stamp(), str(bundle), argv, hostile))
@@ -1073,19 +1035,14 @@ def test_a_guest_joins_the_network_namespace_its_spec_names(containerd, images) 
     holder = subprocess.Popen(["unshare", "--net", "sleep", "60"])
     try:
         netns = f"/proc/{holder.pid}/ns/net"
-        deadline = time.monotonic() + 5
-        while os.stat(netns).st_ino == os.stat("/proc/self/ns/net").st_ino and time.monotonic() < deadline:
-            time.sleep(0.02)  # until unshare has made the namespace
+        wait_for(lambda: os.stat(netns).st_ino != os.stat("/proc/self/ns/net").st_ino, 5,
+                 "unshare to make the namespace")
         assert ctr_run(containerd, "-d", "--with-ns", f"network:{netns}", images["hostile"], "netns-1",
                        "/hostile.wasm", "sleep", "30").returncode == 0
         pid = int(containerd.ctr("task", "ls").stdout.split("netns-1", 1)[1].split()[0])
         assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(netns).st_ino
         containerd.ctr("task", "kill", "--signal", "SIGKILL", "netns-1", check=True)
-        for _ in range(50):
-            if "STOPPED" in containerd.ctr("task", "ls").stdout:
-                break
-            time.sleep(0.05)
-        containerd.ctr("task", "delete", "netns-1")
+        delete_task(containerd, "netns-1")
         containerd.ctr("container", "delete", "netns-1")
     finally:
         holder.kill()

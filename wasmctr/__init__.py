@@ -13,13 +13,13 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~3 ms): 
 
 __version__ = "0.1.0"
 
-_API = ("BuildResult", "Completed", "GuestFailed", "GuestTimeout", "ImageSummary", "build", "images", "inspect",
-        "load", "login", "logout", "prune", "pull", "pull_if_missing", "push", "rmi", "run", "save", "tag")
-_ELSEWHERE = {"Store": "image.store", "WasmctrError": "errors"}
+_API = ("BuildResult", "Completed", "GuestFailed", "GuestTimeout", "ImageSummary", "Removed", "build", "images",
+        "inspect", "load", "login", "logout", "prune", "pull", "pull_if_missing", "push", "rmi", "run", "save", "tag")
+_ELSEWHERE = {"Descriptor": "image.model", "Store": "image.store", "WasmctrError": "errors"}
 
-__all__ = ["BuildResult", "Completed", "GuestFailed", "GuestTimeout", "ImageSummary", "Store", "WasmctrError",
-           "__version__", "build", "images", "inspect", "load", "login", "logout", "prune", "pull", "pull_if_missing",
-           "push", "rmi", "run", "save", "tag"]
+__all__ = ["BuildResult", "Completed", "Descriptor", "GuestFailed", "GuestTimeout", "ImageSummary", "Removed", "Store",
+           "WasmctrError", "__version__", "build", "images", "inspect", "load", "login", "logout", "prune", "pull",
+           "pull_if_missing", "push", "rmi", "run", "save", "tag"]
 
 if TYPE_CHECKING:
     from typing import Any
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         GuestFailed,
         GuestTimeout,
         ImageSummary,
+        Removed,
         build,
         images,
         inspect,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
         tag,
     )
     from wasmctr.errors import WasmctrError
+    from wasmctr.image.model import Descriptor
     from wasmctr.image.store import Store
 
 

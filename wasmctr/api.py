@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wasmctr.errors import ImageInUse, ImageNotFound, UsageError, WasmctrError
+from wasmctr.errors import parameter as _p
 from wasmctr.image import reference as references
 from wasmctr.image import stored
 from wasmctr.image.model import Descriptor, Platform
@@ -22,6 +23,8 @@ from wasmctr.image.store import Store, Tagged
 from wasmctr.record import record
 
 if TYPE_CHECKING:  # building, archives, the registry stack (requests, oras) and wasmtime: imported where used
+    from collections.abc import Mapping
+
     from wasmctr.building.builder import Format
     from wasmctr.registry.client import Registry
     from wasmctr.registry.distribution import Progress
@@ -54,19 +57,20 @@ def _store(store: Store | None) -> Store:
     return store if store is not None else Store()
 
 
-PUMP_WAIT_SECONDS = 10  # for a guest's last output, once it has ended
+_PUMP_WAIT_SECONDS = 10  # for a guest's last output, once it has ended
 
-BUILD_OS = ("wasi", "wasip1", "wasip2", "linux")
-BUILD_ARCHITECTURES = ("wasm", "wasm32", "amd64", "arm64", "arm", "386", "ppc64le", "s390x", "riscv64")
+_BUILD_OS = ("wasi", "wasip1", "wasip2", "linux")
+_BUILD_ARCHITECTURES = ("wasm", "wasm32", "amd64", "arm64", "arm", "386", "ppc64le", "s390x", "riscv64")
 
 
-def parse_platforms(text: str) -> list[Platform]:
+def _platforms(text: str, name: str = "platform") -> list[Platform]:
+    """The platforms in `text`, the value of parameter `name` (its errors name it)."""
     try:
         found = [Platform.parse(p) for p in text.split(",") if p.strip()]
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if not found or len(set(found)) != len(found):
-        raise UsageError(f"--platform {text!r}: give one or more distinct OS/ARCH pairs")
+        raise UsageError(f"{_p(name)} {text!r}: give one or more distinct OS/ARCH pairs")
     return found
 
 
@@ -79,22 +83,22 @@ def build(source: str | os.PathLike[str], tag: str, *, dockerfile_path: str | os
 
     ref = references.parse(tag)
     if format not in builder.FORMATS:
-        raise UsageError(f"--format {format!r}: expected compat or artifact")
-    wanted = parse_platforms(platforms)
+        raise UsageError(f"{_p('format')} {format!r}: expected compat or artifact")
+    wanted = _platforms(platforms, "platforms")
     for platform in wanted:
-        if platform.os not in BUILD_OS or platform.architecture not in BUILD_ARCHITECTURES:
-            raise UsageError(f"--platform {platform}: wasm images are built for {', '.join(BUILD_OS)} on "
-                             f"{', '.join(BUILD_ARCHITECTURES)} (e.g. wasi/wasm, or linux/amd64 for engines that "
+        if platform.os not in _BUILD_OS or platform.architecture not in _BUILD_ARCHITECTURES:
+            raise UsageError(f"{_p('platforms')} {platform}: wasm images are built for {', '.join(_BUILD_OS)} on "
+                             f"{', '.join(_BUILD_ARCHITECTURES)} (e.g. wasi/wasm, or linux/amd64 for engines that "
                              "ask for their own platform)")
     path = Path(source)
     if path.is_dir():
         dfile = Path(dockerfile_path) if dockerfile_path else path / "Dockerfile"
         if not dfile.is_file():
-            raise UsageError(f"no Dockerfile at {dfile}; give one with -f")
+            raise UsageError(f"no Dockerfile at {dfile}; give one with {_p('dockerfile_path')}")
         plan = dockerfile.parse(dfile, path, build_args or {})
     elif path.is_file():
         if dockerfile_path:
-            raise UsageError("-f needs a build context directory, not a single file")
+            raise UsageError(f"{_p('dockerfile_path')} needs a build context directory, not a single file")
         plan = dockerfile.plan_for_wasm(path)
     else:
         raise UsageError(f"{source}: no such file or directory")
@@ -107,7 +111,7 @@ def build(source: str | os.PathLike[str], tag: str, *, dockerfile_path: str | os
         assert source_file is not None
         identity = None if built.format == "artifact" else stored.program_key(stored.load(target, built.descriptor),
                                                                               built.program)
-        executor(target).precompile(source_file, identity)
+        _executor(target).precompile(source_file, identity)
     return BuildResult(ref.familiar(), built.descriptor.digest, built.format, [str(p) for p in built.platforms],
                        built.program, built.wasm.kind)
 
@@ -141,7 +145,7 @@ def inspect(ref: str, platform: str | None = None, store: Store | None = None) -
 
     st = _store(store)
     desc, parsed = st.lookup(ref)
-    wanted = parse_platforms(platform)[0] if platform else None
+    wanted = _platforms(platform)[0] if platform else None
     image = stored.load(st, desc, wanted)
     program = describe_program(st, image)
     out: dict[str, Any] = {
@@ -222,7 +226,8 @@ def save(ref: str, output: str | os.PathLike[str] | None = None, oci_dir: str | 
     from wasmctr.layers import archive
 
     if (output is None) == (oci_dir is None):
-        raise UsageError("give exactly one of -o FILE.tar and --oci-dir DIR")
+        raise UsageError(f"give exactly one of {_p('output')} (an OCI archive) and {_p('oci_dir')} "
+                         "(a layout directory)")
     st = _store(store)
     desc, parsed = st.lookup(ref)
     if oci_dir is not None:
@@ -268,14 +273,14 @@ def pull_if_missing(target: str, *, platform: str | None = None, insecure: bool 
     try:
         return pull(target, platform=platform, insecure=insecure, ca_cert=ca_cert, progress=progress, store=st)
     except WasmctrError as exc:
-        raise type(exc)(f"no image {name} in the local store, and pulling it failed: {exc}") from None
+        raise type(exc)(f"no image {name} in the local store, and pulling it failed: {exc.args[0]}") from None
 
 
 def _client(registry: str, insecure: bool, ca_cert: str | None) -> Registry:
     from wasmctr.registry.client import Registry
 
     if ca_cert is not None and not Path(ca_cert).is_file():
-        raise UsageError(f"--ca-cert {ca_cert}: no such file")
+        raise UsageError(f"{_p('ca_cert')} {ca_cert}: no such file")
     return Registry(registry, insecure=insecure, ca_cert=ca_cert)
 
 
@@ -284,7 +289,7 @@ def pull(ref: str, *, platform: str | None = None, all_platforms: bool = False, 
          store: Store | None = None) -> Descriptor:
     """Fetch an image from its registry into the store (verified, resumable) and tag it `ref`."""
     parsed = references.parse(ref)
-    wanted = parse_platforms(platform)[0] if platform else None
+    wanted = _platforms(platform)[0] if platform else None
     client = _client(parsed.registry, insecure, ca_cert)
     from wasmctr.registry import distribution
 
@@ -329,7 +334,7 @@ def _registry_host(registry: str) -> str:
     return "docker.io" if host in ("index.docker.io", "registry-1.docker.io") else host
 
 
-def executor(store: Store | None = None, map_cached_code: bool = False) -> Executor:
+def _executor(store: Store | None = None, map_cached_code: bool = False) -> Executor:
     """An executor whose compile cache lives in the store (`Executor` says when to map cached code)."""
     from wasmctr.image import home
     from wasmctr.running.compile_cache import CompileCache
@@ -343,13 +348,13 @@ def _device_dir(names: list[str], cleanup: list[Path]) -> Path:
     from wasmctr.sandbox import devices
 
     if os.geteuid() != 0:
-        raise UsageError("--device needs root: the device nodes are made with mknod")
+        raise UsageError(f"{_p('devices')} needs root: the device nodes are made with mknod")
     scratch = Path(tempfile.mkdtemp(prefix="wasmctr-dev-"))
     cleanup.append(scratch)
     try:
         return devices.populate(scratch / "dev", names)
     except ValueError as exc:
-        raise UsageError(f"--device: {exc}") from None
+        raise UsageError(f"{_p('devices')}: {exc}") from None
 
 
 class GuestFailed(subprocess.CalledProcessError, WasmctrError):
@@ -365,6 +370,9 @@ class GuestFailed(subprocess.CalledProcessError, WasmctrError):
         message = self.result.message
         return f"{super().__str__()}: {message}" if message else super().__str__()
 
+    def spelled(self, spelling: Mapping[str, str]) -> str:
+        return str(self)  # how a guest ended names no parameter
+
 
 class GuestTimeout(subprocess.TimeoutExpired, WasmctrError):
     """`wasmctr.run(..., timeout=...)`: the guest was stopped at its deadline (a
@@ -374,6 +382,9 @@ class GuestTimeout(subprocess.TimeoutExpired, WasmctrError):
     def __init__(self, result: Any, timeout: float) -> None:
         super().__init__(result.args, timeout, result.stdout, result.stderr)
         self.result = result
+
+    def spelled(self, spelling: Mapping[str, str]) -> str:
+        return str(self)  # how a guest ended names no parameter
 
 
 class Completed(subprocess.CompletedProcess[Any]):
@@ -457,7 +468,7 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
                 raise UsageError(f"{target}: no such file")
             spec = launch.spec_for_file(path, options, cleanup)
         else:
-            wanted = parse_platforms(platform)[0] if platform else None
+            wanted = _platforms(platform)[0] if platform else None
             if pull_missing:
                 pull_if_missing(target, platform=platform, insecure=insecure, ca_cert=ca_cert, progress=progress,
                                 store=st)
@@ -465,7 +476,7 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
             spec = launch.spec_for_image(st, stored.load(st, desc, wanted), options, cleanup)
         if devices:
             spec.devices = _device_dir([d.removeprefix("/dev/") for d in devices], cleanup)
-        runner = executor(st, map_cached_code=True)  # this process, or its forked --user child, closes nothing
+        runner = _executor(st, map_cached_code=True)  # this process, or its forked --user child, closes nothing
         if spec.timeout is not None and not hard_stop and ids is None:
             from wasmctr.running import isolated
 
@@ -486,7 +497,7 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
                         os.chmod(mount.host, 0o1777)
                 outcome = confined.run(runner, runner.prepare(spec), *ids)
     finally:
-        pumps.finish(PUMP_WAIT_SECONDS)  # after the run: the guest's store, and its ends of the pipes, are gone
+        pumps.finish(_PUMP_WAIT_SECONDS)  # after the run: the guest's store, and its ends of the pipes, are gone
         out.close()
         err.close()
         for directory in cleanup:

@@ -22,9 +22,19 @@ from wasmctr import __version__, api, console, diagnostics
 from wasmctr.errors import UsageError, WasmctrError
 from wasmctr.image import atomic
 
+# each parameter of the Python API an error can name, as a CLI user types it (`WasmctrError.spelled`)
+_FLAGS = {
+    "format": "--format", "dockerfile_path": "-f", "platform": "--platform", "platforms": "--platform",
+    "tag": "--tag", "output": "-o", "oci_dir": "--oci-dir", "ca_cert": "--ca-cert", "insecure=True": "--insecure",
+    "all_platforms=True": "--all-platforms", "devices": "--device", "user": "--user", "memory": "-m",
+    "fuel": "--fuel", "env_files": "--env-file", "volumes": "-v", "tmpfs": "--tmpfs",
+    "syscall_policy": "--syscall-policy", "deny_wasi": "--deny-wasi", "allow_wasi": "--allow-wasi",
+    "network=True": "--network host",
+}
+
 # `run` exits with the guest's code, so its own failures, bad flags included, use docker run's 125 rather
 # than 2, which a guest may well return
-EXIT_RUN_FAILED = 125
+_EXIT_RUN_FAILED = 125
 
 Insecure = Annotated[bool, typer.Option("--insecure", help="Allow plain HTTP and unverified TLS (loopback "
                                                            "registries are always allowed plain HTTP).")]
@@ -46,7 +56,7 @@ class _Command(TyperCommand):
 
 # the base of the errors typer raises for a bad command line: click's ClickException, which typer exports
 # under no name stable across the versions we take (typer.TyperException from 0.28; click's before)
-COMMAND_LINE_ERROR: Any = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+_COMMAND_LINE_ERROR: Any = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 app = typer.Typer(
     name="wasmctr",
@@ -184,7 +194,7 @@ def run(
     Example: wasmctr run -v "$PWD/data:/data:ro" --memory 64m --timeout 10s hello:1 world
     """
     if network not in ("none", "host"):
-        _fail(f"--network {network!r}: expected none or host", EXIT_RUN_FAILED)
+        _fail(f"--network {network!r}: expected none or host", _EXIT_RUN_FAILED)
     try:
         # the progress display ends (and the terminal is restored) before the guest's first byte: it
         # redraws its lines, and would erase a partial line or a prompt the guest printed
@@ -198,7 +208,7 @@ def run(
     except api.GuestTimeout as stopped:
         outcome = stopped.result
     except WasmctrError as exc:
-        _fail(str(exc), EXIT_RUN_FAILED)
+        _fail(exc.spelled(_FLAGS), _EXIT_RUN_FAILED)
     if outcome.message:
         diagnostics.emit(f"wasmctr: {outcome.message}")
     for stream in (sys.stdout, sys.stderr):
@@ -455,18 +465,18 @@ def load(
         _echo(f"Loaded image: {name}")
 
 
-NO_CONTAINERS = "wasmctr has no daemon and keeps no containers: a `wasmctr run` is a process that ends with its guest"
-DOCKER_ONLY = {  # docker commands about containers a daemon keeps, and why each has no wasmctr counterpart
-    "ps": f"{NO_CONTAINERS} (list running guests with ps(1); under containerd, `ctr tasks ls`)",
-    "rm": f"{NO_CONTAINERS}, so there is none to remove (images: `wasmctr rmi`)",
-    "logs": f"{NO_CONTAINERS}; its output goes to your terminal or pipe and is not kept",
-    "stop": f"{NO_CONTAINERS}; stop one with Ctrl-C or kill(1), which stop its guest",
-    "kill": f"{NO_CONTAINERS}; stop one with Ctrl-C or kill(1), which stop its guest",
+_NO_CONTAINERS = "wasmctr has no daemon and keeps no containers: a `wasmctr run` is a process that ends with its guest"
+_DOCKER_ONLY = {  # docker commands about containers a daemon keeps, and why each has no wasmctr counterpart
+    "ps": f"{_NO_CONTAINERS} (list running guests with ps(1); under containerd, `ctr tasks ls`)",
+    "rm": f"{_NO_CONTAINERS}, so there is none to remove (images: `wasmctr rmi`)",
+    "logs": f"{_NO_CONTAINERS}; its output goes to your terminal or pipe and is not kept",
+    "stop": f"{_NO_CONTAINERS}; stop one with Ctrl-C or kill(1), which stop its guest",
+    "kill": f"{_NO_CONTAINERS}; stop one with Ctrl-C or kill(1), which stop its guest",
     "exec": "a wasm guest is one program with no shell or process table to run another in",
-    "attach": f"{NO_CONTAINERS}; run it in the foreground (-i for stdin) instead",
-    "start": f"{NO_CONTAINERS}, so there is none to start: `wasmctr run IMAGE`",
-    "create": f"{NO_CONTAINERS}, so none is created ahead of time: `wasmctr run IMAGE`",
-    "container": f"{NO_CONTAINERS}, so there are none to manage",
+    "attach": f"{_NO_CONTAINERS}; run it in the foreground (-i for stdin) instead",
+    "start": f"{_NO_CONTAINERS}, so there is none to start: `wasmctr run IMAGE`",
+    "create": f"{_NO_CONTAINERS}, so none is created ahead of time: `wasmctr run IMAGE`",
+    "container": f"{_NO_CONTAINERS}, so there are none to manage",
 }
 
 
@@ -478,11 +488,11 @@ def _docker_only(name: str, why: str) -> None:
                 context_settings={"ignore_unknown_options": True, "allow_extra_args": True})(refuse)
 
 
-for _name, _why in DOCKER_ONLY.items():
+for _name, _why in _DOCKER_ONLY.items():
     _docker_only(_name, _why)
 
 
-NEAR_MISS_RATIO = 0.75  # `--netwrok`/`--network` 0.86, `--envfile`/`--env-file` 0.94; `--rm`/`--user` 0.33
+_NEAR_MISS_RATIO = 0.75  # `--netwrok`/`--network` 0.86, `--envfile`/`--env-file` 0.94; `--rm`/`--user` 0.33
 
 
 def _near_misses(word: str, candidates: list[str]) -> list[str]:
@@ -492,7 +502,7 @@ def _near_misses(word: str, candidates: list[str]) -> list[str]:
 
     bare = word.lstrip("-")
     return [c for c in candidates
-            if difflib.SequenceMatcher(None, bare, c.lstrip("-")).ratio() >= NEAR_MISS_RATIO][:3]
+            if difflib.SequenceMatcher(None, bare, c.lstrip("-")).ratio() >= _NEAR_MISS_RATIO][:3]
 
 
 
@@ -576,14 +586,14 @@ def main() -> None:
             sys.stdout.flush()
         os._exit(128 + signum)
     except WasmctrError as exc:
-        _fail(str(exc), exc.exit_code)
-    except COMMAND_LINE_ERROR as exc:
+        _fail(exc.spelled(_FLAGS), exc.exit_code)
+    except _COMMAND_LINE_ERROR as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":
             _echo(exc.format_message())
             sys.exit(0)
         _suggest_near_misses_only(exc)
         command = getattr(getattr(exc, "ctx", None), "command", None)
-        _fail(exc.format_message(), EXIT_RUN_FAILED if getattr(command, "name", "") == "run" else exc.exit_code)
+        _fail(exc.format_message(), _EXIT_RUN_FAILED if getattr(command, "name", "") == "run" else exc.exit_code)
     except typer.Abort:
         _fail("interrupted", 130)
     except OSError as exc:

@@ -3,17 +3,46 @@
 Every failure that reaches the CLI is one of these: it carries a one-line message that says what went
 wrong and where, and the exit code the CLI returns (2 for a usage error, 1 otherwise). Nothing here
 imports the rest of wasmctr (pyproject.toml's `standalone` import contract).
+
+A message that names a setting the caller chose names it through `parameter`, so that each caller reads
+it as they wrote it: `str(error)` gives the Python API's parameter name (`format`, `ca_cert`), the CLI
+prints `error.spelled(its flags)` (`--format`, `--ca-cert`), and the container path can name its
+annotations the same way.
 """
+
+from __future__ import annotations
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: the container process imports this
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+_MARK = "\0"  # what a parameter is wrapped in: no command-line argument, path or environment variable holds one
+
+
+def parameter(name: str) -> str:
+    """`name` (a parameter of the public API, or `name=value` for a setting such as `network=True`),
+    marked in a message for `WasmctrError.spelled`."""
+    return f"{_MARK}{name}{_MARK}"
 
 
 class WasmctrError(Exception):
-    """Base of every error wasmctr raises on purpose."""
+    """Base of every error wasmctr raises on purpose. Its `args[0]` is the message as raised, its parameters
+    still marked (a message passed on to another error, or to another process, keeps them)."""
 
     exit_code = 1
 
+    def __str__(self) -> str:
+        return self.spelled({})
+
+    def spelled(self, spelling: Mapping[str, str]) -> str:
+        """The message, each parameter it names as `spelling` maps it (one it does not map: its Python name)."""
+        parts = super().__str__().split(_MARK)
+        parts[1::2] = [spelling.get(name, name) for name in parts[1::2]]
+        return "".join(parts)
+
 
 class UsageError(WasmctrError):
-    """The command line itself is wrong: a bad flag value, a bad reference."""
+    """The request itself is wrong: a bad parameter (flag) value, a bad reference."""
 
     exit_code = 2
 

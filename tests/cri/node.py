@@ -118,12 +118,12 @@ class Node:
         return self.runtime.ContainerStatus(cri.ContainerStatusRequest(container_id=container), timeout=30).status
 
     def wait_exited(self, container: str, timeout: float = 60) -> cri.ContainerStatus:
+        """The container's status once it has exited; a container that has not within `timeout` fails."""
         deadline = time.monotonic() + timeout
-        while True:
-            status = self.status(container)
-            if status.state == cri.CONTAINER_EXITED or time.monotonic() > deadline:
-                return status
+        while (status := self.status(container)).state != cri.CONTAINER_EXITED:
+            assert time.monotonic() < deadline, f"container {container} has not exited in {timeout} s: {status.state}"
             time.sleep(0.01)  # fine-grained: bench/cri.py times pods with it
+        return status
 
     def log(self, pod_config: cri.PodSandboxConfig, name: str) -> list[tuple[str, str, str]]:
         """The container's CRI log as (stream, tag, text) lines: `TIMESTAMP STREAM TAG TEXT`."""

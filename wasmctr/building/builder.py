@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from wasmctr.building.dockerfile import BuildPlan
-from wasmctr.errors import BuildError, UsageError
+from wasmctr.errors import BuildError, UsageError, parameter
 from wasmctr.image import mediatypes as mt
 from wasmctr.image import wasm
 from wasmctr.image.model import WASI_WASM, Descriptor, Index, Manifest, Platform, canonical_json
@@ -121,16 +121,16 @@ def _compat(store: Store, plan: BuildPlan, epoch: int, platforms: list[Platform]
 def _artifact(store: Store, plan: BuildPlan, program: str, info: wasm.WasmInfo, epoch: int,
               author: str | None, platforms: list[Platform]) -> Descriptor:
     if platforms != [WASI_WASM]:
-        raise UsageError("--format artifact is platform-neutral (wasm/wasip1 or wasip2); drop --platform "
-                         "or use --format compat")
+        raise UsageError(f"{parameter('format')} artifact is platform-neutral (wasm/wasip1 or wasip2); drop "
+                         f"{parameter('platforms')} or use {parameter('format')} compat")
     files = [p for p, e in plan.files.items() if not e.is_dir]
     if len(files) != 1:
-        raise BuildError(f"--format artifact holds exactly one wasm file, this build has {len(files)} "
-                         f"({', '.join(sorted(files))}); use --format compat for several files")
+        raise BuildError(f"{parameter('format')} artifact holds exactly one wasm file, this build has {len(files)} "
+                         f"({', '.join(sorted(files))}); use {parameter('format')} compat for several files")
     for instruction in ("ENV", "WORKDIR", "USER", "CMD"):
         if instruction in plan.origins:
             raise BuildError(f"{plan.origins[instruction]}: {instruction} has no place in the wasm artifact "
-                             f"config; use --format compat")
+                             f"config; use {parameter('format')} compat")
     entry = plan.files[program]
     assert entry.source is not None
     with open(entry.source, "rb") as f:

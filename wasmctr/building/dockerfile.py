@@ -19,7 +19,7 @@ import stat
 from pathlib import Path
 
 from wasmctr.building import dockerignore
-from wasmctr.errors import DockerfileError
+from wasmctr.errors import DockerfileError, parameter
 from wasmctr.layers.layer import LayerEntry
 from wasmctr.record import field, record
 
@@ -31,7 +31,7 @@ NEEDS_BASE = {
     "HEALTHCHECK": "health checks run a command inside the container, which a wasm image cannot",
     "ONBUILD": "ONBUILD triggers are not supported",
     "EXPOSE": "not supported by wasmctr yet; publish ports in your runtime configuration",
-    "VOLUME": "not supported by wasmctr; grant directories at run time with -v",
+    "VOLUME": f"not supported by wasmctr; grant directories at run time with {parameter('volumes')}",
     "STOPSIGNAL": "not supported by wasmctr",
     "MAINTAINER": "deprecated; use LABEL org.opencontainers.image.authors=...",
 }

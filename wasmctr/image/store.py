@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from wasmctr.errors import DigestMismatch, ImageNotFound, StoreError, UsageError
+from wasmctr.errors import DigestMismatch, ImageNotFound, StoreError, UsageError, parameter
 from wasmctr.image import atomic, home
 from wasmctr.image import digest as digests
 from wasmctr.image import mediatypes as mt
@@ -454,7 +454,7 @@ class Store:
         absent = self.missing(desc)
         if absent:
             raise StoreError(f"{name} is incomplete in the store ({len(absent)} blobs missing, such as "
-                             f"{absent[0].digest}); pull it again with --all-platforms")
+                             f"{absent[0].digest}); pull it again with {parameter('all_platforms=True')}")
 
     def gc(self) -> tuple[int, int]:
         """Remove blobs no image (named or dangling) reaches, and what interrupted writes left in `ingest/`

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from wasmctr.errors import ArchiveError, StoreError, WasmctrError
+from wasmctr.errors import ArchiveError, StoreError, WasmctrError, parameter
 from wasmctr.image import mediatypes as mt
 from wasmctr.image import reference
 from wasmctr.image.model import Descriptor, Index, canonical_json
@@ -105,7 +105,7 @@ def _load(store: Store, source: Path, tag: reference.Reference | None, added: se
     except StoreError as exc:
         raise ArchiveError(f"{source}: malformed index.json: {exc}") from None
     if tag is not None and len(entries) != 1:
-        raise ArchiveError(f"{source} holds {len(entries)} images; --tag needs exactly one")
+        raise ArchiveError(f"{source} holds {len(entries)} images; {parameter('tag')} needs exactly one")
     named = []
     for entry in entries:
         _check_complete(store, entry, source)
@@ -129,8 +129,8 @@ def _name_of(entry: Descriptor, source: Path) -> reference.Reference:
                 return reference.parse(name)
             except WasmctrError:
                 continue
-    raise ArchiveError(f"{source}: image {entry.digest} has no repository name "
-                       f"(ref.name {entry.annotations.get(mt.ANNOTATION_REF_NAME)!r}); give one with --tag")
+    raise ArchiveError(f"{source}: image {entry.digest} has no repository name (ref.name "
+                       f"{entry.annotations.get(mt.ANNOTATION_REF_NAME)!r}); give one with {parameter('tag')}")
 
 
 def _check_complete(store: Store, entry: Descriptor, source: Path) -> None:

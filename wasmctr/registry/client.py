@@ -34,7 +34,7 @@ from typing import IO, Any
 import oras.auth.utils
 import requests
 
-from wasmctr.errors import AuthError, DigestMismatch, ImageNotFound, RegistryError, UsageError
+from wasmctr.errors import AuthError, DigestMismatch, ImageNotFound, RegistryError, UsageError, parameter
 from wasmctr.image import digest as digests
 from wasmctr.image import mediatypes as mt
 from wasmctr.image.model import Descriptor
@@ -158,8 +158,8 @@ class Registry:
             return self.session.request(method, url, data=data, headers=headers, stream=stream, verify=self.verify,
                                         timeout=self._socket_timeouts(), allow_redirects=True)
         except requests.exceptions.SSLError as exc:
-            raise RegistryError(f"{self.host}: TLS error ({_reason(exc)}); pass --ca-cert FILE for a private "
-                                f"CA, or --insecure") from None
+            raise RegistryError(f"{self.host}: TLS error ({_reason(exc)}); pass {parameter('ca_cert')} FILE for a "
+                                f"private CA, or {parameter('insecure=True')}") from None
         except requests.exceptions.RequestException as exc:
             raise RegistryError(f"cannot reach {self.host}: {_reason(exc)}") from None
 
@@ -193,8 +193,8 @@ class Registry:
                 raise RegistryError(f"{self.host}: TLS error ({_reason(exc)})") from None
             probe.close()
             if probe.status_code == 400:  # an HTTPS server that we could not verify
-                raise RegistryError(f"{self.host}: TLS error ({_reason(exc)}); pass --ca-cert FILE for a private "
-                                    f"CA, or --insecure") from None
+                raise RegistryError(f"{self.host}: TLS error ({_reason(exc)}); pass {parameter('ca_cert')} FILE for a "
+                                    f"private CA, or {parameter('insecure=True')}") from None
             self.scheme = "http"
         except requests.exceptions.RequestException:
             pass  # reported with context by the request that follows

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from wasmctr.errors import ImageNotFound, RegistryError, WasmctrError
+from wasmctr.errors import ImageNotFound, RegistryError, WasmctrError, parameter
 from wasmctr.image import digest as digests
 from wasmctr.image import mediatypes as mt
 from wasmctr.image.model import WASI_WASM, Descriptor, Index, Manifest, Platform, parse_config
@@ -136,7 +136,7 @@ def _choose(index: Index, platform: Platform | None, ref: Reference) -> Descript
     if chosen is None:
         available = ", ".join(str(m.platform) for m in index.manifests if m.platform) or "none"
         raise ImageNotFound(f"{ref.familiar()} has no manifest for platform {platform or WASI_WASM} "
-                            f"(available: {available}); choose one with --platform")
+                            f"(available: {available}); choose one with {parameter('platform')}")
     return chosen
 
 

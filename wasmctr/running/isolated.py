@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from wasmctr.errors import ExecutorError
+from wasmctr.errors import ExecutorError, WasmctrError
 from wasmctr.running.executor import Outcome, RunSpec
 
 # past the guest's own deadline and grace, how long the child may take to start and report before it
@@ -32,8 +32,8 @@ def report(fd: int, result: Outcome | BaseException) -> None:
     """Send how a guest ended (or why it could not start) to the parent."""
     if isinstance(result, Outcome):
         data = json.dumps([result.exit_code, result.reason, result.message])
-    else:
-        data = json.dumps({"error": str(result)})
+    else:  # a WasmctrError as raised, the parameters it names still marked: the parent's caller spells them
+        data = json.dumps({"error": result.args[0] if isinstance(result, WasmctrError) else str(result)})
     with contextlib.suppress(OSError):
         os.write(fd, data.encode())
 

@@ -13,7 +13,7 @@ import posixpath
 import tempfile
 from pathlib import Path
 
-from wasmctr.errors import ExecutorError, UsageError
+from wasmctr.errors import ExecutorError, UsageError, parameter
 from wasmctr.image import inroot, stored, wasm
 from wasmctr.image.store import Store
 from wasmctr.record import field, record
@@ -83,7 +83,7 @@ def _apply(spec: RunSpec, options: RunOptions, image_env: list[str], cleanup: li
     spec.mounts = [_volume(v) for v in options.volumes]
     for guest in options.tmpfs:
         if not guest.startswith("/"):
-            raise UsageError(f"--tmpfs {guest}: the path in the guest must be absolute")
+            raise UsageError(f"{parameter('tmpfs')} {guest}: the path in the guest must be absolute")
         scratch = Path(tempfile.mkdtemp(prefix="wasmctr-tmpfs-"))
         cleanup.append(scratch)
         spec.mounts.append(Mount(scratch, guest, False))
@@ -93,11 +93,11 @@ def _apply(spec: RunSpec, options: RunOptions, image_env: list[str], cleanup: li
         raise UsageError("a volume cannot be mounted at / over an image's root; grant a directory below it")
     spec.memory_limit = parse_size(options.memory) if options.memory else None
     if spec.memory_limit is not None and not MIN_MEMORY <= spec.memory_limit < 1 << 63:
-        raise UsageError(f"-m {options.memory}: the memory limit must be at least 6 MiB (as Docker's) "
-                         "and below 8 EiB")
+        raise UsageError(f"{parameter('memory')} {options.memory}: the memory limit must be at least 6 MiB "
+                         "(as Docker's) and below 8 EiB")
     spec.timeout = parse_duration(options.timeout) if options.timeout else None
     if options.fuel is not None and options.fuel <= 0:
-        raise UsageError("--fuel must be a positive number of units")
+        raise UsageError(f"{parameter('fuel')} must be a positive number of units")
     spec.fuel = options.fuel
     spec.policy = options.policy
     return spec
@@ -113,7 +113,7 @@ def _env(image_env: list[str], options: RunOptions) -> list[str]:
         try:
             text = Path(path).read_text()
         except OSError as exc:
-            raise UsageError(f"--env-file {path}: {exc.strerror}") from None
+            raise UsageError(f"{parameter('env_files')} {path}: {exc.strerror}") from None
         lines += [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     for item in lines + options.env:
         name, eq, value = item.partition("=")
@@ -132,8 +132,9 @@ def _volume(text: str) -> Mount:
     if len(parts) == 3:
         mode = parts.pop()
     if len(parts) != 2 or mode not in ("ro", "rw") or not parts[0] or not parts[1].startswith("/"):
-        raise UsageError(f"-v {text}: expected HOST_DIR:/GUEST/PATH[:ro|:rw]")
+        raise UsageError(f"{parameter('volumes')} {text}: expected HOST_DIR:/GUEST/PATH[:ro|:rw]")
     host = Path(parts[0]).expanduser()
     if not host.is_dir():
-        raise UsageError(f"-v {text}: {host} is not a directory (WASI grants directories, not files)")
+        raise UsageError(f"{parameter('volumes')} {text}: {host} is not a directory (WASI grants directories, "
+                         "not files)")
     return Mount(host.resolve(), posixpath.normpath(parts[1]), mode == "ro")

@@ -26,6 +26,10 @@ if TYPE_CHECKING:  # the runtime CLI's start, state and delete read config.json 
 ANNOTATION_PREFIX = "wasmctr.io/"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # runc's, when env has none
 KERNEL_FILESYSTEMS = {"proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2", "tmpfs", "shm"}
+# the run parameters an annotation sets, as an error about one names it (`WasmctrError.spelled`)
+ANNOTATIONS = {"deny_wasi": ANNOTATION_PREFIX + "deny-wasi", "allow_wasi": ANNOTATION_PREFIX + "allow-wasi",
+               "syscall_policy": ANNOTATION_PREFIX + "syscall-policy",
+               "network=True": ANNOTATION_PREFIX + "network=host"}
 
 
 def load_config(bundle: Path) -> dict[str, Any]:
@@ -186,4 +190,5 @@ def spec_from_bundle(bundle: Path, config: dict[str, Any]) -> RunSpec:
             memory_limit=int(memory) if memory and int(memory) > 0 else None,
             timeout=parse_duration(timeout) if timeout else None, fuel=int(fuel) if fuel else None, policy=policy)
     except (WasmctrError, ValueError) as exc:
-        raise ExecutorError(f"bad wasmctr annotation: {exc}") from None
+        raise ExecutorError("bad wasmctr annotation: " + (exc.spelled(ANNOTATIONS) if isinstance(exc, WasmctrError)
+                                                          else str(exc))) from None

@@ -5,7 +5,7 @@ A module's imports are its whole syscall surface: wasip1 has 45 functions in
 executor checks every import against a policy: by default everything WASI except a component's
 sockets (`wasi:sockets/*`, allowed only when network is granted: a component can create sockets). A
 module's `sock_*` calls can only use sockets it was handed, and it is handed none, so they run and
-fail with WASI errors, as under wasmtime's own CLI. `--deny-wasi`/`--allow-wasi` adjust the policy by
+fail with WASI errors, as under wasmtime's own CLI. `deny_wasi`/`allow_wasi` adjust the policy by
 function name (`path_open`), qualified name (`wasi_snapshot_preview1.path_open`), interface
 (`wasi:sockets/tcp`) or prefix with `*` (`sock_*`, `wasi:sockets/*`). Imports no WASI host provides
 (`env.foo`) are always refused.
@@ -17,7 +17,7 @@ import fnmatch
 import re
 from typing import Literal
 
-from wasmctr.errors import UsageError
+from wasmctr.errors import UsageError, parameter
 from wasmctr.record import field, record
 
 WASIP1_MODULES = frozenset({"wasi_snapshot_preview1", "wasi_unstable"})
@@ -31,7 +31,7 @@ WASIP1_FUNCTIONS = frozenset({
     "path_link", "path_open", "path_readlink", "path_remove_directory", "path_rename", "path_symlink",
     "path_unlink_file", "poll_oneoff", "proc_exit", "proc_raise", "sched_yield", "random_get", "sock_accept",
     "sock_recv", "sock_send", "sock_shutdown"})
-"""Every function of `wasi_snapshot_preview1` (WASI's witx): what a name in --deny-wasi may be."""
+"""Every function of `wasi_snapshot_preview1` (WASI's witx): what a name in `deny_wasi` may be."""
 INTERFACE = re.compile(r"wasi:(\*|[a-z][a-z0-9-]*/(\*|[a-z][a-z0-9-]*)(@[0-9][0-9A-Za-z.+-]*)?)")
 Mode = Literal["refuse", "trap"]
 
@@ -46,11 +46,11 @@ class Policy:
     @classmethod
     def from_flags(cls, network: bool, deny: list[str] | None, allow: list[str] | None, mode: str) -> Policy:
         if mode not in ("refuse", "trap"):
-            raise UsageError(f"--syscall-policy {mode!r}: expected refuse or trap")
+            raise UsageError(f"{parameter('syscall_policy')} {mode!r}: expected refuse or trap")
         denied, allowed = _split(deny), _split(allow)
-        for flag, patterns in (("--deny-wasi", denied), ("--allow-wasi", allowed)):
+        for name, patterns in (("deny_wasi", denied), ("allow_wasi", allowed)):
             for pattern in patterns:
-                _check_pattern(flag, pattern)
+                _check_pattern(name, pattern)
         return cls(network, denied, allowed, mode)  # type: ignore[arg-type]
 
     def denied(self, module: str, name: str) -> str | None:
@@ -61,9 +61,9 @@ class Policy:
         if _matches(self.allow, module, name, qualified):
             return None
         if _matches(self.deny, module, name, qualified):
-            return "denied by --deny-wasi"
+            return f"denied by {parameter('deny_wasi')}"
         if not self.network and _matches(SOCKET_PATTERNS, module, name, qualified):
-            return "sockets need --network host"
+            return f"sockets need {parameter('network=True')}"
         return None
 
 
@@ -87,7 +87,7 @@ def check(policy: Policy, imports: list[tuple[str, str]]) -> Verdict:
     return verdict
 
 
-def _check_pattern(flag: str, pattern: str) -> None:
+def _check_pattern(setting: str, pattern: str) -> None:
     """A pattern must name something WASI has: a typo must not silently deny (or allow) nothing."""
     module, dot, name = pattern.rpartition(".")
     if pattern.startswith("wasi:"):
@@ -97,7 +97,7 @@ def _check_pattern(flag: str, pattern: str) -> None:
     else:
         ok = any(fnmatch.fnmatchcase(f, pattern) for f in WASIP1_FUNCTIONS)
     if not ok:
-        raise UsageError(f"{flag} {pattern!r}: names no WASI call or interface (e.g. path_open, sock_*, "
+        raise UsageError(f"{parameter(setting)} {pattern!r}: names no WASI call or interface (e.g. path_open, sock_*, "
                          "wasi_snapshot_preview1.fd_write, wasi:sockets/tcp, wasi:sockets/*)")
 
 

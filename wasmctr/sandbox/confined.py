@@ -17,7 +17,7 @@ import os
 import signal
 from typing import Any, NoReturn
 
-from wasmctr.errors import UsageError
+from wasmctr.errors import UsageError, parameter
 from wasmctr.running.executor import Executor, Outcome, Prepared
 from wasmctr.running.isolated import outcome_of, report
 from wasmctr.sandbox import landlock, privileges, seccomp
@@ -30,14 +30,14 @@ def parse_user(text: str) -> tuple[int, int]:
     gid defaults to the uid's number, as Docker's does for a uid with no passwd entry."""
     uid_text, _, gid_text = text.partition(":")
     if not uid_text.isdigit() or (gid_text and not gid_text.isdigit()):
-        raise UsageError(f"--user {text!r}: expected UID[:GID] as numbers")
+        raise UsageError(f"{parameter('user')} {text!r}: expected UID[:GID] as numbers")
     uid = int(uid_text)
     return uid, int(gid_text) if gid_text else uid
 
 
 def run(executor: Executor, prepared: Prepared, uid: int, gid: int) -> Outcome:
     if os.geteuid() != 0 and (uid, gid) != (os.geteuid(), os.getegid()):
-        raise UsageError("--user: only root can run a guest as another user")
+        raise UsageError(f"{parameter('user')}: only root can run a guest as another user")
     allow = seccomp.allowlist(prepared.spec.policy.network)  # built before the fork; the child loads it
     report_r, report_w = os.pipe()
     pid = os.fork()

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from wasmctr.diagnostics import one_line
-from wasmctr.errors import ExecutorError
+from wasmctr.errors import ExecutorError, parameter
 from wasmctr.running.spec import RunSpec
 from wasmctr.running.worlds.program import Module, Program
 from wasmctr.running.worlds.world import Guest, World, refused
@@ -33,8 +33,8 @@ class CommandModule(World):
 
     def check(self, program: Program, spec: RunSpec, denied: dict[str, str]) -> None:
         if spec.policy.network:
-            raise ExecutorError("--network host: WASI preview 1 modules have no call that creates a socket; "
-                                "network access needs a preview 2 component")
+            raise ExecutorError(f"{parameter('network=True')}: WASI preview 1 modules have no call that creates a "
+                                "socket; network access needs a preview 2 component")
         if denied and (spec.policy.mode == "refuse" or any(r == "not a WASI import" for r in denied.values())):
             raise refused(denied)
         self._check_linkable(program)
