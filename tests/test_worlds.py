@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import wasmtime
 
-from wasmctr.errors import ExecutorError
+from wasmctr.errors import ExecutorError, parameter
 from wasmctr.running.executor import Executor, RunSpec
 from wasmctr.running.policy import Policy
 from wasmctr.running.worlds import registry
@@ -93,7 +93,7 @@ def test_a_registered_world_is_given_the_policys_verdict_before_start(server_wor
     policy = Policy.from_flags(network=False, deny=["fd_write"], allow=None, mode="trap")
     with pytest.raises(ExecutorError, match="the test server cannot run without wasi_snapshot_preview1.fd_write"):
         Executor().prepare(RunSpec(server_wasm, ["server"], policy=policy))
-    assert server_world.checked == [{"wasi_snapshot_preview1.fd_write": "denied by --deny-wasi"}]
+    assert server_world.checked == [{"wasi_snapshot_preview1.fd_write": "denied by " + parameter("deny_wasi")}]
 
 
 def test_programs_the_registered_world_does_not_match_go_to_the_command_world(server_world: ServeWorld,
