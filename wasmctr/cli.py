@@ -182,6 +182,8 @@ def run(
                                                   help="HTTP request head size limit.")] = "64k",
     max_concurrent: Annotated[int, typer.Option("--max-concurrent", metavar="N", min=1,
                                                 help="HTTP connections at once per worker.")] = 64,
+    header_timeout: Annotated[str, typer.Option("--header-timeout", metavar="DURATION",
+                                                help="Time a client has to send a request head.")] = "10s",
     insecure: Insecure = False,
     ca_cert: CaCert = None,
     quiet: Quiet = False,
@@ -196,7 +198,7 @@ def run(
     with console.progress(quiet) as progress:
         try:
             serve = _serve_options(publish, workers, access_log, max_body, max_headers, max_header_bytes,
-                                   max_concurrent)
+                                   max_concurrent, header_timeout)
             outcome = api.run(target, args, entrypoint=entrypoint, workdir=workdir, env=env, env_files=env_file,
                               volumes=volume, tmpfs=tmpfs, memory=memory, timeout=timeout, fuel=fuel,
                               network=network == "host", deny_wasi=deny_wasi, allow_wasi=allow_wasi,
@@ -218,14 +220,15 @@ def run(
 
 
 def _serve_options(publish: str | None, workers: int | None, access_log: bool, max_body: str, max_headers: int,
-                   max_header_bytes: str, max_concurrent: int) -> Any:
+                   max_header_bytes: str, max_concurrent: int, header_timeout: str) -> Any:
     from .http.limits import Limits
     from .http.serving import ServeOptions, parse_publish
-    from .units import parse_size
+    from .units import parse_duration, parse_size
 
     parse_publish(publish)  # a bad -p fails before anything is pulled or loaded
     limits = Limits(max_body=parse_size(max_body), max_headers=max_headers,
-                    max_header_bytes=parse_size(max_header_bytes), max_concurrent=max_concurrent)
+                    max_header_bytes=parse_size(max_header_bytes), max_concurrent=max_concurrent,
+                    head_timeout=parse_duration(header_timeout))
     return ServeOptions(publish=publish, workers=workers, access_log=access_log, limits=limits)
 
 

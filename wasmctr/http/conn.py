@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import socket
 import time
+from collections.abc import Callable
 
 from .io import InputStream, OutputStream, StreamFailed
 from .limits import Limits
@@ -174,6 +175,14 @@ class Body(InputStream):
         self.total = 0
         self.trailers: list[tuple[str, bytes]] = []
         self.failed: str | None = None
+        self.waiting: Callable[[], None] = lambda: None  # before a read blocks: the response's flush
+
+    def before_wait(self) -> None:
+        self.waiting()
+
+    def _fill(self) -> None:
+        self.waiting()
+        self.conn.fill(min(self.deadline, time.monotonic() + self.conn.limits.idle_timeout))
 
     def fileno(self) -> int | None:
         return self.conn.sock.fileno()
@@ -193,7 +202,7 @@ class Body(InputStream):
     def _read(self, size: int, block: bool) -> bytes:
         conn = self.conn
         while not self.done:
-            if self.chunked and not self.left:
+            if self.chunked and (self.left is None or self.left <= 0):  # -2: a chunk's CRLF is next
                 if not self._chunk_header(block):
                     return b""
                 continue
@@ -201,7 +210,7 @@ class Body(InputStream):
                 if not block and not conn.pending():
                     return b""
                 if not conn.buffer:
-                    conn.fill(min(self.deadline, time.monotonic() + conn.limits.idle_timeout))
+                    self._fill()
                 continue
             assert self.left is not None
             take = min(size, self.left, len(conn.buffer))
@@ -228,7 +237,7 @@ class Body(InputStream):
                 raise Refused(400, "malformed chunk size")
             if not block and not conn.pending():
                 return False
-            conn.fill(min(self.deadline, time.monotonic() + conn.limits.idle_timeout))
+            self._fill()
         if start and conn.buffer[:2] != b"\r\n":
             raise Refused(400, "chunk data longer than its size")
         line = bytes(conn.buffer[start:end]).split(b";")[0].strip()
@@ -247,7 +256,7 @@ class Body(InputStream):
         while conn.buffer.find(b"\r\n\r\n") < 0 and not conn.buffer.startswith(b"\r\n"):
             if len(conn.buffer) > conn.limits.max_header_bytes:
                 raise Refused(431, "trailers too large")
-            conn.fill(min(self.deadline, time.monotonic() + conn.limits.idle_timeout))
+            self._fill()
         if conn.buffer.startswith(b"\r\n"):
             del conn.buffer[:2]
         else:

@@ -76,6 +76,7 @@ class Guest:
         store.set_limits(memory_size=limits.memory)
         store.set_epoch_deadline(max(1, int((body.deadline - time.monotonic()) / TICK) + 1))
         out = messages.Outparam(response)
+        body.waiting = lambda: response.flush() if response.status and not response.finished else None
         try:
             instance = self.linker.instantiate(store, self.code)
             index = instance.get_export_index(store, self.export)

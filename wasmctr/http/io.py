@@ -35,6 +35,9 @@ class InputStream:
     def fileno(self) -> int | None:
         return None
 
+    def before_wait(self) -> None:
+        """Called before the guest sleeps on this stream: what it wrote meanwhile must go out first."""
+
 
 class OutputStream:
     """A sink of bytes; `write` takes at most what `check-write` allowed."""
@@ -90,6 +93,9 @@ def wait(table: Table, pollables: list[Pollable]) -> list[int]:
             timeout = min(timeout, max(0.0, min(timers) - time.monotonic()))
         fds = [fd for p in pollables if p.stream is not None and (fd := p.stream.fileno()) is not None]
         if fds:
+            for p in pollables:
+                if p.stream is not None:
+                    p.stream.before_wait()
             select.select(fds, [], [], timeout)
         else:
             time.sleep(timeout)

@@ -1,7 +1,7 @@
 """A wasi:http/proxy guest that streams the request body back as the response body, chunk by chunk as it
 arrives (the response starts before the request has ended), with the request's method and path in headers."""
 
-from componentize_py_types import Ok
+from componentize_py_types import Err, Ok
 from wit_world import exports
 from wit_world.imports.streams import StreamError_Closed
 from wit_world.imports.types import (Fields, IncomingBody, IncomingRequest, OutgoingBody, OutgoingResponse,
@@ -21,8 +21,10 @@ class IncomingHandler(exports.IncomingHandler):
             while True:
                 try:
                     chunk = source.blocking_read(65536)
-                except StreamError_Closed:
-                    break
+                except Err as failed:
+                    if isinstance(failed.value, StreamError_Closed):
+                        break  # the request body's end
+                    raise
                 while chunk:
                     allowed = sink.check_write()
                     if allowed == 0:
