@@ -4,8 +4,14 @@ arrives (the response starts before the request has ended), with the request's m
 from componentize_py_types import Err, Ok
 from wit_world import exports
 from wit_world.imports.streams import StreamError_Closed
-from wit_world.imports.types import (Fields, IncomingBody, IncomingRequest, OutgoingBody, OutgoingResponse,
-                                     ResponseOutparam)
+from wit_world.imports.types import (
+    Fields,
+    IncomingBody,
+    IncomingRequest,
+    OutgoingBody,
+    OutgoingResponse,
+    ResponseOutparam,
+)
 
 
 class IncomingHandler(exports.IncomingHandler):

@@ -3,8 +3,15 @@ the error-code a path names (`/error/denied`), so a host's mapping of guest erro
 
 from componentize_py_types import Err, Ok
 from wit_world import exports
-from wit_world.imports.types import (ErrorCode_HttpRequestDenied, ErrorCode_InternalError, Fields,
-                                     IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam)
+from wit_world.imports.types import (
+    ErrorCode_HttpRequestDenied,
+    ErrorCode_InternalError,
+    Fields,
+    IncomingRequest,
+    OutgoingBody,
+    OutgoingResponse,
+    ResponseOutparam,
+)
 
 ERRORS = {"/error/denied": ErrorCode_HttpRequestDenied(), "/error/internal": ErrorCode_InternalError("boom")}
 
