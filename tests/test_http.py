@@ -209,3 +209,14 @@ def test_bad_publish_and_a_command_guest_fail_in_one_line(component_wasm, proxie
     assert_one_line_error(wasmctr("run", "-p", "1.2.3:80", str(proxies["hello"]), check=False), 125, "-p")
     assert_one_line_error(wasmctr("run", "-p", "8080", str(component_wasm), check=False), 125,
                           "not a wasi:http proxy")
+
+
+def test_an_image_of_a_proxy_is_named_a_proxy_and_served(proxies, compiled_home, component_wasm) -> None:
+    env = {"WASMCTR_HOME": str(compiled_home)}
+    wasmctr("build", str(proxies["hello"]), "-t", "proxy:1", env=env)
+    shown = wasmctr("inspect", "proxy:1", env=env).stdout
+    assert "World:       proxy (wasi:http 0.2.0, 0.2.9)" in shown  # it exports 0.2.0, imports 0.2.9
+    wasmctr("build", str(component_wasm), "-t", "command:1", env=env)
+    assert "World:       command" in wasmctr("inspect", "command:1", env=env).stdout
+    with serving(Path("proxy:1"), compiled_home, "--workers", "1") as server:
+        assert server.get("/") == (200, b"Hello from a wasi:http component!\n")

@@ -156,6 +156,8 @@ def inspect(ref: str, platform: str | None = None, store: Store | None = None) -
     }
     if program is not None:
         out["wasm"] = {"kind": program.kind, "path": program.path, "imports": program.imports}
+        if program.world:
+            out["wasm"]["world"] = program.world
     return out
 
 

@@ -387,6 +387,8 @@ def inspect(
     program = info.get("wasm")
     if program:
         _echo(f"{'Program:':<12} {program['path']} ({program['kind']})")
+        if program.get("world"):
+            _echo(f"{'World:':<12} {program['world']}")
         _echo(f"{'Imports:':<12} {len(program['imports'])}")
         for name in program["imports"]:
             _echo(f"  {name}")

@@ -31,8 +31,18 @@ Lower = Callable[[Any, Any, Any], None]  # (context, Python value, wasmtime_comp
 VAL_SIZE = ctypes.sizeof(ffi.wasmtime_component_val_t)
 VAL_OF = ffi.wasmtime_component_val_t.of.offset
 U8 = ffi.WASMTIME_COMPONENT_U8.value
-_U8_TEMPLATE = bytearray(VAL_SIZE * 65536)
-_U8_TEMPLATE[0::VAL_SIZE] = bytes([U8]) * 65536
+SCRATCH_VALUES = 65536
+_scratch = threading.local()
+
+
+def _scratch_buffer() -> bytearray:
+    """This thread's 2 MiB of C values, each a u8 with its kind set: a list<u8> is written into it and
+    copied out whole. Kept, not made per call: fresh pages cost more than the copy (page faults)."""
+    buf: bytearray | None = getattr(_scratch, "buf", None)
+    if buf is None:
+        buf = _scratch.buf = bytearray(VAL_SIZE * SCRATCH_VALUES)
+        buf[0::VAL_SIZE] = bytes([U8]) * SCRATCH_VALUES
+    return buf
 
 
 class HostTrap(Exception):
@@ -222,21 +232,32 @@ def _cases(t: Any) -> list[tuple[str, Any]]:
 
 def _lift_bytes(_ctx: Any, c: Any) -> bytes:
     size = c.of.list.size
-    data = ctypes.string_at(c.of.list.data, size * VAL_SIZE)[VAL_OF::VAL_SIZE] if size else b""
+    parts = []
+    if size:
+        buf = _scratch_buffer()
+        base = ctypes.addressof(c.of.list.data.contents)
+        window = (ctypes.c_char * len(buf)).from_buffer(buf)
+        for done in range(0, size, SCRATCH_VALUES):  # 2 MiB of C values at a time, through the scratch
+            n = min(SCRATCH_VALUES, size - done)
+            ctypes.memmove(window, base + done * VAL_SIZE, n * VAL_SIZE)
+            parts.append(bytes(buf[VAL_OF:n * VAL_SIZE:VAL_SIZE]))
+        del window
     ffi.wasmtime_component_vallist_delete(ctypes.byref(c.of.list))
-    return data
+    return b"".join(parts)
 
 
 def _lower_bytes(_ctx: Any, value: bytes, out: Any) -> None:
     raw = ffi.wasmtime_component_vallist_t()
     ffi.wasmtime_component_vallist_new_uninit(raw, len(value))
-    done = 0
-    while done < len(value):  # in slices of the template: 2 MiB of C values at a time
-        part = value[done:done + 65536]
-        buf = _U8_TEMPLATE[:len(part) * VAL_SIZE]
-        buf[VAL_OF::VAL_SIZE] = part
-        ctypes.memmove(ctypes.addressof(raw.data.contents) + done * VAL_SIZE, bytes(buf), len(buf))
-        done += len(part)
+    if value:
+        buf = _scratch_buffer()
+        base = ctypes.addressof(raw.data.contents)
+        window = (ctypes.c_char * len(buf)).from_buffer(buf)
+        for done in range(0, len(value), SCRATCH_VALUES):
+            part = value[done:done + SCRATCH_VALUES]
+            buf[VAL_OF:len(part) * VAL_SIZE:VAL_SIZE] = part  # the kinds stay set: only the bytes change
+            ctypes.memmove(base + done * VAL_SIZE, window, len(part) * VAL_SIZE)
+        del window
     out.kind = ffi.WASMTIME_COMPONENT_LIST
     out.of.list = raw
 
