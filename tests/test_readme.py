@@ -25,7 +25,7 @@ ELSEWHERE = ("ctr ", "dockerd ", "docker ", "podman ", "./run-tests", "./demo", 
 
 # the README, then the pages it links to, in the order a reader follows them (running.md uses what the
 # Quickstart built)
-PAGES = ["README.md", "docs/images.md", "docs/registries.md", "docs/running.md", "docs/security.md",
+PAGES = ["README.md", "docs/images.md", "docs/registries.md", "docs/running.md", "docs/http.md", "docs/security.md",
          "docs/kubernetes.md", "docs/performance.md"]
 
 

@@ -163,6 +163,8 @@ def inspect(ref: str, platform: str | None = None, store: Store | None = None) -
     }
     if program is not None:
         out["wasm"] = {"kind": program.kind, "path": program.path, "imports": program.imports}
+        if program.world:
+            out["wasm"]["world"] = program.world
     return out
 
 
@@ -418,7 +420,7 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
         syscall_policy: str = "refuse", platform: str | None = None, pull_missing: bool = True,
         user: str | None = None, devices: list[str] | None = None, insecure: bool = False,
         ca_cert: str | None = None, progress: Progress | None = None, hard_stop: bool = False,
-        store: Store | None = None) -> Completed:
+        store: Store | None = None, serve: Any = None) -> Completed:
     """Run an image (pulled first if it is not in the store) or a `.wasm` file under the WASI sandbox,
     as `subprocess.run` runs a program.
 
@@ -437,6 +439,9 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
     that user, with no capabilities, the container seccomp filter and Landlock (`wasmctr.sandbox.confined`).
     `devices` grants default device nodes at /dev ("/dev/null", "zero"...; as root: they are made with
     mknod).
+
+    A wasi:http/proxy component is served instead (`wasmctr.running.http.serving`: `serve` is its ServeOptions,
+    where to listen and the limits) until SIGINT or SIGTERM; the result's returncode is then 0 or 143.
     """
     from wasmctr.running import launch, streams
     from wasmctr.running.executor import exit_process
@@ -477,7 +482,14 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
         if devices:
             spec.devices = _device_dir([d.removeprefix("/dev/") for d in devices], cleanup)
         runner = _executor(st, map_cached_code=True)  # this process, or its forked --user child, closes nothing
-        if spec.timeout is not None and not hard_stop and ids is None:
+        from wasmctr.running.http import serving
+
+        if serving.is_proxy(spec.wasm):
+            outcome = serving.serve(runner, spec, serve or serving.ServeOptions())
+        elif serve is not None and serve.publish is not None:
+            raise UsageError(f"{_p('serve')}: the guest is not a wasi:http proxy component (it exports no "
+                             "incoming-handler)")
+        elif spec.timeout is not None and not hard_stop and ids is None:
             from wasmctr.running import isolated
 
             spec.stdin, popen_stdin = source.popen()

@@ -29,7 +29,7 @@ _FLAGS = {
     "all_platforms=True": "--all-platforms", "devices": "--device", "user": "--user", "memory": "-m",
     "fuel": "--fuel", "env_files": "--env-file", "volumes": "-v", "tmpfs": "--tmpfs",
     "syscall_policy": "--syscall-policy", "deny_wasi": "--deny-wasi", "allow_wasi": "--allow-wasi",
-    "network=True": "--network host",
+    "network=True": "--network host", "serve": "-p", "publish": "-p",
 }
 
 # `run` exits with the guest's code, so its own failures, bad flags included, use docker run's 125 rather
@@ -185,17 +185,35 @@ def run(
     user: Annotated[str | None, typer.Option("-u", "--user", metavar="UID[:GID]",
                                              help="Run the guest as UID[:GID] (numbers; as root), "
                                                   "with no capabilities, seccomp and Landlock.")] = None,
+    publish: Annotated[str | None, typer.Option("-p", "--publish", metavar="[IP:]HOSTPORT[:PORT]",
+                                                help="Serve a wasi:http proxy component there (default "
+                                                     "127.0.0.1:8080).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", metavar="N", min=1,
+                                                help="HTTP worker processes (default: one per CPU).")] = None,
+    access_log: Annotated[bool, typer.Option("--access-log", help="One line per HTTP request on stderr.")] = False,
+    max_body: Annotated[str, typer.Option("--max-body", metavar="SIZE", help="HTTP request body limit.")] = "16m",
+    max_headers: Annotated[int, typer.Option("--max-headers", metavar="N", min=1,
+                                             help="HTTP request header fields limit.")] = 100,
+    max_header_bytes: Annotated[str, typer.Option("--max-header-bytes", metavar="SIZE",
+                                                  help="HTTP request head size limit.")] = "64k",
+    max_concurrent: Annotated[int, typer.Option("--max-concurrent", metavar="N", min=1,
+                                                help="HTTP connections at once per worker.")] = 64,
+    header_timeout: Annotated[str, typer.Option("--header-timeout", metavar="DURATION",
+                                                help="Time a client has to send a request head.")] = "10s",
     insecure: Insecure = False,
     ca_cert: CaCert = None,
     quiet: RunQuiet = False,
 ) -> None:
     """Run a wasm image or file under WASI, with only what you grant; exits with the guest's code.
+    A wasi:http proxy component is served over HTTP instead (-p; --timeout and -m then apply per request).
 
     Example: wasmctr run -v "$PWD/data:/data:ro" --memory 64m --timeout 10s hello:1 world
     """
     if network not in ("none", "host"):
         _fail(f"--network {network!r}: expected none or host", _EXIT_RUN_FAILED)
     try:
+        serve = _serve_options(publish, workers, access_log, max_body, max_headers, max_header_bytes,
+                               max_concurrent, header_timeout)
         # the progress display ends (and the terminal is restored) before the guest's first byte: it
         # redraws its lines, and would erase a partial line or a prompt the guest printed
         with console.progress(quiet) as progress:
@@ -204,7 +222,7 @@ def run(
                           volumes=volume, tmpfs=tmpfs, memory=memory, timeout=timeout, fuel=fuel,
                           network=network == "host", deny_wasi=deny_wasi, allow_wasi=allow_wasi,
                           syscall_policy=syscall_policy, stdin=interactive, platform=platform, user=user,
-                          devices=device, pull_missing=False, hard_stop=True)
+                          devices=device, serve=serve, pull_missing=False, hard_stop=True)
     except api.GuestTimeout as stopped:
         outcome = stopped.result
     except WasmctrError as exc:
@@ -217,6 +235,19 @@ def run(
     # the process existed for its guest, which is done and whose temporary directories are gone: ending
     # here skips the interpreter's teardown of the engine and its code, ~65 ms (bench/startup.py)
     os._exit(outcome.exit_code)
+
+
+def _serve_options(publish: str | None, workers: int | None, access_log: bool, max_body: str, max_headers: int,
+                   max_header_bytes: str, max_concurrent: int, header_timeout: str) -> Any:
+    from wasmctr.running.http.limits import Limits
+    from wasmctr.running.http.serving import ServeOptions, parse_publish
+    from wasmctr.running.units import parse_duration, parse_size
+
+    parse_publish(publish)  # a bad -p fails before anything is pulled or loaded
+    limits = Limits(max_body=parse_size(max_body), max_headers=max_headers,
+                    max_header_bytes=parse_size(max_header_bytes), max_concurrent=max_concurrent,
+                    head_timeout=parse_duration(header_timeout))
+    return ServeOptions(publish=publish, workers=workers, access_log=access_log, limits=limits)
 
 
 @app.command(cls=_Command, short_help="Push an image to a registry")
@@ -374,6 +405,8 @@ def inspect(
     program = info.get("wasm")
     if program:
         _echo(f"{'Program:':<12} {program['path']} ({program['kind']})")
+        if program.get("world"):
+            _echo(f"{'World:':<12} {program['world']}")
         _echo(f"{'Imports:':<12} {len(program['imports'])}")
         for name in program["imports"]:
             _echo(f"  {name}")

@@ -61,6 +61,16 @@ def split_entrypoint(arg0: str) -> tuple[str, str | None]:
     return (path, function or None) if sep else (arg0, None)
 
 
+def world(imports: list[str], exports: list[str]) -> str:
+    """The world a component targets, as `inspect` names it: `proxy (wasi:http 0.2.0, 0.2.9)` when it
+    exports wasi:http/incoming-handler (with the wasi:http versions it exports and imports), `command`
+    when it exports wasi:cli/run, else `library`."""
+    if any(e.startswith("wasi:http/incoming-handler@") for e in exports):
+        versions = sorted({n.partition("@")[2] for n in [*imports, *exports] if n.startswith("wasi:http/")})
+        return f"proxy (wasi:http {', '.join(v for v in versions if v)})"
+    return "command" if any(e.startswith("wasi:cli/run@") for e in exports) else "library"
+
+
 def sniff(head: bytes) -> WasmKind | None:
     """Module, component, or None from the first 8 bytes."""
     if len(head) < 8 or head[:4] != MAGIC:

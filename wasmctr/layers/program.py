@@ -61,6 +61,7 @@ class WasmSummary:
     kind: str
     path: str
     imports: list[str] = field(default_factory=list)
+    world: str = ""  # a component's: proxy, command or library (`wasm.world`)
 
 
 def describe_program(store: Store, image: Image) -> WasmSummary | None:
@@ -75,14 +76,18 @@ def describe_program(store: Store, image: Image) -> WasmSummary | None:
         if kind is None:
             return WasmSummary("not wasm", image.program)
         component = image.config.get("component")
-        if isinstance(component, dict) and isinstance(component.get("imports"), list):
-            return WasmSummary("component", image.program, [str(i) for i in component["imports"]])
+        if (isinstance(component, dict) and isinstance(component.get("imports"), list)
+                and isinstance(component.get("exports"), list)):
+            imports = [str(i) for i in component["imports"]]
+            return WasmSummary("component", image.program, imports,
+                               wasm.world(imports, [str(e) for e in component["exports"]]))
         with tempfile.NamedTemporaryFile(suffix=".wasm") as tmp:
             tmp.write(head)
             shutil.copyfileobj(stream, tmp)
             tmp.flush()
             info = wasm.analyse(Path(tmp.name))
-        return WasmSummary("component", image.program, [str(i) for i in info.imports])
+        imports = [str(i) for i in info.imports]
+        return WasmSummary("component", image.program, imports, wasm.world(imports, info.exports))
 
 
 def _find_member(tar: tarfile.TarFile, path: str) -> tarfile.TarInfo | None:

@@ -1,0 +1,123 @@
+"""One proxy component, linked once per worker to the Python host, and run in a fresh instance per request.
+
+Every request gets its own store (memory capped, an epoch deadline) and instance, as `wasmtime serve` does
+by default: nothing one request leaves in the guest reaches the next. A guest that spins is stopped by
+the deadline (the worker's ticker advances the engine's epoch; the check is wasmtime's, at loop heads and
+calls, and costs nothing more per request); one blocked in a host call ends at the same deadline, since
+every blocking host call waits at most until then.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+import wasmtime
+from wasmtime import component
+
+from . import io, messages, wasi
+from .abi import Functions
+from .conn import Body, Head, Response
+from .limits import Limits
+from .table import Scope, Table
+
+TICK = 0.05  # seconds per epoch: a deadline is kept to within one tick
+STATUS_OF_ERROR = 500  # `wasmtime serve` answers every error-code the guest sets with 500
+
+
+class Outcome:
+    """How a request went: `status` as sent (0: nothing was sent), and why it failed, if it did."""
+
+    def __init__(self, status: int, failure: str = "") -> None:
+        self.status, self.failure = status, failure
+
+
+class Guest:
+    def __init__(self, engine: Any, code: Any, limits: Limits, env: list[tuple[str, str]]) -> None:
+        self.engine, self.code, self.limits = engine, code, limits
+        self.table = Table()
+        self._resource_types: list[tuple[component.ResourceType, int]] = []
+        self._ids: dict[str, int] = {}
+        self.fns = Functions(self._resource_types)
+        self.linker = component.Linker(engine)
+        with self.linker.root() as root:
+            io.define(self.fns, root, self.table, self._add_resource)
+            wasi.define(self.fns, root, self.table, self._add_resource, env)
+            messages.define(self.fns, root, self.table, self._add_resource)
+        self.linker.define_unknown_imports_as_traps(code)
+        self.export = handler_export(engine, code)
+        self._ticker: threading.Thread | None = None
+
+    def _add_resource(self, instance: Any, name: str) -> None:
+        type_id = self._ids.setdefault(name, len(self._ids) + 1)
+        ty = component.ResourceType.host(type_id)
+        self._resource_types.append((ty, type_id))
+        instance.add_resource(name, ty, lambda _store, rep: self.table.drop(rep))
+
+    def start_ticker(self) -> None:
+        """The epoch clock of this process (call after any fork: a thread does not survive one)."""
+        def tick() -> None:
+            while True:
+                time.sleep(TICK)
+                self.engine.increment_epoch()
+        self._ticker = threading.Thread(target=tick, name="wasm-epoch", daemon=True)
+        self._ticker.start()
+
+    def handle(self, head: Head, body: Body, response: Response, scheme: str = "http") -> Outcome:
+        """Run the guest's `handle` for one request; the response goes out as the guest writes it."""
+        limits = self.limits
+        scope = Scope(body.deadline)
+        table = self.table
+        table.enter(scope)
+        store = wasmtime.Store(self.engine)
+        store.set_limits(memory_size=limits.memory)
+        store.set_epoch_deadline(max(1, int((body.deadline - time.monotonic()) / TICK) + 1))
+        out = messages.Outparam(response)
+        body.waiting = lambda: response.flush() if response.status and not response.finished else None
+        try:
+            instance = self.linker.instantiate(store, self.code)
+            index = instance.get_export_index(store, self.export)
+            handle = instance.get_export_index(store, "handle", index) if index is not None else None
+            func = instance.get_func(store, handle) if handle is not None else None
+            if func is None:
+                return Outcome(0, f"the component's {self.export} has no handle function")
+            request = table.add(messages.IncomingRequest(head, body, scheme))
+            outparam = table.add(out)
+            func(store, component.ResourceHost.own(request, self._ids["incoming-request"]),
+                 component.ResourceHost.own(outparam, self._ids["response-outparam"]))
+        except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
+            return Outcome(response.status if response.started else 0, _reason(str(exc), scope))
+        finally:
+            table.close(scope)
+            table.enter(None)
+        if out.error is not None:
+            return Outcome(0, f"the guest answered with error-code {out.error[0]}")
+        if not out.set:
+            return Outcome(0, "the guest returned without setting a response")
+        if not response.finished:
+            return Outcome(response.status if response.started else 0, "the guest did not finish the response body")
+        return Outcome(response.status)
+
+
+def handler_export(engine: Any, code: Any) -> str:
+    """The component's `wasi:http/incoming-handler` export (any 0.2.x version), or ValueError."""
+    names = [n for n in code.type.exports(engine) if n.startswith("wasi:http/incoming-handler@0.2.")]
+    if not names:
+        raise ValueError("the component does not export wasi:http/incoming-handler@0.2.x")
+    return names[0]
+
+
+def _reason(text: str, scope: Scope) -> str:
+    if time.monotonic() >= scope.deadline:
+        return "the request's deadline passed: the guest was stopped"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    cause = lines[lines.index("Caused by:") + 1:] if "Caused by:" in lines else lines[:1]
+    return "the guest trapped: " + "; ".join(line for line in cause if not line[:1].isdigit())[:300]
+
+
+def log(message: str) -> None:
+    """One line on stderr, in one write: the workers share it."""
+    os.write(sys.stderr.fileno(), f"wasmctr: {message}\n".encode(errors="replace"))

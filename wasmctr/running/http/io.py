@@ -1,0 +1,181 @@
+"""wasi:io for the HTTP host: streams, pollables and errors, as the guest's wasi:http and wasi:cli share them.
+
+wasmtime's own wasi:io cannot be used beside a Python wasi:http (a body's stream must be the very resource
+type `wasi:io/streams` exports), so the whole proxy world's I/O is here. Pollables are real: a stream's
+is ready when its socket has bytes (or the stream has ended), a clock's when its time comes, and `poll`
+sleeps in `select` until one is, never past the request's deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+from typing import Any
+
+from .table import Table
+
+WRITE_BUDGET = 1 << 20  # what `check-write` allows at once: a flush sends it before more is taken
+
+
+class StreamFailed(Exception):
+    """The stream's peer failed (a connection reset, a body over its limit): `last-operation-failed`."""
+
+
+class InputStream:
+    """A source of bytes. `read` returns b"" when nothing is there yet (`block=False`), raises EOFError at
+    the end, StreamFailed on error. `fileno` is what a pollable waits on (None: always ready)."""
+
+    def read(self, size: int, block: bool) -> bytes:
+        raise EOFError
+
+    def ready(self) -> bool:
+        return True
+
+    def fileno(self) -> int | None:
+        return None
+
+    def before_wait(self) -> None:
+        """Called before the guest sleeps on this stream: what it wrote meanwhile must go out first."""
+
+
+class OutputStream:
+    """A sink of bytes; `write` takes at most what `check-write` allowed."""
+
+    def write(self, data: bytes) -> None:
+        raise StreamFailed("the stream is closed")
+
+    def flush(self) -> None:
+        """Send what is buffered."""
+
+
+class Console(OutputStream):
+    """The guest's stdout or stderr: the host's own descriptor, as `wasmtime serve` passes them on."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+
+
+class Pollable:
+    """Ready when `at` (monotonic seconds) has come, or when `stream` has something to read."""
+
+    def __init__(self, at: float | None = None, stream: InputStream | None = None, ready: Any = None) -> None:
+        self.at, self.stream, self._ready = at, stream, ready
+
+    def ready(self) -> bool:
+        if self._ready is not None:
+            return bool(self._ready())
+        if self.at is not None:
+            return time.monotonic() >= self.at
+        return self.stream is None or self.stream.ready()
+
+
+class IoError:
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def wait(table: Table, pollables: list[Pollable]) -> list[int]:
+    """The indexes of the ready pollables, after sleeping until at least one is (never past the deadline)."""
+    scope = table.scope
+    while True:
+        ready = [i for i, p in enumerate(pollables) if p.ready()]
+        if ready:
+            return ready
+        timeout = scope.remaining()
+        timers = [p.at for p in pollables if p.at is not None]
+        if timers:
+            timeout = min(timeout, max(0.0, min(timers) - time.monotonic()))
+        fds = [fd for p in pollables if p.stream is not None and (fd := p.stream.fileno()) is not None]
+        if fds:
+            for p in pollables:
+                if p.stream is not None:
+                    p.stream.before_wait()
+            select.select(fds, [], [], timeout)
+        else:
+            time.sleep(timeout)
+
+
+def stream_error(table: Table, exc: Exception) -> tuple[str, Any]:
+    if isinstance(exc, StreamFailed):
+        return ("err", ("last-operation-failed", table.add(IoError(str(exc)))))
+    return ("err", ("closed", None))
+
+
+def define(fns: Any, root: Any, table: Table, add_resource: Any) -> None:
+    """Define wasi:io/error, poll and streams (every 0.2.x version: the linker matches by semver)."""
+    with root.add_instance("wasi:io/error@0.2.9") as error:
+        add_resource(error, "error")
+        fns.add(error, "[method]error.to-debug-string", lambda rep: table.get(rep, IoError).message)
+    with root.add_instance("wasi:io/poll@0.2.9") as poll:
+        add_resource(poll, "pollable")
+        fns.add(poll, "[method]pollable.ready", lambda rep: table.get(rep, Pollable).ready())
+        fns.add(poll, "[method]pollable.block", lambda rep: wait(table, [table.get(rep, Pollable)]) and None)
+        fns.add(poll, "poll", lambda reps: wait(table, [table.get(r, Pollable) for r in reps]))
+    with root.add_instance("wasi:io/streams@0.2.9") as streams:
+        add_resource(streams, "input-stream")
+        add_resource(streams, "output-stream")
+        _define_input(fns, streams, table)
+        _define_output(fns, streams, table)
+
+
+def _define_input(fns: Any, streams: Any, table: Table) -> None:
+    def read(rep: int, size: int, block: bool) -> tuple[str, Any]:
+        stream = table.get(rep, InputStream)
+        try:
+            if block:
+                table.scope.remaining()
+            return ("ok", stream.read(min(size, 1 << 20), block))
+        except (EOFError, StreamFailed) as exc:
+            return stream_error(table, exc)
+
+    def skip(rep: int, size: int, block: bool) -> tuple[str, Any]:
+        result = read(rep, size, block)
+        return ("ok", len(result[1])) if result[0] == "ok" else result
+
+    fns.add(streams, "[method]input-stream.read", lambda rep, size: read(rep, size, False))
+    fns.add(streams, "[method]input-stream.blocking-read", lambda rep, size: read(rep, size, True))
+    fns.add(streams, "[method]input-stream.skip", lambda rep, size: skip(rep, size, False))
+    fns.add(streams, "[method]input-stream.blocking-skip", lambda rep, size: skip(rep, size, True))
+    fns.add(streams, "[method]input-stream.subscribe",
+            lambda rep: table.add(Pollable(stream=table.get(rep, InputStream))))
+
+
+def _define_output(fns: Any, streams: Any, table: Table) -> None:
+    def call(rep: int, action: Any) -> tuple[str, Any]:
+        stream = table.get(rep, OutputStream)
+        try:
+            return ("ok", action(stream))
+        except (EOFError, StreamFailed, OSError) as exc:
+            return stream_error(table, exc)
+
+    def write_and_flush(stream: OutputStream, data: bytes) -> None:
+        stream.write(data)
+        stream.flush()
+
+    def splice(rep: int, source: int, size: int, block: bool) -> tuple[str, Any]:
+        try:
+            data = table.get(source, InputStream).read(min(size, WRITE_BUDGET), block)
+        except (EOFError, StreamFailed) as exc:
+            return stream_error(table, exc)
+        result = call(rep, lambda s: s.write(data))
+        return ("ok", len(data)) if result[0] == "ok" else result
+
+    fns.add(streams, "[method]output-stream.check-write", lambda rep: call(rep, lambda s: WRITE_BUDGET))
+    fns.add(streams, "[method]output-stream.write", lambda rep, data: call(rep, lambda s: s.write(data)))
+    fns.add(streams, "[method]output-stream.blocking-write-and-flush",
+            lambda rep, data: call(rep, lambda s: write_and_flush(s, data)))
+    fns.add(streams, "[method]output-stream.flush", lambda rep: call(rep, lambda s: s.flush()))
+    fns.add(streams, "[method]output-stream.blocking-flush", lambda rep: call(rep, lambda s: s.flush()))
+    fns.add(streams, "[method]output-stream.subscribe", lambda rep: table.add(Pollable()))
+    fns.add(streams, "[method]output-stream.write-zeroes",
+            lambda rep, n: call(rep, lambda s: s.write(bytes(min(n, WRITE_BUDGET)))))
+    fns.add(streams, "[method]output-stream.blocking-write-zeroes-and-flush",
+            lambda rep, n: call(rep, lambda s: write_and_flush(s, bytes(min(n, WRITE_BUDGET)))))
+    fns.add(streams, "[method]output-stream.splice", lambda rep, src, n: splice(rep, src, n, False))
+    fns.add(streams, "[method]output-stream.blocking-splice", lambda rep, src, n: splice(rep, src, n, True))
