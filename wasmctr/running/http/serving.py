@@ -59,7 +59,8 @@ def parse_publish(text: str | None) -> tuple[str, int]:
         ipaddress.ip_address(host)
         numbers = [int(p) for p in ports]
     except ValueError:
-        raise UsageError(f"{parameter('publish')} {text!r}: expected [IP:]HOSTPORT[:PORT] with an IP address and port numbers") from None
+        raise UsageError(f"{parameter('publish')} {text!r}: expected [IP:]HOSTPORT[:PORT] with an IP address and "
+                         "port numbers") from None
     if not 1 <= len(numbers) <= 2 or not all(0 <= n <= 65535 for n in numbers):
         raise UsageError(f"{parameter('publish')} {text!r}: expected [IP:]HOSTPORT[:PORT] with ports from 0 to 65535")
     return host, numbers[0]
