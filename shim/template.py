@@ -58,12 +58,12 @@ def run(path: str, stamp: str, answer: Answer) -> int:
     global _executor
     import wasmtime  # noqa: F401  (what every shim needs, loaded before any fork)
 
-    from wasmctr import api
+    from wasmctr.running.executor import Executor
     from wasmctr.sandbox import seccomp
 
     from . import events, native, tasks, ttrpc, verbs  # noqa: F401
 
-    _executor = api.executor(map_cached_code=True)  # code shared through the page cache by every pod
+    _executor = Executor.for_store(map_cached_code=True)  # code shared through the page cache by every pod
     _executor.warm()
     seccomp.allowlist(False)  # the container filter, built once for every shim (and guest) forked below
 
