@@ -10,8 +10,9 @@ follow the runtime-spec. State lives in `ROOT/ID/wasmctr.json` (ROOT from `--roo
 
 A container is wasm, as crun decides it, if annotation `run.oci.handler` is `wasm` (or `wasm-smart`),
 or `module.wasm.image/variant` is `compat` (or `compat-smart`), or `process.args[0]` is a wasm file in
-the rootfs; the smart variants also require that. Everything else runs under runc (`--delegate PATH`
-or `WASMCTR_RUNTIME_DELEGATE` to choose another).
+the rootfs; the smart variants also require that (`wasmctr.running.ocispec.is_wasm`, which the shim
+asks too); a pod's sandbox never is. Everything else runs under runc (`--delegate PATH` or
+`WASMCTR_RUNTIME_DELEGATE` to choose another).
 """
 
 from __future__ import annotations
@@ -109,7 +110,9 @@ def _dispatch(g: Globals, command: str, rest: list[str]) -> None:
         opts, container_id = _options(rest)
         bundle = Path(opts.get("bundle") or opts.get("b") or os.getcwd()).resolve()
         config = _config(bundle)
-        if not _is_wasm(bundle, config):
+        from wasmctr.running.ocispec import is_wasm
+
+        if not is_wasm(bundle, config):
             _delegate(g)
         if opts.get("console-socket"):
             raise SpecError("a terminal is not supported for wasm containers (no --console-socket)")
@@ -420,19 +423,6 @@ def _config(bundle: Path) -> dict[str, Any]:
         return load_config(bundle)
     except WasmctrError as exc:
         raise SpecError(str(exc)) from None
-
-
-def _is_wasm(bundle: Path, config: dict[str, Any]) -> bool:
-    from wasmctr.running.ocispec import is_wasm
-
-    annotations = config.get("annotations") or {}
-    handler = annotations.get("run.oci.handler") or annotations.get("module.wasm.image/variant")
-    if handler in ("wasm", "compat"):
-        return True
-    if handler in ("wasm-smart", "compat-smart"):
-        args = (config.get("process") or {}).get("args") or []
-        return bool(args) and args[0].endswith((".wasm", ".wat")) and is_wasm(bundle, config)
-    return is_wasm(bundle, config)
 
 
 def _delegate(g: Globals) -> NoReturn:

@@ -42,7 +42,6 @@ from .native import Runc, check_bundle
 from .ttrpc import Call, Code, RpcError, Service
 
 SERVICE = "containerd.task.v2.Task"
-CONTAINER_TYPE_ANNOTATION = "io.kubernetes.cri.container-type"
 DEVICE_DIR = "wasmctr-dev"  # in the bundle: the container's /dev
 CLONE_NEWNET = 0x40000000
 RESERVE_SERVICE = "wasmctr.shim.v1.Shim"  # our own: `start` reserves a lingering shim before reusing it
@@ -158,7 +157,7 @@ class TaskService:
                 mounts.mount_all(list(req.rootfs), bundle / "rootfs")
                 task.rootfs_mounted = True
             linux = config.get("linux") or {}
-            task.native = _is_native(bundle, config)
+            task.native = not is_wasm(bundle, config)
             if stdio.is_binary_uri(req.stdout):
                 task.logger = stdio.BinaryLogger.start(req.stdout, req.id, task.namespace)
             if task.native:
@@ -436,14 +435,6 @@ def _commit(call: Call) -> None:
     """Past this point Create has an effect (a container process): not if containerd gave up on it."""
     if not call.commit():
         raise TimeoutError("containerd stopped waiting (its deadline passed) before the container was made")
-
-
-def _is_native(bundle: Path, config: dict[str, Any]) -> bool:
-    """A pod's sandbox container, or any container whose program is not WebAssembly, goes to runc."""
-    annotations = config.get("annotations") or {}
-    if annotations.get(CONTAINER_TYPE_ANNOTATION) == "sandbox":
-        return True
-    return not is_wasm(bundle, config)
 
 
 def _join_network_namespace(path: str) -> None:

@@ -24,6 +24,9 @@ if TYPE_CHECKING:  # the runtime CLI's start, state and delete read config.json 
     from wasmctr.running.executor import RunSpec
 
 ANNOTATION_PREFIX = "wasmctr.io/"
+HANDLER_ANNOTATION = "run.oci.handler"  # crun's and CRI-O's
+VARIANT_ANNOTATION = "module.wasm.image/variant"  # the compat image format's
+CONTAINER_TYPE_ANNOTATION = "io.kubernetes.cri.container-type"  # containerd's CRI: `sandbox` or `container`
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # runc's, when env has none
 KERNEL_FILESYSTEMS = {"proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2", "tmpfs", "shm"}
 
@@ -137,6 +140,25 @@ def _lookup(rootfs: Path, process: dict[str, Any], name: str) -> Path | None:
 
 
 def is_wasm(bundle: Path, config: dict[str, Any]) -> bool:
+    """Whether the bundle is a wasm container: the one answer the shim and wasmctr-runtime both give
+    (the rest go to runc). A pod's sandbox (`io.kubernetes.cri.container-type` `sandbox`) never is.
+    Otherwise, as crun decides it: annotation `run.oci.handler` `wasm`, or `module.wasm.image/variant`
+    `compat`, says it is; their `-smart` variants say it is if `process.args[0]` also ends in `.wasm`
+    or `.wat` and is WebAssembly; with neither, it is if `process.args[0]` is a WebAssembly file in
+    the rootfs (its magic)."""
+    annotations = config.get("annotations") or {}
+    if annotations.get(CONTAINER_TYPE_ANNOTATION) == "sandbox":
+        return False
+    handler = annotations.get(HANDLER_ANNOTATION) or annotations.get(VARIANT_ANNOTATION)
+    if handler in ("wasm", "compat"):
+        return True
+    if handler in ("wasm-smart", "compat-smart"):
+        args = (config.get("process") or {}).get("args") or []
+        return bool(args) and args[0].endswith((".wasm", ".wat")) and _has_wasm_program(bundle, config)
+    return _has_wasm_program(bundle, config)
+
+
+def _has_wasm_program(bundle: Path, config: dict[str, Any]) -> bool:
     program = program_of(bundle, config)
     return program is not None and _sniff(program)
 
