@@ -6,9 +6,9 @@ the guest is prepared here (its code loaded once, shared), and a container proce
 the path the shim's and wasmctr-runtime's containers take) opens the guest's preopens, becomes UID:GID
 with no capabilities and no_new_privs, installs the container seccomp filter, confines itself with
 Landlock to the rootfs and the mounts, and runs the guest at once. Its outcome comes back in its
-report, which this process reads and prints; SIGTERM, SIGINT and SIGHUP sent to this process are passed
-to the child, which stops its guest as `wasmctr run` does, ending itself if the guest is blocked in a
-host call.
+report, read here (the container process prints nothing of its own: `wasmctr run` says how the guest
+ended); SIGTERM, SIGINT and SIGHUP sent to this process are passed to the child, which stops its guest
+as `wasmctr run` does, ending itself if the guest is blocked in a host call.
 """
 
 from __future__ import annotations
