@@ -1,11 +1,12 @@
 """Measure the host syscalls a container process makes once its guest is prepared: the source of the
 allowlist in `wasmctr/sandbox/seccomp.py` (the talk's "only 44 usable syscalls in wasip1": measure!).
 
-Each case runs a container process as the shim does (`wasmctr_node.container.become_guest` with a prepared
-guest) under `strace -f`; what it calls after the point where the shim installs the filter is
-collected, per case and in all. The cases exercise every kind of WASI call the hostile guest makes
-(files read, written, created, renamed, linked, removed; directories listed; stdin and stdout;
-sleep; memory growth; traps; a timeout; SIGTERM). It prints the union, and what is missing from or
+Each case runs a container process as the shim does (`wasmctr.sandbox.container.Container` with a
+prepared guest, confined as a spec with no user and no capabilities asks) under `strace -f`; what that
+process calls once it is started, its filter installed, is collected, per case and in all (a call the
+allowlist lacks is still seen: it fails with EPERM). The cases exercise every kind of WASI call the
+hostile guest makes (files read, written, created, renamed, linked, removed; directories listed; stdin
+and stdout; sleep; memory growth; traps; a timeout; SIGTERM). It prints the union, and what is missing from or
 unused in the allowlist.
 
     python bench/syscalls.py
@@ -23,30 +24,35 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from wasmctr.sandbox import seccomp  # noqa: E402
 
-MARKER = 987654  # close(MARKER) fails with EBADF: the line in strace's output where the filter would go
+MARKER = 987654  # close(MARKER) fails with EBADF: the line in strace's output where the container starts
 
 DRIVER = f"""
 import os, sys
 from pathlib import Path
-from wasmctr.image import home
-from wasmctr.sandbox import landlock
-from wasmctr.running.compile_cache import CompileCache
 from wasmctr.running.executor import Executor
 from wasmctr.running.spec import Mount, RunSpec
-from wasmctr_node.container import become_guest
+from wasmctr.sandbox.container import Confinement, Container
 wasm, data, timeout, args = sys.argv[1], sys.argv[2], float(sys.argv[3]) or None, sys.argv[4:]
-# as the shim's: code mapped from the compile cache
-executor = Executor(CompileCache(home.compile_cache_dir(home.store_root())), map_cached_code=True)
+executor = Executor.for_store(map_cached_code=True)  # as the shim's: code mapped from the compile cache
 spec = RunSpec(Path(wasm), ["guest", *args], mounts=[Mount(Path(data), "/data", False)], timeout=timeout,
                memory_limit=64 << 20)
 guest = executor.prepare(spec)
-ruleset = landlock.ruleset_for(guest.spec)  # made before the fork in the shim, enforced once started
-try:
-    os.close({MARKER})
-except OSError:
-    pass
-outcome = become_guest(executor, guest, lambda: True, ruleset)
-os._exit(outcome.exit_code if outcome else 137)
+
+
+def started():  # in the container process, its filter installed: what it calls from here is counted
+    try:
+        os.close({MARKER})
+    except OSError:
+        pass
+    return True
+
+
+container = Container(executor, guest, Confinement.of_spec({{}}, network=False), speaks_as="wasmctr")
+pid = container.fork(started=started)
+failure = container.ready(pid)
+if failure is not None:
+    sys.exit(f"wasmctr: {{failure}}")
+os._exit(container.wait(pid).exit_code)
 """
 
 CASES = [
@@ -65,6 +71,7 @@ CASES = [
 ]
 
 LINE = re.compile(r"^(\d+)\s+(?:<\.\.\. )?([a-z0-9_]+)[( ]")
+CHILD = re.compile(r"= (\d+)$")
 
 
 def measure(wasm: Path, work: Path, name: str, args: list[str], timeout: float) -> set[str]:
@@ -82,12 +89,17 @@ def measure(wasm: Path, work: Path, name: str, args: list[str], timeout: float) 
         subprocess.run(["pkill", "-TERM", "-f", f"{data} "], check=False)
     proc.communicate(b"some input\n", timeout=120)
     seen: set[str] = set()
-    after = False
+    container: set[str] = set()  # the container process's threads, once it is started (not the driver's)
     for line in trace.read_text().splitlines():
+        match = LINE.match(line)  # a call, or its `<... NAME resumed>` half
+        if match is None:
+            continue
         if f"close({MARKER})" in line:
-            after = True
-        elif after and (match := LINE.match(line)):  # a call, or its `<... NAME resumed>` half
+            container.add(match.group(1))
+        elif match.group(1) in container:
             seen.add(match.group(2))
+            if match.group(2) in ("clone", "clone3") and (child := CHILD.search(line)):  # the guest's thread
+                container.add(child.group(1))
     return seen
 
 

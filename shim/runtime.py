@@ -10,8 +10,9 @@ follow the runtime-spec. State lives in `ROOT/ID/wasmctr.json` (ROOT from `--roo
 
 A container is wasm, as crun decides it, if annotation `run.oci.handler` is `wasm` (or `wasm-smart`),
 or `module.wasm.image/variant` is `compat` (or `compat-smart`), or `process.args[0]` is a wasm file in
-the rootfs; the smart variants also require that. Everything else runs under runc (`--delegate PATH`
-or `WASMCTR_RUNTIME_DELEGATE` to choose another).
+the rootfs; the smart variants also require that (`wasmctr.running.ocispec.is_wasm`, which the shim
+asks too); a pod's sandbox never is. Everything else runs under runc (`--delegate PATH` or
+`WASMCTR_RUNTIME_DELEGATE` to choose another).
 """
 
 from __future__ import annotations
@@ -109,7 +110,9 @@ def _dispatch(g: Globals, command: str, rest: list[str]) -> None:
         opts, container_id = _options(rest)
         bundle = Path(opts.get("bundle") or opts.get("b") or os.getcwd()).resolve()
         config = _config(bundle)
-        if not _is_wasm(bundle, config):
+        from wasmctr.running.ocispec import is_wasm
+
+        if not is_wasm(bundle, config):
             _delegate(g)
         if opts.get("console-socket"):
             raise SpecError("a terminal is not supported for wasm containers (no --console-socket)")
@@ -155,30 +158,26 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
     import contextlib
     from pathlib import Path
 
-    from wasmctr.image import home
-    from wasmctr.running.compile_cache import CompileCache
+    from wasmctr.errors import ExecutorError
     from wasmctr.running.executor import Executor
-    from wasmctr.running.ocispec import spec_from_bundle
-    from wasmctr.sandbox import devices, landlock, namespaces, privileges, seccomp
+    from wasmctr.running.ocispec import explain, spec_from_bundle
+    from wasmctr.sandbox import devices
+    from wasmctr.sandbox.container import Confinement, Container
 
     from .cgroups import Cgroup
-    from .container import Ready
 
     state_dir = Path(g.root, container_id)
     if (state_dir / STATE_FILE).exists():
         raise SpecError(f"container with id {container_id} already exists")
-    executor = Executor(CompileCache(home.compile_cache_dir(home.store_root())), map_cached_code=True)
+    executor = Executor.for_store(map_cached_code=True)
     try:
         # before the fork: a guest the policy refuses fails `create`, and the container process starts warm
         guest = executor.prepare(spec_from_bundle(bundle, config))
-        privileges.capability_sets(config.get("process") or {})  # bad names fail `create`
+        confinement = Confinement.of_spec(config, guest.spec.policy.network)  # bad names fail `create`
         linux = config.get("linux") or {}
-        profile = linux.get("seccomp")
-        filters = (seccomp.allowlist(guest.spec.policy.network), seccomp.build(profile) if profile else None)
-        spaces = namespaces.of_spec(config)
         cgroup = Cgroup.open(linux["cgroupsPath"]) if linux.get("cgroupsPath") else None  # a bad path fails here
     except Exception as exc:
-        raise SpecError(str(exc)) from None
+        raise SpecError(explain(exc)) from None
     state_dir.mkdir(parents=True, exist_ok=True)
     guest.spec.devices = devices.populate(state_dir / "dev")  # the OCI default devices, at /dev
     fifo = state_dir / "exec.fifo"
@@ -187,35 +186,24 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
     os.mkfifo(fifo, 0o600)
     user = (config.get("process") or {}).get("user") or {}
     os.chown(fifo, int(user.get("uid") or 0), int(user.get("gid") or 0))  # the container process opens it as its user
-    ruleset = landlock.ruleset_for(guest.spec)  # as root, where the paths are reachable; enforced once started
     guest.spec.stdin = True
     if cgroup is not None:
         try:
             cgroup.make(linux.get("resources") or {})
         except OSError as exc:
             raise SpecError(f"cgroup {linux['cgroupsPath']}: {exc.strerror or exc}") from None
-    ready = Ready()
-    pid = namespaces.fork(spaces)  # in the spec's pid namespace
-    if pid == 0:  # the container process: it becomes the guest
-        code = 125
-        try:
-            if cgroup is not None:  # first: all it does from here on is charged to the container, and limited
-                cgroup.add(os.getpid())
-            namespaces.enter(spaces)
-            code = _container(executor, guest, fifo, config, filters, ruleset, ready)
-        except BaseException as exc:  # noqa: BLE001 - nothing may escape a forked child
-            if not ready.failed(str(exc)):  # `create` reports it if it was not ready yet
-                with contextlib.suppress(Exception):
-                    os.write(2, f"wasmctr-runtime: {exc}\n".encode())
-        os._exit(code)
-    failure = ready.wait()
-    if failure is not None:  # it ended before it was ready: reaped here, and nothing of it is left
-        os.waitpid(pid, 0)
+    container = Container(executor, guest, confinement, cgroup, speaks_as="wasmctr-runtime")
+    start = _StartFifo(str(fifo))
+    pid = container.fork(start.hold, start.wait)  # in the spec's pid namespace; it becomes the guest
+    failure = container.ready(pid)
+    if failure is not None:  # it ended before it was ready: reaped, and nothing of it is left
         if cgroup is not None:
             cgroup.remove()
         devices.remove(state_dir / "dev")
         devices.remove_files(state_dir, ("exec.fifo",))
-        raise SpecError(failure)
+        raise SpecError(explain(ExecutorError(failure)))
+    assert container.report is not None
+    container.report.close()  # its caller reaps it and reads its exit status: nobody here reads its outcome
     state = {"ociVersion": OCI_VERSION, "id": container_id, "pid": pid, "bundle": str(bundle),
              "created": _now(), "owner": "", "annotations": config.get("annotations") or {},
              START_TIME: process.start_time(pid),  # the pid's identity (runc's name)
@@ -232,29 +220,26 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
     return pid
 
 
-def _container(executor: Any, guest: Any, fifo: Path, config: dict[str, Any], filters: tuple[Any, Any],
-               ruleset: int | None, ready: Any) -> int:
-    from wasmctr.sandbox import privileges, seccomp
+class _StartFifo:
+    """How `start` reaches a container process: it opens `ROOT/ID/exec.fifo`, which the process is
+    blocked writing to. The process holds the FIFO by its path before its user changes (the state dir
+    need not be searchable by that user), and opens it through /proc/self/fd after, which checks the
+    FIFO's own owner and mode only."""
 
-    from .container import become_guest, default_signals
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.held = -1
 
-    default_signals()
-    # held by its path before the user changes (the state dir need not be searchable by that user), and
-    # opened through /proc/self/fd after, which checks the FIFO's own owner and mode only
-    fifo_path = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
-    guest = executor.open(guest)  # the rootfs and mounts, opened while privileged as runc enters the rootfs
-    privileges.drop(config.get("process") or {})  # the spec's user and capabilities, no_new_privs
-    seccomp.install(*filters)
-    ready.ready()
+    def hold(self, _keep: set[int]) -> None:
+        """The container process's setup step, while it is privileged."""
+        self.held = os.open(self.path, os.O_PATH | os.O_CLOEXEC)
 
-    def started() -> bool:
-        fd = os.open(f"/proc/self/fd/{fifo_path}", os.O_WRONLY)  # blocks until `start` opens the other end
+    def wait(self) -> bool:
+        """Block until `start` opens the other end."""
+        fd = os.open(f"/proc/self/fd/{self.held}", os.O_WRONLY)
         os.write(fd, b"0")
         os.close(fd)
         return True
-
-    outcome = become_guest(executor, guest, started, ruleset)
-    return outcome.exit_code if outcome is not None else 137
 
 
 def _start(g: Globals, container_id: str) -> None:
@@ -433,25 +418,12 @@ def _options(rest: list[str]) -> tuple[dict[str, str], str]:
 
 def _config(bundle: Path) -> dict[str, Any]:
     from wasmctr.errors import WasmctrError
-    from wasmctr.running.ocispec import load_config
+    from wasmctr.running.ocispec import explain, load_config
 
     try:
         return load_config(bundle)
     except WasmctrError as exc:
-        raise SpecError(str(exc)) from None
-
-
-def _is_wasm(bundle: Path, config: dict[str, Any]) -> bool:
-    from wasmctr.running.ocispec import is_wasm
-
-    annotations = config.get("annotations") or {}
-    handler = annotations.get("run.oci.handler") or annotations.get("module.wasm.image/variant")
-    if handler in ("wasm", "compat"):
-        return True
-    if handler in ("wasm-smart", "compat-smart"):
-        args = (config.get("process") or {}).get("args") or []
-        return bool(args) and args[0].endswith((".wasm", ".wat")) and is_wasm(bundle, config)
-    return is_wasm(bundle, config)
+        raise SpecError(explain(exc)) from None
 
 
 def _delegate(g: Globals) -> NoReturn:

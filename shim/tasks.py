@@ -27,21 +27,21 @@ from typing import Any
 from google.protobuf import any_pb2, empty_pb2
 
 from wasmctr.errors import ExecutorError, WasmctrError
-from wasmctr.running.executor import Executor, Prepared
-from wasmctr.running.ocispec import is_wasm, load_config, network_namespace, spec_from_bundle
-from wasmctr.sandbox import devices, landlock, namespaces, privileges, seccomp
+from wasmctr.running import report
+from wasmctr.running.executor import Executor, Outcome
+from wasmctr.running.ocispec import explain, is_wasm, load_config, network_namespace, spec_from_bundle
+from wasmctr.sandbox import devices
+from wasmctr.sandbox.container import Confinement, Container
 
 from . import mounts, process, stdio
 from .api import shim_pb2, task_pb2
 from .cgroups import Cgroup
-from .container import Ready, become_guest, default_signals
 from .events import Publisher, timestamp
 from .metrics import metrics
 from .native import Runc, check_bundle
 from .ttrpc import Call, Code, RpcError, Service
 
 SERVICE = "containerd.task.v2.Task"
-CONTAINER_TYPE_ANNOTATION = "io.kubernetes.cri.container-type"
 DEVICE_DIR = "wasmctr-dev"  # in the bundle: the container's /dev
 CLONE_NEWNET = 0x40000000
 RESERVE_SERVICE = "wasmctr.shim.v1.Shim"  # our own: `start` reserves a lingering shim before reusing it
@@ -64,13 +64,12 @@ class Task:
     exited_at: float = 0.0
     rootfs_mounted: bool = False
     start_fd: int = -1
-    report_fd: int = -1
+    report_pipe: report.Reader | None = None  # a wasm container's: how its guest ended
     logger: stdio.BinaryLogger | None = None
     memory_limit: int = 0
     native: bool = False  # run by runc, not forked from the shim
     cgroup: Cgroup | None = None
     netns: str | None = None
-    linux_namespaces: namespaces.Namespaces = field(default_factory=list)  # pid, ipc, uts, mount
     pidfd: int = -1  # signals go through it: the pid alone could name another process once reaped
     exited: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)  # status, start_fd and pidfd
@@ -109,12 +108,7 @@ class TaskService:
         self.on_empty = on_empty
         self.reservations: dict[str, float] = {}  # container id -> until when (monotonic)
         self.last_activity = time.monotonic()
-        if executor is None:
-            from wasmctr.image import home
-            from wasmctr.running.compile_cache import CompileCache
-
-            executor = Executor(CompileCache(home.compile_cache_dir(home.store_root())), map_cached_code=True)
-        self.executor = executor
+        self.executor = executor or Executor.for_store(map_cached_code=True)
         self.runc = Runc(os.path.join(runc_root, namespace or "default"))
 
     def service(self) -> Service:
@@ -163,7 +157,7 @@ class TaskService:
                 mounts.mount_all(list(req.rootfs), bundle / "rootfs")
                 task.rootfs_mounted = True
             linux = config.get("linux") or {}
-            task.native = _is_native(bundle, config)
+            task.native = not is_wasm(bundle, config)
             if stdio.is_binary_uri(req.stdout):
                 task.logger = stdio.BinaryLogger.start(req.stdout, req.id, task.namespace)
             if task.native:
@@ -176,17 +170,14 @@ class TaskService:
                 spec.stdin = bool(req.stdin)
                 task.memory_limit = spec.memory_limit or 0
                 task.netns = network_namespace(config)
-                task.linux_namespaces = namespaces.of_spec(config)
-                privileges.capability_sets(config.get("process") or {})  # bad names fail here, not in the child
-                filters = (seccomp.allowlist(spec.policy.network),  # built here: the child only loads them
-                           seccomp.build(linux["seccomp"]) if linux.get("seccomp") else None)
+                confinement = Confinement.of_spec(config, spec.policy.network)  # fails here, not in the child
                 if linux.get("cgroupsPath"):
                     task.cgroup = Cgroup.create(linux["cgroupsPath"], linux.get("resources") or {})
                 with self.fork_lock:
                     # prepared here, before the fork: the container process starts at once and shares the code
                     guest = self.executor.prepare(spec)
                     _commit(call)
-                    self._fork(task, guest, config.get("process") or {}, filters)
+                    self._fork(task, Container(self.executor, guest, confinement, task.cgroup, speaks_as="wasmctr"))
         except (WasmctrError, OSError, ValueError) as exc:
             if task.logger:
                 task.logger.release()
@@ -195,7 +186,7 @@ class TaskService:
                 task.cgroup.remove()
             if task.rootfs_mounted:
                 mounts.unmount_all(bundle / "rootfs")
-            raise RpcError(Code.FAILED_PRECONDITION, f"wasmctr cannot run {req.id}: {exc}") from None
+            raise RpcError(Code.FAILED_PRECONDITION, f"wasmctr cannot run {req.id}: {explain(exc)}") from None
         with self.lock:
             self.tasks[req.id] = task
         # for the binary's `delete` after a crash: the pid and its start time, so it never kills a reused pid
@@ -362,61 +353,35 @@ class TaskService:
 
     # -- the child ---------------------------------------------------------------------------------
 
-    def _fork(self, task: Task, guest: Prepared, process: dict[str, Any], filters: tuple[Any, Any]) -> None:
+    def _fork(self, task: Task, container: Container) -> None:
         start_r, start_w = os.pipe()
-        report_r, report_w = os.pipe()
-        # made here, as root, where the paths are reachable (the child may become a user who cannot
-        # reach them) and where the work is not repeated in every container's pages; the child enforces it
-        ruleset = landlock.ruleset_for(guest.spec)
-        ready = Ready()
         try:
-            pid = namespaces.fork(task.linux_namespaces)  # in the spec's pid namespace
+            pid = container.fork(lambda keep: _enter(task, container.executor, keep | {start_r}),
+                                 lambda: os.read(start_r, 1) == b"s")
         except OSError:
-            for fd in (start_r, start_w, report_r, report_w, ready.read_fd, ready.write_fd,
-                       *([ruleset] if ruleset is not None else [])):
-                os.close(fd)
+            os.close(start_r)
+            os.close(start_w)
             raise
-        if pid == 0:  # the container process
-            try:
-                os.close(start_w)
-                os.close(report_r)
-                code = _child(self.executor, task, guest, process, filters, ruleset, start_r, report_w, ready)
-            except BaseException as exc:  # noqa: BLE001 - nothing may escape a forked child
-                if not ready.failed(str(exc)):  # Create reports it if it was not ready yet
-                    with contextlib.suppress(Exception):
-                        os.write(2, f"wasmctr: {exc}\n".encode())
-                code = 125
-            os._exit(code)
         os.close(start_r)
-        os.close(report_w)
-        if ruleset is not None:
-            os.close(ruleset)
         if task.logger:
             task.logger.release()
-        failure = ready.wait()
-        if failure is not None:  # it ended before it was ready: reaped here, before any reaper exists
-            os.waitpid(pid, 0)
+        failure = container.ready(pid)
+        if failure is not None:  # it ended before it was ready: reaped, before any reaper exists
             os.close(start_w)
-            os.close(report_r)
             raise ExecutorError(failure)
-        task.pid, task.start_fd, task.report_fd = pid, start_w, report_r
+        task.pid, task.start_fd, task.report_pipe = pid, start_w, container.report
         task.pidfd = os.pidfd_open(pid)  # before the reaper exists: the pid cannot have been reused
         threading.Thread(target=self._reap, args=(task,), daemon=True).start()
 
     def _reap(self, task: Task) -> None:
         _, status = os.waitpid(task.pid, 0)
-        task.exit_status = os.waitstatus_to_exitcode(status)
-        if task.exit_status < 0:
-            task.exit_status = 128 - task.exit_status
-        reason = ""
-        if task.report_fd >= 0:
-            with os.fdopen(task.report_fd, "rb") as report:
-                reason = report.read().decode(errors="replace")
+        ended = _ended(task, status)
+        task.exit_status = ended.exit_code
         with task.lock:
             task.exited_at = time.time()
             task.status = task_pb2.STOPPED
             task.close_start_pipe(start=False)
-        if reason == "oom":
+        if ended.reason == "oom":
             self.publisher.task_oom(task)
         task.exited.set()
         self.publisher.task_exit(task)
@@ -433,20 +398,18 @@ class TaskService:
         return task
 
 
-def _child(executor: Any, task: Task, guest: Prepared, process: dict[str, Any], filters: tuple[Any, Any],
-           ruleset: int | None, start_r: int, report_w: int, ready: Ready) -> int:
-    default_signals()
-    if task.cgroup:  # first: all the process does from here on is charged to the container, and limited
-        task.cgroup.add(os.getpid())
+def _enter(task: Task, executor: Executor, keep: set[int]) -> None:
+    """The shim's setup step in a container process (`Container.fork`): it closes what it inherited from
+    the shim but the descriptors in `keep`, the task's log pipes and the mapped compiled code, leads a
+    session of its own, joins the pod's network namespace and takes containerd's stdio, while it is
+    still root."""
     gc.disable()
     logger_fds = (task.logger.stdout, task.logger.stderr) if task.logger else ()
-    stdio.close_inherited_fds(keep={start_r, report_w, ready.read_fd, ready.write_fd, *logger_fds,
-                                    *([ruleset] if ruleset is not None else [])},
+    stdio.close_inherited_fds(keep={*keep, *logger_fds},
                               keep_files_under=executor.cache.directory if executor.cache is not None else None)
     os.setsid()
     if task.netns:
         _join_network_namespace(task.netns)
-    namespaces.enter(task.linux_namespaces)
     stdio.redirect(task.stdin, 0, os.O_RDONLY)
     if task.logger:
         stdio.move(task.logger.stdout, 1)
@@ -457,29 +420,21 @@ def _child(executor: Any, task: Task, guest: Prepared, process: dict[str, Any], 
     # new stdio objects: another thread of the shim may have held the old ones' locks at the fork
     sys.stdout = open(1, "w", closefd=False)
     sys.stderr = open(2, "w", closefd=False)
-    guest = executor.open(guest)  # the rootfs and mounts, opened while privileged as runc enters the rootfs
-    privileges.drop(process)  # after what needs root (the pod's netns, containerd's FIFOs), before the guest
-    seccomp.install(*filters)  # from here, only the calls a loaded guest needs
-    ready.ready()
-    outcome = become_guest(executor, guest, lambda: os.read(start_r, 1) == b"s", ruleset)
-    if outcome is None:
-        return 137  # deleted before it was started
-    os.write(report_w, outcome.reason.encode())
-    return outcome.exit_code
+
+
+def _ended(task: Task, status: int) -> Outcome:
+    """How a task's process ended: a wasm container's as it reported (its exit code is its process's),
+    any other's, or one that reported nothing or an error, as its wait status says."""
+    if task.report_pipe is not None:
+        with contextlib.suppress(ExecutorError):
+            return task.report_pipe.outcome(status)
+    return report.from_status(status)
 
 
 def _commit(call: Call) -> None:
     """Past this point Create has an effect (a container process): not if containerd gave up on it."""
     if not call.commit():
         raise TimeoutError("containerd stopped waiting (its deadline passed) before the container was made")
-
-
-def _is_native(bundle: Path, config: dict[str, Any]) -> bool:
-    """A pod's sandbox container, or any container whose program is not WebAssembly, goes to runc."""
-    annotations = config.get("annotations") or {}
-    if annotations.get(CONTAINER_TYPE_ANNOTATION) == "sandbox":
-        return True
-    return not is_wasm(bundle, config)
 
 
 def _join_network_namespace(path: str) -> None:

@@ -58,15 +58,12 @@ def run(path: str, stamp: str, answer: Answer) -> int:
     global _executor
     import wasmtime  # noqa: F401  (what every shim needs, loaded before any fork)
 
-    from wasmctr.image import home
-    from wasmctr.running.compile_cache import CompileCache
     from wasmctr.running.executor import Executor
     from wasmctr.sandbox import seccomp
 
     from . import events, native, tasks, ttrpc, verbs  # noqa: F401
 
-    # code shared through the page cache by every pod
-    _executor = Executor(CompileCache(home.compile_cache_dir(home.store_root())), map_cached_code=True)
+    _executor = Executor.for_store(map_cached_code=True)  # code shared through the page cache by every pod
     _executor.warm()
     seccomp.allowlist(False)  # the container filter, built once for every shim (and guest) forked below
 

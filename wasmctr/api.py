@@ -338,11 +338,9 @@ def _registry_host(registry: str) -> str:
 
 def _executor(store: Store | None = None, map_cached_code: bool = False) -> Executor:
     """An executor whose compile cache lives in the store (`Executor` says when to map cached code)."""
-    from wasmctr.image import home
-    from wasmctr.running.compile_cache import CompileCache
     from wasmctr.running.executor import Executor
 
-    return Executor(CompileCache(home.compile_cache_dir(_store(store).root)), map_cached_code)
+    return Executor.for_store(_store(store).root, map_cached_code)
 
 
 def _device_dir(names: list[str], cleanup: list[Path]) -> Path:
@@ -493,9 +491,8 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
             from wasmctr.running import isolated
 
             spec.stdin, popen_stdin = source.popen()
-            assert runner.cache is not None
-            outcome, got_out, got_err = isolated.run(spec, runner.cache.directory, popen_stdin, out.popen(),
-                                                     err.popen(), source.data)
+            outcome, got_out, got_err = isolated.run(spec, st.root, popen_stdin, out.popen(), err.popen(),
+                                                     source.data)
             out.deliver(got_out)
             err.deliver(got_err)
         else:

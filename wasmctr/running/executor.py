@@ -1,7 +1,7 @@
 """The executor: run one WASI guest (preview 1 module or preview 2 component) under a sandbox.
 
 One API for every caller (`wasmctr run`, the containerd shim, the OCI runtime CLI), after runwasi's
-engine trait: `can_handle(spec)`, `precompile(path)`, and `run(spec) -> Outcome`, which is
+engine trait: `precompile(path)` and `run(spec) -> Outcome`, which is
 `start(prepare(spec))` (the shims prepare before they fork a container). A `RunSpec` says what the
 guest may reach, and nothing else is reachable:
 
@@ -40,7 +40,7 @@ from typing import Any, NoReturn
 from wasmctr import diagnostics
 from wasmctr.errors import ExecutorError
 from wasmctr.image import digest as digests
-from wasmctr.image import inroot, wasm
+from wasmctr.image import inroot
 from wasmctr.record import record
 from wasmctr.running import policy as policies
 from wasmctr.running.compile_cache import CompileCache, key
@@ -102,19 +102,22 @@ class Executor:
         self._digests: dict[tuple[int, int, int, int], str] = {}
         self._lock = threading.Lock()
 
+    @classmethod
+    def for_store(cls, root: Path | None = None, map_cached_code: bool = False) -> Executor:
+        """The executor every caller makes: its compile cache is that of the store at `root` (default
+        `home.store_root()`, the user's store), which this does not open: wasmctr-runtime's `create`, a
+        new interpreter per container, reaches the cache without importing the store."""
+        from wasmctr.image import home
+
+        return cls(CompileCache(home.compile_cache_dir(root if root is not None else home.store_root())),
+                   map_cached_code)
+
     # -- the engine trait ---------------------------------------------------------------------------
 
     def warm(self) -> None:
         """Create the default engine now: the shim's template process does, so that every shim it forks
         (and every guest those fork) shares the engine's pages instead of building its own."""
         self._engine(False)
-
-    def can_handle(self, spec: RunSpec) -> bool:
-        try:
-            with open(spec.wasm, "rb") as f:
-                return wasm.sniff(f.read(8)) is not None
-        except OSError:
-            return False
 
     def precompile(self, path: Path, digest: str | None = None, fuel: bool = False) -> bool:
         """Compile (or load from the cache) ahead of the first run and keep the code loaded, so that a

@@ -4,14 +4,13 @@ A guest runs on a thread, and a thread blocked in a host call (a read of a pipe 
 sleep) cannot be killed; only its process can. `wasmctr.run(..., timeout=...)` therefore runs the
 guest in a new interpreter (`python -m wasmctr.running.isolated`), spawned rather than forked: neither the
 caller's threads nor the engine's survive a fork. The child reads the run's spec from one pipe, runs
-it with the deadline, stopping itself hard if it must, and writes its outcome to another (`report`).
-`confined.py`'s forked child reports the same way.
+it with the deadline, stopping itself hard if it must, and writes its outcome to another, as a
+container process reports its own (`report.py`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import pickle
 import signal
@@ -20,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from wasmctr.errors import ExecutorError, WasmctrError
+from wasmctr.running import report
 from wasmctr.running.executor import Outcome, RunSpec
 
 # past the guest's own deadline and grace, how long the child may take to start and report before it
@@ -28,33 +27,11 @@ from wasmctr.running.executor import Outcome, RunSpec
 BACKSTOP_SECONDS = 60
 
 
-def report(fd: int, result: Outcome | BaseException) -> None:
-    """Send how a guest ended (or why it could not start) to the parent."""
-    if isinstance(result, Outcome):
-        data = json.dumps([result.exit_code, result.reason, result.message])
-    else:  # a WasmctrError as raised, the parameters it names still marked: the parent's caller spells them
-        data = json.dumps({"error": result.args[0] if isinstance(result, WasmctrError) else str(result)})
-    with contextlib.suppress(OSError):
-        os.write(fd, data.encode())
-
-
-def outcome_of(data: bytes, status: int) -> Outcome:
-    """What the child reported; where it reported nothing (killed), its exit status."""
-    reported = json.loads(data) if data else None
-    if isinstance(reported, dict):
-        raise ExecutorError(str(reported.get("error")))
-    if isinstance(reported, list):
-        return Outcome(int(reported[0]), str(reported[1]), str(reported[2]))
-    code = os.waitstatus_to_exitcode(status)
-    if code < 0:
-        return Outcome(128 - code, "signal", f"guest stopped by signal {-code}")
-    return Outcome(code, "signal")
-
-
-def run(spec: RunSpec, cache: Path, stdin: Any, stdout: Any, stderr: Any,
+def run(spec: RunSpec, store_root: Path, stdin: Any, stdout: Any, stderr: Any,
         data: bytes | None) -> tuple[Outcome, bytes | None, bytes | None]:
     """Run `spec` (its stdio inherited) in a child whose stdio Popen sets up from `stdin`, `stdout` and
-    `stderr`; returns the outcome and what came back on pipes, as `Popen.communicate` does."""
+    `stderr`, with the compile cache of the store at `store_root`; returns the outcome and what came
+    back on pipes, as `Popen.communicate` does."""
     spec_r, spec_w = os.pipe()
     report_r, report_w = os.pipe()
     try:
@@ -63,43 +40,44 @@ def run(spec: RunSpec, cache: Path, stdin: Any, stdout: Any, stderr: Any,
     finally:
         os.close(spec_r)
         os.close(report_w)
-    with child, os.fdopen(report_r, "rb") as reports:
+    reader = report.Reader(report_r)
+    with child:
         try:
             with os.fdopen(spec_w, "wb") as specs:  # read at once by the child, before it writes anything
-                pickle.dump((spec, str(cache)), specs)
+                pickle.dump((spec, str(store_root)), specs)
             out, err = child.communicate(data, timeout=(spec.timeout or 0) + BACKSTOP_SECONDS)
         except BaseException:  # interrupted, or wedged: stop the guest as `wasmctr run` stops one
+            reader.close()
             child.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.communicate(timeout=BACKSTOP_SECONDS)
             child.kill()
             raise
         status = child.wait()
-        return outcome_of(reports.read(), _wait_status(status)), out, err
+    return reader.outcome(_wait_status(status)), out, err
 
 
 def _wait_status(returncode: int) -> int:
-    """Popen's returncode (negative for a signal) as the wait status `outcome_of` reads."""
+    """Popen's returncode (negative for a signal) as the wait status `Reader.outcome` reads."""
     return -returncode if returncode < 0 else returncode << 8
 
 
 def _child(spec_fd: int, report_fd: int) -> NoReturn:
-    from wasmctr.running.compile_cache import CompileCache
     from wasmctr.running.executor import Executor
 
     def stop_hard(outcome: Outcome) -> NoReturn:
-        report(report_fd, outcome)
+        report.send(report_fd, outcome)
         os._exit(outcome.exit_code)
 
     code = 125
     try:
         with os.fdopen(spec_fd, "rb") as specs:
-            spec, cache = pickle.load(specs)
-        outcome = Executor(CompileCache(Path(cache)), map_cached_code=True).run(spec, hard_stop=stop_hard)
-        report(report_fd, outcome)
+            spec, store_root = pickle.load(specs)
+        outcome = Executor.for_store(Path(store_root), map_cached_code=True).run(spec, hard_stop=stop_hard)
+        report.send(report_fd, outcome)
         code = outcome.exit_code
     except BaseException as exc:  # noqa: BLE001 - the parent raises it; nothing else may print
-        report(report_fd, exc)
+        report.send(report_fd, exc)
     finally:
         with contextlib.suppress(OSError):
             sys.stdout.flush()

@@ -24,6 +24,9 @@ if TYPE_CHECKING:  # the runtime CLI's start, state and delete read config.json 
     from wasmctr.running.executor import RunSpec
 
 ANNOTATION_PREFIX = "wasmctr.io/"
+HANDLER_ANNOTATION = "run.oci.handler"  # crun's and CRI-O's
+VARIANT_ANNOTATION = "module.wasm.image/variant"  # the compat image format's
+CONTAINER_TYPE_ANNOTATION = "io.kubernetes.cri.container-type"  # containerd's CRI: `sandbox` or `container`
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # runc's, when env has none
 KERNEL_FILESYSTEMS = {"proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2", "tmpfs", "shm"}
 # the run parameters an annotation sets, as an error about one names it (`WasmctrError.spelled`)
@@ -141,6 +144,25 @@ def _lookup(rootfs: Path, process: dict[str, Any], name: str) -> Path | None:
 
 
 def is_wasm(bundle: Path, config: dict[str, Any]) -> bool:
+    """Whether the bundle is a wasm container: the one answer the shim and wasmctr-runtime both give
+    (the rest go to runc). A pod's sandbox (`io.kubernetes.cri.container-type` `sandbox`) never is.
+    Otherwise, as crun decides it: annotation `run.oci.handler` `wasm`, or `module.wasm.image/variant`
+    `compat`, says it is; their `-smart` variants say it is if `process.args[0]` also ends in `.wasm`
+    or `.wat` and is WebAssembly; with neither, it is if `process.args[0]` is a WebAssembly file in
+    the rootfs (its magic)."""
+    annotations = config.get("annotations") or {}
+    if annotations.get(CONTAINER_TYPE_ANNOTATION) == "sandbox":
+        return False
+    handler = annotations.get(HANDLER_ANNOTATION) or annotations.get(VARIANT_ANNOTATION)
+    if handler in ("wasm", "compat"):
+        return True
+    if handler in ("wasm-smart", "compat-smart"):
+        args = (config.get("process") or {}).get("args") or []
+        return bool(args) and args[0].endswith((".wasm", ".wat")) and _has_wasm_program(bundle, config)
+    return _has_wasm_program(bundle, config)
+
+
+def _has_wasm_program(bundle: Path, config: dict[str, Any]) -> bool:
     program = program_of(bundle, config)
     return program is not None and _sniff(program)
 
@@ -190,5 +212,10 @@ def spec_from_bundle(bundle: Path, config: dict[str, Any]) -> RunSpec:
             memory_limit=int(memory) if memory and int(memory) > 0 else None,
             timeout=parse_duration(timeout) if timeout else None, fuel=int(fuel) if fuel else None, policy=policy)
     except (WasmctrError, ValueError) as exc:
-        raise ExecutorError("bad wasmctr annotation: " + (exc.spelled(ANNOTATIONS) if isinstance(exc, WasmctrError)
-                                                          else str(exc))) from None
+        raise ExecutorError("bad wasmctr annotation: " + explain(exc)) from None
+
+
+def explain(exc: BaseException) -> str:
+    """An error's message as a runtime's caller reads it: a setting it names spelled as the annotation
+    that carries it under containerd (`wasmctr.io/deny-wasi`), not as the Python parameter."""
+    return exc.spelled(ANNOTATIONS) if isinstance(exc, WasmctrError) else str(exc)
