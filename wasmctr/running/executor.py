@@ -128,7 +128,8 @@ class Executor:
     def load(self, path: Path, digest: str | None = None) -> tuple[Any, Any]:
         """The default engine and the guest's code (loaded, cached), for a caller that links the guest
         itself: the HTTP host (`wasmctr.running.http`) serves a proxy component through its own linker."""
-        return self._engine(False), self._code(path, digest, False)[0]
+        program = self._code(path, digest, False)[0]
+        return program.engine, program.code
 
     def run(self, spec: RunSpec, hard_stop: HardStop | None = None) -> Outcome:
         return self.start(self.prepare(spec), hard_stop)
