@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_one_line_error, wasmctr
+from services import wait_for
 
 GUESTS = Path(__file__).resolve().parent / "guests" / "http"
 NAMES = ("hello", "echo", "trap", "spin")
@@ -195,9 +196,12 @@ def test_over_max_concurrent_connections_are_answered_503(proxies, compiled_home
 def test_workers_share_the_socket_and_stop_on_sigint_and_sigterm(proxies, compiled_home) -> None:
     for signum, code in ((signal.SIGINT, 0), (signal.SIGTERM, 143)):
         with serving(proxies["hello"], compiled_home, "--workers", "2") as server:
-            children = subprocess.run(["ps", "--ppid", str(server.proc.pid), "-o", "pid="], capture_output=True,
+            def workers() -> list[str]:
+                return subprocess.run(["ps", "--ppid", str(server.proc.pid), "-o", "pid="], capture_output=True,
                                       text=True).stdout.split()
-            assert len(children) == 2
+
+            wait_for(lambda: len(workers()) == 2, what="two workers")  # forked after the line saying where
+            children = workers()
             assert all(server.get("/")[0] == 200 for _ in range(6))
             server.proc.send_signal(signum)
             assert server.proc.wait(timeout=60) == code
