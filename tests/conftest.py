@@ -1,8 +1,9 @@
-"""Shared fixtures: an isolated store per test, the real `wasmctr` CLI, and wasm binaries built for real
-(WAT through wasmtime, C through zig)."""
+"""Shared fixtures: an isolated store per test, the real `wasmctr` and `wasmctr-runtime` CLIs (and a granted
+directory and an OCI bundle to give them), and wasm binaries built for real (WAT through wasmtime, C through zig)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -95,6 +96,51 @@ def wasmctr(*args: str, check: bool = True, env: dict[str, str] | None = None,
     if check and proc.returncode != 0:
         raise AssertionError(f"wasmctr {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
     return proc
+
+
+EXE = str(Path(sys.executable).parent / "wasmctr")
+"""The installed `wasmctr` console script, for the tests that start it themselves (a Popen, a pipe of their own)."""
+
+
+def run(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    """`wasmctr run ARGS`, unchecked: the test reads the exit code and the output itself."""
+    return wasmctr("run", *args, check=False, **kwargs)
+
+
+@pytest.fixture
+def granted(tmp_path: Path) -> Path:
+    """A directory to grant, with a symlink inside it pointing at a secret outside."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("host secret")
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "ok.txt").write_text("granted content")
+    (data / "escape").symlink_to(secret)
+    (data / "escape-dir").symlink_to(tmp_path)
+    return data
+
+
+WASMCTR_RUNTIME = str(Path(sys.executable).parent / "wasmctr-runtime")
+"""The installed runc-compatible CLI."""
+
+
+def runtime(root: Path, *args: str, log: Path | None = None) -> subprocess.CompletedProcess[str]:
+    extra = ["--log", str(log), "--log-format", "json"] if log else []
+    return subprocess.run([WASMCTR_RUNTIME, "--root", str(root), *extra, *args], capture_output=True, text=True,
+                          timeout=30)
+
+
+@pytest.fixture
+def bundle(tmp_path: Path, hostile_wasm: Path) -> Path:
+    """An OCI bundle whose process is hostile.wasm spinning, for wasmctr-runtime and the shim's Task API."""
+    bundle = tmp_path / "bundle"
+    (bundle / "rootfs").mkdir(parents=True)
+    shutil.copy(hostile_wasm, bundle / "rootfs" / "app.wasm")
+    config = {"ociVersion": "1.0.2", "root": {"path": "rootfs", "readonly": True},
+              "process": {"args": ["/app.wasm", "spin"], "env": [], "cwd": "/"},
+              "annotations": {"run.oci.handler": "wasm"}}
+    (bundle / "config.json").write_text(json.dumps(config))
+    return bundle
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:

@@ -1,5 +1,6 @@
 """Real services for the tests, started on 127.0.0.1 and stopped afterwards: Debian's `docker-registry`
-(plain, or with htpasswd and TLS from a CA made here with openssl) and `containerd`."""
+(plain, or with htpasswd and TLS from a CA made here with openssl) and `containerd`, with the `ctr run`
+helpers the shim's tests share."""
 
 from __future__ import annotations
 
@@ -398,3 +399,38 @@ class Dockerd:
                 self.proc.wait()
         subprocess.run(["umount", "-R", str(self.directory / "exec")], capture_output=True)
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# containerd-shim-wasmctr-v1 through `ctr`, as the tests/test_shim_*.py files drive it
+
+SHIM_RUNTIME = ["--runtime", "io.containerd.wasmctr.v1"]
+
+
+def ctr_run(containerd, *args: str, input: str | None = None, timeout: float = 60):  # type: ignore[no-untyped-def]
+    return subprocess.run(["ctr", "--address", str(containerd.socket), "run", *SHIM_RUNTIME, "--platform",
+                           "wasi/wasm", *args], capture_output=True, text=True, input=input, timeout=timeout)
+
+
+def leftovers(containerd) -> dict[str, list[str]]:  # type: ignore[no-untyped-def]
+    shims = containerd.shim_servers()
+    mounts = [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(containerd.directory)
+              in line]
+    sockets = [p.name for p in containerd.shims.glob("*.sock") if not p.name.startswith("template-")]
+    tasks = containerd.ctr("task", "ls", "-q").stdout.split()
+    return {k: v for k, v in {"shims": shims, "mounts": mounts, "sockets": sockets, "tasks": tasks}.items() if v}
+
+
+def wait_for_nothing_left(containerd, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while leftovers(containerd) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not leftovers(containerd)
+
+
+def delete_task(containerd, name: str) -> None:  # type: ignore[no-untyped-def]
+    """Delete a killed task: once it has stopped (a kill returns before the task has), or fail."""
+    wait_for(lambda: containerd.ctr("task", "delete", name).returncode == 0, 10, f"task {name} to be deletable")
+
+
+def wait_for_status(containerd, status: str, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
+    wait_for(lambda: status in containerd.ctr("task", "ls").stdout, timeout, f"a task {status}")

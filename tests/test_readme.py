@@ -3,8 +3,8 @@
 Every `wasmctr`, `python -m ziglang` and `skopeo` line of their shell blocks runs here, in order,
 then each of their Python blocks, against a registry of the test's own (127.0.0.1:5000 in the README is
 replaced by its address). The lines that need a daemon or a host this test does not start run in their
-own tests: `ctr` and containerd (test_shim, test_runtime), `dockerd`/`docker run` and `podman`
-(test_runtime), `login` (test_registry), `./run-tests` (CI itself), and the registry's two lines and `./demo`
+own tests: `ctr` and containerd (test_shim_*, test_runtime_engines), `dockerd`/`docker run` and `podman`
+(test_runtime_engines), `login` (test_registry), `./run-tests` (CI itself), and the registry's two lines and `./demo`
 (below).
 """
 
