@@ -90,7 +90,7 @@ def test_component_in_compat_image_is_detected(component_wasm: Path) -> None:
     assert "component" in out.stdout
     info = api.inspect("comp:compat")
     assert info["wasm"] == {"kind": "component", "path": "/component.wasm",
-                            "imports": ["wasi:cli/environment@0.2.0"]}
+                            "imports": ["wasi:cli/environment@0.2.0"], "world": "command"}
 
 
 def test_platform_list_builds_an_index_sharing_one_layer(hello_wasm: Path) -> None:
