@@ -39,7 +39,9 @@ def open_stdio(path: str, mode: int) -> int:
     there is none.
 
     A FIFO for stdin is opened non-blocking (nobody may ever write to it without `-i`) and then made
-    blocking, so that the guest reads what arrives and sees EOF when containerd closes its end.
+    blocking, so that the guest reads what arrives and sees EOF when containerd closes its end. A FIFO
+    for output is opened non-blocking too, which fails (ENXIO) where nobody reads it (a client that gave
+    up on its Create): a blocking open would wait for a reader forever, and Create with it.
     """
     if not path:
         return os.open(os.devnull, os.O_RDWR)
@@ -49,7 +51,9 @@ def open_stdio(path: str, mode: int) -> int:
         os.set_blocking(target, True)
         return target
     if _is_fifo(path):
-        return os.open(path, os.O_WRONLY)
+        target = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        os.set_blocking(target, True)
+        return target
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
 

@@ -289,3 +289,26 @@ def test_hash_entrypoints_through_containerd(containerd, images) -> None:  # typ
     assert "the guest has no export 'nope'; it exports: _start, add, hello, memory" in missing.stderr
     containerd.ctr("container", "delete", "func-missing")
     wait_for_nothing_left(containerd)
+
+
+def test_an_output_fifo_nobody_reads_fails_at_once_instead_of_blocking(tmp_path: Path) -> None:
+    """A client that gave up on its Create (a ctr deadline) leaves FIFOs with no reader: the container
+    process blocked opening one, never became ready, and the shim, waiting for it, served nothing more."""
+    import errno
+
+    from wasmctr_node.stdio import open_stdio
+
+    fifo = tmp_path / "stdout"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError) as nobody:
+        open_stdio(str(fifo), os.O_WRONLY)
+    assert nobody.value.errno == errno.ENXIO
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        writer = open_stdio(str(fifo), os.O_WRONLY)
+        assert os.get_blocking(writer)  # the guest's writes wait for containerd, as with a plain open
+        os.write(writer, b"hi")
+        assert os.read(reader, 2) == b"hi"
+        os.close(writer)
+    finally:
+        os.close(reader)

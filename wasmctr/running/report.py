@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
+import time
 from typing import Any
 
 from wasmctr.errors import ExecutorError, WasmctrError
@@ -51,10 +53,14 @@ class Reader:
         self.fd = fd
         self._pending = b""
 
-    def ready(self) -> str | None:
-        """Block until the process says it is ready (None) or ends first: then the error it gave, or a
-        plain reason."""
+    def ready(self, timeout: float) -> str | None:
+        """Wait until the process says it is ready (None) or ends first: then the error it gave, or a
+        plain reason; TimeoutError if it does neither within `timeout` seconds (blocked where it should
+        not be: its parent, which may hold a lock while it waits, must not wait with it)."""
+        deadline = time.monotonic() + timeout
         while b"\n" not in self._pending:
+            if not select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                raise TimeoutError(f"the container process was not ready within {timeout:g} s")
             chunk = os.read(self.fd, 4096)
             if not chunk:
                 break

@@ -40,6 +40,10 @@ from wasmctr.sandbox import landlock, namespaces, privileges, seccomp
 
 EXIT_NEVER_STARTED = 137  # a container deleted before it was started ends as one killed
 EXIT_FAILED = 125  # the container process could not run its guest
+# what a container process may take from its fork to ready (namespaces, preopens, ids, filters: well under
+# a second); past it, it is stuck (an open that waits) and is killed, so that Create fails and the shim,
+# which forks one container at a time, goes on
+READY_SECONDS = 30
 
 
 class Cgroup(Protocol):
@@ -128,7 +132,11 @@ class Container:
         """In the parent: None once the container process is ready; else why it is not, once it has been
         reaped (nothing of it is left)."""
         assert self.report is not None
-        failure = self.report.ready()
+        try:
+            failure = self.report.ready(READY_SECONDS)
+        except TimeoutError as stuck:
+            os.kill(pid, signal.SIGKILL)  # not reaped yet: the pid is still this child's
+            failure = str(stuck)
         if failure is not None:
             os.waitpid(pid, 0)
             self.report.close()
