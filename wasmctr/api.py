@@ -482,7 +482,7 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
         runner = _executor(st, map_cached_code=True)  # this process, or its forked --user child, closes nothing
         from wasmctr.running.http import serving
 
-        if serving.is_proxy(spec.wasm):
+        if serving.is_proxy(runner, spec):
             outcome = serving.serve(runner, spec, serve or serving.ServeOptions())
         elif serve is not None and serve.publish is not None:
             raise UsageError(f"{_p('serve')}: the guest is not a wasi:http proxy component (it exports no "
