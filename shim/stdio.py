@@ -10,6 +10,7 @@ does: the query becomes its arguments (`k v`), its environment is `CONTAINER_ID`
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import select
@@ -23,6 +24,7 @@ from wasmctr.errors import WasmctrError
 
 READY_TIMEOUT = 10.0  # containerd's own bound on a logging binary's start
 STOP_TIMEOUT = 5.0
+FIFO_READER_SECONDS = 10.0  # as long as a logging binary may take to start: ctr opens its end meanwhile
 
 
 def is_binary_uri(uri: str) -> bool:
@@ -40,8 +42,9 @@ def open_stdio(path: str, mode: int) -> int:
 
     A FIFO for stdin is opened non-blocking (nobody may ever write to it without `-i`) and then made
     blocking, so that the guest reads what arrives and sees EOF when containerd closes its end. A FIFO
-    for output is opened non-blocking too, which fails (ENXIO) where nobody reads it (a client that gave
-    up on its Create): a blocking open would wait for a reader forever, and Create with it.
+    for output waits for its reader (ctr opens its end while Create is under way) at most
+    `FIFO_READER_SECONDS`, then fails with ENXIO: a client that gave up on its Create leaves no reader, and
+    a blocking open would wait forever, and Create with it.
     """
     if not path:
         return os.open(os.devnull, os.O_RDWR)
@@ -51,10 +54,24 @@ def open_stdio(path: str, mode: int) -> int:
         os.set_blocking(target, True)
         return target
     if _is_fifo(path):
-        target = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        return _open_fifo_for_writing(path, FIFO_READER_SECONDS)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+
+def _open_fifo_for_writing(path: str, wait: float) -> int:
+    """The FIFO opened for writing, blocking, once it has a reader; OSError(ENXIO) if none comes in `wait`
+    seconds. (A non-blocking open is the only one that does not wait; it is retried.)"""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            target = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+            continue
         os.set_blocking(target, True)
         return target
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
 
 def move(source: int, fd: int) -> None:

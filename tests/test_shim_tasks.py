@@ -291,24 +291,31 @@ def test_hash_entrypoints_through_containerd(containerd, images) -> None:  # typ
     wait_for_nothing_left(containerd)
 
 
-def test_an_output_fifo_nobody_reads_fails_at_once_instead_of_blocking(tmp_path: Path) -> None:
+def test_an_output_fifo_waits_a_bounded_time_for_its_reader(tmp_path: Path) -> None:
     """A client that gave up on its Create (a ctr deadline) leaves FIFOs with no reader: the container
-    process blocked opening one, never became ready, and the shim, waiting for it, served nothing more."""
+    process blocked opening one forever, never became ready, and the shim, waiting for it, served nothing
+    more. Now a reader that comes while Create is under way (as ctr opens its end) is waited for, and
+    one that never comes fails the open (ENXIO) once the wait is over."""
     import errno
+    import threading
 
-    from wasmctr_node.stdio import open_stdio
+    from wasmctr_node.stdio import _open_fifo_for_writing
 
     fifo = tmp_path / "stdout"
     os.mkfifo(fifo)
     with pytest.raises(OSError) as nobody:
-        open_stdio(str(fifo), os.O_WRONLY)
+        _open_fifo_for_writing(str(fifo), 0.2)
     assert nobody.value.errno == errno.ENXIO
-    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    readers: list[int] = []
+    late = threading.Timer(0.3, lambda: readers.append(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)))
+    late.start()
     try:
-        writer = open_stdio(str(fifo), os.O_WRONLY)
-        assert os.get_blocking(writer)  # the guest's writes wait for containerd, as with a plain open
+        writer = _open_fifo_for_writing(str(fifo), 30)
+        assert readers and os.get_blocking(writer)  # the guest's writes wait for containerd
         os.write(writer, b"hi")
-        assert os.read(reader, 2) == b"hi"
+        assert os.read(readers[0], 2) == b"hi"
         os.close(writer)
     finally:
-        os.close(reader)
+        late.join()
+        for fd in readers:
+            os.close(fd)
