@@ -6,6 +6,7 @@ And push and pull with one that sends our credentials' holders elsewhere on loop
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import hashlib
 import json
@@ -218,17 +219,28 @@ def test_a_bad_blob_cap_setting_is_refused_not_ignored(liar: LyingRegistry) -> N
         assert_one_line_error(proc, 2, "WASMCTR_MAX_BLOB_MIB")
 
 
+BASIC = base64.b64encode(b"alice:s3cret-pw").decode()
+
+
+@contextlib.contextmanager
+def tattler_image(hello_wasm: Path, docker_config: Path, tattler: Tattler) -> Iterator[str]:
+    """An image built for `tattler`, whose credentials (BASIC) are in the Docker config; stops it after."""
+    try:
+        (docker_config / "config.json").write_text(json.dumps({"auths": {tattler.host: {"auth": BASIC}}}))
+        ref = f"{tattler.host}/app:1"
+        wasmctr("build", str(hello_wasm), "-t", ref)
+        yield ref
+    finally:
+        tattler.stop()
+
+
 @pytest.mark.parametrize("elsewhere", [False, True], ids=["realm-and-transfers-at-home", "elsewhere"])
 def test_credentials_go_to_their_registry_alone(elsewhere: bool, hello_wasm: Path, docker_config: Path,
                                                tmp_path: Path) -> None:
     """Our password went to a token realm on another host over plain HTTP, and the registry's Bearer token
     to an upload Location on another host. Both now stay at home; the same flow at home still gets them."""
     tattler = Tattler(*(("127.0.0.2", "127.0.0.3") if elsewhere else ("127.0.0.1", "127.0.0.1")))
-    try:
-        basic = base64.b64encode(b"alice:s3cret-pw").decode()
-        (docker_config / "config.json").write_text(json.dumps({"auths": {tattler.host: {"auth": basic}}}))
-        ref = f"{tattler.host}/app:1"
-        wasmctr("build", str(hello_wasm), "-t", ref)
+    with tattler_image(hello_wasm, docker_config, tattler) as ref:
         wasmctr("push", ref)
         wasmctr("pull", ref, env={"WASMCTR_HOME": str(tmp_path / "fresh")})
         to_realm = {auth for _, _, path, auth in tattler.seen if path.startswith("/token")}
@@ -238,26 +250,18 @@ def test_credentials_go_to_their_registry_alone(elsewhere: bool, hello_wasm: Pat
             assert to_realm == uploads == downloads == {""}
             assert not any(auth for address, *_, auth in tattler.seen if address != "127.0.0.1")
         else:
-            assert to_realm == {f"Basic {basic}"}
+            assert to_realm == {f"Basic {BASIC}"}
             assert uploads == downloads == {f"Bearer {Tattler.TOKEN}"}
-    finally:
-        tattler.stop()
 
 
 def test_an_upload_location_elsewhere_that_asks_for_credentials_gets_none(hello_wasm: Path,
                                                                           docker_config: Path) -> None:
     tattler = Tattler(transfer_challenges=True)
-    try:
-        basic = base64.b64encode(b"alice:s3cret-pw").decode()
-        (docker_config / "config.json").write_text(json.dumps({"auths": {tattler.host: {"auth": basic}}}))
-        ref = f"{tattler.host}/app:1"
-        wasmctr("build", str(hello_wasm), "-t", ref)
+    with tattler_image(hello_wasm, docker_config, tattler) as ref:
         assert_one_line_error(wasmctr("push", ref, check=False), 1,
                               f"http://127.0.0.3:{tattler.port} asked for credentials", f"go to {tattler.host} alone")
         assert tattler.authorizations("127.0.0.3") and not any(tattler.authorizations("127.0.0.3"))
         assert not any(tattler.authorizations("127.0.0.2"))
-    finally:
-        tattler.stop()
 
 
 def test_a_url_that_parses_as_ours_but_connects_elsewhere_gets_no_credentials(hello_wasm: Path,
@@ -265,13 +269,7 @@ def test_a_url_that_parses_as_ours_but_connects_elsewhere_gets_no_credentials(he
     """`http://127.0.0.3:P\\@127.0.0.1:P/...`: urllib.parse said 127.0.0.1 (ours), and requests connected to
     127.0.0.3 with our Authorization. The realm and every transfer here are written that way."""
     tattler = Tattler(disguised=True)
-    try:
-        basic = base64.b64encode(b"alice:s3cret-pw").decode()
-        (docker_config / "config.json").write_text(json.dumps({"auths": {tattler.host: {"auth": basic}}}))
-        ref = f"{tattler.host}/app:1"
-        wasmctr("build", str(hello_wasm), "-t", ref)
+    with tattler_image(hello_wasm, docker_config, tattler) as ref:
         wasmctr("push", ref, check=False)  # however far it gets, nothing of ours may leave 127.0.0.1
         elsewhere = [auth for address, *_, auth in tattler.seen if address != "127.0.0.1"]
         assert elsewhere and not any(elsewhere), tattler.seen
-    finally:
-        tattler.stop()

@@ -182,6 +182,11 @@ def confined(script: str, setup: str = "", network: bool = False, profile: dict 
             except OSError as exc:
                 return exc.errno
             return 0
+
+        libc = ctypes.CDLL(None, use_errno=True)
+
+        def failed(result):  # a libc call's errno where it returned -1, else 0
+            return ctypes.get_errno() if result == -1 else 0
         """)
     confine = textwrap.dedent(f"""
         privileges.drop({{"capabilities": {{n: ["CAP_CHOWN"] for n in ("bounding", "effective", "permitted")}}}})
@@ -210,18 +215,15 @@ def test_the_container_filter_lets_a_guest_run_and_refuses_what_no_guest_needs(h
 
     out = tmp_path / "out.txt"
     result = confined(f"""
-        libc = ctypes.CDLL(None, use_errno=True)
-        def libc_errno(result):
-            return ctypes.get_errno() if result != 0 else 0
         print(json.dumps({{
             "guest": executor.start(guest).exit_code,
             "execve": errno_of(lambda: os.execv("/bin/true", ["true"])),
             "socket": errno_of(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM)),
-            "ptrace": libc_errno(libc.ptrace(16, os.getppid(), 0, 0)),  # PTRACE_ATTACH
-            "mount": libc_errno(libc.mount(b"none", {str(tmp_path).encode()!r}, b"tmpfs", 0, None)),
-            "unshare": libc_errno(libc.unshare(0x10000000)),  # CLONE_NEWUSER
-            "prctl PR_SET_NAME": libc_errno(libc.prctl(15, b"named", 0, 0, 0)),
-            "prctl PR_SET_DUMPABLE": libc_errno(libc.prctl(4, 1, 0, 0, 0))}}))
+            "ptrace": failed(libc.ptrace(16, os.getppid(), 0, 0)),  # PTRACE_ATTACH
+            "mount": failed(libc.mount(b"none", {str(tmp_path).encode()!r}, b"tmpfs", 0, None)),
+            "unshare": failed(libc.unshare(0x10000000)),  # CLONE_NEWUSER
+            "prctl PR_SET_NAME": failed(libc.prctl(15, b"named", 0, 0, 0)),
+            "prctl PR_SET_DUMPABLE": failed(libc.prctl(4, 1, 0, 0, 0))}}))
         """, setup=guest_setup(hostile_wasm, tmp_path, out))
     assert out.read_text() == "fs ok\n"
     assert result == {"guest": 0, "execve": errno.EPERM, "socket": errno.EPERM, "ptrace": errno.EPERM,
@@ -249,9 +251,6 @@ def test_a_spec_profiles_argument_rules_match_only_their_arguments() -> None:
         {"names": ["fcntl"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38,
          "args": [{"index": 1, "value": 0xF, "valueTwo": 3, "op": "SCMP_CMP_MASKED_EQ"}]}]}  # F_GETFL, not F_GETFD
     result = confined("""
-        libc = ctypes.CDLL(None, use_errno=True)
-        def failed(result):
-            return ctypes.get_errno() if result == -1 else 0
         print(json.dumps({"PR_SET_NAME": failed(libc.prctl(15, b"named", 0, 0, 0)),
                           "PR_GET_NAME": failed(libc.prctl(16, ctypes.create_string_buffer(16), 0, 0, 0)),
                           "F_GETFL": failed(libc.fcntl(0, 3)), "F_GETFD": failed(libc.fcntl(0, 1))}))
@@ -266,9 +265,6 @@ def test_a_spec_profiles_repeated_argument_is_split_and_an_unknown_name_skipped(
         {"names": ["no_such_call", "prctl"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13,
          "args": [{"index": 0, "value": 15, "op": "SCMP_CMP_EQ"}, {"index": 0, "value": 16, "op": "SCMP_CMP_EQ"}]}]}
     result = confined("""
-        libc = ctypes.CDLL(None, use_errno=True)
-        def failed(result):
-            return ctypes.get_errno() if result == -1 else 0
         print(json.dumps({"PR_SET_NAME": failed(libc.prctl(15, b"named", 0, 0, 0)),
                           "PR_GET_NAME": failed(libc.prctl(16, ctypes.create_string_buffer(16), 0, 0, 0)),
                           "PR_GET_SECCOMP": failed(libc.prctl(21, 0, 0, 0, 0))}))
