@@ -29,7 +29,8 @@ _FLAGS = {
     "all_platforms=True": "--all-platforms", "devices": "--device", "user": "--user", "memory": "-m",
     "fuel": "--fuel", "env_files": "--env-file", "volumes": "-v", "tmpfs": "--tmpfs",
     "syscall_policy": "--syscall-policy", "deny_wasi": "--deny-wasi", "allow_wasi": "--allow-wasi",
-    "network=True": "--network host", "serve": "-p", "publish": "-p",
+    "network=True": "--network host", "serve": "-p", "publish": "-p", "bin_dir": "--bin-dir",
+    "containerd_version": "--containerd-version",
 }
 
 # `run` exits with the guest's code, so its own failures, bad flags included, use docker run's 125 rather
@@ -463,6 +464,108 @@ def image_prune(
     for image_id in removed.deleted:
         _echo(f"Deleted: {image_id}")
     _echo(f"Deleted {removed.blobs} blobs\nTotal reclaimed space: {console.size(removed.bytes)}")
+
+
+node_app = typer.Typer(name="node", help="Put wasmctr on a containerd node, and check it.",
+                       short_help="Install the shim on a containerd node, and check it", no_args_is_help=True)
+app.add_typer(node_app)
+NodeConfig = Annotated[str, typer.Option("--config", metavar="FILE", help="containerd's config, or a k3s/rke2 "
+                                                                         "template of it.")]
+BinDir = Annotated[str, typer.Option("--bin-dir", metavar="DIR", help="Where containerd finds the shim "
+                                                                      "binaries (on its PATH).")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the config's diff and change nothing.")]
+
+
+@node_app.command("install", cls=_Command, short_help="Add the wasmctr runtimes to containerd (as root)")
+def node_install(
+    config: NodeConfig = "/etc/containerd/config.toml",
+    bin_dir: BinDir = "/usr/local/bin",
+    containerd_version: Annotated[str | None, typer.Option(
+        "--containerd-version", metavar="X.Y", help="The containerd that reads the config, when it is not the "
+                                                    "one on PATH (say, k3s's).")] = None,
+    dry_run: DryRun = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Restart containerd (where systemd runs it).")] = False,
+) -> None:
+    """Link the shim binaries where containerd finds them and add runtimes wasmctr and wasmctr-shared to its
+    config, keeping every other setting (a backup goes beside it); prints the RuntimeClass manifests.
+
+    Example: sudo wasmctr node install | kubectl apply -f -
+    """
+    from pathlib import Path
+
+    from wasmctr.node import install, runtimes
+
+    change = install.install(Path(config), Path(bin_dir), containerd_version, dry_run)
+    _node_report(change, dry_run, restart)
+    if not dry_run:
+        _echo(runtimes.runtime_class_manifests(), err=False)
+
+
+@node_app.command("uninstall", cls=_Command, short_help="Remove the wasmctr runtimes from containerd")
+def node_uninstall(config: NodeConfig = "/etc/containerd/config.toml", bin_dir: BinDir = "/usr/local/bin",
+                   dry_run: DryRun = False,
+                   restart: Annotated[bool, typer.Option("--restart", help="Restart containerd (where systemd "
+                                                                           "runs it).")] = False) -> None:
+    """Take out what `wasmctr node install` added: the runtimes (the config as it was) and the links.
+
+    Example: sudo wasmctr node uninstall --dry-run
+    """
+    from pathlib import Path
+
+    from wasmctr.node import install
+
+    _node_report(install.uninstall(Path(config), Path(bin_dir), dry_run), dry_run, restart)
+
+
+def _node_report(change: Any, dry_run: bool, restart: bool) -> None:
+    """What an install or uninstall did, on stderr (stdout is for the diff or the manifests), and the restart."""
+    from wasmctr.node import install
+
+    if dry_run:
+        _echo(change.diff(), err=False)
+    for note in change.notes:
+        _echo(("would have " if dry_run else "") + note, err=True)
+    if not change.changed:
+        _echo(f"{change.config} already says so: nothing to change", err=True)
+        return
+    if dry_run:
+        return
+    backup = f"; backup: {change.backup}" if change.backup else ""
+    _echo(f"wrote {change.config} (config version {change.version}){backup}", err=True)
+    if restart:
+        _echo(install.restart_containerd(), err=True)
+    else:
+        _echo("containerd must be restarted to read it (systemctl restart containerd, or --restart)", err=True)
+
+
+@node_app.command("doctor", cls=_Command, short_help="Check that this node can run wasm pods")
+def node_doctor(
+    config: NodeConfig = "/etc/containerd/config.toml",
+    address: Annotated[str, typer.Option("--address", metavar="SOCKET", help="containerd's socket.")] = (
+        "/run/containerd/containerd.sock"),
+    format: Annotated[str, typer.Option("--format", metavar="text|json", show_default=False,
+                                        help="text (default: a line per check) or json.")] = "text",
+) -> None:
+    """Check the kernel features, containerd, its config and the shim (with a real container, removed
+    after), the shim template and the compile cache; exit 0 only when the node can run a wasm pod.
+
+    Example: sudo wasmctr node doctor --format json
+    """
+    from pathlib import Path
+
+    from wasmctr.node import doctor
+
+    if format not in ("text", "json"):
+        raise UsageError(f"--format {format!r}: expected text or json")
+    checks = doctor.examine(Path(config), Path(address))
+    healthy = all(c.verdict != doctor.FAIL for c in checks)
+    if format == "json":
+        _echo(json.dumps({"ok": healthy, "checks": [vars(c) for c in checks]}, indent=2))
+    else:
+        for check in checks:
+            _echo(check.line())
+    if not healthy:
+        sys.exit(1)
 
 
 @app.command(cls=_Command, short_help="Save an image as an OCI archive or layout")
