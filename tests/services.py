@@ -172,11 +172,14 @@ def proc_status(pid: int | str) -> dict[str, list[str]]:
 
 class Containerd:
     """A private containerd (own root, state and socket) for `ctr` interop tests; `umask` is the one it
-    runs with (and passes on to the shims it starts), -1 for the test's own."""
+    runs with (and passes on to the shims it starts), -1 for the test's own. Its config is made here
+    (`extra_config` added), or `config`, a whole file used as it is (its root, state and address are
+    the flags' all the same)."""
 
-    def __init__(self, directory: Path, extra_config: str = "", umask: int = -1) -> None:
+    def __init__(self, directory: Path, extra_config: str = "", umask: int = -1, config: Path | None = None) -> None:
         self.directory = directory
         self.extra_config = extra_config
+        self.config = config
         self.umask = umask
         self.socket = directory / "containerd.sock"
         self.shims = Path(tempfile.mkdtemp(prefix="wasmctr-shims-"))  # short: unix socket paths are <= 108
@@ -184,8 +187,9 @@ class Containerd:
 
     def start(self) -> Containerd:
         self.directory.mkdir(parents=True, exist_ok=True)
-        config = self.directory / "config.toml"
-        config.write_text(f'version = 2\n[grpc]\n  address = "{self.socket}"\n{self.extra_config}\n')
+        config = self.config or self.directory / "config.toml"
+        if self.config is None:
+            config.write_text(f'version = 2\n[grpc]\n  address = "{self.socket}"\n{self.extra_config}\n')
         log = open(self.directory / "containerd.log", "ab")
         import sys
 

@@ -51,7 +51,7 @@ class Check:
     fix: str = ""
 
     def line(self) -> str:
-        return f"{self.verdict:<4}  {self.name:<15} {self.detail}" + (f"; fix: {self.fix}" if self.fix else "")
+        return f"{self.verdict:<4}  {self.name:<19} {self.detail}" + (f"; fix: {self.fix}" if self.fix else "")
 
 
 def examine(config: Path, address: Path) -> list[Check]:
@@ -213,7 +213,7 @@ def _smoke(address: Path, table: dict[str, Any]) -> Check:
     finally:
         ctr("task", "kill", "--signal", "SIGKILL", container)
         ctr("container", "rm", container)
-        ctr("image", "rm", ref)
+        ctr("image", "rm", "--sync", ref)  # its content and snapshots too: a namespace goes only empty
         subprocess.run(["ctr", "--address", str(address), "namespaces", "rm", SMOKE_NAMESPACE],
                        capture_output=True, timeout=60)
 
