@@ -3,9 +3,10 @@
 Every `wasmctr`, `python -m ziglang` and `skopeo` line of their shell blocks runs here, in order,
 then each of their Python blocks, against a registry of the test's own (127.0.0.1:5000 in the README is
 replaced by its address). The lines that need a daemon or a host this test does not start run in their
-own tests: `ctr` and containerd (test_shim_*, test_runtime_engines), `dockerd`/`docker run` and `podman`
-(test_runtime_engines), `login` (test_registry), `./run-tests` (CI itself), and the registry's two lines and `./demo`
-(below).
+own tests: `ctr` and containerd (test_shim_*, test_runtime_engines), `wasmctr node`, which edits the
+node's containerd config (test_node, on configs of its own), `dockerd`/`docker run` and `podman`
+(test_runtime_engines), `login` (test_registry), `./run-tests` (CI itself), and the registry's two lines
+and `./demo` (below).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from conftest import REPO
 from services import free_port, wait_for
 
 ELSEWHERE = ("ctr ", "dockerd ", "docker ", "podman ", "./run-tests", "./demo", "python3 -m venv", "echo \"$TOKEN\"",
-             "printf ", "docker-registry ")
+             "printf ", "docker-registry ", "wasmctr node ")
 
 
 # the README, then the pages it links to, in the order a reader follows them (running.md uses what the
