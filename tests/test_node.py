@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import assert_one_line_error, wasmctr
+from conftest import REPO, assert_one_line_error, wasmctr
 from cri.node import Node, node_images
 from services import Containerd
 
@@ -255,3 +255,20 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
     assert_one_line_error(install(config, tmp_path / "bin", check=False), 2, "edit it by hand")
     assert config.read_text() == inline
     assert_one_line_error(wasmctr("node", "doctor", "--format", "xml", check=False), 2, "--format")
+
+
+def test_a_node_configured_by_hand_from_the_example_is_taken_over(tmp_path: Path) -> None:
+    """The runtimes examples/kubernetes had operators write by hand: install adds the shims' path in place
+    (their comments stay), uninstall takes the tables out."""
+    config, bin_dir = tmp_path / "config.toml", tmp_path / "bin"
+    by_hand = "version = 2\n" + (REPO / "examples" / "kubernetes" / "containerd-config.toml").read_text()
+    config.write_text(by_hand)
+    install(config, bin_dir)
+    text = config.read_text()
+    assert text.count("wasmctr.v1") == 1 and "# >>> wasmctr" not in text  # no second table: the hand-written one
+    assert "# The same shim with one shim process for all of the node's pods" in text
+    runtimes = tomllib.loads(text)["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]
+    assert runtimes["wasmctr-shared"]["runtime_path"] == str(bin_dir / "containerd-shim-wasmctr-shared-v1")
+    wasmctr("node", "uninstall", "--config", str(config), "--bin-dir", str(bin_dir))
+    assert set(tomllib.loads(config.read_text())["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]) \
+        == {"runc"}
