@@ -23,7 +23,8 @@ started first, with a shim for another namespace, as on a node where any pod has
 For each runtime: tasks/s, each task's p50/p99 from Create to Delete and per step, failed tasks, the
 shim's PSS after 100, 500 and 1,000 tasks, what is left once the shim has shut down (processes,
 cgroups, sockets, runc state directories, mounts), and where a task's time goes: a ttrpc round trip
-(State), Create, Start, from Start to exit (Wait), Delete, and how long after Wait the exit event arrived.
+(State), Create, Start, from Start to exit (Wait), Delete, how long after Wait the exit event arrived,
+and the CPU the shim and the processes it reaped took per task.
 
     python bench/stress.py [--count 100] [--parallel NCPU] [--runtime NAME ...] [--json]
 
