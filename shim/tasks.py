@@ -177,7 +177,10 @@ class TaskService:
                     # prepared here, before the fork: the container process starts at once and shares the code
                     guest = self.executor.prepare(spec)
                     _commit(call)
-                    self._fork(task, Container(self.executor, guest, confinement, task.cgroup, speaks_as="wasmctr"))
+                    container = Container(self.executor, guest, confinement, task.cgroup, speaks_as="wasmctr")
+                    pid, start_w = self._fork(task, container)
+                # outside the lock: the next Create prepares and forks while this process confines itself
+                self._await_ready(task, container, pid, start_w)
         except (WasmctrError, OSError, ValueError) as exc:
             if task.logger:
                 task.logger.release()
@@ -353,7 +356,8 @@ class TaskService:
 
     # -- the child ---------------------------------------------------------------------------------
 
-    def _fork(self, task: Task, container: Container) -> None:
+    def _fork(self, task: Task, container: Container) -> tuple[int, int]:
+        """Fork the container process (with the fork lock held); its pid and the start pipe's end."""
         start_r, start_w = os.pipe()
         try:
             pid = container.fork(lambda keep: _enter(task, container.executor, keep | {start_r}),
@@ -365,6 +369,10 @@ class TaskService:
         os.close(start_r)
         if task.logger:
             task.logger.release()
+        return pid, start_w
+
+    def _await_ready(self, task: Task, container: Container, pid: int, start_w: int) -> None:
+        """Wait until the container process is ready (its cgroup joined, confined), then reap it alone."""
         failure = container.ready(pid)
         if failure is not None:  # it ended before it was ready: reaped, before any reaper exists
             os.close(start_w)
