@@ -48,6 +48,9 @@ class HttpProxy(World):
         if provided and spec.policy.mode == "refuse":
             raise refused(provided)
         parse_publish((spec.serve or ServeOptions()).publish)
+        # imported now, at prepare: a container process runs the guest under Landlock, which no longer
+        # lets it read the modules
+        from wasmctr.running.http import guest, server  # noqa: F401
 
     def lifetime(self, spec: RunSpec) -> float | None:
         return None  # the spec's timeout is each request's

@@ -17,6 +17,8 @@ one instead); executor.py does not change. A world answers, in this order:
    world cannot give (`spec.policy.network` to a preview 1 module), the imports the policy denies
    (`denied`: name to reason) if the world cannot link them to traps (`refused` says so), imports its
    linker does not provide, an entrypoint it does not export (`spec.function`: `Program.check_function`).
+   A world whose run needs modules beyond wasmtime imports them here at the latest: a container process
+   runs the guest under Landlock, which no longer lets it read them.
 3. `run(guest)`, on the guest thread: make its linker (WASI preview 1's `wasmtime.Linker.define_wasi`,
    preview 2's `component.Linker.add_wasip2`, plus whatever the world provides), instantiate through
    `guest.instantiate(linker)` (which reports an exhausted memory limit as the executor classifies it),
