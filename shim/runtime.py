@@ -173,7 +173,8 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
     try:
         # before the fork: a guest the policy refuses fails `create`, and the container process starts warm
         guest = executor.prepare(spec_from_bundle(bundle, config))
-        confinement = Confinement.of_spec(config, guest.spec.policy.network)  # bad names fail `create`
+        # bad names fail `create`; a served component's host listens, so it keeps the socket calls
+        confinement = Confinement.of_spec(config, guest.spec.policy.network or guest.world.listens)
         linux = config.get("linux") or {}
         cgroup = Cgroup.open(linux["cgroupsPath"]) if linux.get("cgroupsPath") else None  # a bad path fails here
     except Exception as exc:

@@ -170,12 +170,14 @@ class TaskService:
                 spec.stdin = bool(req.stdin)
                 task.memory_limit = spec.memory_limit or 0
                 task.netns = network_namespace(config)
-                confinement = Confinement.of_spec(config, spec.policy.network)  # fails here, not in the child
                 if linux.get("cgroupsPath"):
                     task.cgroup = Cgroup.create(linux["cgroupsPath"], linux.get("resources") or {})
                 with self.fork_lock:
                     # prepared here, before the fork: the container process starts at once and shares the code
                     guest = self.executor.prepare(spec)
+                    # fails here, not in the child; a served component's host listens, so it keeps the
+                    # socket calls without a network grant
+                    confinement = Confinement.of_spec(config, spec.policy.network or guest.world.listens)
                     _commit(call)
                     container = Container(self.executor, guest, confinement, task.cgroup, speaks_as="wasmctr")
                     pid, start_w = self._fork(task, container)

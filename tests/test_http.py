@@ -21,25 +21,6 @@ import pytest
 from conftest import assert_one_line_error, wasmctr
 from services import wait_for
 
-GUESTS = Path(__file__).resolve().parent / "guests" / "http"
-NAMES = ("hello", "echo", "trap", "spin")
-
-
-@pytest.fixture(scope="session")
-def proxies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The four guests, built by componentize-py (in parallel: about a minute on two cores)."""
-    out = tmp_path_factory.mktemp("proxies")
-    tool = str(Path(sys.executable).parent / "componentize-py")
-    builds = {name: subprocess.Popen([tool, "-q", "-d", str(GUESTS / "wit"), "-w", "proxy", "componentize", name,
-                                      "-p", str(GUESTS), "-o", str(out / f"{name}.wasm")], cwd=out,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-              for name in NAMES}
-    for name, build in builds.items():
-        output, _ = build.communicate(timeout=600)
-        assert build.returncode == 0, (name, output)
-    return {name: out / f"{name}.wasm" for name in NAMES}
-
-
 @pytest.fixture(scope="session")
 def compiled_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One store for every server of the session: each guest is compiled once, then mapped from the cache."""

@@ -438,8 +438,9 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
     `devices` grants default device nodes at /dev ("/dev/null", "zero"...; as root: they are made with
     mknod).
 
-    A wasi:http/proxy component is served instead (`wasmctr.running.http.serving`: `serve` is its ServeOptions,
-    where to listen and the limits) until SIGINT or SIGTERM; the result's returncode is then 0 or 143.
+    A wasi:http/proxy component is served instead (its world: `wasmctr.running.worlds.http_proxy`; `serve` is
+    its ServeOptions, where to listen and the limits) until SIGINT or SIGTERM; the result's returncode is
+    then 0 or 143.
     """
     from wasmctr.running import launch, streams
     from wasmctr.running.executor import exit_process
@@ -480,10 +481,13 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
         if devices:
             spec.devices = _device_dir([d.removeprefix("/dev/") for d in devices], cleanup)
         runner = _executor(st, map_cached_code=True)  # this process, or its forked --user child, closes nothing
-        from wasmctr.running.http import serving
-
-        if serving.is_proxy(runner, spec):
-            outcome = serving.serve(runner, spec, serve or serving.ServeOptions())
+        spec.serve = serve
+        prepared = runner.prepare(spec)
+        if prepared.world.listens:
+            if spec.mounts:
+                raise UsageError("a wasi:http proxy component reaches no files: drop -v and --tmpfs")
+            outcome = (runner.start(prepared, exit_process if hard_stop else None) if ids is None
+                       else confined.run(runner, prepared, *ids))
         elif serve is not None and serve.publish is not None:
             raise UsageError(f"{_p('serve')}: the guest is not a wasi:http proxy component (it exports no "
                              "incoming-handler)")
@@ -499,12 +503,12 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
             spec.stdin = source.path(cleanup)
             spec.stdout, spec.stderr = streams.wasi_paths(out, err, pumps)
             if ids is None:
-                outcome = runner.run(spec, exit_process if hard_stop else None)
+                outcome = runner.start(prepared, exit_process if hard_stop else None)
             else:
                 for mount in spec.mounts:
                     if mount.host in cleanup:  # a --tmpfs directory: writable by any user, as Docker's (1777)
                         os.chmod(mount.host, 0o1777)
-                outcome = confined.run(runner, runner.prepare(spec), *ids)
+                outcome = confined.run(runner, prepared, *ids)
     finally:
         pumps.finish(_PUMP_WAIT_SECONDS)  # after the run: the guest's store, and its ends of the pipes, are gone
         out.close()

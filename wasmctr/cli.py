@@ -30,7 +30,9 @@ _FLAGS = {
     "fuel": "--fuel", "env_files": "--env-file", "volumes": "-v", "tmpfs": "--tmpfs",
     "syscall_policy": "--syscall-policy", "deny_wasi": "--deny-wasi", "allow_wasi": "--allow-wasi",
     "network=True": "--network host", "serve": "-p", "publish": "-p", "bin_dir": "--bin-dir",
-    "containerd_version": "--containerd-version",
+    "containerd_version": "--containerd-version", "workers": "--workers",
+    "max_body": "--max-body", "max_headers": "--max-headers", "max_header_bytes": "--max-header-bytes",
+    "max_concurrent": "--max-concurrent", "header_timeout": "--header-timeout",
 }
 
 # `run` exits with the guest's code, so its own failures, bad flags included, use docker run's 125 rather
@@ -213,8 +215,10 @@ def run(
     if network not in ("none", "host"):
         _fail(f"--network {network!r}: expected none or host", _EXIT_RUN_FAILED)
     try:
-        serve = _serve_options(publish, workers, access_log, max_body, max_headers, max_header_bytes,
-                               max_concurrent, header_timeout)
+        from wasmctr.running.http import serving
+
+        serve = serving.options(publish, workers, access_log, max_body, max_headers, max_header_bytes,
+                                max_concurrent, header_timeout)
         # the progress display ends (and the terminal is restored) before the guest's first byte: it
         # redraws its lines, and would erase a partial line or a prompt the guest printed
         with console.progress(quiet) as progress:
@@ -236,19 +240,6 @@ def run(
     # the process existed for its guest, which is done and whose temporary directories are gone: ending
     # here skips the interpreter's teardown of the engine and its code, ~65 ms (bench/startup.py)
     os._exit(outcome.exit_code)
-
-
-def _serve_options(publish: str | None, workers: int | None, access_log: bool, max_body: str, max_headers: int,
-                   max_header_bytes: str, max_concurrent: int, header_timeout: str) -> Any:
-    from wasmctr.running.http.limits import Limits
-    from wasmctr.running.http.serving import ServeOptions, parse_publish
-    from wasmctr.running.units import parse_duration, parse_size
-
-    parse_publish(publish)  # a bad -p fails before anything is pulled or loaded
-    limits = Limits(max_body=parse_size(max_body), max_headers=max_headers,
-                    max_header_bytes=parse_size(max_header_bytes), max_concurrent=max_concurrent,
-                    head_timeout=parse_duration(header_timeout))
-    return ServeOptions(publish=publish, workers=workers, access_log=access_log, limits=limits)
 
 
 @app.command(cls=_Command, short_help="Push an image to a registry")

@@ -322,8 +322,19 @@ def _supervise(guest: _GuestThread, engine: Any, spec: RunSpec, hard_stop: HardS
 
     def interrupt(reason: str, code: int) -> None:
         if not stop:
-            stop.update(reason=reason, code=code, at=time.monotonic())
+            stop.update(reason=reason, code=code, at=time.monotonic(), grace=GRACE_SECONDS)
             engine.increment_epoch()
+
+    def signalled(signum: int) -> None:
+        """A command is interrupted; a world that stops on its own (a server draining) is asked to."""
+        if stop:
+            return
+        guest.guest.signals.append(signum)
+        grace = guest.world.stop(guest.guest, signum)
+        if grace is None:
+            interrupt("signal", 128 + signum)
+        else:
+            stop.update(reason="drain", code=128 + signum, at=time.monotonic(), grace=grace)
 
     ended_r, ended_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     woken = select.poll()
@@ -333,9 +344,10 @@ def _supervise(guest: _GuestThread, engine: Any, spec: RunSpec, hard_stop: HardS
     try:
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                previous[signum] = signal.signal(signum, lambda s, _f: interrupt("signal", 128 + s))
+                previous[signum] = signal.signal(signum, lambda s, _f: signalled(s))
             previous_wakeup = signal.set_wakeup_fd(ended_w, warn_on_full_buffer=False)
-        deadline = time.monotonic() + spec.timeout if spec.timeout else None
+        lifetime = guest.world.lifetime(spec)
+        deadline = time.monotonic() + lifetime if lifetime else None
         guest.ended_fd = os.dup(ended_w)  # the thread's: it may outlive this function (left blocked)
         try:
             guest.start()
@@ -346,7 +358,7 @@ def _supervise(guest: _GuestThread, engine: Any, spec: RunSpec, hard_stop: HardS
             now = time.monotonic()
             wait: float | None = None
             if stop:
-                wait = stop["at"] + GRACE_SECONDS - now
+                wait = stop["at"] + stop["grace"] - now
                 if wait <= 0:  # blocked in a host call the epoch cannot interrupt
                     if hard_stop is not None:
                         hard_stop(_stopped(stop, spec))
@@ -368,7 +380,7 @@ def _supervise(guest: _GuestThread, engine: Any, spec: RunSpec, hard_stop: HardS
             signal.signal(number, handler)
         os.close(ended_r)
         os.close(ended_w)
-    if stop:
+    if stop and (stop["reason"] != "drain" or not guest.finished):
         return _stopped(stop, spec)
     assert guest.result is not None
     kind, value = guest.result

@@ -7,7 +7,10 @@
   filesystems (proc, sysfs, devpts, tmpfs of /dev...) have no meaning for a wasm guest and are skipped;
 - `linux.resources.memory.limit` is the linear-memory cap;
 - annotations `wasmctr.io/timeout`, `wasmctr.io/fuel`, `wasmctr.io/network` (`host`),
-  `wasmctr.io/deny-wasi`, `wasmctr.io/allow-wasi`, `wasmctr.io/syscall-policy` carry the policy.
+  `wasmctr.io/deny-wasi`, `wasmctr.io/allow-wasi`, `wasmctr.io/syscall-policy` carry the policy;
+- a wasi:http proxy serves at `WASMTIME_HTTP_PROXY_SOCKET_ADDR` from `process.env` (default
+  `0.0.0.0:8080`, as runwasi), with `wasmctr.io/http-workers`, `-max-body`, `-max-headers`,
+  `-max-header-bytes`, `-max-concurrent`, `-header-timeout` and `-access-log` (`true`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,12 @@ KERNEL_FILESYSTEMS = {"proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2", 
 # the run parameters an annotation sets, as an error about one names it (`WasmctrError.spelled`)
 ANNOTATIONS = {"deny_wasi": ANNOTATION_PREFIX + "deny-wasi", "allow_wasi": ANNOTATION_PREFIX + "allow-wasi",
                "syscall_policy": ANNOTATION_PREFIX + "syscall-policy",
-               "network=True": ANNOTATION_PREFIX + "network=host"}
+               "network=True": ANNOTATION_PREFIX + "network=host", "publish": "WASMTIME_HTTP_PROXY_SOCKET_ADDR"}
+# a served component's settings (`serving.options`), each from an annotation of its own
+HTTP_SETTINGS = ("workers", "max_body", "max_headers", "max_header_bytes", "max_concurrent", "header_timeout")
+ANNOTATIONS.update({name: ANNOTATION_PREFIX + "http-" + name.replace("_", "-") for name in HTTP_SETTINGS})
+PROXY_ADDRESS_VARIABLE = "WASMTIME_HTTP_PROXY_SOCKET_ADDR"  # runwasi's: where a served component listens
+PROXY_ADDRESS = "0.0.0.0:8080"  # runwasi's default
 
 
 def load_config(bundle: Path) -> dict[str, Any]:
@@ -205,14 +213,32 @@ def spec_from_bundle(bundle: Path, config: dict[str, Any]) -> RunSpec:
                                    [annotations.get(ANNOTATION_PREFIX + "deny-wasi", "")],
                                    [annotations.get(ANNOTATION_PREFIX + "allow-wasi", "")],
                                    annotations.get(ANNOTATION_PREFIX + "syscall-policy", "refuse"))
+        env = list(process.get("env") or [])
         return RunSpec(
-            wasm=program, args=args, env=list(process.get("env") or []), cwd=process.get("cwd") or "/",
+            wasm=program, args=args, env=env, cwd=process.get("cwd") or "/",
             function=function,
             rootfs=rootfs_of(bundle, config), mounts=mounts,
             memory_limit=int(memory) if memory and int(memory) > 0 else None,
-            timeout=parse_duration(timeout) if timeout else None, fuel=int(fuel) if fuel else None, policy=policy)
+            timeout=parse_duration(timeout) if timeout else None, fuel=int(fuel) if fuel else None, policy=policy,
+            serve=_serve_options(env, annotations))
     except (WasmctrError, ValueError) as exc:
         raise ExecutorError("bad wasmctr annotation: " + explain(exc)) from None
+
+
+def _serve_options(env: list[str], annotations: dict[str, str]) -> Any:
+    """Where and how the container serves if its guest is a wasi:http proxy: at the process's
+    `WASMTIME_HTTP_PROXY_SOCKET_ADDR` (runwasi's variable and default), inside the pod's network
+    namespace, with the limits its `wasmctr.io/http-*` annotations set (each checked at Create)."""
+    from wasmctr.running.http import serving
+
+    address = PROXY_ADDRESS
+    for item in env:
+        name, _, value = item.partition("=")
+        if name == PROXY_ADDRESS_VARIABLE:
+            address = value
+    settings = {name: annotations[ANNOTATIONS[name]] for name in HTTP_SETTINGS if ANNOTATIONS[name] in annotations}
+    return serving.options(address, access_log=annotations.get(ANNOTATION_PREFIX + "http-access-log") == "true",
+                           **settings)
 
 
 def explain(exc: BaseException) -> str:

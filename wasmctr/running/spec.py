@@ -2,7 +2,7 @@
 nothing else.
 
 Its own module so that the executor and the worlds it runs (`worlds/`) share it, the worlds without
-importing the executor. Imports the policy and the record helper only.
+importing the executor. Imports the policy, the serve options and the record helper only.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from wasmctr.record import field, record
 from wasmctr.running import policy as policies
+from wasmctr.running.http.serving import ServeOptions
 
 
 @record(frozen=True)
@@ -40,3 +41,4 @@ class RunSpec:
     wasm_digest: str | None = None  # what names the wasm's content for the compile cache (else: its sha256)
     function: str | None = None  # an export to call instead of the command's entry (`path#func`)
     devices: Path | None = None  # a directory of default device nodes, preopened at /dev (`devices.py`)
+    serve: ServeOptions | None = None  # where and how a server world listens (None: its defaults)

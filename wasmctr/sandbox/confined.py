@@ -37,7 +37,8 @@ def parse_user(text: str) -> tuple[int, int]:
 def run(executor: Executor, prepared: Prepared, uid: int, gid: int) -> Outcome:
     if os.geteuid() != 0 and (uid, gid) != (os.geteuid(), os.getegid()):
         raise UsageError(f"{parameter('user')}: only root can run a guest as another user")
-    container = Container(executor, prepared, Confinement.of_user(uid, gid, prepared.spec.policy.network))
+    network = prepared.spec.policy.network or prepared.world.listens  # a served component's host listens
+    container = Container(executor, prepared, Confinement.of_user(uid, gid, network))
     pid = container.fork()
     child = os.pidfd_open(pid)
     previous = {signum: signal.signal(signum, lambda s, _f: _forward(child, s)) for signum in FORWARDED}

@@ -51,11 +51,14 @@ ALLOWED = (
     "seccomp", "landlock_create_ruleset", "landlock_add_rule", "landlock_restrict_self",
     # the start pipe, the report pipe, stdio
     "dup", "dup2", "dup3", "pipe2",
+    # a served component's worker processes (forked by clone, masked as below): reaped by their parent
+    "wait4",
 )
 NETWORK = ("socket", "connect", "bind", "listen", "accept", "accept4", "getsockname", "getpeername",
            "setsockopt", "getsockopt", "sendto", "recvfrom", "sendmsg", "recvmsg", "shutdown")
-PR_SET_NAME, PR_GET_NAME, PR_GET_SECCOMP, PR_SET_NO_NEW_PRIVS = 15, 16, 21, 38
+PR_SET_PDEATHSIG, PR_SET_NAME, PR_GET_NAME, PR_GET_SECCOMP, PR_SET_NO_NEW_PRIVS = 1, 15, 16, 21, 38
 PRCTL_OPTIONS = (PR_SET_NAME, PR_GET_NAME,  # the engine names its threads
+                 PR_SET_PDEATHSIG,  # a served component's workers end with the container process
                  PR_GET_SECCOMP, PR_SET_NO_NEW_PRIVS)  # libseccomp, loading the spec's profile; no other option
 # CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET: clone may set none (Docker's mask)
 CLONE_NEW_FLAGS = 0x7E020000

@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import wasmtime
@@ -36,17 +37,24 @@ class Outcome:
 
 
 class Guest:
-    def __init__(self, engine: Any, code: Any, limits: Limits, env: list[tuple[str, str]]) -> None:
-        self.engine, self.code, self.limits = engine, code, limits
+    """`denied`: the imports the policy denied (`wasi:random/random@0.2.0`); the host defines those
+    interfaces into a linker the guest never sees, so that its calls to them trap. `fuel`: each request's
+    budget, where the engine counts fuel."""
+
+    def __init__(self, engine: Any, code: Any, limits: Limits, env: list[tuple[str, str]],
+                 denied: Iterable[str] = (), fuel: int | None = None) -> None:
+        self.engine, self.code, self.limits, self.fuel = engine, code, limits, fuel
         self.table = Table()
         self._resource_types: list[tuple[component.ResourceType, int]] = []
         self._ids: dict[str, int] = {}
         self.fns = Functions(self._resource_types)
         self.linker = component.Linker(engine)
-        with self.linker.root() as root:
-            io.define(self.fns, root, self.table, self._add_resource)
-            wasi.define(self.fns, root, self.table, self._add_resource, env)
-            messages.define(self.fns, root, self.table, self._add_resource)
+        unseen = component.Linker(engine)
+        with self.linker.root() as root, unseen.root() as unseen_root:
+            granted = _Granted(root, unseen_root, {name.partition("@")[0] for name in denied})
+            io.define(self.fns, granted, self.table, self._add_resource)
+            wasi.define(self.fns, granted, self.table, self._add_resource, env)
+            messages.define(self.fns, granted, self.table, self._add_resource)
         self.linker.define_unknown_imports_as_traps(code)
         self.export = handler_export(engine, code)
         self._ticker: threading.Thread | None = None
@@ -74,6 +82,8 @@ class Guest:
         table.enter(scope)
         store = wasmtime.Store(self.engine)
         store.set_limits(memory_size=limits.memory)
+        if self.fuel is not None:
+            store.set_fuel(self.fuel)
         store.set_epoch_deadline(max(1, int((body.deadline - time.monotonic()) / TICK) + 1))
         out = messages.Outparam(response)
         body.waiting = lambda: response.flush() if response.status and not response.finished else None
@@ -100,6 +110,16 @@ class Guest:
         if not response.finished:
             return Outcome(response.status if response.started else 0, "the guest did not finish the response body")
         return Outcome(response.status)
+
+
+class _Granted:
+    """A linker root that defines a denied interface into `unseen` instead: left undefined for the guest."""
+
+    def __init__(self, root: Any, unseen: Any, denied: set[str]) -> None:
+        self.root, self.unseen, self.denied = root, unseen, denied
+
+    def add_instance(self, name: str) -> Any:
+        return (self.unseen if name.partition("@")[0] in self.denied else self.root).add_instance(name)
 
 
 def handler_export(engine: Any, code: Any) -> str:

@@ -3,7 +3,7 @@
 wasmtime's own wasi:io cannot be used beside a Python wasi:http (a body's stream must be the very resource
 type `wasi:io/streams` exports), so the whole proxy world's I/O is here. Pollables are real: a stream's
 is ready when its socket has bytes (or the stream has ended), a clock's when its time comes, and `poll`
-sleeps in `select` until one is, never past the request's deadline.
+sleeps in `poll` until one is, never past the request's deadline.
 """
 
 from __future__ import annotations
@@ -96,7 +96,10 @@ def wait(table: Table, pollables: list[Pollable]) -> list[int]:
             for p in pollables:
                 if p.stream is not None:
                     p.stream.before_wait()
-            select.select(fds, [], [], timeout)
+            waiting = select.poll()  # poll(2): the container seccomp allowlist has no select(2)
+            for fd in fds:
+                waiting.register(fd, select.POLLIN)
+            waiting.poll(max(0, int(timeout * 1000) + 1))
         else:
             time.sleep(timeout)
 

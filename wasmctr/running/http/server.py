@@ -3,13 +3,16 @@
 Each worker (a process forked once the code is loaded, so all share its pages) accepts on the one socket,
 links the guest to its own host and keeps its own stores: two cores serve about twice what one does. A
 worker holds at most `max_concurrent` connections (each serves one request at a time); one more is
-answered 503 at once. SIGINT and SIGTERM stop the accepting, let requests in flight finish (idle
-kept-alive connections are closed), then end the process: 0 for SIGINT, 143 for SIGTERM.
+answered 503 at once. Stopping (SIGINT or SIGTERM) ends the accepting, lets requests in flight finish
+(idle kept-alive connections are closed), then the run: 0 for SIGINT, 143 for SIGTERM, as runwasi's
+tests expect of a served component. The poll(2) loop, not select(2): the container seccomp allowlist
+has poll.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import select
 import signal
@@ -17,7 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from .conn import Body, Closed, Connection, Refused, Response, body_length, refuse
 from .guest import STATUS_OF_ERROR, Guest, log
@@ -34,79 +37,132 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(sock: socket.socket, make_guest: Callable[[], Guest], workers: int, access_log: bool) -> int:
-    """Serve until SIGINT or SIGTERM; returns the exit code (0 or 143)."""
-    if workers <= 1:
-        return _worker(sock, make_guest(), access_log)
-    children = []
-    for _ in range(workers):
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                code = _worker(sock, make_guest(), access_log)
-            finally:
-                os._exit(code)
-        children.append(pid)
-    sock.close()
-    received: list[int] = []
+class Server:
+    """The workers serving one socket, until `stop`. Signals are their owner's: the executor's supervisor
+    (which holds the process's handlers) calls `stop` with the signal it got. Forked workers are told
+    through a pipe each, not by kill(2), which a container's seccomp filter denies; each is also the
+    main thread of its own process and stops on its own SIGINT/SIGTERM."""
 
-    def forward(signum: int, _frame: Any) -> None:
-        received.append(signum)
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signum)
+    def __init__(self, sock: socket.socket, make_guest: Callable[[], Guest], workers: int, access_log: bool) -> None:
+        self.sock, self.make_guest, self.workers, self.access_log = sock, make_guest, workers, access_log
+        self._children: list[tuple[int, _Worker]] = []
+        self._worker: _Worker | None = None
+        self._received: list[int] = []
+        self._lock = threading.Lock()
 
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    for child in children:
-        while True:
-            try:
-                os.waitpid(child, 0)
-                break
-            except InterruptedError:
-                continue
-    return 143 if signal.SIGTERM in received else 0
+    def run(self) -> int:
+        """Serve until stopped; the exit code: 0 after SIGINT, 143 after SIGTERM."""
+        with self._lock:
+            if self._received:
+                return _exit_code(self._received)
+            if self.workers <= 1:
+                self._worker = _Worker(self.sock, self.make_guest(), self.access_log)
+            else:
+                for _ in range(self.workers):
+                    worker = _Worker(self.sock, None, self.access_log)
+                    pid = os.fork()
+                    if pid == 0:
+                        worker.serve_forked(self.make_guest)
+                    self._children.append((pid, worker))
+                self.sock.close()
+        if self._worker is not None:
+            return self._worker.run()
+        for pid, worker in self._children:
+            while True:
+                try:
+                    os.waitpid(pid, 0)
+                    break
+                except InterruptedError:
+                    continue
+            worker.close()
+        return _exit_code(self._received)
+
+    def stop(self, signum: int) -> None:
+        """Stop accepting and drain: the requests in flight end, kept-alive idle connections close."""
+        with self._lock:
+            self._received.append(signum)
+            for worker in [self._worker, *(w for _, w in self._children)]:
+                if worker is not None:
+                    worker.stop(signum)
 
 
-def _worker(sock: socket.socket, guest: Guest, access_log: bool) -> int:
-    guest.start_ticker()
-    limits = guest.limits
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    stopping: list[int] = []
-    signal.set_wakeup_fd(wake_w)
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda s, _f: stopping.append(s))
-    connections: dict[socket.socket, _Serving] = {}
-    lock = threading.Lock()
-    sock.setblocking(False)
-    while not stopping:
-        readable, _, _ = select.select([sock.fileno(), wake_r], [], [])
-        if wake_r in readable:
-            os.read(wake_r, 64)
-            continue
+class _Worker:
+    """One process's accept loop and its connections, a thread each. `stop` writes the signal's number
+    to the worker's pipe, which its loop polls beside the socket."""
+
+    def __init__(self, sock: socket.socket, guest: Guest | None, access_log: bool) -> None:
+        self.sock, self.guest, self.access_log = sock, guest, access_log
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self._stop_w, False)
+
+    def stop(self, signum: int) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._stop_w, bytes([signum]))
+
+    def close(self) -> None:
+        os.close(self._stop_r)
+        os.close(self._stop_w)
+
+    def serve_forked(self, make_guest: Callable[[], Guest]) -> NoReturn:
+        """A worker process: ends with its parent (a hard-stopped container process leaves no server
+        behind), stops on its own SIGINT/SIGTERM, and never returns into its parent's code."""
+        code = 1
         try:
-            client, peer = sock.accept()
-        except (BlockingIOError, InterruptedError):
-            continue  # another worker took it
-        client.setblocking(True)
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, lambda s, _f: self.stop(s))
+            self.guest = make_guest()
+            code = self.run()
+        finally:
+            os._exit(code)
+
+    def run(self) -> int:
+        guest = self.guest
+        assert guest is not None
+        guest.start_ticker()
+        limits = guest.limits
+        stopping: list[int] = []
+        connections: dict[socket.socket, _Serving] = {}
+        lock = threading.Lock()
+        sock = self.sock
+        sock.setblocking(False)
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        poller.register(self._stop_r, select.POLLIN)
+        while not stopping:
+            for fd, _ in poller.poll():
+                if fd == self._stop_r:
+                    stopping.extend(os.read(self._stop_r, 64))
+            if stopping:
+                break
+            try:
+                client, peer = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                continue  # another worker took it
+            client.setblocking(True)
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with lock:
+                if len(connections) >= limits.max_concurrent:
+                    refuse(client, 503, f"over {limits.max_concurrent} requests in flight")
+                    client.close()
+                    continue
+                serving = connections[client] = _Serving(client, peer, guest, self.access_log)
+            threading.Thread(target=_run, args=(serving, connections, lock, stopping), daemon=True).start()
+        sock.close()
         with lock:
-            if len(connections) >= limits.max_concurrent:
-                refuse(client, 503, f"over {limits.max_concurrent} requests in flight")
-                client.close()
-                continue
-            serving = connections[client] = _Serving(client, peer, guest, access_log)
-        threading.Thread(target=_run, args=(serving, connections, lock, stopping), daemon=True).start()
-    sock.close()
-    with lock:
-        for serving in connections.values():
-            serving.stop()
-        pending = list(connections.values())
-    for serving in pending:
-        serving.done.wait(limits.request_timeout + limits.head_timeout)
-    return 143 if signal.SIGTERM in stopping else 0
+            for serving in connections.values():
+                serving.stop()
+            pending = list(connections.values())
+        for serving in pending:
+            serving.done.wait(limits.request_timeout + limits.head_timeout)
+        return _exit_code(stopping)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _exit_code(signals: list[int]) -> int:
+    return 143 if signal.SIGTERM in signals else 0
 
 
 def _run(serving: _Serving, connections: dict[socket.socket, _Serving], lock: threading.Lock,

@@ -1,17 +1,17 @@
-"""`wasmctr run` of a wasi:http/proxy component: where to listen (Docker's `-p`), the limits, the workers.
+"""How a wasi:http/proxy component is served: where to listen (Docker's `-p`), the limits, the workers.
 
-The one entry from the rest of wasmctr: `api.run` hands a prepared run spec here when the guest exports
-`wasi:http/incoming-handler`. Imports the server (and so wasmtime) only when a component is served.
+A run spec carries these (`RunSpec.serve`) to the proxy world (`worlds/http_proxy.py`), from `wasmctr run`'s
+flags or, in a container, from `WASMTIME_HTTP_PROXY_SOCKET_ADDR` and the pod's annotations. Light: the
+spec imports it for every run; the server and wasmtime are the world's imports.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
+from collections.abc import Callable
 from typing import Any
 
-from wasmctr.errors import ExecutorError, UsageError, WasmctrError, parameter
-from wasmctr.image import wasm
+from wasmctr.errors import UsageError, parameter
 from wasmctr.record import field, record
 
 from .limits import Limits
@@ -25,21 +25,6 @@ class ServeOptions:
     workers: int | None = None  # None: one per CPU this process may run on
     access_log: bool = False
     limits: Limits = field(default_factory=Limits)
-
-
-def is_proxy(runner: Any, spec: Any) -> bool:
-    """Whether the guest is a component exporting wasi:http/incoming-handler. A module is told by its first
-    bytes; a component's exports are read from its loaded code (cached, and loaded for the run anyway),
-    not by validating the file again at every run (~120 ms for an 18 MB component). A guest that cannot
-    be loaded is not a proxy: the run then says why it cannot be loaded."""
-    try:
-        with open(spec.wasm, "rb") as f:
-            if wasm.sniff(f.read(8)) != "component":
-                return False
-        engine, code = runner.load(spec.wasm, spec.wasm_digest)
-    except (OSError, WasmctrError):
-        return False
-    return any(name.startswith("wasi:http/incoming-handler@") for name in code.type.exports(engine))
 
 
 def parse_publish(text: str | None) -> tuple[str, int]:
@@ -71,35 +56,33 @@ def parse_publish(text: str | None) -> tuple[str, int]:
     return host, numbers[0]
 
 
-def serve(runner: Any, spec: Any, options: ServeOptions) -> Any:
-    """Serve the spec's component until SIGINT (exit 0) or SIGTERM (143); returns the executor's Outcome."""
-    from wasmctr.running.executor import Outcome
+def options(publish: str | None = None, workers: int | str | None = None, access_log: bool = False,
+            max_body: str = "16m", max_headers: int | str = 100, max_header_bytes: str = "64k",
+            max_concurrent: int | str = 64, header_timeout: str = "10s") -> ServeOptions:
+    """Serve options from their spelling as flags or annotations take them (sizes `16m`, durations `10s`),
+    each checked, so a bad one fails before anything is pulled, loaded or started."""
+    from wasmctr.running.units import parse_duration, parse_size
 
-    from . import server
-    from .guest import Guest, handler_export, log
+    parse_publish(publish)
+    limits = Limits(max_body=_checked("max_body", max_body, parse_size),
+                    max_headers=_checked("max_headers", max_headers, _count),
+                    max_header_bytes=_checked("max_header_bytes", max_header_bytes, parse_size),
+                    max_concurrent=_checked("max_concurrent", max_concurrent, _count),
+                    head_timeout=_checked("header_timeout", header_timeout, parse_duration))
+    return ServeOptions(publish=publish, workers=None if workers is None else _checked("workers", workers, _count),
+                        access_log=access_log, limits=limits)
 
-    if spec.mounts or spec.policy.network:
-        raise ExecutorError("a wasi:http proxy component gets no files and no network of its own: "
-                            "drop -v, --tmpfs and --network")
-    base = options.limits
-    limits = Limits(max_body=base.max_body, max_headers=base.max_headers, max_header_bytes=base.max_header_bytes,
-                    max_concurrent=base.max_concurrent, head_timeout=base.head_timeout,
-                    idle_timeout=base.idle_timeout, request_timeout=spec.timeout or base.request_timeout,
-                    memory=spec.memory_limit or base.memory)
-    engine, code = runner.load(spec.wasm, spec.wasm_digest)
+
+def _count(value: int | str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(value)
+    return number
+
+
+def _checked(name: str, value: Any, parse: Callable[[Any], Any]) -> Any:
     try:
-        handler_export(engine, code)
-    except ValueError as exc:
-        raise ExecutorError(str(exc)) from None
-    env = [(k, v) for k, _, v in (item.partition("=") for item in spec.env)]
-    host, port = parse_publish(options.publish)
-    try:
-        sock = server.listen(host, port)
-    except OSError as exc:
-        raise ExecutorError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    workers = options.workers or len(os.sched_getaffinity(0))
-    bound = sock.getsockname()
-    shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-    log(f"serving http://{shown}:{bound[1]}/ ({workers} worker{'s' if workers > 1 else ''})")
-    code_ = server.serve(sock, lambda: Guest(engine, code, limits, env), workers, options.access_log)
-    return Outcome(code_, "exit" if code_ == 0 else "signal")
+        return parse(value)
+    except (ValueError, UsageError) as exc:
+        why = str(exc) if isinstance(exc, UsageError) else f"{value!r}: expected a whole number from 1"
+        raise UsageError(f"{parameter(name)}: {why}") from None

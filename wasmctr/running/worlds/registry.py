@@ -11,10 +11,11 @@ from wasmctr.errors import ExecutorError
 from wasmctr.running.spec import RunSpec
 from wasmctr.running.worlds.command_component import CommandComponent
 from wasmctr.running.worlds.command_module import CommandModule
+from wasmctr.running.worlds.http_proxy import HttpProxy
 from wasmctr.running.worlds.program import Program
 from wasmctr.running.worlds.world import World
 
-BUILTIN: tuple[World, ...] = (CommandModule(), CommandComponent())
+BUILTIN: tuple[World, ...] = (HttpProxy(), CommandModule(), CommandComponent())
 _registered: list[World] = []
 
 
