@@ -120,7 +120,8 @@ def _accepts(port: int) -> bool:
         return False
 
 
-def test_wasmctr_runtime_serves_a_proxy_bundle_and_sigterm_ends_it_143(proxies, tmp_path: Path) -> None:
+def test_wasmctr_runtime_serves_a_proxy_bundle_sigterm_ends_it_143_and_sigkill_takes_its_workers(
+        proxies, tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
     (bundle / "rootfs").mkdir(parents=True)
     shutil.copy(proxies["hello"], bundle / "rootfs" / "proxy.wasm")
@@ -130,20 +131,34 @@ def test_wasmctr_runtime_serves_a_proxy_bundle_and_sigterm_ends_it_143(proxies, 
               "annotations": {"run.oci.handler": "wasm", "wasmctr.io/http-workers": "2"}}
     (bundle / "config.json").write_text(json.dumps(config))
     root = tmp_path / "root"
-    runner = subprocess.Popen([WASMCTR_RUNTIME, "--root", str(root), "run", "--bundle", str(bundle), "served"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={"WASMCTR_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"})
-    try:
-        wait_for(lambda: answers(port), 180, "the proxy to answer")
-        assert all(answers(port) for _ in range(5))
-        assert runtime(root, "kill", "served", "SIGTERM").returncode == 0
-        _, err = runner.communicate(timeout=60)
-        assert runner.returncode == 143, err
-        assert "serving http://127.0.0.1:" in err and "(2 workers)" in err
-    finally:
-        if runner.poll() is None:
-            runtime(root, "kill", "served", "SIGKILL")
-            runner.communicate(timeout=60)
+    for signal_name in ("SIGTERM", "SIGKILL"):
+        name = signal_name.lower()
+        runner = subprocess.Popen([WASMCTR_RUNTIME, "--root", str(root), "run", "--bundle", str(bundle), name],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env={"WASMCTR_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"})
+        try:
+            wait_for(lambda: answers(port), 180, "the proxy to answer")  # noqa: B023
+            assert all(answers(port) for _ in range(5))
+            state = json.loads(runtime(root, "state", name).stdout)
+            workers = _children(state["pid"])
+            assert len(workers) == 2
+            assert runtime(root, "kill", name, signal_name).returncode == 0
+            _, err = runner.communicate(timeout=60)
+            assert runner.returncode == (143 if signal_name == "SIGTERM" else 137), err
+            wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 10,  # noqa: B023
+                     "the workers to end with their parent")
+            if signal_name == "SIGTERM":
+                assert "serving http://127.0.0.1:" in err and "(2 workers)" in err
+        finally:
+            if runner.poll() is None:
+                runtime(root, "kill", name, "SIGKILL")
+                runner.communicate(timeout=60)
+            runtime(root, "delete", "--force", name)
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
 
 
 def test_a_bad_address_or_http_annotation_fails_create_in_one_line(proxies, tmp_path: Path) -> None:
