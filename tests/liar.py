@@ -30,7 +30,8 @@ class LyingRegistry:
     - `busy`: 503 with Retry-After (seconds, then an HTTP date) for the first two requests of each path;
     - `manifest`: serves `self.manifest_override` bytes as the manifest;
     - `endless-blob`: `self.manifest_override` as the manifest, and a blob it names that we do not have as
-      a body that never ends (the descriptor's size is whatever the override declares).
+      a body that never ends (the descriptor's size is whatever the override declares);
+    - `signatures-down`: honest, but the sigstore attachment tag (`sha256-<hex>.sig`) always answers 502.
     Every request's method, path and Range header is recorded in `requests`."""
 
     def __init__(self, blobs: dict[str, bytes], manifest: bytes) -> None:
@@ -99,6 +100,8 @@ class LyingRegistry:
         if not m:
             return self._send(h, 404, b"{}", "application/json", head)
         if m.group(1) == "manifests":
+            if kind == "signatures-down" and m.group(2).endswith(".sig"):
+                return self._send(h, 502, b"{}", "application/json", head)
             if kind == "drip":
                 return self._drip(h, self.manifest)
             if kind == "endless":

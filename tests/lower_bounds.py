@@ -18,11 +18,12 @@ PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 # what each dependency is used for, run at its lowest version: typer (every command line, help, errors,
 # pipes, interrupts), rich (the progress on a terminal), oras and docker (registry auth and credentials),
-# zstandard (zstd layers), wasmtime (running guests), protobuf (the shim's protocol)
+# zstandard (zstd layers), wasmtime (running guests), protobuf (the shim's protocol), cryptography, pynacl and
+# pyyaml (signing keys, signatures, registries.d)
 LOWER_BOUND_TESTS = ["tests/test_dependencies.py", "tests/test_store_archives.py", "tests/test_store_images.py",
                      "tests/test_store_integrity.py", "tests/test_registry.py", "tests/test_run_api.py",
                      "tests/test_run_cli.py", "tests/test_run_limits.py", "tests/test_run_sandbox.py",
-                     "tests/test_lying_registry.py"]
+                     "tests/test_lying_registry.py", "tests/test_signing.py"]
 
 
 def lowest() -> dict[str, str]:

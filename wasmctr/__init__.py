@@ -13,13 +13,14 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~3 ms): 
 
 __version__ = "0.1.0"
 
-_API = ("BuildResult", "Completed", "GuestFailed", "GuestTimeout", "ImageSummary", "Removed", "build", "images",
-        "inspect", "load", "login", "logout", "prune", "pull", "pull_if_missing", "push", "rmi", "run", "save", "tag")
+_API = ("BuildResult", "Completed", "GuestFailed", "GuestTimeout", "ImageSummary", "Removed", "build",
+        "generate_key", "images", "inspect", "load", "login", "logout", "prune", "pull", "pull_if_missing", "push",
+        "rmi", "run", "save", "sign", "tag", "verify")
 _ELSEWHERE = {"Descriptor": "image.model", "Store": "image.store", "WasmctrError": "errors"}
 
 __all__ = ["BuildResult", "Completed", "Descriptor", "GuestFailed", "GuestTimeout", "ImageSummary", "Removed", "Store",
-           "WasmctrError", "__version__", "build", "images", "inspect", "load", "login", "logout", "prune", "pull",
-           "pull_if_missing", "push", "rmi", "run", "save", "tag"]
+           "WasmctrError", "__version__", "build", "generate_key", "images", "inspect", "load", "login", "logout",
+           "prune", "pull", "pull_if_missing", "push", "rmi", "run", "save", "sign", "tag", "verify"]
 
 if TYPE_CHECKING:
     from typing import Any
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
         ImageSummary,
         Removed,
         build,
+        generate_key,
         images,
         inspect,
         load,
@@ -44,7 +46,9 @@ if TYPE_CHECKING:
         rmi,
         run,
         save,
+        sign,
         tag,
+        verify,
     )
     from wasmctr.errors import WasmctrError
     from wasmctr.image.model import Descriptor

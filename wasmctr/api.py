@@ -14,8 +14,10 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wasmctr.errors import ImageInUse, ImageNotFound, UsageError, WasmctrError
+from wasmctr.errors import ImageInUse, ImageNotFound, SignatureRefused, SigningError, UsageError, WasmctrError
 from wasmctr.errors import parameter as _p
+from wasmctr.image import digest as digests
+from wasmctr.image import mediatypes as mt
 from wasmctr.image import reference as references
 from wasmctr.image import stored
 from wasmctr.image.model import Descriptor, Platform
@@ -29,6 +31,8 @@ if TYPE_CHECKING:  # building, archives, the registry stack (requests, oras) and
     from wasmctr.registry.client import Registry
     from wasmctr.registry.distribution import Progress
     from wasmctr.running.executor import Executor, Outcome
+    from wasmctr.signing.attach import Signature
+    from wasmctr.signing.policy import Policy
 
 
 @record(frozen=True)
@@ -118,7 +122,8 @@ def build(source: str | os.PathLike[str], tag: str, *, dockerfile_path: str | os
 
 def images(pattern: str | None = None, store: Store | None = None) -> list[ImageSummary]:
     """Every image, sorted by name, dangling ones (`<none>`) last; with `pattern`, those whose name or
-    name:tag matches it, as `docker images REPOSITORY[:TAG]` filters (`*` and `?` within a path component)."""
+    name:tag matches it, as `docker images REPOSITORY[:TAG]` filters (`*` and `?` within a path component).
+    The signatures kept with images (`repo:sha256-<hex>.sig` entries) are not images, and not listed."""
     st = _store(store)
     out = []
     for tagged in sorted(st.tags(), key=lambda t: (t.dangling, t.name)):
@@ -128,6 +133,8 @@ def images(pattern: str | None = None, store: Store | None = None) -> list[Image
             name, repository, tag = None, "<none>", "<none>"
         else:
             ref = references.parse(tagged.name)
+            if references.signed_digest(ref) is not None:
+                continue
             name, repository, tag = tagged.name, ref.familiar_name, ref.tag or "<none>"
             if pattern is not None and not references.matches(pattern, ref):
                 continue
@@ -212,7 +219,11 @@ def prune(store: Store | None = None) -> Removed:
 
 
 def _collect(st: Store, removed: list[Tagged]) -> Removed:
-    """After entries were removed: what went, once the blobs (and unpacked rootfs) nothing reaches are gone."""
+    """After entries were removed: what went, once the blobs (and unpacked rootfs) nothing reaches are gone,
+    with the signatures of images that went."""
+    from wasmctr.signing import attach
+
+    attach.drop_orphans(st)
     blobs, freed = st.gc()
     st.prune_rootfs()
     # an image is deleted when its manifest or index is gone: one still named, or in another image's
@@ -230,14 +241,19 @@ def save(ref: str, output: str | os.PathLike[str] | None = None, oci_dir: str | 
     if (output is None) == (oci_dir is None):
         raise UsageError(f"give exactly one of {_p('output')} (an OCI archive) and {_p('oci_dir')} "
                          "(a layout directory)")
+    from wasmctr.signing import attach
+
     st = _store(store)
     desc, parsed = st.lookup(ref)
+    signed = {desc.digest} | ({m.digest for m in st.read_index_blob(desc).manifests}
+                              if desc.media_type in mt.INDEXES else set())
+    signatures = attach.entries(st, signed)  # they travel with the image: a node that loads it can verify
     if oci_dir is not None:
-        archive.save_layout(st, desc, parsed, Path(oci_dir))
+        archive.save_layout(st, desc, parsed, Path(oci_dir), signatures)
         return desc
     assert output is not None
     with atomic.open_output(output) as f:
-        archive.save_archive(st, desc, parsed, f)
+        archive.save_archive(st, desc, parsed, f, signatures)
     return desc
 
 
@@ -259,6 +275,8 @@ def _is_file_target(target: str) -> bool:
 
 def pull_if_missing(target: str, *, platform: str | None = None, insecure: bool = False,
                     ca_cert: str | None = None, progress: Progress | None = None,
+                    signature_policy: str | os.PathLike[str] | None = None,
+                    registries_d: str | os.PathLike[str] | None = None,
                     store: Store | None = None) -> Descriptor | None:
     """Pull the image `run(target)` would pull: None when `target` is a file or an image already in the
     store. A failed pull says both, as `docker run` does. The CLI calls it first, so that its progress
@@ -273,7 +291,8 @@ def pull_if_missing(target: str, *, platform: str | None = None, insecure: bool 
         pass
     name = references.parse(target).familiar()
     try:
-        return pull(target, platform=platform, insecure=insecure, ca_cert=ca_cert, progress=progress, store=st)
+        return pull(target, platform=platform, insecure=insecure, ca_cert=ca_cert, progress=progress,
+                    signature_policy=signature_policy, registries_d=registries_d, store=st)
     except WasmctrError as exc:
         raise type(exc)(f"no image {name} in the local store, and pulling it failed: {exc.args[0]}") from None
 
@@ -288,14 +307,54 @@ def _client(registry: str, insecure: bool, ca_cert: str | None) -> Registry:
 
 def pull(ref: str, *, platform: str | None = None, all_platforms: bool = False, insecure: bool = False,
          ca_cert: str | None = None, progress: Progress | None = None,
+         signature_policy: str | os.PathLike[str] | None = None, registries_d: str | os.PathLike[str] | None = None,
          store: Store | None = None) -> Descriptor:
-    """Fetch an image from its registry into the store (verified, resumable) and tag it `ref`."""
+    """Fetch an image from its registry into the store (verified, resumable) and tag it `ref`. The signature
+    policy (`signature_policy`, else $WASMCTR_SIGNATURE_POLICY, else containers' policy.json) is checked
+    against the manifest digest before anything is stored; the signatures read for it are stored with the
+    image, as are those registries.d asks to read (`registries_d`: its directory)."""
+    from wasmctr.registry import distribution
+    from wasmctr.signing import attach, policy, registries, verify
+
     parsed = references.parse(ref)
     wanted = _platforms(platform)[0] if platform else None
     client = _client(parsed.registry, insecure, ca_cert)
-    from wasmctr.registry import distribution
+    rules = policy.load(signature_policy)
+    use = registries.load(registries_d).use_attachments(parsed)
+    fetched: dict[str, attach.Attachment] = {}
 
-    return distribution.pull(_store(store), parsed, client, wanted, all_platforms, progress)
+    def signatures(digest: str) -> list[Signature]:
+        if use is False:
+            raise SigningError(f"registries.d turns sigstore attachments off for {parsed.name}")
+        found = attach.fetch(client, parsed.repository, digest)
+        if found is not None:
+            fetched[digest] = found
+        return found.signatures if found is not None else []
+
+    def admit(top: Descriptor) -> None:
+        verify.check(parsed, top.digest, lambda: signatures(top.digest), rules)
+        if use and top.digest not in fetched:
+            signatures(top.digest)
+
+    st = _store(store)
+    top = distribution.pull(st, parsed, client, wanted, all_platforms, progress, admit)
+    for digest, attachment in fetched.items():
+        attach.keep(st, parsed, digest, attachment)
+    return top
+
+
+def _admit_stored(st: Store, desc: Descriptor, parsed: references.Reference | None, rules: Policy) -> None:
+    """Check the policy for an image of the store, against the signatures stored with it, under the name it
+    is run by (by ID: every name the store has for it)."""
+    from wasmctr.signing import attach, verify
+
+    names = [parsed] if parsed is not None else [references.parse(t.name) for t in st.tags()
+                                                 if t.descriptor.digest == desc.digest and not t.dangling]
+    if not names and any(r.type != "insecureAcceptAnything" for r in rules.default):
+        raise SignatureRefused(f"{desc.digest[:19]} has no name to check signatures against, and the signature "
+                               f"policy {rules.source} requires more than nothing by default")
+    for name in names:
+        verify.check(name, desc.digest, lambda: attach.stored(st, desc.digest), rules)
 
 
 def push(ref: str, *, insecure: bool = False, ca_cert: str | None = None,
@@ -308,6 +367,86 @@ def push(ref: str, *, insecure: bool = False, ca_cert: str | None = None,
     from wasmctr.registry import distribution
 
     return distribution.push(_store(store), parsed, parsed, client, progress)
+
+
+def generate_key(password: str, prefix: str | os.PathLike[str] = "cosign") -> list[str]:
+    """Write a new key pair in cosign's format, `PREFIX.key` (encrypted under `password`, mode 0600) and
+    `PREFIX.pub`; neither may exist yet. Returns their paths."""
+    from wasmctr.image import atomic
+    from wasmctr.signing import keys
+
+    private_path, public_path = Path(f"{os.fspath(prefix)}.key"), Path(f"{os.fspath(prefix)}.pub")
+    for path in (private_path, public_path):
+        if os.path.lexists(path):
+            raise UsageError(f"{path} exists: remove it, or choose another {_p('prefix')}")
+    private, public = keys.generate(password.encode())
+    atomic.write_bytes(private_path, private, 0o600, devices=False)
+    atomic.write_bytes(public_path, public)
+    return [str(private_path), str(public_path)]
+
+
+def sign(ref: str, key: str | os.PathLike[str], password: str, *, insecure: bool = False,
+         ca_cert: str | None = None, store: Store | None = None) -> list[str]:
+    """Sign the image `ref` names on its registry with a cosign private key, as cosign and skopeo attach
+    signatures (the `sha256-<hex>.sig` tag); an index is signed with each of its manifests. The store keeps a
+    copy of each signature of an image it holds. Returns the digests signed."""
+    from wasmctr import __version__
+    from wasmctr.image.model import Index
+    from wasmctr.signing import attach, keys
+    from wasmctr.signing import payload as payloads
+
+    parsed = references.parse(ref)
+    private = keys.load_private(_read_key(key), password.encode(), os.fspath(key))
+    client = _client(parsed.registry, insecure, ca_cert)
+    raw, media_type = client.get_manifest_raw(parsed.repository, parsed.locator)
+    top = Descriptor(_declared_type(raw, media_type), digests.of_bytes(raw), len(raw))
+    signed = [top.digest]
+    if top.media_type in mt.INDEXES:
+        signed += [m.digest for m in Index.parse(raw, top.media_type).manifests]
+    st = _store(store)
+    for digest in signed:
+        document = payloads.build(str(parsed), digest, f"wasmctr {__version__}")
+        attached = attach.sign(client, parsed.repository, digest, attach.new(document, keys.sign(private, document)))
+        if st.has_blob(digest):
+            attach.keep(st, parsed, digest, attached)
+    return signed
+
+
+def verify(ref: str, key: str | os.PathLike[str], *, insecure: bool = False, ca_cert: str | None = None) -> str:
+    """Check that the image `ref` names on its registry has a signature of `key` (a PEM public key) for its
+    digest, claiming its repository (cosign's and skopeo's payloads both do); returns the digest, else
+    `SignatureRefused`."""
+    from wasmctr.signing import attach, policy, verify
+
+    parsed = references.parse(ref)
+    requirement = policy.Requirement("sigstoreSigned", ((os.fspath(key), _read_key(key)),),
+                                     policy.Identity("matchRepository"))
+    client = _client(parsed.registry, insecure, ca_cert)
+    raw, _ = client.get_manifest_raw(parsed.repository, parsed.locator)
+    digest = digests.of_bytes(raw)
+
+    def signatures() -> list[Signature]:
+        found = attach.fetch(client, parsed.repository, digest)
+        return found.signatures if found is not None else []
+
+    verify.check(parsed, digest, signatures, policy.Policy(f"of key {os.fspath(key)}", (requirement,), {}))
+    return digest
+
+
+def _read_key(path: str | os.PathLike[str]) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise SigningError(f"{os.fspath(path)}: {exc.strerror}") from None
+
+
+def _declared_type(raw: bytes, header_type: str) -> str:
+    """A manifest's media type: its own `mediaType`, else the registry's Content-Type."""
+    try:
+        declared = json.loads(raw).get("mediaType")
+    except (ValueError, AttributeError):
+        declared = None
+    return declared if isinstance(declared, str) and declared else header_type
 
 
 def login(registry: str, username: str, password: str, *, insecure: bool = False,
@@ -418,6 +557,7 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
         syscall_policy: str = "refuse", platform: str | None = None, pull_missing: bool = True,
         user: str | None = None, devices: list[str] | None = None, insecure: bool = False,
         ca_cert: str | None = None, progress: Progress | None = None, hard_stop: bool = False,
+        signature_policy: str | os.PathLike[str] | None = None, registries_d: str | os.PathLike[str] | None = None,
         store: Store | None = None, serve: Any = None) -> Completed:
     """Run an image (pulled first if it is not in the store) or a `.wasm` file under the WASI sandbox,
     as `subprocess.run` runs a program.
@@ -437,6 +577,9 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
     that user, with no capabilities, the container seccomp filter and Landlock (`wasmctr.sandbox.confined`).
     `devices` grants default device nodes at /dev ("/dev/null", "zero"...; as root: they are made with
     mknod).
+
+    An image is run only if the signature policy accepts it (`pull`'s `signature_policy`), checked against the
+    signatures stored with it, before anything of it is prepared: else `SignatureRefused`.
 
     A wasi:http/proxy component is served instead (its world: `wasmctr.running.worlds.http_proxy`; `serve` is
     its ServeOptions, where to listen and the limits) until SIGINT or SIGTERM; the result's returncode is
@@ -473,10 +616,14 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
             spec = launch.spec_for_file(path, options, cleanup)
         else:
             wanted = _platforms(platform)[0] if platform else None
+            from wasmctr.signing import policy
+
+            rules = policy.load(signature_policy)
             if pull_missing:
                 pull_if_missing(target, platform=platform, insecure=insecure, ca_cert=ca_cert, progress=progress,
-                                store=st)
-            desc, _ = st.lookup(target)
+                                signature_policy=signature_policy, registries_d=registries_d, store=st)
+            desc, parsed = st.lookup(target)
+            _admit_stored(st, desc, parsed, rules)
             spec = launch.spec_for_image(st, stored.load(st, desc, wanted), options, cleanup)
         if devices:
             spec.devices = _device_dir([d.removeprefix("/dev/") for d in devices], cleanup)

@@ -33,6 +33,7 @@ _FLAGS = {
     "containerd_version": "--containerd-version", "workers": "--workers",
     "max_body": "--max-body", "max_headers": "--max-headers", "max_header_bytes": "--max-header-bytes",
     "max_concurrent": "--max-concurrent", "header_timeout": "--header-timeout",
+    "signature_policy": "--signature-policy", "registries_d": "--registries.d", "prefix": "--output-key-prefix",
 }
 
 # `run` exits with the guest's code, so its own failures, bad flags included, use docker run's 125 rather
@@ -46,6 +47,12 @@ CaCert = Annotated[str | None, typer.Option("--ca-cert", metavar="FILE",
                                                  "SSL_CERT_FILE or the system's).")]
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress output; only the digest.")]
 RunQuiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress output while pulling a missing image.")]
+SignaturePolicy = Annotated[str | None, typer.Option(
+    "--signature-policy", metavar="FILE", help="containers-policy.json(5) to check signatures by (default: "
+    "$WASMCTR_SIGNATURE_POLICY, ~/.config/containers/policy.json, /etc/containers/policy.json).")]
+RegistriesD = Annotated[str | None, typer.Option(
+    "--registries.d", metavar="DIR", help="containers-registries.d(5) directory: where sigstore attachments "
+    "are read (default ~/.config/containers/registries.d, /etc/containers/registries.d).")]
 
 class _Command(TyperCommand):
     """Usage lines as Docker's read (`wasmctr run [OPTIONS] IMAGE|FILE.wasm [ARG...]`): each argument by
@@ -113,6 +120,8 @@ def build(
     push: Annotated[bool, typer.Option("--push", help="Push the image to its registry after building.")] = False,
     precompile: Annotated[bool, typer.Option("--precompile", help="Compile the program into the cache now, so "
                                                                   "the first run starts warm.")] = False,
+    sign: Annotated[str | None, typer.Option("--sign", metavar="KEY", help="Sign the pushed image with this cosign "
+                                                                           "private key (needs --push).")] = None,
     insecure: Insecure = False,
     ca_cert: CaCert = None,
     quiet: Quiet = False,
@@ -121,6 +130,9 @@ def build(
 
     Example: wasmctr build examples/hello -t hello:1 --platform wasi/wasm,linux/amd64
     """
+    if sign is not None and not push:
+        raise UsageError("--sign needs --push: the signature is attached to the image on its registry")
+    password = _password(confirm=False) if sign is not None else ""
     args = {}
     for item in build_arg or []:
         key, eq, value = item.partition("=")
@@ -135,6 +147,9 @@ def build(
     if push:
         with console.progress(quiet) as progress:
             api.push(result.name, insecure=insecure, ca_cert=ca_cert, progress=progress)
+    if sign is not None:
+        for digest in api.sign(result.name, sign, password, insecure=insecure, ca_cert=ca_cert):
+            _echo(f"signed {result.name} ({digest})", err=True)
     _echo(result.digest)
 
 
@@ -203,6 +218,8 @@ def run(
                                                 help="HTTP connections at once per worker.")] = 64,
     header_timeout: Annotated[str, typer.Option("--header-timeout", metavar="DURATION",
                                                 help="Time a client has to send a request head.")] = "10s",
+    signature_policy: SignaturePolicy = None,
+    registries_d: RegistriesD = None,
     insecure: Insecure = False,
     ca_cert: CaCert = None,
     quiet: RunQuiet = False,
@@ -222,12 +239,14 @@ def run(
         # the progress display ends (and the terminal is restored) before the guest's first byte: it
         # redraws its lines, and would erase a partial line or a prompt the guest printed
         with console.progress(quiet) as progress:
-            api.pull_if_missing(target, platform=platform, insecure=insecure, ca_cert=ca_cert, progress=progress)
+            api.pull_if_missing(target, platform=platform, insecure=insecure, ca_cert=ca_cert, progress=progress,
+                                signature_policy=signature_policy, registries_d=registries_d)
         outcome = api.run(target, args, entrypoint=entrypoint, workdir=workdir, env=env, env_files=env_file,
                           volumes=volume, tmpfs=tmpfs, memory=memory, timeout=timeout, fuel=fuel,
                           network=network == "host", deny_wasi=deny_wasi, allow_wasi=allow_wasi,
                           syscall_policy=syscall_policy, stdin=interactive, platform=platform, user=user,
-                          devices=device, serve=serve, pull_missing=False, hard_stop=True)
+                          devices=device, serve=serve, pull_missing=False, hard_stop=True,
+                          signature_policy=signature_policy)
     except api.GuestTimeout as stopped:
         outcome = stopped.result
     except WasmctrError as exc:
@@ -266,18 +285,83 @@ def pull(
                                                                                        "(default wasi/wasm).")] = None,
     all_platforms: Annotated[bool, typer.Option("--all-platforms", help="Fetch the layers of every "
                                                                         "platform of an index.")] = False,
+    signature_policy: SignaturePolicy = None,
+    registries_d: RegistriesD = None,
     insecure: Insecure = False,
     ca_cert: CaCert = None,
     quiet: Quiet = False,
 ) -> None:
-    """Pull an image from a registry into the local store, verifying every blob; prints its digest.
+    """Pull an image from a registry into the local store, verifying every blob and, before anything is stored,
+    its signatures as the signature policy asks; prints its digest.
 
     Example: wasmctr pull 127.0.0.1:5000/hello:1
     """
     with console.progress(quiet) as progress:
         desc = api.pull(ref, platform=platform, all_platforms=all_platforms, insecure=insecure, ca_cert=ca_cert,
-                        progress=progress)
+                        progress=progress, signature_policy=signature_policy, registries_d=registries_d)
     _echo(desc.digest)
+
+
+@app.command("sign", cls=_Command, short_help="Sign an image on its registry")
+def sign_command(
+    ref: Annotated[str, typer.Argument(metavar="NAME[:TAG|@DIGEST]", help="Image on a registry.")],
+    key: Annotated[str, typer.Option("--key", metavar="FILE", help="cosign private key (cosign.key); its password "
+                                                                   "from COSIGN_PASSWORD or a prompt.")],
+    insecure: Insecure = False,
+    ca_cert: CaCert = None,
+) -> None:
+    """Sign an image's manifest digest (an index: and each of its manifests) and attach the signature as cosign
+    and skopeo do, under the tag sha256-<hex>.sig; prints each digest signed.
+
+    Example: wasmctr sign --key cosign.key 127.0.0.1:5000/hello:1
+    """
+    for digest in api.sign(ref, key, _password(confirm=False), insecure=insecure, ca_cert=ca_cert):
+        _echo(digest)
+
+
+@app.command("verify", cls=_Command, short_help="Check an image's signature on its registry")
+def verify_command(
+    ref: Annotated[str, typer.Argument(metavar="NAME[:TAG|@DIGEST]", help="Image on a registry.")],
+    key: Annotated[str, typer.Option("--key", metavar="FILE", help="cosign public key (cosign.pub).")],
+    insecure: Insecure = False,
+    ca_cert: CaCert = None,
+) -> None:
+    """Check that an image on its registry carries a signature of this key for its digest and repository;
+    prints the digest, or fails with the reason.
+
+    Example: wasmctr verify --key cosign.pub 127.0.0.1:5000/hello:1
+    """
+    digest = api.verify(ref, key, insecure=insecure, ca_cert=ca_cert)
+    _echo(f"Verified OK: {ref} ({digest}) is signed by {key}", err=True)
+    _echo(digest)
+
+
+key_app = typer.Typer(name="key", help="Manage signing keys.", short_help="Manage signing keys",
+                      no_args_is_help=True)
+app.add_typer(key_app)
+
+
+@key_app.command("generate", cls=_Command, short_help="Make a cosign key pair")
+def key_generate(
+    prefix: Annotated[str, typer.Option("--output-key-prefix", metavar="PREFIX",
+                                        help="Write PREFIX.key and PREFIX.pub.")] = "cosign",
+) -> None:
+    """Make an ECDSA P-256 key pair in cosign's format: PREFIX.key (encrypted with COSIGN_PASSWORD or a
+    password asked for twice; mode 0600) and PREFIX.pub.
+
+    Example: COSIGN_PASSWORD=... wasmctr key generate && wasmctr sign --key cosign.key 127.0.0.1:5000/hello:1
+    """
+    for path in api.generate_key(_password(confirm=True), prefix):
+        _echo(f"Wrote {path}")
+
+
+def _password(confirm: bool) -> str:
+    """A key's password, as cosign takes it: COSIGN_PASSWORD (even empty), else asked on the terminal."""
+    if "COSIGN_PASSWORD" in os.environ:
+        return os.environ["COSIGN_PASSWORD"]
+    if not sys.stdin.isatty():
+        raise UsageError("no password: set COSIGN_PASSWORD, or run on a terminal to be asked")
+    return str(typer.prompt("Password for the key", hide_input=True, confirmation_prompt=confirm))
 
 
 @app.command(cls=_Command, short_help="Log in to a registry")

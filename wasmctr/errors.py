@@ -95,6 +95,16 @@ class AuthError(RegistryError):
     """The registry wants credentials we do not have, or rejected the ones we sent."""
 
 
+class SigningError(WasmctrError):
+    """A key, signature policy or registries.d file that cannot be used: unreadable, malformed, of a kind
+    wasmctr does not take, or a wrong password."""
+
+
+class SignatureRefused(WasmctrError):
+    """The signature policy does not accept an image: no signature, another key, another digest or identity,
+    signatures that could not be read. The message names the image, the requirement and why."""
+
+
 class ExecutorError(WasmctrError):
     """wasmctr could not start the guest (bad spec, denied import, missing file): `run` exits 125."""
 

@@ -19,17 +19,19 @@ from wasmctr.errors import ArchiveError, StoreError, WasmctrError, parameter
 from wasmctr.image import mediatypes as mt
 from wasmctr.image import reference
 from wasmctr.image.model import Descriptor, Index, canonical_json
-from wasmctr.image.store import LAYOUT_VERSION, MAX_DOCUMENT, Store
+from wasmctr.image.store import LAYOUT_VERSION, MAX_DOCUMENT, Store, Tagged
 from wasmctr.layers.layer import TAR_ERRORS
 from wasmctr.record import record
 
 
-def save_archive(store: Store, desc: Descriptor, ref: reference.Reference | None, output: BinaryIO) -> None:
+def save_archive(store: Store, desc: Descriptor, ref: reference.Reference | None, output: BinaryIO,
+                 attachments: list[Tagged]) -> None:
     """Write one image and everything it references as an OCI archive; unnamed in it when saved by ID, as
-    `docker save ID` leaves it."""
+    `docker save ID` leaves it. `attachments` (its signatures' entries) go with it, under their names."""
     store.ensure_complete(desc, ref.familiar() if ref else desc.digest)
-    blobs = sorted(store.referenced(desc))
-    index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [_entry(desc, ref).to_dict()]}
+    blobs = sorted(set().union(*(store.referenced(d) for d in [desc, *(t.descriptor for t in attachments)])))
+    entries = [_entry(desc, ref), *(_entry(t.descriptor, reference.parse(t.name)) for t in attachments)]
+    index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [e.to_dict() for e in entries]}
     with tarfile.open(fileobj=output, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         _add_bytes(tar, "oci-layout", canonical_json(LAYOUT_VERSION))
         _add_bytes(tar, "index.json", canonical_json(index))
@@ -44,20 +46,24 @@ def save_archive(store: Store, desc: Descriptor, ref: reference.Reference | None
                 tar.addfile(info, f)
 
 
-def save_layout(store: Store, desc: Descriptor, ref: reference.Reference | None, directory: Path) -> None:
+def save_layout(store: Store, desc: Descriptor, ref: reference.Reference | None, directory: Path,
+                attachments: list[Tagged]) -> None:
     """Copy one image into an OCI layout directory (created, or added to if it exists); unnamed there when
-    saved by ID."""
+    saved by ID. `attachments` (its signatures' entries) go with it, under their names."""
     store.ensure_complete(desc, ref.familiar() if ref else desc.digest)
     with Store.for_export(directory) as target:
         with target.writing():
-            for digest in sorted(store.referenced(desc)):
-                if not target.has_blob(digest):
-                    with store.open_blob(digest) as f:
-                        target.put_stream(f, "application/octet-stream", digest)
-        if ref is None:
-            target.keep_unnamed(desc)
-        else:
-            target.set_tag(ref, desc)
+            for d in [desc, *(t.descriptor for t in attachments)]:
+                for digest in sorted(store.referenced(d)):
+                    if not target.has_blob(digest):
+                        with store.open_blob(digest) as f:
+                            target.put_stream(f, "application/octet-stream", digest)
+            for tagged in attachments:
+                target.set_tag(reference.parse(tagged.name), tagged.descriptor)
+            if ref is None:
+                target.keep_unnamed(desc)
+            else:
+                target.set_tag(ref, desc)
 
 
 @record(frozen=True)
@@ -104,15 +110,24 @@ def _load(store: Store, source: Path, tag: reference.Reference | None, added: se
         entries = Index.parse(index_raw).manifests
     except StoreError as exc:
         raise ArchiveError(f"{source}: malformed index.json: {exc}") from None
-    if tag is not None and len(entries) != 1:
-        raise ArchiveError(f"{source} holds {len(entries)} images; {parameter('tag')} needs exactly one")
+    images = [e for e in entries if not _is_attachment(e)]  # signatures travel as named entries of their own
+    if tag is not None and len(images) != 1:
+        raise ArchiveError(f"{source} holds {len(images)} images; {parameter('tag')} needs exactly one")
     named = []
     for entry in entries:
         _check_complete(store, entry, source)
-        named.append((tag or _name_of(entry, source), entry))
+        named.append((tag if tag is not None and entry in images else _name_of(entry, source), entry))
     for ref, entry in named:
         store.set_tag(ref, entry)
     return [Loaded(ref.familiar(), entry) for ref, entry in named]
+
+
+def _is_attachment(entry: Descriptor) -> bool:
+    """Whether an archive entry holds signatures (`repo:sha256-<hex>.sig`), not an image."""
+    try:
+        return reference.signed_digest(reference.parse(entry.annotations.get(mt.ANNOTATION_REF_NAME, ""))) is not None
+    except WasmctrError:
+        return False
 
 
 def _entry(desc: Descriptor, ref: reference.Reference | None) -> Descriptor:

@@ -323,6 +323,27 @@ class Registry:
                     raise RegistryError(f"{self.host}: download of {desc.digest} broke off: {_reason(exc)}") \
                         from None
 
+    def fetch_blob(self, repository: str, desc: Descriptor, limit: int) -> bytes:
+        """A small blob read whole (a signature payload), refused over `limit` bytes or when its bytes are not
+        of the descriptor's digest and size."""
+        if desc.size > limit:
+            raise RegistryError(f"{self.host}/{repository}: blob {desc.digest} is {desc.size} bytes, over the "
+                                f"{limit} bytes allowed")
+        with self.bounded():
+            response = self.do_request(self.url(f"{repository}/blobs/{desc.digest}"), "GET", stream=True)
+            with response:
+                if response.status_code == 404:
+                    raise RegistryError(f"{self.host}/{repository}: blob {desc.digest} not found on the registry")
+                _expect(response, 200, f"GET blob {desc.digest}")
+                try:
+                    data = response.raw.read(desc.size + 1, decode_content=True)
+                except Exception as exc:  # urllib3's own errors, as in _read_manifest
+                    raise RegistryError(f"{self.host}: blob {desc.digest} broke off: {_reason(exc)}") from None
+        if len(data) != desc.size or digests.of_bytes(data) != desc.digest:
+            raise DigestMismatch(f"{self.host}/{repository}: blob {desc.digest} has another digest or size "
+                                 f"({digests.of_bytes(data)}, {len(data)} bytes)")
+        return data
+
     def mount_blob(self, repository: str, digest: str, source: str) -> str | None:
         """Try a cross-repository mount; returns None if mounted, else the upload URL the registry opened."""
         with self.bounded():

@@ -47,11 +47,16 @@ class Silent:
 
 
 def pull(store: Store, ref: Reference, client: Registry, platform: Platform | None = None,
-         all_platforms: bool = False, progress: Progress | None = None) -> Descriptor:
-    """Fetch an image into the store and tag it with `ref`; returns the top descriptor."""
+         all_platforms: bool = False, progress: Progress | None = None,
+         admit: Callable[[Descriptor], None] | None = None) -> Descriptor:
+    """Fetch an image into the store and tag it with `ref`; returns the top descriptor. `admit` sees the top
+    descriptor before anything is stored, and raises to refuse the image (the signature policy): every other
+    blob is reached from it by digest."""
     progress = progress or Silent()
     raw, header_type = client.get_manifest_raw(ref.repository, ref.locator)
     top = Descriptor(_media_type(raw, header_type), digests.of_bytes(raw), len(raw))
+    if admit is not None:
+        admit(top)
     added: set[str] = set()
     try:
         with store.writing():
