@@ -29,7 +29,7 @@ _FLAGS = {
     "all_platforms=True": "--all-platforms", "devices": "--device", "user": "--user", "memory": "-m",
     "fuel": "--fuel", "env_files": "--env-file", "volumes": "-v", "tmpfs": "--tmpfs",
     "syscall_policy": "--syscall-policy", "deny_wasi": "--deny-wasi", "allow_wasi": "--allow-wasi",
-    "network=True": "--network host", "serve": "-p", "publish": "-p",
+    "network=True": "--network host", "serve": "-p", "publish": "-p", "allow_hosts": "--allow-host",
 }
 
 # `run` exits with the guest's code, so its own failures, bad flags included, use docker run's 125 rather
@@ -191,6 +191,9 @@ def run(
     workers: Annotated[int | None, typer.Option("--workers", metavar="N", min=1,
                                                 help="HTTP worker processes (default: one per CPU).")] = None,
     access_log: Annotated[bool, typer.Option("--access-log", help="One line per HTTP request on stderr.")] = False,
+    allow_host: Annotated[list[str] | None, typer.Option("--allow-host", metavar="HOST[:PORT]",
+                                                         help="A host the proxy's outgoing requests may reach "
+                                                              "(* any; needs --network host).")] = None,
     max_body: Annotated[str, typer.Option("--max-body", metavar="SIZE", help="HTTP request body limit.")] = "16m",
     max_headers: Annotated[int, typer.Option("--max-headers", metavar="N", min=1,
                                              help="HTTP request header fields limit.")] = 100,
@@ -213,7 +216,7 @@ def run(
         _fail(f"--network {network!r}: expected none or host", _EXIT_RUN_FAILED)
     try:
         serve = _serve_options(publish, workers, access_log, max_body, max_headers, max_header_bytes,
-                               max_concurrent, header_timeout)
+                               max_concurrent, header_timeout, tuple(allow_host or ()), network == "host")
         # the progress display ends (and the terminal is restored) before the guest's first byte: it
         # redraws its lines, and would erase a partial line or a prompt the guest printed
         with console.progress(quiet) as progress:
@@ -238,16 +241,20 @@ def run(
 
 
 def _serve_options(publish: str | None, workers: int | None, access_log: bool, max_body: str, max_headers: int,
-                   max_header_bytes: str, max_concurrent: int, header_timeout: str) -> Any:
+                   max_header_bytes: str, max_concurrent: int, header_timeout: str, allow_hosts: tuple[str, ...],
+                   network: bool) -> Any:
     from wasmctr.running.http.limits import Limits
-    from wasmctr.running.http.serving import ServeOptions, parse_publish
+    from wasmctr.running.http.serving import ServeOptions, check_grant, parse_publish
     from wasmctr.running.units import parse_duration, parse_size
 
-    parse_publish(publish)  # a bad -p fails before anything is pulled or loaded
+    parse_publish(publish)  # a bad -p or --allow-host fails before anything is pulled or loaded
     limits = Limits(max_body=parse_size(max_body), max_headers=max_headers,
                     max_header_bytes=parse_size(max_header_bytes), max_concurrent=max_concurrent,
                     head_timeout=parse_duration(header_timeout))
-    return ServeOptions(publish=publish, workers=workers, access_log=access_log, limits=limits)
+    options = ServeOptions(publish=publish, workers=workers, access_log=access_log, limits=limits,
+                           allow_hosts=allow_hosts)
+    check_grant(options, network)
+    return options
 
 
 @app.command(cls=_Command, short_help="Push an image to a registry")

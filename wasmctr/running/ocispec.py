@@ -26,13 +26,14 @@ if TYPE_CHECKING:  # the runtime CLI's start, state and delete read config.json 
 ANNOTATION_PREFIX = "wasmctr.io/"
 HANDLER_ANNOTATION = "run.oci.handler"  # crun's and CRI-O's
 VARIANT_ANNOTATION = "module.wasm.image/variant"  # the compat image format's
+ALLOW_HOSTS_ANNOTATION = ANNOTATION_PREFIX + "allow-hosts"  # a proxy's outgoing hosts: serving.parse_allow_hosts
 CONTAINER_TYPE_ANNOTATION = "io.kubernetes.cri.container-type"  # containerd's CRI: `sandbox` or `container`
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # runc's, when env has none
 KERNEL_FILESYSTEMS = {"proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2", "tmpfs", "shm"}
 # the run parameters an annotation sets, as an error about one names it (`WasmctrError.spelled`)
 ANNOTATIONS = {"deny_wasi": ANNOTATION_PREFIX + "deny-wasi", "allow_wasi": ANNOTATION_PREFIX + "allow-wasi",
                "syscall_policy": ANNOTATION_PREFIX + "syscall-policy",
-               "network=True": ANNOTATION_PREFIX + "network=host"}
+               "network=True": ANNOTATION_PREFIX + "network=host", "allow_hosts": ALLOW_HOSTS_ANNOTATION}
 
 
 def load_config(bundle: Path) -> dict[str, Any]:

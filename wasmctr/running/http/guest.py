@@ -18,9 +18,10 @@ from typing import Any
 import wasmtime
 from wasmtime import component
 
-from . import io, messages, wasi
+from . import io, messages, outgoing, wasi
 from .abi import Functions
 from .conn import Body, Head, Response
+from .hosts import Allowed
 from .limits import Limits
 from .table import Scope, Table
 
@@ -36,7 +37,8 @@ class Outcome:
 
 
 class Guest:
-    def __init__(self, engine: Any, code: Any, limits: Limits, env: list[tuple[str, str]]) -> None:
+    def __init__(self, engine: Any, code: Any, limits: Limits, env: list[tuple[str, str]],
+                 allowed: list[Allowed] | None = None) -> None:
         self.engine, self.code, self.limits = engine, code, limits
         self.table = Table()
         self._resource_types: list[tuple[component.ResourceType, int]] = []
@@ -46,7 +48,11 @@ class Guest:
         with self.linker.root() as root:
             io.define(self.fns, root, self.table, self._add_resource)
             wasi.define(self.fns, root, self.table, self._add_resource, env)
-            messages.define(self.fns, root, self.table, self._add_resource)
+            with root.add_instance("wasi:http/types@0.2.9") as types:
+                messages.define(self.fns, types, self.table, self._add_resource)
+                outgoing.define_types(self.fns, types, self.table, self._add_resource)
+            with root.add_instance("wasi:http/outgoing-handler@0.2.9") as handler:
+                outgoing.define_handler(self.fns, handler, self.table, allowed or [], limits)
         self.linker.define_unknown_imports_as_traps(code)
         self.export = handler_export(engine, code)
         self._ticker: threading.Thread | None = None

@@ -1,4 +1,5 @@
-"""`wasmctr run` of a wasi:http/proxy component: where to listen (Docker's `-p`), the limits, the workers.
+"""`wasmctr run` of a wasi:http/proxy component: where to listen (Docker's `-p`), the limits, the workers,
+the hosts its outgoing requests may reach.
 
 The one entry from the rest of wasmctr: `api.run` hands a prepared run spec here when the guest exports
 `wasi:http/incoming-handler`. Imports the server (and so wasmtime) only when a component is served.
@@ -14,6 +15,7 @@ from wasmctr.errors import ExecutorError, UsageError, WasmctrError, parameter
 from wasmctr.image import wasm
 from wasmctr.record import field, record
 
+from .hosts import ANY, Allowed, split_host_port
 from .limits import Limits
 
 DEFAULT_ADDRESS = ("127.0.0.1", 8080)  # without -p: loopback only, as Docker publishes nothing by default
@@ -25,6 +27,7 @@ class ServeOptions:
     workers: int | None = None  # None: one per CPU this process may run on
     access_log: bool = False
     limits: Limits = field(default_factory=Limits)
+    allow_hosts: tuple[str, ...] = ()  # HOST[:PORT] or `*`, each maybe a comma-separated list; needs the network
 
 
 def is_proxy(runner: Any, spec: Any) -> bool:
@@ -71,6 +74,28 @@ def parse_publish(text: str | None) -> tuple[str, int]:
     return host, numbers[0]
 
 
+def parse_allow_hosts(values: tuple[str, ...] | list[str]) -> list[Allowed]:
+    """The hosts outgoing requests may reach, from `--allow-host` values or the annotation
+    `wasmctr.io/allow-hosts` (`a.example:80,b.example`): each HOST (any port), HOST:PORT, [IPv6]:PORT, or
+    `*` (any host, any port)."""
+    allowed: list[Allowed] = []
+    for item in (part.strip() for value in values for part in value.split(",")):
+        try:
+            allowed.append((ANY, None) if item == ANY else split_host_port(item))
+        except ValueError:
+            raise UsageError(f"{parameter('allow_hosts')} {item!r}: expected HOST, HOST:PORT or *") from None
+    return allowed
+
+
+def check_grant(options: ServeOptions, network: bool) -> list[Allowed]:
+    """The allowlist, which only a granted network makes anything of (else a UsageError)."""
+    allowed = parse_allow_hosts(options.allow_hosts)
+    if allowed and not network:
+        raise UsageError(f"{parameter('allow_hosts')} needs {parameter('network=True')}: without the network "
+                         "no outgoing request is made")
+    return allowed
+
+
 def serve(runner: Any, spec: Any, options: ServeOptions) -> Any:
     """Serve the spec's component until SIGINT (exit 0) or SIGTERM (143); returns the executor's Outcome."""
     from wasmctr.running.executor import Outcome
@@ -78,9 +103,9 @@ def serve(runner: Any, spec: Any, options: ServeOptions) -> Any:
     from . import server
     from .guest import Guest, handler_export, log
 
-    if spec.mounts or spec.policy.network:
-        raise ExecutorError("a wasi:http proxy component gets no files and no network of its own: "
-                            "drop -v, --tmpfs and --network")
+    if spec.mounts:
+        raise ExecutorError("a wasi:http proxy component gets no files: drop -v and --tmpfs")
+    allowed = check_grant(options, spec.policy.network)
     base = options.limits
     limits = Limits(max_body=base.max_body, max_headers=base.max_headers, max_header_bytes=base.max_header_bytes,
                     max_concurrent=base.max_concurrent, head_timeout=base.head_timeout,
@@ -101,5 +126,5 @@ def serve(runner: Any, spec: Any, options: ServeOptions) -> Any:
     bound = sock.getsockname()
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     log(f"serving http://{shown}:{bound[1]}/ ({workers} worker{'s' if workers > 1 else ''})")
-    code_ = server.serve(sock, lambda: Guest(engine, code, limits, env), workers, options.access_log)
+    code_ = server.serve(sock, lambda: Guest(engine, code, limits, env, allowed), workers, options.access_log)
     return Outcome(code_, "exit" if code_ == 0 else "signal")
