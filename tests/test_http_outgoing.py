@@ -11,6 +11,7 @@ import os
 import socket
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,7 @@ def test_a_host_the_allowlist_does_not_name_is_denied_without_a_connection(fetch
     with serving(fetch, home, "--workers", "1", "--network", "host", "--allow-host", f"127.0.0.1:{upstream}",
                  "--allow-host", "localhost:1") as server:
         for target in (f"127.0.0.1:{other}",  # another port
+                       f"localhost:{upstream}",  # another name for the host listed: names are compared
                        f"localhost:{other}",  # a name listed, with another port
                        f"127.0.0.2:{upstream}"):  # the port, on another host
             assert forward(server.port, target)[::2] == (502, b"ErrorCode_HttpRequestDenied"), target
@@ -143,12 +145,37 @@ def test_without_the_network_every_outgoing_request_is_denied(fetch, home, untou
     assert_never_reached(untouched)
 
 
-def test_a_refused_connection_is_the_guests_connection_refused(fetch, home) -> None:
-    with socket.socket() as closed:  # bound, never listening: a connection to it is refused
-        closed.bind(("127.0.0.1", 0))
+@contextmanager
+def answering(reply: bytes) -> Iterator[int]:
+    """A bare upstream's port: it reads one request head, sends `reply` and closes."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        def answer() -> None:
+            client, _ = listener.accept()
+            with client:
+                seen = b""
+                while b"\r\n\r\n" not in seen and (chunk := client.recv(65536)):
+                    seen += chunk
+                client.sendall(reply)
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        yield listener.getsockname()[1]
+        thread.join(timeout=60)
+
+
+def test_failures_upstream_are_the_guests_error_codes(fetch, home) -> None:
+    with socket.socket() as closed, serving(fetch, home, "--workers", "1", "--network", "host", "--allow-host", "*",
+                                            "--max-header-bytes", "4k") as server:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: a connection to it is refused
         port = closed.getsockname()[1]
-        with serving(fetch, home, "--workers", "1", "--network", "host", "--allow-host", "*") as server:
-            assert forward(server.port, f"127.0.0.1:{port}")[::2] == (502, b"ErrorCode_ConnectionRefused")
+        assert forward(server.port, f"127.0.0.1:{port}")[::2] == (502, b"ErrorCode_ConnectionRefused")
+        with answering(b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 8192 + b"\r\n\r\n") as port:
+            assert forward(server.port, f"127.0.0.1:{port}")[::2] == (502, b"ErrorCode_HttpResponseHeaderSectionSize")
+        with answering(b"HTTP/1.1 200 OK\r\n") as port:  # and closes in the head
+            assert forward(server.port, f"127.0.0.1:{port}")[::2] == (502, b"ErrorCode_HttpResponseIncomplete")
+        with answering(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nto the close") as port:
+            status, response, body = forward(server.port, f"127.0.0.1:{port}")
+            assert (status, body) == (200, b"to the close")  # no length, not chunked: the body ends at the close
 
 
 def test_allow_host_needs_the_network_and_a_host(fetch) -> None:

@@ -17,6 +17,7 @@ from .messages import DENIED, FORBIDDEN, METHODS, Fields, IncomingBody, Outgoing
 from .table import Table
 
 SCHEMES = {"HTTP": "http", "HTTPS": "https"}
+MAX_OUTGOING = 64  # outgoing requests per incoming request: past it, `connection-limit-reached`
 PORTS = {"http": 80, "https": 443}
 
 
@@ -65,10 +66,14 @@ def define_handler(fns: Any, handler: Any, table: Table, allowed: list[Allowed],
             return ("err", exc.code)
         if not allows(allowed, target.host, target.port):
             return ("err", DENIED)
+        scope = table.scope
+        if scope.outgoing >= MAX_OUTGOING:
+            return ("err", ("connection-limit-reached", None))
+        scope.outgoing += 1
         seconds = {k: None if ns is None else ns / 1e9 for k, ns in options.timeouts.items()}
         timeouts = client.Timeouts(seconds["connect"], seconds["first-byte"], seconds["between-bytes"])
-        exchange = client.Exchange(target, timeouts, request.pipe, table.scope.deadline, limits)
-        table.scope.on_close.append(exchange.cancel)
+        exchange = client.Exchange(target, timeouts, request.pipe, scope.deadline, limits)
+        scope.on_close.append(exchange.cancel)
         exchange.start()
         return ("ok", table.add(FutureResponse(exchange)))
 
