@@ -287,17 +287,21 @@ HTTP_GUESTS = Path(__file__).resolve().parent / "guests" / "http"
 HTTP_GUEST_NAMES = ("hello", "echo", "trap", "spin")
 
 
-@pytest.fixture(scope="session")
-def proxies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The wasi:http/proxy guests of tests/guests/http, built by componentize-py (in parallel: about a
-    minute on two cores)."""
-    out = tmp_path_factory.mktemp("proxies")
+def componentize(names: tuple[str, ...], out: Path) -> dict[str, Path]:
+    """The guests of tests/guests/http so named, built by componentize-py into `out`, in parallel."""
     tool = str(Path(sys.executable).parent / "componentize-py")
     builds = {name: subprocess.Popen([tool, "-q", "-d", str(HTTP_GUESTS / "wit"), "-w", "proxy", "componentize", name,
                                       "-p", str(HTTP_GUESTS), "-o", str(out / f"{name}.wasm")], cwd=out,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-              for name in HTTP_GUEST_NAMES}
+              for name in names}
     for name, build in builds.items():
         output, _ = build.communicate(timeout=600)
         assert build.returncode == 0, (name, output)
-    return {name: out / f"{name}.wasm" for name in HTTP_GUEST_NAMES}
+    return {name: out / f"{name}.wasm" for name in names}
+
+
+@pytest.fixture(scope="session")
+def proxies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The wasi:http/proxy guests of tests/guests/http, built by componentize-py (in parallel: about a
+    minute on two cores)."""
+    return componentize(HTTP_GUEST_NAMES, tmp_path_factory.mktemp("proxies"))

@@ -34,6 +34,7 @@ _FLAGS = {
     "max_body": "--max-body", "max_headers": "--max-headers", "max_header_bytes": "--max-header-bytes",
     "max_concurrent": "--max-concurrent", "header_timeout": "--header-timeout",
     "signature_policy": "--signature-policy", "registries_d": "--registries.d", "prefix": "--output-key-prefix",
+    "allow_hosts": "--allow-host",
 }
 
 # `run` exits with the guest's code, so its own failures, bad flags included, use docker run's 125 rather
@@ -209,6 +210,9 @@ def run(
     workers: Annotated[int | None, typer.Option("--workers", metavar="N", min=1,
                                                 help="HTTP worker processes (default: one per CPU).")] = None,
     access_log: Annotated[bool, typer.Option("--access-log", help="One line per HTTP request on stderr.")] = False,
+    allow_host: Annotated[list[str] | None, typer.Option("--allow-host", metavar="HOST[:PORT]",
+                                                         help="A host the proxy's outgoing requests may reach "
+                                                              "(* any; needs --network host).")] = None,
     max_body: Annotated[str, typer.Option("--max-body", metavar="SIZE", help="HTTP request body limit.")] = "16m",
     max_headers: Annotated[int, typer.Option("--max-headers", metavar="N", min=1,
                                              help="HTTP request header fields limit.")] = 100,
@@ -235,7 +239,8 @@ def run(
         from wasmctr.running.http import serving
 
         serve = serving.options(publish, workers, access_log, max_body, max_headers, max_header_bytes,
-                                max_concurrent, header_timeout)
+                                max_concurrent, header_timeout, tuple(allow_host or ()))
+        serving.check_grant(serve, network == "host")  # before anything is pulled or loaded
         # the progress display ends (and the terminal is restored) before the guest's first byte: it
         # redraws its lines, and would erase a partial line or a prompt the guest printed
         with console.progress(quiet) as progress:

@@ -10,7 +10,8 @@
   `wasmctr.io/deny-wasi`, `wasmctr.io/allow-wasi`, `wasmctr.io/syscall-policy` carry the policy;
 - a wasi:http proxy serves at `WASMTIME_HTTP_PROXY_SOCKET_ADDR` from `process.env` (default
   `0.0.0.0:8080`, as runwasi), with `wasmctr.io/http-workers`, `-max-body`, `-max-headers`,
-  `-max-header-bytes`, `-max-concurrent`, `-header-timeout` and `-access-log` (`true`).
+  `-max-header-bytes`, `-max-concurrent`, `-header-timeout` and `-access-log` (`true`), and the hosts its
+  outgoing requests may reach with `wasmctr.io/network: host`: `wasmctr.io/allow-hosts` (`a.example,b:8080`).
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ if TYPE_CHECKING:  # the runtime CLI's start, state and delete read config.json 
 ANNOTATION_PREFIX = "wasmctr.io/"
 HANDLER_ANNOTATION = "run.oci.handler"  # crun's and CRI-O's
 VARIANT_ANNOTATION = "module.wasm.image/variant"  # the compat image format's
+ALLOW_HOSTS_ANNOTATION = ANNOTATION_PREFIX + "allow-hosts"  # a proxy's outgoing hosts: serving.parse_allow_hosts
 CONTAINER_TYPE_ANNOTATION = "io.kubernetes.cri.container-type"  # containerd's CRI: `sandbox` or `container`
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # runc's, when env has none
 KERNEL_FILESYSTEMS = {"proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2", "tmpfs", "shm"}
 # the run parameters an annotation sets, as an error about one names it (`WasmctrError.spelled`)
 ANNOTATIONS = {"deny_wasi": ANNOTATION_PREFIX + "deny-wasi", "allow_wasi": ANNOTATION_PREFIX + "allow-wasi",
                "syscall_policy": ANNOTATION_PREFIX + "syscall-policy",
-               "network=True": ANNOTATION_PREFIX + "network=host", "publish": "WASMTIME_HTTP_PROXY_SOCKET_ADDR"}
+               "network=True": ANNOTATION_PREFIX + "network=host", "publish": "WASMTIME_HTTP_PROXY_SOCKET_ADDR",
+               "allow_hosts": ALLOW_HOSTS_ANNOTATION}
 # a served component's settings (`serving.options`), each from an annotation of its own
 HTTP_SETTINGS = ("workers", "max_body", "max_headers", "max_header_bytes", "max_concurrent", "header_timeout")
 ANNOTATIONS.update({name: ANNOTATION_PREFIX + "http-" + name.replace("_", "-") for name in HTTP_SETTINGS})
@@ -237,8 +240,9 @@ def _serve_options(env: list[str], annotations: dict[str, str]) -> Any:
         if name == PROXY_ADDRESS_VARIABLE:
             address = value
     settings = {name: annotations[ANNOTATIONS[name]] for name in HTTP_SETTINGS if ANNOTATIONS[name] in annotations}
+    hosts = annotations.get(ALLOW_HOSTS_ANNOTATION)
     return serving.options(address, access_log=annotations.get(ANNOTATION_PREFIX + "http-access-log") == "true",
-                           **settings)
+                           allow_hosts=[hosts] if hosts else [], **settings)
 
 
 def explain(exc: BaseException) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
 import time
 from collections.abc import Callable
 
@@ -82,7 +83,7 @@ class Connection:
         self.sock.setblocking(False)
         try:
             data = self.sock.recv(RECV)
-        except BlockingIOError:
+        except (BlockingIOError, ssl.SSLWantReadError):  # a TLS socket (outgoing https) says so this way
             return False
         except OSError:
             self.eof = True
@@ -131,10 +132,15 @@ def _parse(raw: bytes, limits: Limits) -> Head:
         raise Refused(505 if version.startswith("HTTP/") else 400, f"unsupported version {version[:20]!r}")
     if not TOKEN.match(method.encode()) or not target or any(c <= " " or c == "\x7f" for c in target):
         raise Refused(400, "malformed request line")
-    if len(lines) - 1 > limits.max_headers:
+    return Head(method, target, version, parse_fields(lines[1:], limits))
+
+
+def parse_fields(lines: list[bytes], limits: Limits) -> list[tuple[str, bytes]]:
+    """A head's field lines (names lowercased), as strict for a response the host reads as for a request."""
+    if len(lines) > limits.max_headers:
         raise Refused(431, f"more than {limits.max_headers} header fields")
     fields: list[tuple[str, bytes]] = []
-    for line in lines[1:]:
+    for line in lines:
         name, colon, value = line.partition(b":")
         if not colon or not TOKEN.match(name):
             raise Refused(400, "malformed header field")
@@ -142,7 +148,7 @@ def _parse(raw: bytes, limits: Limits) -> Head:
         if BAD_VALUE.search(value):
             raise Refused(400, "control character in a header value")
         fields.append((name.decode("ascii").lower(), value))
-    return Head(method, target, version, fields)
+    return fields
 
 
 def body_length(head: Head, limits: Limits) -> int | None:
@@ -164,13 +170,15 @@ def body_length(head: Head, limits: Limits) -> int | None:
 
 
 class Body(InputStream):
-    """The request body as the guest's input-stream: the connection's bytes, decoded from chunks if it
-    came chunked, counted against the limit; trailers are kept for `future-trailers`."""
+    """A body as the guest's input-stream: the connection's bytes, decoded from chunks if it came chunked,
+    counted against the limit; trailers are kept for `future-trailers`. A request body, or the response
+    body of an outgoing request (`what`), which may also end where the server closes (`to_close`)."""
 
-    def __init__(self, conn: Connection, length: int | None, deadline: float) -> None:
-        self.conn, self.deadline = conn, deadline
+    def __init__(self, conn: Connection, length: int | None, deadline: float, what: str = "request body",
+                 to_close: bool = False) -> None:
+        self.conn, self.deadline, self.what, self.to_close = conn, deadline, what, to_close
         self.left = length  # bytes left in the body, or in the current chunk when chunked
-        self.chunked = length is None
+        self.chunked = length is None and not to_close
         self.done = length == 0
         self.total = 0
         self.trailers: list[tuple[str, bytes]] = []
@@ -182,7 +190,12 @@ class Body(InputStream):
 
     def _fill(self) -> None:
         self.waiting()
-        self.conn.fill(min(self.deadline, time.monotonic() + self.conn.limits.idle_timeout))
+        try:
+            self.conn.fill(min(self.deadline, time.monotonic() + self.conn.limits.idle_timeout))
+        except Closed:
+            if not (self.to_close and self.conn.eof):
+                raise
+            self.done = True
 
     def fileno(self) -> int | None:
         return self.conn.sock.fileno()
@@ -196,7 +209,7 @@ class Body(InputStream):
         try:
             return self._read(size, block)
         except (Closed, TimeoutError, Refused) as exc:
-            self.failed = f"request body: {exc or 'timed out'}"
+            self.failed = f"{self.what}: {exc or 'timed out'}"
             raise StreamFailed(self.failed) from None
 
     def _read(self, size: int, block: bool) -> bytes:
@@ -212,12 +225,15 @@ class Body(InputStream):
                 if not conn.buffer:
                     self._fill()
                 continue
-            assert self.left is not None
-            take = min(size, self.left, len(conn.buffer))
+            take = min(size, len(conn.buffer))
+            if self.left is not None:
+                take = min(take, self.left)
             data = bytes(conn.buffer[:take])
             del conn.buffer[:take]
-            self.left -= take
             self.total += take
+            if self.left is None:  # to the connection's close
+                return data
+            self.left -= take
             if self.chunked and self.left == 0:
                 self.left = -2  # the CRLF after the chunk's data, read with the next chunk's header
             elif not self.chunked and self.left == 0:
@@ -261,7 +277,7 @@ class Body(InputStream):
             del conn.buffer[:2]
         else:
             end = conn.buffer.find(b"\r\n\r\n")
-            self.trailers = _parse(b"X / HTTP/1.1\r\n" + bytes(conn.buffer[:end]), conn.limits).fields
+            self.trailers = parse_fields(bytes(conn.buffer[:end]).split(b"\r\n"), conn.limits)
             del conn.buffer[:end + 4]
         self.done = True
 

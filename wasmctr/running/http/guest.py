@@ -19,9 +19,10 @@ from typing import Any
 import wasmtime
 from wasmtime import component
 
-from . import io, messages, wasi
+from . import io, messages, outgoing, wasi
 from .abi import Functions
 from .conn import Body, Head, Response
+from .hosts import Allowed
 from .limits import Limits
 from .table import Scope, Table
 
@@ -39,10 +40,10 @@ class Outcome:
 class Guest:
     """`denied`: the imports the policy denied (`wasi:random/random@0.2.0`); the host defines those
     interfaces into a linker the guest never sees, so that its calls to them trap. `fuel`: each request's
-    budget, where the engine counts fuel."""
+    budget, where the engine counts fuel. `allowed`: the hosts outgoing requests may reach."""
 
     def __init__(self, engine: Any, code: Any, limits: Limits, env: list[tuple[str, str]],
-                 denied: Iterable[str] = (), fuel: int | None = None) -> None:
+                 denied: Iterable[str] = (), fuel: int | None = None, allowed: list[Allowed] | None = None) -> None:
         self.engine, self.code, self.limits, self.fuel = engine, code, limits, fuel
         self.table = Table()
         self._resource_types: list[tuple[component.ResourceType, int]] = []
@@ -54,7 +55,11 @@ class Guest:
             granted = _Granted(root, unseen_root, {name.partition("@")[0] for name in denied})
             io.define(self.fns, granted, self.table, self._add_resource)
             wasi.define(self.fns, granted, self.table, self._add_resource, env)
-            messages.define(self.fns, granted, self.table, self._add_resource)
+            with granted.add_instance("wasi:http/types@0.2.9") as types:
+                messages.define(self.fns, types, self.table, self._add_resource)
+                outgoing.define_types(self.fns, types, self.table, self._add_resource)
+            with granted.add_instance("wasi:http/outgoing-handler@0.2.9") as handler:
+                outgoing.define_handler(self.fns, handler, self.table, allowed or [], limits)
         self.linker.define_unknown_imports_as_traps(code)
         self.export = handler_export(engine, code)
         self._ticker: threading.Thread | None = None

@@ -3,7 +3,8 @@
 wasmtime's own wasi:io cannot be used beside a Python wasi:http (a body's stream must be the very resource
 type `wasi:io/streams` exports), so the whole proxy world's I/O is here. Pollables are real: a stream's
 is ready when its socket has bytes (or the stream has ended), a clock's when its time comes, and `poll`
-sleeps in `poll` until one is, never past the request's deadline.
+sleeps in `poll` until one is, never past the request's deadline. An outgoing request's response is
+waited for on a descriptor its thread signals (client.py).
 """
 
 from __future__ import annotations
@@ -62,10 +63,15 @@ class Console(OutputStream):
 
 
 class Pollable:
-    """Ready when `at` (monotonic seconds) has come, or when `stream` has something to read."""
+    """Ready when `at` (monotonic seconds) has come, when `stream` has something to read, or when `ready()`
+    says so; `fd`, if given, becomes readable when it may (a wait sleeps on it)."""
 
-    def __init__(self, at: float | None = None, stream: InputStream | None = None, ready: Any = None) -> None:
-        self.at, self.stream, self._ready = at, stream, ready
+    def __init__(self, at: float | None = None, stream: InputStream | None = None, ready: Any = None,
+                 fd: int | None = None) -> None:
+        self.at, self.stream, self._ready, self.fd = at, stream, ready, fd
+
+    def fileno(self) -> int | None:
+        return self.stream.fileno() if self.stream is not None else self.fd
 
     def ready(self) -> bool:
         if self._ready is not None:
@@ -91,7 +97,7 @@ def wait(table: Table, pollables: list[Pollable]) -> list[int]:
         timers = [p.at for p in pollables if p.at is not None]
         if timers:
             timeout = min(timeout, max(0.0, min(timers) - time.monotonic()))
-        fds = [fd for p in pollables if p.stream is not None and (fd := p.stream.fileno()) is not None]
+        fds = [fd for p in pollables if (fd := p.fileno()) is not None]
         if fds:
             for p in pollables:
                 if p.stream is not None:

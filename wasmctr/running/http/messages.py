@@ -1,13 +1,13 @@
 """wasi:http/types for incoming requests: fields, the request and its body, the response the guest builds
 and the outparam it answers through, with wasmtime's rules (forbidden and immutable fields, one body, the
-response sent once). Outgoing requests are not granted: `outgoing-handler.handle` answers every request
-with the error-code `HTTP-request-denied`, as `wasmtime serve` does for a host it may not reach.
+response sent once). The outgoing side's own types are outgoing.py's; it shares the fields and bodies.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from .client import Pipe
 from .conn import BAD_VALUE, TOKEN, Body, Head, Response
 from .io import OutputStream, Pollable, StreamFailed
 from .table import Table
@@ -15,7 +15,7 @@ from .table import Table
 FORBIDDEN = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
              "transfer-encoding", "upgrade", "host", "http2-settings"}
 METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
-DENIED = ("HTTP-request-denied", None)
+DENIED = ("HTTP-request-denied", None)  # the error-code of an outgoing request the host may not make
 
 
 class Fields:
@@ -57,15 +57,25 @@ class OutgoingResponse:
 
 class OutgoingBody:
     def __init__(self) -> None:
-        self.response: Response | None = None  # once the response is set: where the body goes
+        self.target: Response | Pipe | None = None  # where the body goes: the response once set
         self.buffer = bytearray()  # what is written before that
         self.streamed = False
         self.finished = False
         self.trailers: list[tuple[str, bytes]] | None = None
 
+    def attach(self, target: Response | Pipe) -> None:
+        """From now on the body goes to `target` (the response, an outgoing request's pipe): what was
+        written before goes first, and the end, if the guest has finished the body already."""
+        self.target = target
+        if self.buffer:
+            target.write(bytes(self.buffer))
+            self.buffer.clear()
+        if self.finished:
+            target.finish(self.trailers)
+
 
 class BodySink(OutputStream):
-    """The output-stream of an outgoing body: the socket once the response is set, a buffer before."""
+    """The output-stream of an outgoing body: its target once there is one, a buffer before."""
 
     def __init__(self, body: OutgoingBody) -> None:
         self.body = body
@@ -73,28 +83,25 @@ class BodySink(OutputStream):
     def write(self, data: bytes) -> None:
         if self.body.finished:
             raise StreamFailed("the body is finished")
-        if self.body.response is None:
+        if self.body.target is None:
             self.body.buffer += data
         else:
-            self.body.response.write(data)
+            self.body.target.write(data)
 
     def flush(self) -> None:
-        if self.body.response is not None:
-            self.body.response.flush()
+        if self.body.target is not None:
+            self.body.target.flush()
 
 
-def define(fns: Any, root: Any, table: Table, add_resource: Any) -> None:
-    with root.add_instance("wasi:http/types@0.2.9") as types:
-        for name in ("fields", "incoming-request", "outgoing-request", "request-options", "response-outparam",
-                     "incoming-response", "incoming-body", "future-trailers", "outgoing-response",
-                     "outgoing-body", "future-incoming-response"):
-            add_resource(types, name)
-        fns.add(types, "http-error-code", lambda rep: None)
-        _define_fields(fns, types, table)
-        _define_request(fns, types, table)
-        _define_response(fns, types, table)
-    with root.add_instance("wasi:http/outgoing-handler@0.2.9") as handler:
-        fns.add(handler, "handle", lambda request, options: ("err", DENIED))
+def define(fns: Any, types: Any, table: Table, add_resource: Any) -> None:
+    """Define this side's resources and functions in the `wasi:http/types` instance."""
+    for name in ("fields", "incoming-request", "response-outparam", "incoming-body", "future-trailers",
+                 "outgoing-response", "outgoing-body"):
+        add_resource(types, name)
+    fns.add(types, "http-error-code", lambda rep: None)
+    _define_fields(fns, types, table)
+    _define_request(fns, types, table)
+    _define_response(fns, types, table)
 
 
 def _define_fields(fns: Any, types: Any, table: Table) -> None:
@@ -244,11 +251,11 @@ def _define_response(fns: Any, types: Any, table: Table) -> None:
         body = table.take(rep, OutgoingBody)
         fields = table.take(trailers, Fields).entries if trailers is not None else None
         body.finished = True
-        if body.response is None:  # finished before the response is set: sent when it is
+        if body.target is None:  # finished before the response is set: sent when it is
             body.trailers = fields
             return ("ok", None)
         try:
-            body.response.finish(fields)
+            body.target.finish(fields)
         except StreamFailed as exc:
             return ("err", ("internal-error", str(exc)))
         return ("ok", None)
@@ -267,12 +274,7 @@ def _define_response(fns: Any, types: Any, table: Table) -> None:
             response.body.finished = True
             out.response.finish()
             return
-        response.body.response = out.response
-        if response.body.buffer:
-            out.response.write(bytes(response.body.buffer))
-            response.body.buffer.clear()
-        if response.body.finished:
-            out.response.finish(response.body.trailers)
+        response.body.attach(out.response)
 
     fns.add(types, "[constructor]outgoing-response", new_response)
     fns.add(types, "[method]outgoing-response.status-code", lambda rep: table.get(rep, OutgoingResponse).status)
@@ -283,5 +285,3 @@ def _define_response(fns: Any, types: Any, table: Table) -> None:
     fns.add(types, "[method]outgoing-body.write", body_write)
     fns.add(types, "[static]outgoing-body.finish", body_finish)
     fns.add(types, "[static]response-outparam.set", outparam_set)
-    fns.add(types, "[method]future-incoming-response.subscribe", lambda rep: table.add(Pollable()))
-    fns.add(types, "[method]future-incoming-response.get", lambda rep: None)

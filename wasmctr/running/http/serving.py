@@ -1,4 +1,5 @@
-"""How a wasi:http/proxy component is served: where to listen (Docker's `-p`), the limits, the workers.
+"""How a wasi:http/proxy component is served: where to listen (Docker's `-p`), the limits, the workers,
+the hosts its outgoing requests may reach.
 
 A run spec carries these (`RunSpec.serve`) to the proxy world (`worlds/http_proxy.py`), from `wasmctr run`'s
 flags or, in a container, from `WASMTIME_HTTP_PROXY_SOCKET_ADDR` and the pod's annotations. Light: the
@@ -14,6 +15,7 @@ from typing import Any
 from wasmctr.errors import UsageError, parameter
 from wasmctr.record import field, record
 
+from .hosts import ANY, Allowed, split_host_port
 from .limits import Limits
 
 DEFAULT_ADDRESS = ("127.0.0.1", 8080)  # without -p: loopback only, as Docker publishes nothing by default
@@ -25,6 +27,7 @@ class ServeOptions:
     workers: int | None = None  # None: one per CPU this process may run on
     access_log: bool = False
     limits: Limits = field(default_factory=Limits)
+    allow_hosts: tuple[str, ...] = ()  # HOST[:PORT] or `*`, each maybe a comma-separated list; needs the network
 
 
 def parse_publish(text: str | None) -> tuple[str, int]:
@@ -58,7 +61,8 @@ def parse_publish(text: str | None) -> tuple[str, int]:
 
 def options(publish: str | None = None, workers: int | str | None = None, access_log: bool = False,
             max_body: str = "16m", max_headers: int | str = 100, max_header_bytes: str = "64k",
-            max_concurrent: int | str = 64, header_timeout: str = "10s") -> ServeOptions:
+            max_concurrent: int | str = 64, header_timeout: str = "10s",
+            allow_hosts: tuple[str, ...] | list[str] = ()) -> ServeOptions:
     """Serve options from their spelling as flags or annotations take them (sizes `16m`, durations `10s`),
     each checked, so a bad one fails before anything is pulled, loaded or started."""
     from wasmctr.running.units import parse_duration, parse_size
@@ -69,8 +73,31 @@ def options(publish: str | None = None, workers: int | str | None = None, access
                     max_header_bytes=_checked("max_header_bytes", max_header_bytes, parse_size),
                     max_concurrent=_checked("max_concurrent", max_concurrent, _count),
                     head_timeout=_checked("header_timeout", header_timeout, parse_duration))
+    parse_allow_hosts(allow_hosts)
     return ServeOptions(publish=publish, workers=None if workers is None else _checked("workers", workers, _count),
-                        access_log=access_log, limits=limits)
+                        access_log=access_log, limits=limits, allow_hosts=tuple(allow_hosts))
+
+
+def parse_allow_hosts(values: tuple[str, ...] | list[str]) -> list[Allowed]:
+    """The hosts outgoing requests may reach, from `--allow-host` values or the annotation
+    `wasmctr.io/allow-hosts` (`a.example:80,b.example`): each HOST (any port), HOST:PORT, [IPv6]:PORT, or
+    `*` (any host, any port)."""
+    allowed: list[Allowed] = []
+    for item in (part.strip() for value in values for part in value.split(",")):
+        try:
+            allowed.append((ANY, None) if item == ANY else split_host_port(item))
+        except ValueError:
+            raise UsageError(f"{parameter('allow_hosts')} {item!r}: expected HOST, HOST:PORT or *") from None
+    return allowed
+
+
+def check_grant(options: ServeOptions, network: bool) -> list[Allowed]:
+    """The allowlist, which only a granted network makes anything of (else a UsageError)."""
+    allowed = parse_allow_hosts(options.allow_hosts)
+    if allowed and not network:
+        raise UsageError(f"{parameter('allow_hosts')} needs {parameter('network=True')}: without the network "
+                         "no outgoing request is made")
+    return allowed
 
 
 def _count(value: int | str) -> int:

@@ -26,6 +26,7 @@ class Scope:
         self.deadline = deadline
         self.reps: set[int] = set()
         self.on_close: list[Callable[[], None]] = []
+        self.outgoing = 0  # outgoing requests made (each holds a thread or a connection until the request ends)
 
     def remaining(self) -> float:
         """Seconds left before the deadline; past it the guest traps, even inside a blocking host call."""

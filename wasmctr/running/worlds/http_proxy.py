@@ -7,7 +7,8 @@ links the guest to the Python host of `wasi:http` (`running/http/`), and runs a 
 request until it is stopped. What differs from a command, and so what this world answers differently:
 
 - the host listens, so a container process needs the socket calls (`listens`) even when the guest was
-  granted no network of its own;
+  granted no network of its own; with the network granted, the guest's outgoing requests may reach the
+  hosts the serve options allow (`--allow-host`, `wasmctr.io/allow-hosts`), and no others;
 - `--timeout` and the memory limit bound each request's instance, not the whole run (`lifetime`);
 - a signal drains: the requests in flight finish, then the run ends 0 after SIGINT and 143 after SIGTERM,
   as runwasi's tests expect of a served component (`stop`).
@@ -24,7 +25,7 @@ import os
 
 from wasmctr.errors import ExecutorError
 from wasmctr.running.http.limits import Limits
-from wasmctr.running.http.serving import ServeOptions, parse_publish
+from wasmctr.running.http.serving import ServeOptions, check_grant, parse_publish
 from wasmctr.running.spec import RunSpec
 from wasmctr.running.worlds.program import Component, Program
 from wasmctr.running.worlds.world import Guest, World, refused
@@ -47,7 +48,9 @@ class HttpProxy(World):
         provided = {name: why for name, why in denied.items() if name.startswith(PROVIDED)}
         if provided and spec.policy.mode == "refuse":
             raise refused(provided)
-        parse_publish((spec.serve or ServeOptions()).publish)
+        options = spec.serve or ServeOptions()
+        parse_publish(options.publish)
+        check_grant(options, spec.policy.network)
         # imported now, at prepare: a container process runs the guest under Landlock, which no longer
         # lets it read the modules
         from wasmctr.running.http import guest, server  # noqa: F401
@@ -65,6 +68,7 @@ class HttpProxy(World):
         limits = _limits(options.limits, spec)
         env = [(k, v) for k, _, v in (item.partition("=") for item in spec.env)]
         program, denied = guest.program, set(guest.denied)
+        allowed = check_grant(options, spec.policy.network)
         host, port = parse_publish(options.publish)
         try:
             sock = server.listen(host, port)
@@ -72,7 +76,7 @@ class HttpProxy(World):
             raise ExecutorError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
         workers = options.workers or len(os.sched_getaffinity(0))
         serving = server.Server(sock, lambda: HttpGuest(program.engine, program.code, limits, env, denied,
-                                                        spec.fuel), workers, options.access_log)
+                                                        spec.fuel, allowed), workers, options.access_log)
         guest.state = serving
         for signum in list(guest.signals):  # a signal that came before the server was there
             serving.stop(signum)
