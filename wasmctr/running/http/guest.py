@@ -23,6 +23,7 @@ from .abi import Functions
 from .conn import Body, Head, Response
 from .limits import Limits
 from .table import Scope, Table
+from .versions import Versions
 
 TICK = 0.05  # seconds per epoch: a deadline is kept to within one tick
 STATUS_OF_ERROR = 500  # `wasmtime serve` answers every error-code the guest sets with 500
@@ -43,11 +44,12 @@ class Guest:
         self._ids: dict[str, int] = {}
         self.fns = Functions(self._resource_types)
         self.linker = component.Linker(engine)
+        at = versions_of(engine, code).name
         with self.linker.root() as root:
-            io.define(self.fns, root, self.table, self._add_resource)
-            wasi.define(self.fns, root, self.table, self._add_resource, env)
-            messages.define(self.fns, root, self.table, self._add_resource)
-        self.linker.define_unknown_imports_as_traps(code)
+            io.define(self.fns, root, self.table, self._add_resource, at)
+            wasi.define(self.fns, root, self.table, self._add_resource, at, env)
+            messages.define(self.fns, root, self.table, self._add_resource, at)
+        self.linker.define_unknown_imports_as_traps(code)  # what the host does not serve (sockets, files)
         self.export = handler_export(engine, code)
         self._ticker: threading.Thread | None = None
 
@@ -100,6 +102,12 @@ class Guest:
         if not response.finished:
             return Outcome(response.status if response.started else 0, "the guest did not finish the response body")
         return Outcome(response.status)
+
+
+def versions_of(engine: Any, code: Any) -> Versions:
+    """The versions to define the host's interfaces at for this component; ValueError if one it uses is
+    newer than the host's (checked before serving, so that it fails at start, not at a request)."""
+    return Versions([*code.type.imports(engine), *code.type.exports(engine)])
 
 
 def handler_export(engine: Any, code: Any) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import select
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .table import Table
@@ -107,17 +108,17 @@ def stream_error(table: Table, exc: Exception) -> tuple[str, Any]:
     return ("err", ("closed", None))
 
 
-def define(fns: Any, root: Any, table: Table, add_resource: Any) -> None:
-    """Define wasi:io/error, poll and streams (every 0.2.x version: the linker matches by semver)."""
-    with root.add_instance("wasi:io/error@0.2.9") as error:
+def define(fns: Any, root: Any, table: Table, add_resource: Any, at: Callable[[str], str]) -> None:
+    """Define wasi:io/error, poll and streams, each under the name `at` gives it (versions.py)."""
+    with root.add_instance(at("wasi:io/error")) as error:
         add_resource(error, "error")
         fns.add(error, "[method]error.to-debug-string", lambda rep: table.get(rep, IoError).message)
-    with root.add_instance("wasi:io/poll@0.2.9") as poll:
+    with root.add_instance(at("wasi:io/poll")) as poll:
         add_resource(poll, "pollable")
         fns.add(poll, "[method]pollable.ready", lambda rep: table.get(rep, Pollable).ready())
         fns.add(poll, "[method]pollable.block", lambda rep: wait(table, [table.get(rep, Pollable)]) and None)
         fns.add(poll, "poll", lambda reps: wait(table, [table.get(r, Pollable) for r in reps]))
-    with root.add_instance("wasi:io/streams@0.2.9") as streams:
+    with root.add_instance(at("wasi:io/streams")) as streams:
         add_resource(streams, "input-stream")
         add_resource(streams, "output-stream")
         _define_input(fns, streams, table)

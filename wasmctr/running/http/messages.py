@@ -6,6 +6,7 @@ with the error-code `HTTP-request-denied`, as `wasmtime serve` does for a host i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .conn import BAD_VALUE, TOKEN, Body, Head, Response
@@ -83,8 +84,8 @@ class BodySink(OutputStream):
             self.body.response.flush()
 
 
-def define(fns: Any, root: Any, table: Table, add_resource: Any) -> None:
-    with root.add_instance("wasi:http/types@0.2.9") as types:
+def define(fns: Any, root: Any, table: Table, add_resource: Any, at: Callable[[str], str]) -> None:
+    with root.add_instance(at("wasi:http/types")) as types:
         for name in ("fields", "incoming-request", "outgoing-request", "request-options", "response-outparam",
                      "incoming-response", "incoming-body", "future-trailers", "outgoing-response",
                      "outgoing-body", "future-incoming-response"):
@@ -93,7 +94,7 @@ def define(fns: Any, root: Any, table: Table, add_resource: Any) -> None:
         _define_fields(fns, types, table)
         _define_request(fns, types, table)
         _define_response(fns, types, table)
-    with root.add_instance("wasi:http/outgoing-handler@0.2.9") as handler:
+    with root.add_instance(at("wasi:http/outgoing-handler")) as handler:
         fns.add(handler, "handle", lambda request, options: ("err", DENIED))
 
 

@@ -76,7 +76,7 @@ def serve(runner: Any, spec: Any, options: ServeOptions) -> Any:
     from wasmctr.running.executor import Outcome
 
     from . import server
-    from .guest import Guest, handler_export, log
+    from .guest import Guest, handler_export, log, versions_of
 
     if spec.mounts or spec.policy.network:
         raise ExecutorError("a wasi:http proxy component gets no files and no network of its own: "
@@ -89,6 +89,7 @@ def serve(runner: Any, spec: Any, options: ServeOptions) -> Any:
     engine, code = runner.load(spec.wasm, spec.wasm_digest)
     try:
         handler_export(engine, code)
+        versions_of(engine, code)
     except ValueError as exc:
         raise ExecutorError(str(exc)) from None
     env = [(k, v) for k, _, v in (item.partition("=") for item in spec.env)]
