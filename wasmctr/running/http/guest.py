@@ -9,6 +9,7 @@ every blocking host call waits at most until then.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -78,7 +79,12 @@ class Guest:
         store.set_limits(memory_size=limits.memory)
         store.set_epoch_deadline(max(1, int((body.deadline - time.monotonic()) / TICK) + 1))
         out = messages.Outparam(response)
-        body.waiting = lambda: response.flush() if response.status and not response.finished else None
+
+        def send_written() -> None:  # before the guest waits on the request body, what it wrote goes out
+            if response.status:
+                with contextlib.suppress(io.StreamFailed):  # the guest's next write says so
+                    response.send_rest(body.deadline)
+        body.waiting = send_written
         try:
             instance = self.linker.instantiate(store, self.code)
             index = instance.get_export_index(store, self.export)
@@ -101,6 +107,10 @@ class Guest:
             return Outcome(0, "the guest returned without setting a response")
         if not response.finished:
             return Outcome(response.status if response.started else 0, "the guest did not finish the response body")
+        try:
+            response.send_rest(body.deadline)
+        except io.StreamFailed as exc:
+            return Outcome(response.status, str(exc))
         return Outcome(response.status)
 
 
