@@ -157,8 +157,8 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, *fr
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The C proxy guest (tests/guests/http/tiny.c), a component per wasi:http version: 0.2.0, 0.2.3, 0.2.8 and
-    one newer than the host's (proxies.NEWER)."""
-    from proxies import build_tiny
+    one newer than the host's (tinyguest.NEWER)."""
+    from tinyguest import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tiny"))
 

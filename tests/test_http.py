@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_one_line_error, wasmctr
-from proxies import GUESTS, NEWER, TINY_WITS, read_response, serving
+from proxies import read_response, serving
 from services import wait_for
+from tinyguest import GUESTS, NEWER, TINY_WITS
 
 NAMES = ("hello", "echo", "trap", "spin")
 

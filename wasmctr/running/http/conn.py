@@ -313,7 +313,8 @@ class Response(OutputStream):
         return b"\r\n".join(lines) + b"\r\n\r\n"
 
     def capacity(self) -> int:
-        self.flush()
+        if len(self.pending) >= WRITE_BUDGET:  # full: make room if the socket takes some (else no send: a
+            self.flush()                      # small answer goes out whole, in one send with its head)
         return max(0, WRITE_BUDGET - len(self.pending))
 
     def write(self, data: bytes) -> None:
