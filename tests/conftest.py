@@ -155,6 +155,21 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, *fr
 
 
 @pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The C proxy guest (tests/guests/http/tiny.c), a component per wasi:http version: 0.2.0, 0.2.3, 0.2.8 and
+    one newer than the host's (tinyguest.NEWER)."""
+    from tinyguest import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def compiled_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One store for every HTTP server of the session: each guest is compiled once, then mapped from the cache."""
+    return tmp_path_factory.mktemp("http-home")
+
+
+@pytest.fixture(scope="session")
 def hello_wasm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("wat") / "hello.wasm"
     path.write_bytes(wasmtime.wat2wasm(HELLO_WAT))

@@ -1,76 +1,22 @@
 """wasi:http/proxy components served by the installed `wasmctr run -p`, answering real HTTP clients: the
-guests are Python built by componentize-py (tests/guests/http), the clients http.client and raw sockets,
-hostile where a limit is tested."""
+guests are Python built by componentize-py (tests/guests/http) and the C guest tiny.c for each wasi:http
+version, the clients http.client and raw sockets, hostile where a limit is tested."""
 
 from __future__ import annotations
 
-import http.client
 import os
-import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from conftest import assert_one_line_error, wasmctr
+from proxies import read_response, serving
 from services import wait_for
-
-
-@pytest.fixture(scope="session")
-def compiled_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One store for every server of the session: each guest is compiled once, then mapped from the cache."""
-    return tmp_path_factory.mktemp("http-home")
-
-
-class Server:
-    def __init__(self, proc: subprocess.Popen[str], port: int) -> None:
-        self.proc, self.port = proc, port
-
-    def connect(self) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-
-    def raw(self) -> socket.socket:
-        return socket.create_connection(("127.0.0.1", self.port), timeout=60)
-
-    def get(self, path: str = "/") -> tuple[int, bytes]:
-        conn = self.connect()
-        try:
-            conn.request("GET", path)
-            response = conn.getresponse()
-            return response.status, response.read()
-        finally:
-            conn.close()
-
-
-@contextmanager
-def serving(wasm: Path, home: Path, *flags: str) -> Iterator[Server]:
-    """`wasmctr run -p 127.0.0.1:0 FLAGS WASM`, once it says where it listens; stopped by SIGTERM after."""
-    exe = shutil.which("wasmctr", path=str(Path(sys.executable).parent)) or "wasmctr"
-    proc = subprocess.Popen([exe, "run", "-p", "127.0.0.1:0", *flags, str(wasm)], stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "WASMCTR_HOME": str(home)})
-    try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()  # the first line: where it serves (or why it cannot)
-        found = re.match(r"wasmctr: serving http://127\.0\.0\.1:(\d+)/", line)
-        assert found, line + proc.stderr.read()
-        yield Server(proc, int(found.group(1)))
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
-
-
-def read_response(sock: socket.socket) -> bytes:
-    data = b""
-    while chunk := sock.recv(65536):
-        data += chunk
-    return data
+from tinyguest import GUESTS, NEWER, TINY_WITS
 
 
 def test_hello_answers_requests_over_one_kept_alive_connection(proxies, compiled_home) -> None:
@@ -128,7 +74,7 @@ def test_a_spinning_guest_is_stopped_at_its_deadline(proxies, compiled_home) -> 
     with serving(proxies["spin"], compiled_home, "--workers", "1", "--timeout", "1s") as server:
         assert server.get("/")[0] == 500
         assert server.get("/")[0] == 500  # the worker is free again
-    assert "deadline" in server.proc.stderr.read()  # type: ignore[union-attr]
+    server.stderr_line("deadline")
 
 
 def test_limits_refuse_hostile_heads_and_bodies(proxies, compiled_home) -> None:
@@ -206,3 +152,20 @@ def test_an_image_of_a_proxy_is_named_a_proxy_and_served(proxies, compiled_home,
     assert "World:       command" in wasmctr("inspect", "command:1", env=env).stdout
     with serving(Path("proxy:1"), compiled_home, "--workers", "1") as server:
         assert server.get("/") == (200, b"Hello from a wasi:http component!\n")
+
+
+@pytest.mark.parametrize("version", list(TINY_WITS))
+def test_a_guest_of_each_wasi_http_version_is_served(tiny, compiled_home, version) -> None:
+    """0.2.0, a middle release and the newest of WebAssembly/wasi-http: the host serves each at its own version."""
+    body = os.urandom(300_000)
+    with serving(tiny[version], compiled_home, "--workers", "1") as server:
+        assert server.get("/") == (200, b"Hello from a wasi:http component!\n")
+        conn = server.connect()
+        conn.request("POST", "/echo", body=body)
+        assert conn.getresponse().read() == body
+        conn.close()
+
+
+def test_a_guest_of_a_wasi_newer_than_the_hosts_fails_before_serving(tiny, compiled_home) -> None:
+    proc = wasmctr("run", "-p", "127.0.0.1:0", str(tiny[NEWER]), check=False, env={"WASMCTR_HOME": str(compiled_home)})
+    assert_one_line_error(proc, 125, f"@{NEWER}, newer than this host's wasi 0.2.9")

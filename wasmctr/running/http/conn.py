@@ -4,18 +4,20 @@ Strict where hyper is (the parser behind `wasmtime serve`): a head must arrive w
 size, with at most so many fields; `Transfer-Encoding` other than a final `chunked`, both it and
 `Content-Length`, or two different lengths, are refused (request smuggling), as are bytes a header may not
 hold. A body longer than allowed fails: refused at once when its length says so, or the guest's stream
-fails when a chunked body grows past it. Responses are chunked unless the guest names their length.
+fails when a chunked body grows past it. The body is read only as the guest reads it: a guest that does not
+read stalls the client's sends. Responses are chunked unless the guest names their length.
 """
 
 from __future__ import annotations
 
 import re
+import select
 import socket
 import ssl
 import time
 from collections.abc import Callable
 
-from .io import InputStream, OutputStream, StreamFailed
+from .io import WRITE_BUDGET, InputStream, OutputStream, StreamFailed
 from .limits import Limits
 
 TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -293,7 +295,9 @@ class Body(InputStream):
 
 
 class Response(OutputStream):
-    """The response's head and body on the socket: chunked unless the guest gave `content-length`."""
+    """The response's head and body on the socket: chunked unless the guest gave `content-length`. What the
+    guest writes is sent as the socket takes it, never waiting (`capacity` is the room left in the buffer);
+    `send_rest` waits for a slow client, up to a deadline."""
 
     def __init__(self, sock: socket.socket, keep_alive: bool, head_only: bool = False) -> None:
         self.sock, self.keep_alive, self.head_only = sock, keep_alive, head_only
@@ -304,6 +308,7 @@ class Response(OutputStream):
         self.sent = 0
         self.pending = bytearray()
         self.finished = False
+        self.failed: str | None = None
 
     def start(self, status: int, fields: list[tuple[str, bytes]]) -> None:
         self.status, self.fields = status, fields
@@ -323,6 +328,11 @@ class Response(OutputStream):
             lines.append(b"connection: close")
         return b"\r\n".join(lines) + b"\r\n\r\n"
 
+    def capacity(self) -> int:
+        if len(self.pending) >= WRITE_BUDGET:  # full: make room if the socket takes some (else no send: a
+            self.flush()                      # small answer goes out whole, in one send with its head)
+        return max(0, WRITE_BUDGET - len(self.pending))
+
     def write(self, data: bytes) -> None:
         if self.finished or not self.status:
             raise StreamFailed("the response body is finished")
@@ -339,16 +349,42 @@ class Response(OutputStream):
             self.flush()
 
     def flush(self) -> None:
-        out = self.pending
+        """Send what the socket takes now (the head first), without waiting; StreamFailed once the client
+        is gone."""
+        if self.failed is not None:
+            raise StreamFailed(self.failed)
         if not self.started:
-            out = bytearray(self._head()) + out
+            self.pending[:0] = self._head()
             self.started = True
-        if out:
-            try:
-                self.sock.sendall(out)
-            except OSError as exc:
-                raise StreamFailed(f"the client is gone: {exc}") from None
-        self.pending = bytearray()
+        if not self.pending:
+            return
+        try:
+            self.sock.setblocking(True)  # no timeout: Python then sends at once, MSG_DONTWAIT not waiting
+            sent = self.sock.send(self.pending, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.failed = f"the client is gone: {exc}"
+            raise StreamFailed(self.failed) from None
+        del self.pending[:sent]
+
+    def flushed(self) -> bool:
+        self.flush()
+        return not self.pending
+
+    def fileno(self) -> int | None:
+        return self.sock.fileno()
+
+    def send_rest(self, deadline: float) -> None:
+        """Send everything written, waiting for the client to read it until `deadline` (monotonic)."""
+        while not self.flushed():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.failed = "the client did not read the response before the request's deadline"
+                raise StreamFailed(self.failed)
+            waiting = select.poll()  # poll(2): the container seccomp allowlist has no select(2)
+            waiting.register(self.sock, select.POLLOUT)
+            waiting.poll(int(left * 1000) + 1)
 
     def finish(self, trailers: list[tuple[str, bytes]] | None = None) -> None:
         """The body's end: the last chunk (with the trailers), or a check that the length was met."""

@@ -9,6 +9,7 @@ every blocking host call waits at most until then.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -25,6 +26,7 @@ from .conn import Body, Head, Response
 from .hosts import Allowed
 from .limits import Limits
 from .table import Scope, Table
+from .versions import Versions
 
 TICK = 0.05  # seconds per epoch: a deadline is kept to within one tick
 STATUS_OF_ERROR = 500  # `wasmtime serve` answers every error-code the guest sets with 500
@@ -50,17 +52,18 @@ class Guest:
         self._ids: dict[str, int] = {}
         self.fns = Functions(self._resource_types)
         self.linker = component.Linker(engine)
+        at = versions_of(engine, code).name
         unseen = component.Linker(engine)
         with self.linker.root() as root, unseen.root() as unseen_root:
             granted = _Granted(root, unseen_root, {name.partition("@")[0] for name in denied})
-            io.define(self.fns, granted, self.table, self._add_resource)
-            wasi.define(self.fns, granted, self.table, self._add_resource, env)
-            with granted.add_instance("wasi:http/types@0.2.9") as types:
+            io.define(self.fns, granted, self.table, self._add_resource, at)
+            wasi.define(self.fns, granted, self.table, self._add_resource, at, env)
+            with granted.add_instance(at("wasi:http/types")) as types:
                 messages.define(self.fns, types, self.table, self._add_resource)
                 outgoing.define_types(self.fns, types, self.table, self._add_resource)
-            with granted.add_instance("wasi:http/outgoing-handler@0.2.9") as handler:
+            with granted.add_instance(at("wasi:http/outgoing-handler")) as handler:
                 outgoing.define_handler(self.fns, handler, self.table, allowed or [], limits)
-        self.linker.define_unknown_imports_as_traps(code)
+        self.linker.define_unknown_imports_as_traps(code)  # what the host does not serve (sockets, files)
         self.export = handler_export(engine, code)
         self._ticker: threading.Thread | None = None
 
@@ -91,7 +94,12 @@ class Guest:
             store.set_fuel(self.fuel)
         store.set_epoch_deadline(max(1, int((body.deadline - time.monotonic()) / TICK) + 1))
         out = messages.Outparam(response)
-        body.waiting = lambda: response.flush() if response.status and not response.finished else None
+
+        def send_written() -> None:  # before the guest waits on the request body, what it wrote goes out
+            if response.status:
+                with contextlib.suppress(io.StreamFailed):  # the guest's next write says so
+                    response.send_rest(body.deadline)
+        body.waiting = send_written
         try:
             instance = self.linker.instantiate(store, self.code)
             index = instance.get_export_index(store, self.export)
@@ -114,6 +122,10 @@ class Guest:
             return Outcome(0, "the guest returned without setting a response")
         if not response.finished:
             return Outcome(response.status if response.started else 0, "the guest did not finish the response body")
+        try:
+            response.send_rest(body.deadline)
+        except io.StreamFailed as exc:
+            return Outcome(response.status, str(exc))
         return Outcome(response.status)
 
 
@@ -125,6 +137,12 @@ class _Granted:
 
     def add_instance(self, name: str) -> Any:
         return (self.unseen if name.partition("@")[0] in self.denied else self.root).add_instance(name)
+
+
+def versions_of(engine: Any, code: Any) -> Versions:
+    """The versions to define the host's interfaces at for this component; ValueError if one it uses is
+    newer than the host's (checked before serving, so that it fails at start, not at a request)."""
+    return Versions([*code.type.imports(engine), *code.type.exports(engine)])
 
 
 def handler_export(engine: Any, code: Any) -> str:

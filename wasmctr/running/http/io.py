@@ -4,7 +4,10 @@ wasmtime's own wasi:io cannot be used beside a Python wasi:http (a body's stream
 type `wasi:io/streams` exports), so the whole proxy world's I/O is here. Pollables are real: a stream's
 is ready when its socket has bytes (or the stream has ended), a clock's when its time comes, and `poll`
 sleeps in `poll` until one is, never past the request's deadline. An outgoing request's response is
-waited for on a descriptor its thread signals (client.py).
+waited for on a descriptor its thread signals (client.py). Output is bounded as wasi:io means it to
+be: `check-write` allows what the stream's buffer has room for, 0 while a client that does not read keeps
+it full; an output stream's pollable is ready when there is room again (the socket took some), and the
+blocking calls wait for that, so the guest, not the host's memory, absorbs a slow reader.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ from __future__ import annotations
 import os
 import select
 import time
+from collections.abc import Callable
 from typing import Any
 
+from .abi import HostTrap
 from .table import Table
 
 WRITE_BUDGET = 1 << 20  # what `check-write` allows at once: a flush sends it before more is taken
@@ -41,13 +46,25 @@ class InputStream:
 
 
 class OutputStream:
-    """A sink of bytes; `write` takes at most what `check-write` allowed."""
+    """A sink of bytes; `write` takes at most what `capacity` (`check-write`) allowed, without blocking."""
+
+    def capacity(self) -> int:
+        """Bytes a write may take now; 0 while the buffer is full. StreamFailed once the peer is gone."""
+        return WRITE_BUDGET
 
     def write(self, data: bytes) -> None:
         raise StreamFailed("the stream is closed")
 
     def flush(self) -> None:
-        """Send what is buffered."""
+        """Start sending what is buffered, without waiting."""
+
+    def flushed(self) -> bool:
+        """Whether everything written has gone out (sending more of it, without waiting)."""
+        return True
+
+    def fileno(self) -> int | None:
+        """What a wait for room selects on for writing (None: nothing to wait on)."""
+        return None
 
 
 class Console(OutputStream):
@@ -63,19 +80,25 @@ class Console(OutputStream):
 
 
 class Pollable:
-    """Ready when `at` (monotonic seconds) has come, when `stream` has something to read, or when `ready()`
-    says so; `fd`, if given, becomes readable when it may (a wait sleeps on it)."""
+    """Ready when `at` (monotonic seconds) has come, when `stream` has something to read, when `sink` has
+    room for a write, or when `ready()` says so; `fd`, if given, becomes readable when it may (a wait
+    sleeps on it)."""
 
     def __init__(self, at: float | None = None, stream: InputStream | None = None, ready: Any = None,
-                 fd: int | None = None) -> None:
-        self.at, self.stream, self._ready, self.fd = at, stream, ready, fd
+                 sink: OutputStream | None = None, fd: int | None = None) -> None:
+        self.at, self.stream, self._ready, self.sink, self.fd = at, stream, ready, sink, fd
 
     def fileno(self) -> int | None:
         return self.stream.fileno() if self.stream is not None else self.fd
 
     def ready(self) -> bool:
-        if self._ready is not None:
-            return bool(self._ready())
+        try:
+            if self._ready is not None:
+                return bool(self._ready())
+            if self.sink is not None:
+                return self.sink.capacity() > 0
+        except StreamFailed:
+            return True  # the guest's next call on the stream says why
         if self.at is not None:
             return time.monotonic() >= self.at
         return self.stream is None or self.stream.ready()
@@ -97,14 +120,20 @@ def wait(table: Table, pollables: list[Pollable]) -> list[int]:
         timers = [p.at for p in pollables if p.at is not None]
         if timers:
             timeout = min(timeout, max(0.0, min(timers) - time.monotonic()))
-        fds = [fd for p in pollables if (fd := p.fileno()) is not None]
-        if fds:
+        readers = [fd for p in pollables if (fd := p.fileno()) is not None]
+        writers = [fd for p in pollables if p.sink is not None and (fd := p.sink.fileno()) is not None]
+        if readers or writers:
             for p in pollables:
                 if p.stream is not None:
                     p.stream.before_wait()
+            events: dict[int, int] = {}
+            for fd in readers:
+                events[fd] = events.get(fd, 0) | select.POLLIN
+            for fd in writers:
+                events[fd] = events.get(fd, 0) | select.POLLOUT
             waiting = select.poll()  # poll(2): the container seccomp allowlist has no select(2)
-            for fd in fds:
-                waiting.register(fd, select.POLLIN)
+            for fd, mask in events.items():
+                waiting.register(fd, mask)
             waiting.poll(max(0, int(timeout * 1000) + 1))
         else:
             time.sleep(timeout)
@@ -116,17 +145,17 @@ def stream_error(table: Table, exc: Exception) -> tuple[str, Any]:
     return ("err", ("closed", None))
 
 
-def define(fns: Any, root: Any, table: Table, add_resource: Any) -> None:
-    """Define wasi:io/error, poll and streams (every 0.2.x version: the linker matches by semver)."""
-    with root.add_instance("wasi:io/error@0.2.9") as error:
+def define(fns: Any, root: Any, table: Table, add_resource: Any, at: Callable[[str], str]) -> None:
+    """Define wasi:io/error, poll and streams, each under the name `at` gives it (versions.py)."""
+    with root.add_instance(at("wasi:io/error")) as error:
         add_resource(error, "error")
         fns.add(error, "[method]error.to-debug-string", lambda rep: table.get(rep, IoError).message)
-    with root.add_instance("wasi:io/poll@0.2.9") as poll:
+    with root.add_instance(at("wasi:io/poll")) as poll:
         add_resource(poll, "pollable")
         fns.add(poll, "[method]pollable.ready", lambda rep: table.get(rep, Pollable).ready())
         fns.add(poll, "[method]pollable.block", lambda rep: wait(table, [table.get(rep, Pollable)]) and None)
         fns.add(poll, "poll", lambda reps: wait(table, [table.get(r, Pollable) for r in reps]))
-    with root.add_instance("wasi:io/streams@0.2.9") as streams:
+    with root.add_instance(at("wasi:io/streams")) as streams:
         add_resource(streams, "input-stream")
         add_resource(streams, "output-stream")
         _define_input(fns, streams, table)
@@ -163,28 +192,50 @@ def _define_output(fns: Any, streams: Any, table: Table) -> None:
         except (EOFError, StreamFailed, OSError) as exc:
             return stream_error(table, exc)
 
-    def write_and_flush(stream: OutputStream, data: bytes) -> None:
-        stream.write(data)
+    def write(stream: OutputStream, size: int, data: Callable[[], bytes]) -> None:
+        """A non-blocking write: `data` is made only once `size` is known to fit."""
+        room = stream.capacity()
+        if size > room:  # as in wasmtime: a guest that ignores check-write traps
+            raise HostTrap(f"a write of {size} bytes, more than check-write allowed ({room})")
+        stream.write(data())
+
+    def blocking_write(stream: OutputStream, data: bytes) -> None:
+        """Write all of `data`, waiting for room, then wait until it has gone out (up to the deadline)."""
+        view = memoryview(data)
+        while view:
+            wait(table, [Pollable(sink=stream)])
+            taken = min(len(view), stream.capacity())
+            stream.write(bytes(view[:taken]))
+            view = view[taken:]
+        blocking_flush(stream)
+
+    def blocking_flush(stream: OutputStream) -> None:
         stream.flush()
+        wait(table, [Pollable(ready=stream.flushed, sink=stream)])
 
     def splice(rep: int, source: int, size: int, block: bool) -> tuple[str, Any]:
+        sink = table.get(rep, OutputStream)
         try:
-            data = table.get(source, InputStream).read(min(size, WRITE_BUDGET), block)
+            if block:
+                wait(table, [Pollable(sink=sink)])
+            data = table.get(source, InputStream).read(min(size, sink.capacity()), block)
         except (EOFError, StreamFailed) as exc:
             return stream_error(table, exc)
         result = call(rep, lambda s: s.write(data))
         return ("ok", len(data)) if result[0] == "ok" else result
 
-    fns.add(streams, "[method]output-stream.check-write", lambda rep: call(rep, lambda s: WRITE_BUDGET))
-    fns.add(streams, "[method]output-stream.write", lambda rep, data: call(rep, lambda s: s.write(data)))
+    fns.add(streams, "[method]output-stream.check-write", lambda rep: call(rep, lambda s: s.capacity()))
+    fns.add(streams, "[method]output-stream.write",
+            lambda rep, data: call(rep, lambda s: write(s, len(data), lambda: data)))
     fns.add(streams, "[method]output-stream.blocking-write-and-flush",
-            lambda rep, data: call(rep, lambda s: write_and_flush(s, data)))
+            lambda rep, data: call(rep, lambda s: blocking_write(s, data)))
     fns.add(streams, "[method]output-stream.flush", lambda rep: call(rep, lambda s: s.flush()))
-    fns.add(streams, "[method]output-stream.blocking-flush", lambda rep: call(rep, lambda s: s.flush()))
-    fns.add(streams, "[method]output-stream.subscribe", lambda rep: table.add(Pollable()))
+    fns.add(streams, "[method]output-stream.blocking-flush", lambda rep: call(rep, blocking_flush))
+    fns.add(streams, "[method]output-stream.subscribe",
+            lambda rep: table.add(Pollable(sink=table.get(rep, OutputStream))))
     fns.add(streams, "[method]output-stream.write-zeroes",
-            lambda rep, n: call(rep, lambda s: s.write(bytes(min(n, WRITE_BUDGET)))))
+            lambda rep, n: call(rep, lambda s: write(s, n, lambda: bytes(n))))
     fns.add(streams, "[method]output-stream.blocking-write-zeroes-and-flush",
-            lambda rep, n: call(rep, lambda s: write_and_flush(s, bytes(min(n, WRITE_BUDGET)))))
+            lambda rep, n: call(rep, lambda s: blocking_write(s, bytes(min(n, WRITE_BUDGET)))))
     fns.add(streams, "[method]output-stream.splice", lambda rep, src, n: splice(rep, src, n, False))
     fns.add(streams, "[method]output-stream.blocking-splice", lambda rep, src, n: splice(rep, src, n, True))

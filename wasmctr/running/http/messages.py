@@ -9,7 +9,7 @@ from typing import Any
 
 from .client import Pipe
 from .conn import BAD_VALUE, TOKEN, Body, Head, Response
-from .io import OutputStream, Pollable, StreamFailed
+from .io import WRITE_BUDGET, OutputStream, Pollable, StreamFailed
 from .table import Table
 
 FORBIDDEN = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
@@ -80,6 +80,13 @@ class BodySink(OutputStream):
     def __init__(self, body: OutgoingBody) -> None:
         self.body = body
 
+    def capacity(self) -> int:
+        if self.body.finished:
+            raise StreamFailed("the body is finished")
+        if self.body.response is None:  # room in the buffer, which the host keeps to its budget too
+            return max(0, WRITE_BUDGET - len(self.body.buffer))
+        return self.body.response.capacity()
+
     def write(self, data: bytes) -> None:
         if self.body.finished:
             raise StreamFailed("the body is finished")
@@ -91,6 +98,13 @@ class BodySink(OutputStream):
     def flush(self) -> None:
         if self.body.target is not None:
             self.body.target.flush()
+
+    def flushed(self) -> bool:
+        """Before the response is set, there is nowhere to send to: what is buffered goes out with it."""
+        return self.body.response is None or self.body.response.flushed()
+
+    def fileno(self) -> int | None:
+        return None if self.body.response is None else self.body.response.fileno()
 
 
 def define(fns: Any, types: Any, table: Table, add_resource: Any) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .abi import HostTrap
@@ -24,45 +25,46 @@ class GuestExit(HostTrap):
     """The guest called wasi:cli/exit: its request ends there."""
 
 
-def define(fns: Any, root: Any, table: Table, add_resource: Any, env: list[tuple[str, str]]) -> None:
+def define(fns: Any, root: Any, table: Table, add_resource: Any, at: Callable[[str], str],
+           env: list[tuple[str, str]]) -> None:
     stdout, stderr = Console(1), Console(2)
-    with root.add_instance("wasi:cli/stdin@0.2.9") as i:
+    with root.add_instance(at("wasi:cli/stdin")) as i:
         fns.add(i, "get-stdin", lambda: table.add(InputStream()))
-    with root.add_instance("wasi:cli/stdout@0.2.9") as i:
+    with root.add_instance(at("wasi:cli/stdout")) as i:
         fns.add(i, "get-stdout", lambda: table.add(stdout))
-    with root.add_instance("wasi:cli/stderr@0.2.9") as i:
+    with root.add_instance(at("wasi:cli/stderr")) as i:
         fns.add(i, "get-stderr", lambda: table.add(stderr))
-    with root.add_instance("wasi:cli/environment@0.2.9") as i:
+    with root.add_instance(at("wasi:cli/environment")) as i:
         fns.add(i, "get-environment", lambda: list(env))
         fns.add(i, "get-arguments", lambda: [])
         fns.add(i, "initial-cwd", lambda: None)
-    with root.add_instance("wasi:cli/exit@0.2.9") as i:
+    with root.add_instance(at("wasi:cli/exit")) as i:
         fns.add(i, "exit", _exit)
     for name, resource in (("terminal-input", "terminal-input"), ("terminal-output", "terminal-output")):
-        with root.add_instance(f"wasi:cli/{name}@0.2.9") as i:
+        with root.add_instance(at(f"wasi:cli/{name}")) as i:
             add_resource(i, resource)
     for name, getter in (("stdin", "get-terminal-stdin"), ("stdout", "get-terminal-stdout"),
                          ("stderr", "get-terminal-stderr")):
-        with root.add_instance(f"wasi:cli/terminal-{name}@0.2.9") as i:
+        with root.add_instance(at(f"wasi:cli/terminal-{name}")) as i:
             fns.add(i, getter, lambda: None)
-    with root.add_instance("wasi:clocks/monotonic-clock@0.2.9") as i:
+    with root.add_instance(at("wasi:clocks/monotonic-clock")) as i:
         fns.add(i, "now", time.monotonic_ns)
         fns.add(i, "resolution", lambda: 1)
         fns.add(i, "subscribe-instant", lambda at: table.add(Pollable(at=at / 1e9)))
         fns.add(i, "subscribe-duration", lambda ns: table.add(Pollable(at=time.monotonic() + ns / 1e9)))
-    with root.add_instance("wasi:clocks/wall-clock@0.2.9") as i:
+    with root.add_instance(at("wasi:clocks/wall-clock")) as i:
         fns.add(i, "now", _wall_now)
         fns.add(i, "resolution", lambda: dict(WALL_RESOLUTION))
-    with root.add_instance("wasi:random/random@0.2.9") as i:
+    with root.add_instance(at("wasi:random/random")) as i:
         fns.add(i, "get-random-bytes", lambda n: os.urandom(_bounded(n)))
         fns.add(i, "get-random-u64", lambda: int.from_bytes(os.urandom(8), "little"))
-    with root.add_instance("wasi:random/insecure@0.2.9") as i:
+    with root.add_instance(at("wasi:random/insecure")) as i:
         fns.add(i, "get-insecure-random-bytes", lambda n: os.urandom(_bounded(n)))
         fns.add(i, "get-insecure-random-u64", lambda: int.from_bytes(os.urandom(8), "little"))
-    with root.add_instance("wasi:random/insecure-seed@0.2.9") as i:
+    with root.add_instance(at("wasi:random/insecure-seed")) as i:
         fns.add(i, "insecure-seed", lambda: (int.from_bytes(os.urandom(8), "little"),
                                              int.from_bytes(os.urandom(8), "little")))
-    with root.add_instance("wasi:filesystem/preopens@0.2.9") as i:
+    with root.add_instance(at("wasi:filesystem/preopens")) as i:
         fns.add(i, "get-directories", lambda: [])
 
 

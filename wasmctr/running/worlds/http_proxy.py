@@ -53,7 +53,13 @@ class HttpProxy(World):
         check_grant(options, spec.policy.network)
         # imported now, at prepare: a container process runs the guest under Landlock, which no longer
         # lets it read the modules
-        from wasmctr.running.http import guest, server  # noqa: F401
+        from wasmctr.running.http import server  # noqa: F401
+        from wasmctr.running.http.guest import versions_of
+
+        try:
+            versions_of(program.engine, program.code)  # a wasi:http newer than the host's fails now
+        except ValueError as exc:
+            raise ExecutorError(str(exc)) from None
 
     def lifetime(self, spec: RunSpec) -> float | None:
         return None  # the spec's timeout is each request's
