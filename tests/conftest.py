@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import wasmtime
+from tinyguest import GUESTS as HTTP_GUESTS
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALLED = {"wasmctr": REPO / "wasmctr", "wasmctr_node": REPO / "shim"}  # package -> its source in the repository
@@ -298,7 +299,6 @@ def attack(escape: Path, pid: int, scratch: Path) -> dict[str, int]:
     return dict(json.loads(proc.stdout))
 
 
-HTTP_GUESTS = Path(__file__).resolve().parent / "guests" / "http"
 HTTP_GUEST_NAMES = ("hello", "echo", "trap", "spin")
 
 

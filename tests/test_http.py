@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 from conftest import assert_one_line_error, wasmctr
 from proxies import read_response, serving
 from services import wait_for
-from tinyguest import GUESTS, NEWER, TINY_WITS
+from tinyguest import NEWER, TINY_WITS
 
 
 def test_hello_answers_requests_over_one_kept_alive_connection(proxies, compiled_home) -> None:

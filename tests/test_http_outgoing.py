@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import assert_one_line_error, componentize, wasmctr
-from test_http import serving
+from proxies import serving
 
 from wasmctr.errors import UsageError
 from wasmctr.running import ocispec

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 GUESTS = Path(__file__).resolve().parent / "guests" / "http"
+
 TINY_WITS = {"0.2.0": GUESTS / "wit", "0.2.3": GUESTS / "wit-0.2.3", "0.2.8": GUESTS / "wit-0.2.8"}
 NEWER = "0.2.99"  # past the host's 0.2.9: the 0.2.8 WIT with its packages renumbered
 
