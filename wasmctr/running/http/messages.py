@@ -83,9 +83,9 @@ class BodySink(OutputStream):
     def capacity(self) -> int:
         if self.body.finished:
             raise StreamFailed("the body is finished")
-        if self.body.response is None:  # room in the buffer, which the host keeps to its budget too
+        if self.body.target is None:  # room in the buffer, which the host keeps to its budget too
             return max(0, WRITE_BUDGET - len(self.body.buffer))
-        return self.body.response.capacity()
+        return self.body.target.capacity()
 
     def write(self, data: bytes) -> None:
         if self.body.finished:
@@ -100,11 +100,11 @@ class BodySink(OutputStream):
             self.body.target.flush()
 
     def flushed(self) -> bool:
-        """Before the response is set, there is nowhere to send to: what is buffered goes out with it."""
-        return self.body.response is None or self.body.response.flushed()
+        """Before the body has its target, there is nowhere to send to: what is buffered goes out with it."""
+        return self.body.target is None or self.body.target.flushed()
 
     def fileno(self) -> int | None:
-        return None if self.body.response is None else self.body.response.fileno()
+        return None if self.body.target is None else self.body.target.fileno()
 
 
 def define(fns: Any, types: Any, table: Table, add_resource: Any) -> None:
