@@ -10,7 +10,7 @@
   `wasmctr.io/deny-wasi`, `wasmctr.io/allow-wasi`, `wasmctr.io/syscall-policy` carry the policy;
 - a wasi:http proxy serves at `WASMTIME_HTTP_PROXY_SOCKET_ADDR` from `process.env` (default
   `0.0.0.0:8080`, as runwasi), with `wasmctr.io/http-workers`, `-max-body`, `-max-headers`,
-  `-max-header-bytes`, `-max-concurrent`, `-header-timeout` and `-access-log` (`true`).
+  `-max-header-bytes`, `-max-concurrent`, `-header-timeout`, `-reuse` and `-access-log` (`true`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ ANNOTATIONS = {"deny_wasi": ANNOTATION_PREFIX + "deny-wasi", "allow_wasi": ANNOT
                "syscall_policy": ANNOTATION_PREFIX + "syscall-policy",
                "network=True": ANNOTATION_PREFIX + "network=host", "publish": "WASMTIME_HTTP_PROXY_SOCKET_ADDR"}
 # a served component's settings (`serving.options`), each from an annotation of its own
-HTTP_SETTINGS = ("workers", "max_body", "max_headers", "max_header_bytes", "max_concurrent", "header_timeout")
+HTTP_SETTINGS = ("workers", "max_body", "max_headers", "max_header_bytes", "max_concurrent", "header_timeout",
+                 "reuse")
 ANNOTATIONS.update({name: ANNOTATION_PREFIX + "http-" + name.replace("_", "-") for name in HTTP_SETTINGS})
 PROXY_ADDRESS_VARIABLE = "WASMTIME_HTTP_PROXY_SOCKET_ADDR"  # runwasi's: where a served component listens
 PROXY_ADDRESS = "0.0.0.0:8080"  # runwasi's default

@@ -25,6 +25,7 @@ class ServeOptions:
     workers: int | None = None  # None: one per CPU this process may run on
     access_log: bool = False
     limits: Limits = field(default_factory=Limits)
+    reuse: int = 1  # requests one instance may serve in turn (1: a fresh instance per request)
 
 
 def parse_publish(text: str | None) -> tuple[str, int]:
@@ -58,7 +59,7 @@ def parse_publish(text: str | None) -> tuple[str, int]:
 
 def options(publish: str | None = None, workers: int | str | None = None, access_log: bool = False,
             max_body: str = "16m", max_headers: int | str = 100, max_header_bytes: str = "64k",
-            max_concurrent: int | str = 64, header_timeout: str = "10s") -> ServeOptions:
+            max_concurrent: int | str = 64, header_timeout: str = "10s", reuse: int | str = 1) -> ServeOptions:
     """Serve options from their spelling as flags or annotations take them (sizes `16m`, durations `10s`),
     each checked, so a bad one fails before anything is pulled, loaded or started."""
     from wasmctr.running.units import parse_duration, parse_size
@@ -70,7 +71,7 @@ def options(publish: str | None = None, workers: int | str | None = None, access
                     max_concurrent=_checked("max_concurrent", max_concurrent, _count),
                     head_timeout=_checked("header_timeout", header_timeout, parse_duration))
     return ServeOptions(publish=publish, workers=None if workers is None else _checked("workers", workers, _count),
-                        access_log=access_log, limits=limits)
+                        access_log=access_log, limits=limits, reuse=_checked("reuse", reuse, _count))
 
 
 def _count(value: int | str) -> int:
