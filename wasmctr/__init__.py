@@ -13,13 +13,15 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~3 ms): 
 
 __version__ = "0.1.0"
 
-_API = ("BuildResult", "Completed", "GuestFailed", "GuestTimeout", "ImageSummary", "Removed", "build", "images",
-        "inspect", "load", "login", "logout", "prune", "pull", "pull_if_missing", "push", "rmi", "run", "save", "tag")
-_ELSEWHERE = {"Descriptor": "image.model", "Store": "image.store", "WasmctrError": "errors"}
+_API = ("BuildResult", "Completed", "GuestFailed", "GuestTimeout", "ImageSummary", "Removed", "build", "http_proxy",
+        "images", "inspect", "load", "login", "logout", "prune", "pull", "pull_if_missing", "push", "rmi", "run",
+        "save", "tag")
+_ELSEWHERE = {"Descriptor": "image.model", "Store": "image.store", "WasmctrError": "errors",
+              "HttpResponse": "running.http.local", "ProxyClient": "running.http.local"}
 
-__all__ = ["BuildResult", "Completed", "Descriptor", "GuestFailed", "GuestTimeout", "ImageSummary", "Removed", "Store",
-           "WasmctrError", "__version__", "build", "images", "inspect", "load", "login", "logout", "prune", "pull",
-           "pull_if_missing", "push", "rmi", "run", "save", "tag"]
+__all__ = ["BuildResult", "Completed", "Descriptor", "GuestFailed", "GuestTimeout", "HttpResponse", "ImageSummary",
+           "ProxyClient", "Removed", "Store", "WasmctrError", "__version__", "build", "http_proxy", "images", "inspect",
+           "load", "login", "logout", "prune", "pull", "pull_if_missing", "push", "rmi", "run", "save", "tag"]
 
 if TYPE_CHECKING:
     from typing import Any
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
         ImageSummary,
         Removed,
         build,
+        http_proxy,
         images,
         inspect,
         load,
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
     from wasmctr.errors import WasmctrError
     from wasmctr.image.model import Descriptor
     from wasmctr.image.store import Store
+    from wasmctr.running.http.local import HttpResponse, ProxyClient
 
 
 def __getattr__(name: str) -> Any:

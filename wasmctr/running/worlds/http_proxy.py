@@ -21,6 +21,8 @@ Imports the HTTP host (and so wasmtime's component model) only when a proxy is s
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from typing import Any
 
 from wasmctr.errors import ExecutorError
 from wasmctr.running.http.limits import Limits
@@ -54,22 +56,18 @@ class HttpProxy(World):
 
     def run(self, guest: Guest) -> int:
         from wasmctr.running.http import server
-        from wasmctr.running.http.guest import Guest as HttpGuest
         from wasmctr.running.http.guest import log
 
         spec = guest.spec
         options = spec.serve or ServeOptions()
-        limits = _limits(options.limits, spec)
-        env = [(k, v) for k, _, v in (item.partition("=") for item in spec.env)]
-        program, denied = guest.program, set(guest.denied)
         host, port = parse_publish(options.publish)
         try:
             sock = server.listen(host, port)
         except OSError as exc:
             raise ExecutorError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
         workers = options.workers or len(os.sched_getaffinity(0))
-        serving = server.Server(sock, lambda: HttpGuest(program.engine, program.code, limits, env, denied,
-                                                        spec.fuel), workers, options.access_log)
+        serving = server.Server(sock, lambda: http_host(guest.program, spec, guest.denied), workers,
+                                options.access_log)
         guest.state = serving
         for signum in list(guest.signals):  # a signal that came before the server was there
             serving.stop(signum)
@@ -84,6 +82,18 @@ class HttpProxy(World):
             serving.stop(signum)
         limits = _limits((guest.spec.serve or ServeOptions()).limits, guest.spec)
         return limits.request_timeout + limits.head_timeout + DRAIN_MARGIN
+
+
+def http_host(program: Program, spec: RunSpec, denied: Iterable[str]) -> Any:
+    """The Python host of wasi:http (`running.http.guest.Guest`) linked to the program, with the spec's
+    environment, fuel, reuse and limits (its timeout and memory limit per request): one per worker
+    process, and one per in-process client (`wasmctr.http_proxy`). `denied` is left undefined."""
+    from wasmctr.running.http.guest import Guest as HttpGuest
+
+    options = spec.serve or ServeOptions()
+    env = [(k, v) for k, _, v in (item.partition("=") for item in spec.env)]
+    return HttpGuest(program.engine, program.code, _limits(options.limits, spec), env, set(denied), spec.fuel,
+                     options.reuse)
 
 
 def _limits(base: Limits, spec: RunSpec) -> Limits:
