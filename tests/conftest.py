@@ -281,3 +281,29 @@ def attack(escape: Path, pid: int, scratch: Path) -> dict[str, int]:
         victim.kill()
         victim.wait()
     return dict(json.loads(proc.stdout))
+
+
+HTTP_GUESTS = REPO / "tests" / "guests" / "http"
+HTTP_GUEST_NAMES = ("hello", "echo", "trap", "spin", "counter")
+
+
+@pytest.fixture(scope="session")
+def proxies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The wasi:http/proxy guests of tests/guests/http, built by componentize-py (in parallel: about a
+    minute on two cores)."""
+    out = tmp_path_factory.mktemp("proxies")
+    tool = str(Path(sys.executable).parent / "componentize-py")
+    builds = {name: subprocess.Popen([tool, "-q", "-d", str(HTTP_GUESTS / "wit"), "-w", "proxy", "componentize", name,
+                                      "-p", str(HTTP_GUESTS), "-o", str(out / f"{name}.wasm")], cwd=out,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+              for name in HTTP_GUEST_NAMES}
+    for name, build in builds.items():
+        output, _ = build.communicate(timeout=600)
+        assert build.returncode == 0, (name, output)
+    return {name: out / f"{name}.wasm" for name in HTTP_GUEST_NAMES}
+
+
+@pytest.fixture(scope="session")
+def compiled_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One store for every server of the session: each guest is compiled once, then mapped from the cache."""
+    return tmp_path_factory.mktemp("http-home")

@@ -21,30 +21,6 @@ import pytest
 from conftest import assert_one_line_error, wasmctr
 from services import wait_for
 
-GUESTS = Path(__file__).resolve().parent / "guests" / "http"
-NAMES = ("hello", "echo", "trap", "spin")
-
-
-@pytest.fixture(scope="session")
-def proxies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The four guests, built by componentize-py (in parallel: about a minute on two cores)."""
-    out = tmp_path_factory.mktemp("proxies")
-    tool = str(Path(sys.executable).parent / "componentize-py")
-    builds = {name: subprocess.Popen([tool, "-q", "-d", str(GUESTS / "wit"), "-w", "proxy", "componentize", name,
-                                      "-p", str(GUESTS), "-o", str(out / f"{name}.wasm")], cwd=out,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-              for name in NAMES}
-    for name, build in builds.items():
-        output, _ = build.communicate(timeout=600)
-        assert build.returncode == 0, (name, output)
-    return {name: out / f"{name}.wasm" for name in NAMES}
-
-
-@pytest.fixture(scope="session")
-def compiled_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One store for every server of the session: each guest is compiled once, then mapped from the cache."""
-    return tmp_path_factory.mktemp("http-home")
-
 
 class Server:
     def __init__(self, proc: subprocess.Popen[str], port: int) -> None:
@@ -224,3 +200,41 @@ def test_an_image_of_a_proxy_is_named_a_proxy_and_served(proxies, compiled_home,
     assert "World:       command" in wasmctr("inspect", "command:1", env=env).stdout
     with serving(Path("proxy:1"), compiled_home, "--workers", "1") as server:
         assert server.get("/") == (200, b"Hello from a wasi:http component!\n")
+
+
+def test_reuse_lets_an_instance_serve_requests_in_turn_where_the_default_is_a_fresh_one(proxies,
+                                                                                     compiled_home) -> None:
+    """Over one kept-alive connection, whose next request is read once the last one's guest has returned (a
+    new connection may come while it still runs after its answer, and get a new instance)."""
+    for flags, counts in (((), [b"1", b"1"]), (("--reuse", "2"), [b"1", b"2", b"1"])):
+        with serving(proxies["counter"], compiled_home, "--workers", "1", *flags) as server:
+            conn = server.connect()
+            assert [_get(conn, "/") for _ in counts] == counts
+            conn.close()
+
+
+def _get(conn: http.client.HTTPConnection, path: str) -> bytes:
+    conn.request("GET", path)
+    response = conn.getresponse()
+    assert response.status == 200
+    return response.read()
+
+
+def test_a_denied_interface_the_host_provides_is_refused_before_listening(proxies, compiled_home) -> None:
+    """In one line, before the server says where it listens; the sockets componentize-py imports beside the
+    proxy world are denied too (no --network), but the host does not provide them, so they refuse nothing."""
+    assert b"wasi:sockets/" in proxies["counter"].read_bytes()
+    proc = wasmctr("run", "-p", "127.0.0.1:0", "--deny-wasi", "wasi:random/*", str(proxies["counter"]), check=False,
+                   env={"WASMCTR_HOME": str(compiled_home)})
+    assert_one_line_error(proc, 125, "refused: the guest imports wasi:random/random@", "(denied by --deny-wasi)")
+    assert "serving" not in proc.stderr and "wasi:sockets" not in proc.stderr
+
+
+def test_with_syscall_policy_trap_only_the_requests_that_call_a_denied_interface_fail(proxies,
+                                                                                   compiled_home) -> None:
+    with serving(proxies["counter"], compiled_home, "--workers", "1", "--deny-wasi", "wasi:clocks/wall-clock",
+                 "--syscall-policy", "trap") as server:
+        assert server.get("/") == (200, b"1")
+        assert server.get("/clock")[0] == 500  # the guest calls wall-clock's now: it traps
+        assert server.get("/") == (200, b"1")
+    assert "wasi:clocks/wall-clock@0.2.9#now` has not been defined" in server.proc.stderr.read()  # type: ignore[union-attr]
