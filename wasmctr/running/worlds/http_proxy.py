@@ -4,11 +4,13 @@ not run once.
 The executor loads, caches and checks the component as it does any other; this world then listens where
 the spec's serve options say (`wasmctr run -p`, or `WASMTIME_HTTP_PROXY_SOCKET_ADDR` in a container),
 links the guest to the Python host of `wasi:http` (`running/http/`), and runs a fresh instance per
-request until it is stopped. What differs from a command, and so what this world answers differently:
+request (or, with `reuse`, an instance per so many requests) until it is stopped; `wasmctr.http_proxy`
+links the same host (`http_host`) to call the guest in process. What differs from a command, and so what
+this world answers differently:
 
 - the host listens, so a container process needs the socket calls (`listens`) even when the guest was
   granted no network of its own;
-- `--timeout` and the memory limit bound each request's instance, not the whole run (`lifetime`);
+- `--timeout` bounds each request and the memory limit each instance, not the whole run (`lifetime`);
 - a signal drains: the requests in flight finish, then the run ends 0 after SIGINT and 143 after SIGTERM,
   as runwasi's tests expect of a served component (`stop`).
 
