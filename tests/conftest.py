@@ -299,7 +299,7 @@ def attack(escape: Path, pid: int, scratch: Path) -> dict[str, int]:
     return dict(json.loads(proc.stdout))
 
 
-HTTP_GUEST_NAMES = ("hello", "echo", "trap", "spin")
+HTTP_GUEST_NAMES = ("hello", "echo", "trap", "spin", "counter")
 
 
 def componentize(names: tuple[str, ...], out: Path) -> dict[str, Path]:

@@ -4,6 +4,7 @@ version, the clients http.client and raw sockets, hostile where a limit is teste
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
@@ -168,3 +169,41 @@ def test_a_guest_of_each_wasi_http_version_is_served(tiny, compiled_home, versio
 def test_a_guest_of_a_wasi_newer_than_the_hosts_fails_before_serving(tiny, compiled_home) -> None:
     proc = wasmctr("run", "-p", "127.0.0.1:0", str(tiny[NEWER]), check=False, env={"WASMCTR_HOME": str(compiled_home)})
     assert_one_line_error(proc, 125, f"@{NEWER}, newer than this host's wasi 0.2.9")
+
+
+def test_reuse_lets_an_instance_serve_requests_in_turn_where_the_default_is_a_fresh_one(proxies,
+                                                                                     compiled_home) -> None:
+    """Over one kept-alive connection, whose next request is read once the last one's guest has returned (a
+    new connection may come while it still runs after its answer, and get a new instance)."""
+    for flags, counts in (((), [b"1", b"1"]), (("--reuse", "2"), [b"1", b"2", b"1"])):
+        with serving(proxies["counter"], compiled_home, "--workers", "1", *flags) as server:
+            conn = server.connect()
+            assert [_get(conn, "/") for _ in counts] == counts
+            conn.close()
+
+
+def _get(conn: http.client.HTTPConnection, path: str) -> bytes:
+    conn.request("GET", path)
+    response = conn.getresponse()
+    assert response.status == 200
+    return response.read()
+
+
+def test_a_denied_interface_the_host_provides_is_refused_before_listening(proxies, compiled_home) -> None:
+    """In one line, before the server says where it listens; the sockets componentize-py imports beside the
+    proxy world are denied too (no --network), but the host does not provide them, so they refuse nothing."""
+    assert b"wasi:sockets/" in proxies["counter"].read_bytes()
+    proc = wasmctr("run", "-p", "127.0.0.1:0", "--deny-wasi", "wasi:random/*", str(proxies["counter"]), check=False,
+                   env={"WASMCTR_HOME": str(compiled_home)})
+    assert_one_line_error(proc, 125, "refused: the guest imports wasi:random/random@", "(denied by --deny-wasi)")
+    assert "serving" not in proc.stderr and "wasi:sockets" not in proc.stderr
+
+
+def test_with_syscall_policy_trap_only_the_requests_that_call_a_denied_interface_fail(proxies,
+                                                                                   compiled_home) -> None:
+    with serving(proxies["counter"], compiled_home, "--workers", "1", "--deny-wasi", "wasi:clocks/wall-clock",
+                 "--syscall-policy", "trap") as server:
+        assert server.get("/") == (200, b"1")
+        assert server.get("/clock")[0] == 500  # the guest calls wall-clock's now: it traps
+        assert server.get("/") == (200, b"1")
+    assert "wasi:clocks/wall-clock@0.2.9#now` has not been defined" in server.proc.stderr.read()  # type: ignore[union-attr]

@@ -14,13 +14,15 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~3 ms): 
 __version__ = "0.1.0"
 
 _API = ("BuildResult", "Completed", "GuestFailed", "GuestTimeout", "ImageSummary", "Removed", "build",
-        "generate_key", "images", "inspect", "load", "login", "logout", "prune", "pull", "pull_if_missing", "push",
-        "rmi", "run", "save", "sign", "tag", "verify")
-_ELSEWHERE = {"Descriptor": "image.model", "Store": "image.store", "WasmctrError": "errors"}
+        "generate_key", "http_proxy", "images", "inspect", "load", "login", "logout", "prune", "pull",
+        "pull_if_missing", "push", "rmi", "run", "save", "sign", "tag", "verify")
+_ELSEWHERE = {"Descriptor": "image.model", "Store": "image.store", "WasmctrError": "errors",
+              "HttpResponse": "running.http.local", "ProxyClient": "running.http.local"}
 
-__all__ = ["BuildResult", "Completed", "Descriptor", "GuestFailed", "GuestTimeout", "ImageSummary", "Removed", "Store",
-           "WasmctrError", "__version__", "build", "generate_key", "images", "inspect", "load", "login", "logout",
-           "prune", "pull", "pull_if_missing", "push", "rmi", "run", "save", "sign", "tag", "verify"]
+__all__ = ["BuildResult", "Completed", "Descriptor", "GuestFailed", "GuestTimeout", "HttpResponse", "ImageSummary",
+           "ProxyClient", "Removed", "Store", "WasmctrError", "__version__", "build", "generate_key", "http_proxy",
+           "images", "inspect", "load", "login", "logout", "prune", "pull", "pull_if_missing", "push", "rmi", "run",
+           "save", "sign", "tag", "verify"]
 
 if TYPE_CHECKING:
     from typing import Any
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
         Removed,
         build,
         generate_key,
+        http_proxy,
         images,
         inspect,
         load,
@@ -53,6 +56,7 @@ if TYPE_CHECKING:
     from wasmctr.errors import WasmctrError
     from wasmctr.image.model import Descriptor
     from wasmctr.image.store import Store
+    from wasmctr.running.http.local import HttpResponse, ProxyClient
 
 
 def __getattr__(name: str) -> Any:

@@ -31,6 +31,9 @@ if TYPE_CHECKING:  # building, archives, the registry stack (requests, oras) and
     from wasmctr.registry.client import Registry
     from wasmctr.registry.distribution import Progress
     from wasmctr.running.executor import Executor, Outcome
+    from wasmctr.running.http.local import ProxyClient
+    from wasmctr.running.launch import RunOptions
+    from wasmctr.running.spec import RunSpec
     from wasmctr.signing.attach import Signature
     from wasmctr.signing.policy import Policy
 
@@ -558,7 +561,10 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
         user: str | None = None, devices: list[str] | None = None, insecure: bool = False,
         ca_cert: str | None = None, progress: Progress | None = None, hard_stop: bool = False,
         signature_policy: str | os.PathLike[str] | None = None, registries_d: str | os.PathLike[str] | None = None,
-        store: Store | None = None, serve: Any = None) -> Completed:
+        store: Store | None = None, publish: str | None = None, workers: int | None = None,
+        access_log: bool = False, max_body: str = "16m", max_headers: int = 100, max_header_bytes: str = "64k",
+        max_concurrent: int = 64, header_timeout: str = "10s", reuse: int = 1,
+        allow_hosts: list[str] | None = None) -> Completed:
     """Run an image (pulled first if it is not in the store) or a `.wasm` file under the WASI sandbox,
     as `subprocess.run` runs a program.
 
@@ -581,14 +587,19 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
     An image is run only if the signature policy accepts it (`pull`'s `signature_policy`), checked against the
     signatures stored with it, before anything of it is prepared: else `SignatureRefused`.
 
-    A wasi:http/proxy component is served instead (its world: `wasmctr.running.worlds.http_proxy`; `serve` is
-    its ServeOptions, where to listen and the limits) until SIGINT or SIGTERM; the result's returncode is
-    then 0 or 143.
+    A wasi:http/proxy component is served instead, as `wasmctr run -p` serves it (docs/http.md): at `publish`
+    (Docker's `[IP:]HOSTPORT[:PORT]`; default 127.0.0.1:8080) by `workers` forked processes, with the HTTP
+    limits (`max_body`...), `timeout` and `memory` per request, an instance per request unless `reuse` > 1,
+    outgoing requests (with `network`) only to `allow_hosts`,
+    until SIGINT or SIGTERM (on the main thread; this call blocks till then): the result's returncode is
+    then 0 or 143. `http_proxy` calls one in this process instead, without a socket.
     """
-    from wasmctr.running import launch, streams
+    from wasmctr.running import streams
     from wasmctr.running.executor import exit_process
-    from wasmctr.running.policy import Policy
+    from wasmctr.running.http import serving
 
+    serve = serving.options(publish, workers, access_log, max_body, max_headers, max_header_bytes, max_concurrent,
+                            header_timeout, reuse, allow_hosts or [])
     ids = None
     if user is not None:
         from wasmctr.sandbox import confined
@@ -600,31 +611,14 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
         stdout = stderr = streams.PIPE
     out, err = streams.Output(stdout, "stdout"), streams.Output(stderr, "stderr")
     source = streams.Input(stdin, input, encoding)
-    options = launch.RunOptions(
-        args=list(args or []), entrypoint=entrypoint, workdir=workdir, env=list(env or []),
-        env_files=list(env_files or []), volumes=list(volumes or []), tmpfs=list(tmpfs or []), memory=memory,
-        timeout=None if timeout is None else str(timeout), fuel=fuel,
-        policy=Policy.from_flags(network, deny_wasi, allow_wasi, syscall_policy))
+    options = _run_options(list(args or []), entrypoint, workdir, env, env_files, volumes, tmpfs, memory, timeout,
+                           fuel, network, deny_wasi, allow_wasi, syscall_policy)
     st = _store(store)
     cleanup: list[Path] = []
     pumps = streams.Pumps()
     try:
-        path = Path(target)
-        if _is_file_target(target):
-            if not path.is_file():
-                raise UsageError(f"{target}: no such file")
-            spec = launch.spec_for_file(path, options, cleanup)
-        else:
-            wanted = _platforms(platform)[0] if platform else None
-            from wasmctr.signing import policy
-
-            rules = policy.load(signature_policy)
-            if pull_missing:
-                pull_if_missing(target, platform=platform, insecure=insecure, ca_cert=ca_cert, progress=progress,
-                                signature_policy=signature_policy, registries_d=registries_d, store=st)
-            desc, parsed = st.lookup(target)
-            _admit_stored(st, desc, parsed, rules)
-            spec = launch.spec_for_image(st, stored.load(st, desc, wanted), options, cleanup)
+        spec = _spec(target, options, platform, pull_missing, insecure, ca_cert, progress, st, cleanup,
+                     signature_policy, registries_d)
         if devices:
             spec.devices = _device_dir([d.removeprefix("/dev/") for d in devices], cleanup)
         runner = _executor(st, map_cached_code=True)  # this process, or its forked --user child, closes nothing
@@ -635,9 +629,8 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
                 raise UsageError("a wasi:http proxy component reaches no files: drop -v and --tmpfs")
             outcome = (runner.start(prepared, exit_process if hard_stop else None) if ids is None
                        else confined.run(runner, prepared, *ids))
-        elif serve is not None and serve.publish is not None:
-            raise UsageError(f"{_p('serve')}: the guest is not a wasi:http proxy component (it exports no "
-                             "incoming-handler)")
+        elif publish is not None:
+            raise UsageError(f"{_p('publish')}: {_NOT_A_PROXY}")
         elif spec.timeout is not None and not hard_stop and ids is None:
             from wasmctr.running import isolated
 
@@ -669,3 +662,84 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
     if check:
         result.check_returncode()
     return result
+
+
+_NOT_A_PROXY = "the guest is not a wasi:http proxy component (it exports no incoming-handler)"
+
+
+def _run_options(args: list[str], entrypoint: str | None, workdir: str | None, env: list[str] | None,
+                 env_files: list[str] | None, volumes: list[str] | None, tmpfs: list[str] | None,
+                 memory: str | None, timeout: float | str | None, fuel: int | None, network: bool,
+                 deny_wasi: list[str] | None, allow_wasi: list[str] | None, syscall_policy: str) -> RunOptions:
+    from wasmctr.running.launch import RunOptions
+    from wasmctr.running.policy import Policy
+
+    return RunOptions(args=args, entrypoint=entrypoint, workdir=workdir, env=list(env or []),
+                      env_files=list(env_files or []), volumes=list(volumes or []), tmpfs=list(tmpfs or []),
+                      memory=memory, timeout=None if timeout is None else str(timeout), fuel=fuel,
+                      policy=Policy.from_flags(network, deny_wasi, allow_wasi, syscall_policy))
+
+
+def _spec(target: str, options: RunOptions, platform: str | None, pull_missing: bool, insecure: bool,
+          ca_cert: str | None, progress: Progress | None, st: Store, cleanup: list[Path],
+          signature_policy: str | os.PathLike[str] | None, registries_d: str | os.PathLike[str] | None) -> RunSpec:
+    """The run spec of a `.wasm` file or of an image (pulled first if missing and `pull_missing`), which the
+    signature policy must accept, checked against the signatures stored with it."""
+    from wasmctr.running import launch
+    from wasmctr.signing import policy
+
+    if _is_file_target(target):
+        if not Path(target).is_file():
+            raise UsageError(f"{target}: no such file")
+        return launch.spec_for_file(Path(target), options, cleanup)
+    wanted = _platforms(platform)[0] if platform else None
+    rules = policy.load(signature_policy)
+    if pull_missing:
+        pull_if_missing(target, platform=platform, insecure=insecure, ca_cert=ca_cert, progress=progress,
+                        signature_policy=signature_policy, registries_d=registries_d, store=st)
+    desc, parsed = st.lookup(target)
+    _admit_stored(st, desc, parsed, rules)
+    return launch.spec_for_image(st, stored.load(st, desc, wanted), options, cleanup)
+
+
+def http_proxy(target: str, *, env: list[str] | None = None, env_files: list[str] | None = None,
+               memory: str | None = None, timeout: float | str | None = None, fuel: int | None = None,
+               deny_wasi: list[str] | None = None, allow_wasi: list[str] | None = None,
+               syscall_policy: str = "refuse", max_body: str = "16m", max_headers: int = 100,
+               max_header_bytes: str = "64k", reuse: int = 1, platform: str | None = None,
+               pull_missing: bool = True, insecure: bool = False, ca_cert: str | None = None,
+               progress: Progress | None = None, signature_policy: str | os.PathLike[str] | None = None,
+               registries_d: str | os.PathLike[str] | None = None, store: Store | None = None) -> ProxyClient:
+    """A wasi:http proxy component (an image, pulled first if missing, or a `.wasm` file) to call from this
+    process, without a listening socket: for tests, as a web framework's test client.
+    `with wasmctr.http_proxy("app.wasm") as proxy: proxy.request("GET", "/")` gives an `HttpResponse`
+    (`status`, `headers`, `body`, `trailers`). Each request goes through the host code `run` serves with
+    (the same HTTP parser and limits, `timeout` and `memory` per request, a fresh instance per request
+    unless `reuse` > 1, 500 for an error-code, a trap or a deadline) over a socketpair of its own
+    (`wasmctr.running.http.local`). The parameters are `run`'s; a guest that is not a proxy is refused."""
+    from wasmctr.running.http import serving
+    from wasmctr.running.http.local import ProxyClient
+    from wasmctr.running.worlds.http_proxy import http_host
+
+    serve = serving.options(max_body=max_body, max_headers=max_headers, max_header_bytes=max_header_bytes,
+                            reuse=reuse)
+    options = _run_options([], None, None, env, env_files, None, None, memory, timeout, fuel, False, deny_wasi,
+                           allow_wasi, syscall_policy)
+    st = _store(store)
+    cleanup: list[Path] = []
+
+    def remove() -> None:
+        for directory in cleanup:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    try:
+        spec = _spec(target, options, platform, pull_missing, insecure, ca_cert, progress, st, cleanup,
+                     signature_policy, registries_d)
+        spec.serve = serve
+        prepared = _executor(st, map_cached_code=True).prepare(spec)
+        if not prepared.world.listens:
+            raise UsageError(f"{target}: {_NOT_A_PROXY}")
+        return ProxyClient(http_host(prepared.program, spec, prepared.denied), remove)
+    except BaseException:
+        remove()
+        raise

@@ -29,10 +29,10 @@ _FLAGS = {
     "all_platforms=True": "--all-platforms", "devices": "--device", "user": "--user", "memory": "-m",
     "fuel": "--fuel", "env_files": "--env-file", "volumes": "-v", "tmpfs": "--tmpfs",
     "syscall_policy": "--syscall-policy", "deny_wasi": "--deny-wasi", "allow_wasi": "--allow-wasi",
-    "network=True": "--network host", "serve": "-p", "publish": "-p", "bin_dir": "--bin-dir",
+    "network=True": "--network host", "publish": "-p", "bin_dir": "--bin-dir",
     "containerd_version": "--containerd-version", "workers": "--workers",
     "max_body": "--max-body", "max_headers": "--max-headers", "max_header_bytes": "--max-header-bytes",
-    "max_concurrent": "--max-concurrent", "header_timeout": "--header-timeout",
+    "max_concurrent": "--max-concurrent", "header_timeout": "--header-timeout", "reuse": "--reuse",
     "signature_policy": "--signature-policy", "registries_d": "--registries.d", "prefix": "--output-key-prefix",
     "allow_hosts": "--allow-host",
 }
@@ -224,6 +224,9 @@ def run(
                                                 help="Time a client has to send a request head.")] = "10s",
     signature_policy: SignaturePolicy = None,
     registries_d: RegistriesD = None,
+    reuse: Annotated[int, typer.Option("--reuse", metavar="N", min=1,
+                                       help="Requests one HTTP guest instance may serve in turn (default 1: a "
+                                            "fresh instance per request).")] = 1,
     insecure: Insecure = False,
     ca_cert: CaCert = None,
     quiet: RunQuiet = False,
@@ -238,9 +241,12 @@ def run(
     try:
         from wasmctr.running.http import serving
 
-        serve = serving.options(publish, workers, access_log, max_body, max_headers, max_header_bytes,
-                                max_concurrent, header_timeout, tuple(allow_host or ()))
-        serving.check_grant(serve, network == "host")  # before anything is pulled or loaded
+        serve: dict[str, Any] = dict(publish=publish, workers=workers, access_log=access_log, max_body=max_body,
+                                     max_headers=max_headers, max_header_bytes=max_header_bytes,
+                                     max_concurrent=max_concurrent, header_timeout=header_timeout, reuse=reuse,
+                                     allow_hosts=tuple(allow_host or ()))
+        # checked before a pull, which run would do after
+        serving.check_grant(serving.options(**serve), network == "host")
         # the progress display ends (and the terminal is restored) before the guest's first byte: it
         # redraws its lines, and would erase a partial line or a prompt the guest printed
         with console.progress(quiet) as progress:
@@ -250,8 +256,8 @@ def run(
                           volumes=volume, tmpfs=tmpfs, memory=memory, timeout=timeout, fuel=fuel,
                           network=network == "host", deny_wasi=deny_wasi, allow_wasi=allow_wasi,
                           syscall_policy=syscall_policy, stdin=interactive, platform=platform, user=user,
-                          devices=device, serve=serve, pull_missing=False, hard_stop=True,
-                          signature_policy=signature_policy)
+                          devices=device, pull_missing=False, hard_stop=True,
+                          signature_policy=signature_policy, **serve)
     except api.GuestTimeout as stopped:
         outcome = stopped.result
     except WasmctrError as exc:

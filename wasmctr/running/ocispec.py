@@ -10,8 +10,8 @@
   `wasmctr.io/deny-wasi`, `wasmctr.io/allow-wasi`, `wasmctr.io/syscall-policy` carry the policy;
 - a wasi:http proxy serves at `WASMTIME_HTTP_PROXY_SOCKET_ADDR` from `process.env` (default
   `0.0.0.0:8080`, as runwasi), with `wasmctr.io/http-workers`, `-max-body`, `-max-headers`,
-  `-max-header-bytes`, `-max-concurrent`, `-header-timeout` and `-access-log` (`true`), and the hosts its
-  outgoing requests may reach with `wasmctr.io/network: host`: `wasmctr.io/allow-hosts` (`a.example,b:8080`).
+  `-max-header-bytes`, `-max-concurrent`, `-header-timeout`, `-reuse` and `-access-log` (`true`), and the
+  hosts its outgoing requests may reach with `wasmctr.io/network: host`: `wasmctr.io/allow-hosts` (`a.example,b:8080`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ ANNOTATIONS = {"deny_wasi": ANNOTATION_PREFIX + "deny-wasi", "allow_wasi": ANNOT
                "network=True": ANNOTATION_PREFIX + "network=host", "publish": "WASMTIME_HTTP_PROXY_SOCKET_ADDR",
                "allow_hosts": ALLOW_HOSTS_ANNOTATION}
 # a served component's settings (`serving.options`), each from an annotation of its own
-HTTP_SETTINGS = ("workers", "max_body", "max_headers", "max_header_bytes", "max_concurrent", "header_timeout")
+HTTP_SETTINGS = ("workers", "max_body", "max_headers", "max_header_bytes", "max_concurrent", "header_timeout",
+                 "reuse")
 ANNOTATIONS.update({name: ANNOTATION_PREFIX + "http-" + name.replace("_", "-") for name in HTTP_SETTINGS})
 PROXY_ADDRESS_VARIABLE = "WASMTIME_HTTP_PROXY_SOCKET_ADDR"  # runwasi's: where a served component listens
 PROXY_ADDRESS = "0.0.0.0:8080"  # runwasi's default

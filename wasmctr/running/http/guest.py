@@ -1,10 +1,13 @@
 """One proxy component, linked once per worker to the Python host, and run in a fresh instance per request.
 
-Every request gets its own store (memory capped, an epoch deadline) and instance, as `wasmtime serve` does
-by default: nothing one request leaves in the guest reaches the next. A guest that spins is stopped by
-the deadline (the worker's ticker advances the engine's epoch; the check is wasmtime's, at loop heads and
-calls, and costs nothing more per request); one blocked in a host call ends at the same deadline, since
-every blocking host call waits at most until then.
+By default every request gets its own store (memory capped) and instance, as `wasmtime serve` does:
+nothing one request leaves in the guest reaches the next. Reuse is an opt-in (`reuse` > 1, `--reuse N`):
+an instance then serves up to that many requests in turn, one at a time, from a pool of the worker's idle
+instances (at most one per connection serving at once), and is discarded after a trap, a deadline or any
+other failure; its memory cap stays the instance's, and each request gets its own deadline and fuel. A
+guest that spins is stopped by the deadline (the worker's ticker advances the engine's epoch; the check is
+wasmtime's, at loop heads and calls, and costs nothing more per request); one blocked in a host call ends
+at the same deadline, since every blocking host call waits at most until then.
 """
 
 from __future__ import annotations
@@ -39,14 +42,27 @@ class Outcome:
         self.status, self.failure = status, failure
 
 
+class _Instance:
+    """One instance of the guest in a store of its own, its `handle` function, and the requests it served."""
+
+    def __init__(self, store: Any, handle: Any) -> None:
+        self.store, self.handle = store, handle
+        self.served = 0
+
+
 class Guest:
     """`denied`: the imports the policy denied (`wasi:random/random@0.2.0`); the host defines those
     interfaces into a linker the guest never sees, so that its calls to them trap. `fuel`: each request's
-    budget, where the engine counts fuel. `allowed`: the hosts outgoing requests may reach."""
+    budget, where the engine counts fuel. `allowed`: the hosts outgoing requests may reach. `reuse`: the
+    requests an instance may serve (1: one)."""
 
     def __init__(self, engine: Any, code: Any, limits: Limits, env: list[tuple[str, str]],
-                 denied: Iterable[str] = (), fuel: int | None = None, allowed: list[Allowed] | None = None) -> None:
-        self.engine, self.code, self.limits, self.fuel = engine, code, limits, fuel
+                 denied: Iterable[str] = (), fuel: int | None = None, allowed: list[Allowed] | None = None,
+                 reuse: int = 1) -> None:
+        self.engine, self.code, self.limits, self.fuel, self.reuse = engine, code, limits, fuel, reuse
+        self._idle: list[_Instance] = []  # instances that may serve another request
+        self._idle_lock = threading.Lock()
+        self._stopped = threading.Event()
         self.table = Table()
         self._resource_types: list[tuple[component.ResourceType, int]] = []
         self._ids: dict[str, int] = {}
@@ -74,25 +90,23 @@ class Guest:
         instance.add_resource(name, ty, lambda _store, rep: self.table.drop(rep))
 
     def start_ticker(self) -> None:
-        """The epoch clock of this process (call after any fork: a thread does not survive one)."""
+        """The epoch clock of this process (call after any fork: a thread does not survive one), until
+        `stop_ticker`."""
         def tick() -> None:
-            while True:
-                time.sleep(TICK)
+            while not self._stopped.wait(TICK):
                 self.engine.increment_epoch()
         self._ticker = threading.Thread(target=tick, name="wasm-epoch", daemon=True)
         self._ticker.start()
 
+    def stop_ticker(self) -> None:
+        self._stopped.set()
+
     def handle(self, head: Head, body: Body, response: Response, scheme: str = "http") -> Outcome:
-        """Run the guest's `handle` for one request; the response goes out as the guest writes it."""
-        limits = self.limits
+        """Run the guest's `handle` for one request; the response goes out as the guest writes it. The
+        instance goes back to the idle ones only if the request went well and it may serve more."""
         scope = Scope(body.deadline)
         table = self.table
         table.enter(scope)
-        store = wasmtime.Store(self.engine)
-        store.set_limits(memory_size=limits.memory)
-        if self.fuel is not None:
-            store.set_fuel(self.fuel)
-        store.set_epoch_deadline(max(1, int((body.deadline - time.monotonic()) / TICK) + 1))
         out = messages.Outparam(response)
 
         def send_written() -> None:  # before the guest waits on the request body, what it wrote goes out
@@ -101,16 +115,14 @@ class Guest:
                     response.send_rest(body.deadline)
         body.waiting = send_written
         try:
-            instance = self.linker.instantiate(store, self.code)
-            index = instance.get_export_index(store, self.export)
-            handle = instance.get_export_index(store, "handle", index) if index is not None else None
-            func = instance.get_func(store, handle) if handle is not None else None
-            if func is None:
+            instance = self._take(body.deadline)
+            if instance is None:
                 return Outcome(0, f"the component's {self.export} has no handle function")
             request = table.add(messages.IncomingRequest(head, body, scheme))
             outparam = table.add(out)
-            func(store, component.ResourceHost.own(request, self._ids["incoming-request"]),
-                 component.ResourceHost.own(outparam, self._ids["response-outparam"]))
+            instance.handle(instance.store, component.ResourceHost.own(request, self._ids["incoming-request"]),
+                            component.ResourceHost.own(outparam, self._ids["response-outparam"]))
+            instance.served += 1
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
             return Outcome(response.status if response.started else 0, _reason(str(exc), scope))
         finally:
@@ -126,7 +138,29 @@ class Guest:
             response.send_rest(body.deadline)
         except io.StreamFailed as exc:
             return Outcome(response.status, str(exc))
+        if instance.served < self.reuse:
+            with self._idle_lock:
+                self._idle.append(instance)
         return Outcome(response.status)
+
+    def _take(self, deadline: float) -> _Instance | None:
+        """An idle instance, or a new one (in a new store, with the memory cap), given this request's
+        deadline and fuel (instantiating runs the guest's start under them); None if the component's
+        handler export has no `handle`."""
+        with self._idle_lock:
+            idle = self._idle.pop() if self._idle else None
+        store = idle.store if idle is not None else wasmtime.Store(self.engine)
+        if self.fuel is not None:
+            store.set_fuel(self.fuel)
+        store.set_epoch_deadline(max(1, int((deadline - time.monotonic()) / TICK) + 1))
+        if idle is not None:
+            return idle
+        store.set_limits(memory_size=self.limits.memory)
+        instance = self.linker.instantiate(store, self.code)
+        index = instance.get_export_index(store, self.export)
+        handle = instance.get_export_index(store, "handle", index) if index is not None else None
+        func = instance.get_func(store, handle) if handle is not None else None
+        return None if func is None else _Instance(store, func)
 
 
 class _Granted:

@@ -177,6 +177,17 @@ def _run(serving: _Serving, connections: dict[socket.socket, _Serving], lock: th
         serving.done.set()
 
 
+def serve_connection(sock: socket.socket, guest: Guest) -> None:
+    """Serve one connected socket's requests on the calling thread until it closes, then close it: what a
+    worker does for each connection it accepts, for a caller that connects its own (`local.py`). The
+    guest's epoch clock must be running (`Guest.start_ticker`)."""
+    try:
+        _Serving(sock, None, guest, False).run([])
+    finally:
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
 class _Serving:
     """One connection: its requests in turn, until the client closes, errs or the worker stops."""
 

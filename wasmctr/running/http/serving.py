@@ -28,6 +28,7 @@ class ServeOptions:
     access_log: bool = False
     limits: Limits = field(default_factory=Limits)
     allow_hosts: tuple[str, ...] = ()  # HOST[:PORT] or `*`, each maybe a comma-separated list; needs the network
+    reuse: int = 1  # requests one instance may serve in turn (1: a fresh instance per request)
 
 
 def parse_publish(text: str | None) -> tuple[str, int]:
@@ -61,7 +62,7 @@ def parse_publish(text: str | None) -> tuple[str, int]:
 
 def options(publish: str | None = None, workers: int | str | None = None, access_log: bool = False,
             max_body: str = "16m", max_headers: int | str = 100, max_header_bytes: str = "64k",
-            max_concurrent: int | str = 64, header_timeout: str = "10s",
+            max_concurrent: int | str = 64, header_timeout: str = "10s", reuse: int | str = 1,
             allow_hosts: tuple[str, ...] | list[str] = ()) -> ServeOptions:
     """Serve options from their spelling as flags or annotations take them (sizes `16m`, durations `10s`),
     each checked, so a bad one fails before anything is pulled, loaded or started."""
@@ -75,7 +76,8 @@ def options(publish: str | None = None, workers: int | str | None = None, access
                     head_timeout=_checked("header_timeout", header_timeout, parse_duration))
     parse_allow_hosts(allow_hosts)
     return ServeOptions(publish=publish, workers=None if workers is None else _checked("workers", workers, _count),
-                        access_log=access_log, limits=limits, allow_hosts=tuple(allow_hosts))
+                        access_log=access_log, limits=limits, allow_hosts=tuple(allow_hosts),
+                        reuse=_checked("reuse", reuse, _count))
 
 
 def parse_allow_hosts(values: tuple[str, ...] | list[str]) -> list[Allowed]:

@@ -4,12 +4,14 @@ not run once.
 The executor loads, caches and checks the component as it does any other; this world then listens where
 the spec's serve options say (`wasmctr run -p`, or `WASMTIME_HTTP_PROXY_SOCKET_ADDR` in a container),
 links the guest to the Python host of `wasi:http` (`running/http/`), and runs a fresh instance per
-request until it is stopped. What differs from a command, and so what this world answers differently:
+request (or, with `reuse`, an instance per so many requests) until it is stopped; `wasmctr.http_proxy`
+links the same host (`http_host`) to call the guest in process. What differs from a command, and so what
+this world answers differently:
 
 - the host listens, so a container process needs the socket calls (`listens`) even when the guest was
   granted no network of its own; with the network granted, the guest's outgoing requests may reach the
   hosts the serve options allow (`--allow-host`, `wasmctr.io/allow-hosts`), and no others;
-- `--timeout` and the memory limit bound each request's instance, not the whole run (`lifetime`);
+- `--timeout` bounds each request and the memory limit each instance, not the whole run (`lifetime`);
 - a signal drains: the requests in flight finish, then the run ends 0 after SIGINT and 143 after SIGTERM,
   as runwasi's tests expect of a served component (`stop`).
 
@@ -22,6 +24,8 @@ Imports the HTTP host (and so wasmtime's component model) only when a proxy is s
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from typing import Any
 
 from wasmctr.errors import ExecutorError
 from wasmctr.running.http.limits import Limits
@@ -66,23 +70,18 @@ class HttpProxy(World):
 
     def run(self, guest: Guest) -> int:
         from wasmctr.running.http import server
-        from wasmctr.running.http.guest import Guest as HttpGuest
         from wasmctr.running.http.guest import log
 
         spec = guest.spec
         options = spec.serve or ServeOptions()
-        limits = _limits(options.limits, spec)
-        env = [(k, v) for k, _, v in (item.partition("=") for item in spec.env)]
-        program, denied = guest.program, set(guest.denied)
-        allowed = check_grant(options, spec.policy.network)
         host, port = parse_publish(options.publish)
         try:
             sock = server.listen(host, port)
         except OSError as exc:
             raise ExecutorError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
         workers = options.workers or len(os.sched_getaffinity(0))
-        serving = server.Server(sock, lambda: HttpGuest(program.engine, program.code, limits, env, denied,
-                                                        spec.fuel, allowed), workers, options.access_log)
+        serving = server.Server(sock, lambda: http_host(guest.program, spec, guest.denied), workers,
+                                options.access_log)
         guest.state = serving
         for signum in list(guest.signals):  # a signal that came before the server was there
             serving.stop(signum)
@@ -97,6 +96,18 @@ class HttpProxy(World):
             serving.stop(signum)
         limits = _limits((guest.spec.serve or ServeOptions()).limits, guest.spec)
         return limits.request_timeout + limits.head_timeout + DRAIN_MARGIN
+
+
+def http_host(program: Program, spec: RunSpec, denied: Iterable[str]) -> Any:
+    """The Python host of wasi:http (`running.http.guest.Guest`) linked to the program, with the spec's
+    environment, fuel, reuse, outgoing hosts and limits (its timeout and memory limit per request): one per worker
+    process, and one per in-process client (`wasmctr.http_proxy`). `denied` is left undefined."""
+    from wasmctr.running.http.guest import Guest as HttpGuest
+
+    options = spec.serve or ServeOptions()
+    env = [(k, v) for k, _, v in (item.partition("=") for item in spec.env)]
+    return HttpGuest(program.engine, program.code, _limits(options.limits, spec), env, set(denied), spec.fuel,
+                     check_grant(options, spec.policy.network), options.reuse)
 
 
 def _limits(base: Limits, spec: RunSpec) -> Limits:
