@@ -184,7 +184,7 @@ def serve(args: SimpleNamespace) -> int:
             "without the filesystem confinement below WASI")
     linger = float(os.environ.get("WASMCTR_SHIM_LINGER", "2"))
     tasks = TaskService(Publisher(os.environ.get("TTRPC_ADDRESS")), args.namespace, finish, linger,
-                        runc_root=RUNC_ROOT, executor=warm_executor())
+                        runc_root=RUNC_ROOT, executor=warm_executor(), containerd_address=args.address)
     server = Server([tasks.service(), tasks.reservation_service()])
     server.serve(listener)
     return 0

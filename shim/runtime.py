@@ -13,6 +13,11 @@ or `module.wasm.image/variant` is `compat` (or `compat-smart`), or `process.args
 the rootfs; the smart variants also require that (`wasmctr.running.ocispec.is_wasm`, which the shim
 asks too); a pod's sandbox never is. Everything else runs under runc (`--delegate PATH` or
 `WASMCTR_RUNTIME_DELEGATE` to choose another).
+
+`create` of a wasm container checks the node's signature policy first (shim/admission.py) for the image its
+bundle names (`io.kubernetes.cri.image-name` or `org.opencontainers.image.ref.name`; the manifest digest
+when the name has one, else what its registry names now); a bundle that names no image is refused where the
+policy's default asks for signatures, as the runtime cannot tell which image it was made from.
 """
 
 from __future__ import annotations
@@ -171,6 +176,7 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
         raise SpecError(f"container with id {container_id} already exists")
     executor = Executor.for_store(map_cached_code=True)
     try:
+        _admit(container_id, config)
         # before the fork: a guest the policy refuses fails `create`, and the container process starts warm
         guest = executor.prepare(spec_from_bundle(bundle, config))
         # bad names fail `create`; a served component's host listens, so it keeps the socket calls
@@ -219,6 +225,26 @@ def _create(g: Globals, container_id: str, bundle: Path, config: dict[str, Any],
     if pid_file:
         _write_text(Path(pid_file), str(pid))
     return pid
+
+
+def _admit(container_id: str, config: dict[str, Any]) -> None:
+    """The signature policy for the image the bundle names; its signatures from the wasmctr store where it
+    keeps them (a node that loaded the image with them), else from the image's registry."""
+    from . import admission
+
+    rules = admission.rules()
+    if rules.accepts_anything:
+        return
+    from wasmctr.image import home
+    from wasmctr.image.store import Store
+    from wasmctr.signing import attach
+
+    def kept(_ref: object, digest: str) -> list[attach.Signature] | None:
+        if not (home.store_root() / "index.json").exists():  # no store on this node: none made for the check
+            return None
+        return attach.stored(Store(), digest) or None
+
+    admission.admit(rules, admission.annotated_image(config), None, kept, container_id)
 
 
 class _StartFifo:

@@ -8,6 +8,10 @@ returns once it is ready (or fails with its reason), and `Start` releases it. Ea
 container therefore has its own pid, is killed and reaped alone, and one guest's trap or crash cannot
 disturb another. A container that is not wasm goes to runc (`native`), with the same Task API, events,
 stdio and exit codes. Events go to containerd over ttrpc.
+
+Before anything of a wasm container is prepared, Create checks the node's signature policy for the image the
+container was made from (`_admit`, shim/admission.py); a native one is left to the policy the node already
+applies to what it pulls.
 """
 
 from __future__ import annotations
@@ -26,14 +30,15 @@ from typing import Any
 
 from google.protobuf import any_pb2, empty_pb2
 
-from wasmctr.errors import ExecutorError, WasmctrError
+from wasmctr.errors import ExecutorError, ImageNotFound, WasmctrError
+from wasmctr.image.reference import Reference
 from wasmctr.running import report
 from wasmctr.running.executor import Executor, Outcome
 from wasmctr.running.ocispec import explain, is_wasm, load_config, network_namespace, spec_from_bundle
 from wasmctr.sandbox import devices
 from wasmctr.sandbox.container import Confinement, Container
 
-from . import mounts, process, stdio
+from . import admission, mounts, process, stdio
 from .api import shim_pb2, task_pb2
 from .cgroups import Cgroup
 from .events import Publisher, timestamp
@@ -94,8 +99,10 @@ class Task:
 
 class TaskService:
     def __init__(self, publisher: Publisher, namespace: str, on_empty: Any, linger: float = 0.0,
-                 runc_root: str = "/run/wasmctr-runc", executor: Executor | None = None) -> None:
+                 runc_root: str = "/run/wasmctr-runc", executor: Executor | None = None,
+                 containerd_address: str = "") -> None:
         self.namespace = namespace
+        self.containerd_address = containerd_address  # its gRPC socket: what it knows of a container's image
         self.linger = linger
         self.tasks: dict[str, Task] = {}
         self.lock = threading.Lock()
@@ -165,6 +172,7 @@ class TaskService:
                 _commit(call)
                 self._create_native(task, linux.get("cgroupsPath"))
             else:
+                self._admit(req.id, config, task.namespace)
                 spec = spec_from_bundle(bundle, config)
                 spec.devices = devices.populate(bundle / DEVICE_DIR)  # the OCI default devices, at /dev
                 spec.stdin = bool(req.stdin)
@@ -332,6 +340,34 @@ class TaskService:
     def update(self, req: task_pb2.UpdateTaskRequest, call: Call) -> empty_pb2.Empty:
         self._get(req.id)
         raise RpcError(Code.UNIMPLEMENTED, "a running wasm guest's limits cannot be changed")
+
+    def _admit(self, container_id: str, config: dict[str, Any], namespace: str) -> None:
+        """The node's signature policy for the image the container was made from: the container's image in
+        containerd (`ctr run IMAGE`), else the one its spec's annotations name (the CRI's), resolved to its
+        manifest (or index) digest by containerd's image store, as `wasmctr pull` checks what a name resolves
+        to; an index's digest covers each of its manifests. Raises with the reason, which Create returns."""
+        rules = admission.rules()
+        if rules.accepts_anything:
+            return
+        from wasmctr.signing import attach
+
+        from .imagestore import Containerd, ContentStore
+
+        client = Containerd(self.containerd_address, namespace)
+
+        def kept(ref: Reference, digest: str) -> list[attach.Signature] | None:
+            found = attach.fetch(ContentStore(client, ref.registry), ref.repository, digest)
+            return found.signatures if found is not None else None
+
+        try:
+            image = client.container_image(container_id) or admission.annotated_image(config)
+            target = client.image_target(image) if image else None
+            if image and target is None:
+                raise ImageNotFound(f"containerd has no image {image}, which container {container_id} was made from: "
+                                    "its signatures cannot be checked")
+            admission.admit(rules, image, target.digest if target else None, kept, container_id)
+        finally:
+            client.close()
 
     # -- native containers -------------------------------------------------------------------------
 

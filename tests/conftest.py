@@ -125,10 +125,12 @@ WASMCTR_RUNTIME = str(Path(sys.executable).parent / "wasmctr-runtime")
 """The installed runc-compatible CLI."""
 
 
-def runtime(root: Path, *args: str, log: Path | None = None) -> subprocess.CompletedProcess[str]:
+def runtime(root: Path, *args: str, log: Path | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`wasmctr-runtime --root ROOT ARGS`, unchecked; `env` is added to the test's environment."""
     extra = ["--log", str(log), "--log-format", "json"] if log else []
     return subprocess.run([WASMCTR_RUNTIME, "--root", str(root), *extra, *args], capture_output=True, text=True,
-                          timeout=30)
+                          timeout=30, env={**os.environ, **(env or {})})
 
 
 @pytest.fixture
@@ -142,6 +144,38 @@ def bundle(tmp_path: Path, hostile_wasm: Path) -> Path:
               "annotations": {"run.oci.handler": "wasm"}}
     (bundle / "config.json").write_text(json.dumps(config))
     return bundle
+
+
+PASSWORD = "correct horse"
+WITH_PASSWORD = {"COSIGN_PASSWORD": PASSWORD}
+
+
+def pair(directory: Path) -> tuple[Path, Path]:
+    """A cosign key pair made by `wasmctr key generate`: (cosign.key, cosign.pub)."""
+    wasmctr("key", "generate", "--output-key-prefix", str(directory / "cosign"), env=WITH_PASSWORD)
+    return directory / "cosign.key", directory / "cosign.pub"
+
+
+@pytest.fixture(scope="session")
+def key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return pair(tmp_path_factory.mktemp("key"))
+
+
+@pytest.fixture(scope="session")
+def other_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return pair(tmp_path_factory.mktemp("other-key"))
+
+
+def write_policy(path: Path, scope: str, requirement: dict) -> Path:  # type: ignore[type-arg]
+    """A signature policy that rejects everything but `scope`, which has `requirement`."""
+    path.write_text(json.dumps({"default": [{"type": "reject"}],
+                                "transports": {"docker": {scope: [requirement]}}}))
+    return path
+
+
+def signed_by(public: Path, identity: dict | None = None) -> dict:  # type: ignore[type-arg]
+    """A sigstoreSigned requirement for `public`'s signatures."""
+    return {"type": "sigstoreSigned", "keyPath": str(public), **({"signedIdentity": identity} if identity else {})}
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:

@@ -174,13 +174,15 @@ class Containerd:
     """A private containerd (own root, state and socket) for `ctr` interop tests; `umask` is the one it
     runs with (and passes on to the shims it starts), -1 for the test's own. Its config is made here
     (`extra_config` added), or `config`, a whole file used as it is (its root, state and address are
-    the flags' all the same)."""
+    the flags' all the same). `env` is added to its environment, which its shims inherit."""
 
-    def __init__(self, directory: Path, extra_config: str = "", umask: int = -1, config: Path | None = None) -> None:
+    def __init__(self, directory: Path, extra_config: str = "", umask: int = -1, config: Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.directory = directory
         self.extra_config = extra_config
         self.config = config
         self.umask = umask
+        self.env = env or {}
         self.socket = directory / "containerd.sock"
         self.shims = Path(tempfile.mkdtemp(prefix="wasmctr-shims-"))  # short: unix socket paths are <= 108
         self.proc: subprocess.Popen[bytes] | None = None
@@ -194,7 +196,7 @@ class Containerd:
         import sys
 
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-               "WASMCTR_SHIM_SOCKET_DIR": str(self.shims)}
+               "WASMCTR_SHIM_SOCKET_DIR": str(self.shims), **self.env}
         self.proc = subprocess.Popen(
             ["containerd", "--config", str(config), "--root", str(self.directory / "root"),
              "--state", str(self.directory / "state"), "--address", str(self.socket)],

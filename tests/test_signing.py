@@ -15,7 +15,18 @@ from pathlib import Path
 import pytest
 import requests
 import wasmtime
-from conftest import EXE, FUNC_WAT, assert_one_line_error, run, wasmctr
+from conftest import (
+    EXE,
+    FUNC_WAT,
+    PASSWORD,
+    WITH_PASSWORD,
+    assert_one_line_error,
+    pair,
+    run,
+    signed_by,
+    wasmctr,
+    write_policy,
+)
 from liar import LyingRegistry, image
 
 import wasmctr as api
@@ -24,34 +35,6 @@ from wasmctr.image import reference
 from wasmctr.signing import attach, keys, policy, verify
 
 FIXTURES = Path(__file__).parent / "signing"
-PASSWORD = "correct horse"
-WITH_PASSWORD = {"COSIGN_PASSWORD": PASSWORD}
-
-
-def pair(directory: Path) -> tuple[Path, Path]:
-    wasmctr("key", "generate", "--output-key-prefix", str(directory / "cosign"), env=WITH_PASSWORD)
-    return directory / "cosign.key", directory / "cosign.pub"
-
-
-@pytest.fixture(scope="module")
-def key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return pair(tmp_path_factory.mktemp("key"))
-
-
-@pytest.fixture(scope="module")
-def other_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return pair(tmp_path_factory.mktemp("other-key"))
-
-
-def write_policy(path: Path, scope: str, requirement: dict) -> Path:
-    """A policy that rejects everything but `scope`, which has `requirement`."""
-    path.write_text(json.dumps({"default": [{"type": "reject"}],
-                                "transports": {"docker": {scope: [requirement]}}}))
-    return path
-
-
-def signed_by(public: Path, identity: dict | None = None) -> dict:
-    return {"type": "sigstoreSigned", "keyPath": str(public), **({"signedIdentity": identity} if identity else {})}
 
 
 def digest_of(proc: subprocess.CompletedProcess[str]) -> str:

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wasmctr.errors import ImageInUse, ImageNotFound, SignatureRefused, SigningError, UsageError, WasmctrError
+from wasmctr.errors import ImageInUse, ImageNotFound, SigningError, UsageError, WasmctrError
 from wasmctr.errors import parameter as _p
 from wasmctr.image import digest as digests
 from wasmctr.image import mediatypes as mt
@@ -353,9 +353,8 @@ def _admit_stored(st: Store, desc: Descriptor, parsed: references.Reference | No
 
     names = [parsed] if parsed is not None else [references.parse(t.name) for t in st.tags()
                                                  if t.descriptor.digest == desc.digest and not t.dangling]
-    if not names and any(r.type != "insecureAcceptAnything" for r in rules.default):
-        raise SignatureRefused(f"{desc.digest[:19]} has no name to check signatures against, and the signature "
-                               f"policy {rules.source} requires more than nothing by default")
+    if not names:
+        verify.unnamed(desc.digest[:19], rules)
     for name in names:
         verify.check(name, desc.digest, lambda: attach.stored(st, desc.digest), rules)
 

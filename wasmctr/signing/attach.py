@@ -34,14 +34,20 @@ SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 MAX_SIGNATURE_BLOB = 4 << 20
 
 
-class Remote(Protocol):
-    """What attaching and reading signatures needs of a registry client."""
+class Source(Protocol):
+    """What reading signatures needs of where they are kept: a registry client, or containerd's content store
+    (the shim's `wasmctr_node.imagestore.ContentStore`). `get_manifest_raw` raises `ImageNotFound` for a tag
+    that is not there; `fetch_blob` returns a blob of at most `limit` bytes, of the descriptor's digest."""
 
     def get_manifest_raw(self, repository: str, locator: str) -> tuple[bytes, str]: ...
 
-    def put_manifest(self, repository: str, locator: str, raw: bytes, media_type: str) -> None: ...
-
     def fetch_blob(self, repository: str, desc: Descriptor, limit: int) -> bytes: ...
+
+
+class Remote(Source, Protocol):
+    """What attaching signatures needs of a registry client, besides reading them."""
+
+    def put_manifest(self, repository: str, locator: str, raw: bytes, media_type: str) -> None: ...
 
     def has_blob(self, repository: str, digest: str) -> bool: ...
 
@@ -77,8 +83,8 @@ class Attachment:
                 for layer in self.manifest.layers]
 
 
-def fetch(remote: Remote, repository: str, digest: str) -> Attachment | None:
-    """The attachment of manifest `digest` in `repository`; None when the registry has none."""
+def fetch(remote: Source, repository: str, digest: str) -> Attachment | None:
+    """The attachment of manifest `digest` in `repository`; None when the source has none."""
     try:
         raw, media_type = remote.get_manifest_raw(repository, references.signatures_tag(digest))
     except ImageNotFound:

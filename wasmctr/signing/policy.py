@@ -113,6 +113,13 @@ class Policy:
                 return self.docker[scope]
         return self.docker.get("", self.default)
 
+    @property
+    def accepts_anything(self) -> bool:
+        """Whether every scope, and the default, accept any image: then no image needs to be looked at (the
+        shim asks containerd for nothing on a node whose policy asks for no signature)."""
+        return all(r.type == "insecureAcceptAnything" for scoped in (self.default, *self.docker.values())
+                   for r in scoped)
+
 
 ACCEPT_ANYTHING = Policy("no policy file (accept anything)", (Requirement("insecureAcceptAnything"),), {})
 

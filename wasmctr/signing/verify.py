@@ -1,5 +1,5 @@
-"""Whether the signature policy accepts an image: the one check `pull`, `run` and `verify` make, and the one
-the shim and `wasmctr-runtime` are to call at Create.
+"""Whether the signature policy accepts an image: the one check `pull`, `run` and `verify` make, and the shim
+and `wasmctr-runtime` at Create (wasmctr_node.admission).
 
     verify.check(reference, manifest_digest, fetch, policy)
 
@@ -50,6 +50,14 @@ def check(reference: Reference, manifest_digest: str, fetch: Fetch, policy: Poli
             raise SignatureRefused(f"{reference.familiar()} ({manifest_digest[:19]}) is refused by the signature "
                                    f"policy {policy.source}: {requirement}: {why}")
     return requirements
+
+
+def unnamed(what: str, policy: Policy) -> None:
+    """An image that is run under no name (an image ID, a bundle naming none) has no scope and no identity to
+    check: accepted only where the policy's default asks for nothing, else `SignatureRefused` saying so."""
+    if any(r.type != "insecureAcceptAnything" for r in policy.default):
+        raise SignatureRefused(f"{what} has no name to check signatures against, and the signature policy "
+                               f"{policy.source} requires more than nothing by default")
 
 
 def refusal(requirement: Requirement, reference: Reference, manifest_digest: str,
