@@ -99,6 +99,14 @@ def test_two_settings_compile_two_cache_entries(simd: Path, wasmctr_home: Path) 
     assert len(entries(wasmctr_home)) == 3 and default.stat().st_ino == inode, "the default's entry was a hit"
 
 
+def test_precompile_compiles_with_the_settings_of_the_labels(simd: Path, wasmctr_home: Path) -> None:
+    wasmctr("build", str(simd), "-t", "pre:1", "--label", "io.wasmctr.opt-level=none", "--precompile")
+    (entry,) = entries(wasmctr_home).values()
+    inode = entry.stat().st_ino
+    assert run("pre:1").returncode == 7
+    assert list(entries(wasmctr_home).values()) == [entry] and entry.stat().st_ino == inode, "the run hit it"
+
+
 def plant(entry: Path, data: bytes) -> None:
     """An entry as the cache would have written it: its bytes and their digest (so it is loaded)."""
     entry.write_bytes(data)
@@ -159,7 +167,7 @@ def test_the_doctor_reads_the_cache_through_its_own_check(simd: Path, wasmctr_ho
     assert cache["verdict"] == "warn" and "1 entries" in cache["detail"] and "1 damaged" in cache["detail"], cache
 
 
-def test_every_setting_accepted_makes_an_engine() -> None:
+def test_each_feature_setting_accepted_makes_an_engine() -> None:
     """wasmtime aborts the process on a Config it refuses: what `EngineSettings` accepts must never be one
     (this wasmtime's rules are written there; a new wasmtime with new ones fails here, not in a pod)."""
     script = """

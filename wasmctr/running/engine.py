@@ -13,8 +13,9 @@ not return the error of a refused `Config`, it aborts the process (a Rust panic 
 `wasm_engine_new_with_config`), which in the shim would end every container of the pod. The rules are
 this wasmtime's (50): `reference-types` cannot be turned off (the component model's async support, on
 and with no switch in wasmtime-py, needs it), and `relaxed-simd` needs `simd` (turning SIMD off turns
-relaxed SIMD off unless it is named on, which is refused). tests/test_engine_settings.py makes an
-engine of every setting this module accepts, in a child process, so a wasmtime with new rules fails it.
+relaxed SIMD off unless it is named on, which is refused). tests/test_engine_settings.py makes, in a
+child process, an engine of each feature turned on and off (alone, and with SIMD off) at each level that
+this module accepts, so a wasmtime with new rules fails there rather than in a pod.
 
 Imports the record helper and the errors only: the runtime CLI and the shim read a container's
 settings without importing wasmtime; the executor makes the engine (`configure`).
