@@ -84,9 +84,12 @@ def _platforms(text: str, name: str = "platform") -> list[Platform]:
 def build(source: str | os.PathLike[str], tag: str, *, dockerfile_path: str | os.PathLike[str] | None = None,
           build_args: dict[str, str] | None = None, format: Format = "compat",
           platforms: str = "wasi/wasm", author: str | None = None, precompile: bool = False,
-          store: Store | None = None) -> BuildResult:
-    """Build an image from a `.wasm` file, or from a directory holding a Dockerfile, and tag it."""
+          labels: dict[str, str] | None = None, store: Store | None = None) -> BuildResult:
+    """Build an image from a `.wasm` file, or from a directory holding a Dockerfile, and tag it. `labels`
+    go over the Dockerfile's LABELs; the `io.wasmctr.*` ones (a run's settings: `running/launch.py`) are
+    checked now, and `precompile` compiles with the engine settings they name."""
     from wasmctr.building import builder, dockerfile
+    from wasmctr.running import launch
 
     ref = references.parse(tag)
     if format not in builder.FORMATS:
@@ -109,6 +112,8 @@ def build(source: str | os.PathLike[str], tag: str, *, dockerfile_path: str | os
         plan = dockerfile.plan_for_wasm(path)
     else:
         raise UsageError(f"{source}: no such file or directory")
+    plan.labels.update(labels or {})
+    settings = launch.labelled(plan.labels)
     target = _store(store)
     with target.writing():  # tagged before the lock goes, so no garbage collection sees it untagged
         built = builder.build(target, plan, format, wanted, author)
@@ -118,7 +123,7 @@ def build(source: str | os.PathLike[str], tag: str, *, dockerfile_path: str | os
         assert source_file is not None
         identity = None if built.format == "artifact" else stored.program_key(stored.load(target, built.descriptor),
                                                                               built.program)
-        _executor(target).precompile(source_file, identity)
+        _executor(target).precompile(source_file, identity, settings.fuel is not None, settings.engine)
     return BuildResult(ref.familiar(), built.descriptor.digest, built.format, [str(p) for p in built.platforms],
                        built.program, built.wasm.kind)
 
@@ -194,6 +199,8 @@ class Removed:
     deleted: list[str]  # IDs of the images that went with them (no name or entry left)
     blobs: int
     bytes: int
+    compiled: int = 0  # compile cache entries removed (`prune(cache=True)`)
+    compiled_bytes: int = 0
 
 
 def rmi(ref: str, *, force: bool = False, store: Store | None = None) -> Removed:
@@ -213,12 +220,20 @@ def rmi(ref: str, *, force: bool = False, store: Store | None = None) -> Removed
     return _collect(st, untagged)
 
 
-def prune(store: Store | None = None) -> Removed:
+def prune(cache: bool = False, store: Store | None = None) -> Removed:
     """Delete the dangling images (those a rebuild, pull, load or tag took the name of), then every blob
     no image reaches (what interrupted pulls left in `ingest/` included) and the rootfs `run` unpacked from
-    them. Returns the IDs of the images deleted."""
+    them. Returns the IDs of the images deleted. `cache`: empty the compile cache too (every entry, each
+    compiled again at its image's next run)."""
     st = _store(store)
-    return _collect(st, st.remove(lambda t: t.dangling))
+    removed = _collect(st, st.remove(lambda t: t.dangling))
+    if not cache:
+        return removed
+    from wasmctr.image import home
+    from wasmctr.running.compile_cache import CompileCache
+
+    compiled, compiled_bytes = CompileCache(home.compile_cache_dir(st.root)).clear()
+    return Removed(removed.untagged, removed.deleted, removed.blobs, removed.bytes, compiled, compiled_bytes)
 
 
 def _collect(st: Store, removed: list[Tagged]) -> Removed:
@@ -555,7 +570,8 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
         timeout: float | str | None = None, entrypoint: str | None = None, workdir: str | None = None,
         env: list[str] | None = None, env_files: list[str] | None = None, volumes: list[str] | None = None,
         tmpfs: list[str] | None = None, memory: str | None = None, fuel: int | None = None,
-        network: bool = False, deny_wasi: list[str] | None = None, allow_wasi: list[str] | None = None,
+        wasm_features: str | None = None, opt_level: str | None = None, network: bool = False,
+        deny_wasi: list[str] | None = None, allow_wasi: list[str] | None = None,
         syscall_policy: str = "refuse", platform: str | None = None, pull_missing: bool = True,
         user: str | None = None, devices: list[str] | None = None, insecure: bool = False,
         ca_cert: str | None = None, progress: Progress | None = None, hard_stop: bool = False,
@@ -586,6 +602,10 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
     An image is run only if the signature policy accepts it (`pull`'s `signature_policy`), checked against the
     signatures stored with it, before anything of it is prepared: else `SignatureRefused`.
 
+    `wasm_features` ("simd,-threads": wasmtime's names, -NAME off) and `opt_level` (none, speed,
+    speed_and_size) set how the guest is compiled; they, `memory`, `timeout` and `fuel` replace what the
+    image's `io.wasmctr.*` labels set (`wasmctr.running.launch`), a feature at a time.
+
     A wasi:http/proxy component is served instead, as `wasmctr run -p` serves it (docs/http.md): at `publish`
     (Docker's `[IP:]HOSTPORT[:PORT]`; default 127.0.0.1:8080) by `workers` forked processes, with the HTTP
     limits (`max_body`...), `timeout` and `memory` per request, an instance per request unless `reuse` > 1,
@@ -611,7 +631,7 @@ def run(target: str, args: list[str] | None = None, *, stdin: Any = None, input:
     out, err = streams.Output(stdout, "stdout"), streams.Output(stderr, "stderr")
     source = streams.Input(stdin, input, encoding)
     options = _run_options(list(args or []), entrypoint, workdir, env, env_files, volumes, tmpfs, memory, timeout,
-                           fuel, network, deny_wasi, allow_wasi, syscall_policy)
+                           fuel, network, deny_wasi, allow_wasi, syscall_policy, wasm_features, opt_level)
     st = _store(store)
     cleanup: list[Path] = []
     pumps = streams.Pumps()
@@ -669,14 +689,16 @@ _NOT_A_PROXY = "the guest is not a wasi:http proxy component (it exports no inco
 def _run_options(args: list[str], entrypoint: str | None, workdir: str | None, env: list[str] | None,
                  env_files: list[str] | None, volumes: list[str] | None, tmpfs: list[str] | None,
                  memory: str | None, timeout: float | str | None, fuel: int | None, network: bool,
-                 deny_wasi: list[str] | None, allow_wasi: list[str] | None, syscall_policy: str) -> RunOptions:
+                 deny_wasi: list[str] | None, allow_wasi: list[str] | None, syscall_policy: str,
+                 wasm_features: str | None = None, opt_level: str | None = None) -> RunOptions:
     from wasmctr.running.launch import RunOptions
     from wasmctr.running.policy import Policy
 
     return RunOptions(args=args, entrypoint=entrypoint, workdir=workdir, env=list(env or []),
                       env_files=list(env_files or []), volumes=list(volumes or []), tmpfs=list(tmpfs or []),
                       memory=memory, timeout=None if timeout is None else str(timeout), fuel=fuel,
-                      policy=Policy.from_flags(network, deny_wasi, allow_wasi, syscall_policy))
+                      policy=Policy.from_flags(network, deny_wasi, allow_wasi, syscall_policy),
+                      wasm_features=wasm_features, opt_level=opt_level)
 
 
 def _spec(target: str, options: RunOptions, platform: str | None, pull_missing: bool, insecure: bool,

@@ -34,7 +34,8 @@ _FLAGS = {
     "max_body": "--max-body", "max_headers": "--max-headers", "max_header_bytes": "--max-header-bytes",
     "max_concurrent": "--max-concurrent", "header_timeout": "--header-timeout", "reuse": "--reuse",
     "signature_policy": "--signature-policy", "registries_d": "--registries.d", "prefix": "--output-key-prefix",
-    "allow_hosts": "--allow-host",
+    "allow_hosts": "--allow-host", "timeout": "--timeout",
+    "wasm_features": "--wasm-features", "opt_level": "--opt-level", "labels": "--label",
 }
 
 # `run` exits with the guest's code, so its own failures, bad flags included, use docker run's 125 rather
@@ -123,6 +124,9 @@ def build(
                                                                   "the first run starts warm.")] = False,
     sign: Annotated[str | None, typer.Option("--sign", metavar="KEY", help="Sign the pushed image with this cosign "
                                                                            "private key (needs --push).")] = None,
+    label: Annotated[list[str] | None, typer.Option("--label", metavar="KEY=VALUE",
+                                                    help="Set a label (over the Dockerfile's LABEL), e.g. "
+                                                         "io.wasmctr.wasm-features=simd,-threads.")] = None,
     insecure: Insecure = False,
     ca_cert: CaCert = None,
     quiet: Quiet = False,
@@ -140,8 +144,14 @@ def build(
         if not key:
             raise UsageError(f"--build-arg {item!r}: expected KEY=VALUE")
         args[key] = value if eq else os.environ.get(key, "")
+    labels = {}
+    for item in label or []:
+        key, eq, value = item.partition("=")
+        if not key or not eq:
+            raise UsageError(f"--label {item!r}: expected KEY=VALUE")
+        labels[key] = value
     result = api.build(source, tag, dockerfile_path=file, build_args=args, format=format,  # type: ignore[arg-type]
-                       platforms=platform, author=author, precompile=precompile)
+                       platforms=platform, author=author, precompile=precompile, labels=labels)
     if not quiet:
         _echo(f"built {result.name} ({result.format}, {', '.join(result.platforms)}, "
               f"{result.kind} {result.program})", err=push)
@@ -197,6 +207,11 @@ def run(
                                                 help="Wall-clock limit, e.g. 10s.")] = None,
     fuel: Annotated[int | None, typer.Option("--fuel", metavar="UNITS",
                                              help="Instruction budget (slows execution).")] = None,
+    wasm_features: Annotated[str | None, typer.Option("--wasm-features", metavar="FEATURES",
+                                                      help="wasmtime's wasm features on, -NAME off, e.g. "
+                                                           "simd,-threads (over the image's label).")] = None,
+    opt_level: Annotated[str | None, typer.Option("--opt-level", metavar="none|speed|speed_and_size",
+                                                  help="The compiler's optimisation level (default speed).")] = None,
     platform: Annotated[str | None, typer.Option("--platform", metavar="OS/ARCH", help="Platform of an index.")] = None,
     device: Annotated[list[str] | None, typer.Option("--device", metavar="NAME",
                                                      help="Grant a default device at /dev: null, zero, "
@@ -254,7 +269,8 @@ def run(
                                 signature_policy=signature_policy, registries_d=registries_d)
         outcome = api.run(target, args, entrypoint=entrypoint, workdir=workdir, env=env, env_files=env_file,
                           volumes=volume, tmpfs=tmpfs, memory=memory, timeout=timeout, fuel=fuel,
-                          network=network == "host", deny_wasi=deny_wasi, allow_wasi=allow_wasi,
+                          wasm_features=wasm_features, opt_level=opt_level, network=network == "host",
+                          deny_wasi=deny_wasi, allow_wasi=allow_wasi,
                           syscall_policy=syscall_policy, stdin=interactive, platform=platform, user=user,
                           devices=device, pull_missing=False, hard_stop=True,
                           signature_policy=signature_policy, **serve)
@@ -541,15 +557,20 @@ image_app.command("rm", cls=_Command, short_help="Remove images (as `wasmctr rmi
 @image_app.command("prune", cls=_Command, short_help="Remove dangling images and unused blobs")
 def image_prune(
     force: Annotated[bool, typer.Option("-f", "--force", help="Accepted as docker's; wasmctr never prompts.")] = False,
+    cache: Annotated[bool, typer.Option("--cache", help="Empty the compile cache too (code is compiled again "
+                                                        "at each image's next run).")] = False,
 ) -> None:
     """Delete dangling images (<none>: a rebuild, pull or tag took their name) and blobs no image uses.
 
-    Example: wasmctr image prune
+    Example: wasmctr image prune --cache
     """
-    removed = api.prune()
+    removed = api.prune(cache=cache)
     for image_id in removed.deleted:
         _echo(f"Deleted: {image_id}")
-    _echo(f"Deleted {removed.blobs} blobs\nTotal reclaimed space: {console.size(removed.bytes)}")
+    _echo(f"Deleted {removed.blobs} blobs")
+    if cache:
+        _echo(f"Deleted {removed.compiled} compiled entries ({console.size(removed.compiled_bytes)})")
+    _echo(f"Total reclaimed space: {console.size(removed.bytes + removed.compiled_bytes)}")
 
 
 node_app = typer.Typer(name="node", help="Put wasmctr on a containerd node, and check it.",

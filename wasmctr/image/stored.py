@@ -49,6 +49,13 @@ class Image:
         return self.config.get("config") or {}
 
     @property
+    def labels(self) -> dict[str, Any]:
+        """The image's labels: a compat image's config `Labels` (Dockerfile LABEL, `build --label`), an
+        artifact's manifest annotations (where its builder puts them); {} when they are not an object."""
+        labels = self.manifest.annotations if self.format == "artifact" else self.runtime_config.get("Labels")
+        return dict(labels) if isinstance(labels, dict) else {}
+
+    @property
     def program(self) -> str | None:
         """The path of the wasm program: the entrypoint (or first Cmd word) resolved against WorkingDir."""
         if self.format == "artifact":

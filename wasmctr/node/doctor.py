@@ -16,7 +16,6 @@ made on demand, so the tests show the verdict and fix this way.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import shutil
 import subprocess
@@ -264,33 +263,21 @@ def _template() -> Check:
 
 def _compile_cache() -> Check:
     from wasmctr.image.home import compile_cache_dir, store_root
-    from wasmctr.running.compile_cache import CompileCache
+    from wasmctr.running.compile_cache import MAX_VARIABLE, CompileCache
 
     directory = compile_cache_dir(store_root())
-    cache = CompileCache(directory)
-    entries = sorted(directory.glob("*.cwasm")) if directory.is_dir() else []
-    size = sum(p.stat().st_size for p in entries)
-    damaged = [p for p in entries if not _intact(p)]
-    detail = f"{len(entries)} entries, {size >> 20} MiB of {cache.max_bytes >> 20} MiB in {directory}"
-    if damaged:
-        return Check("compile cache", WARN, f"{detail}; {len(damaged)} damaged (each is recompiled at its "
-                                            "next run)", f"rm {directory}/<key>.* for " +
-                     ", ".join(p.stem[:12] for p in damaged[:3]))
-    if size > cache.max_bytes:
-        return Check("compile cache", WARN, f"{detail}: over its cap until the next entry is written",
-                     "raise WASMCTR_COMPILE_CACHE_MAX_MIB, or delete the directory (entries are rebuilt)")
-    return Check("compile cache", OK, detail)
-
-
-def _intact(entry: Path) -> bool:
-    """Whether a cache entry hashes to the digest recorded beside it (compile_cache.py's layout)."""
     try:
-        recorded = entry.with_suffix(".sha256").read_text().strip()
-        digest = hashlib.sha256()
-        with entry.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-        return digest.hexdigest() == recorded
-    except OSError:
-        return False
+        survey = CompileCache(directory).survey()
+    except WasmctrError as exc:
+        return Check("compile cache", FAIL, str(exc), f"set {MAX_VARIABLE} to a size (512m, 4g) or unset it")
+    detail = (f"{survey.entries} entries, {survey.size >> 20} MiB of {survey.max_bytes >> 20} MiB in "
+              f"{directory}")
+    if survey.damaged:
+        return Check("compile cache", WARN, f"{detail}; {len(survey.damaged)} damaged (each is recompiled at its "
+                                            "next run)", f"rm {directory}/<key>.* for " +
+                     ", ".join(key[:12] for key in survey.damaged[:3]))
+    if survey.size > survey.max_bytes:
+        return Check("compile cache", WARN, f"{detail}: over its cap until the next entry is written",
+                     f"raise {MAX_VARIABLE}, or wasmctr image prune --cache (entries are rebuilt)")
+    return Check("compile cache", OK, detail)
 

@@ -7,9 +7,17 @@ its bytes, recorded when we wrote it. Deserialising compiled code trusts it as m
 is only loaded if the file hashes to that digest, and the very file descriptor that was checked is the
 one loaded; a damaged or foreign entry is discarded and rebuilt, never loaded, never a crash.
 
+An entry is only ever a miss, never a failure: one wasmtime refuses to load (written by another
+wasmtime version; the key names the version, so only a copied or planted file gets there) is discarded
+and compiled again by the executor, as a damaged one is (wasmtime #11685 is that bug in wasmtime's own
+cache). Keys name every setting that changes generated code (`EngineSettings.cache_text`), since
+wasmtime loads code compiled at another optimisation level without a word.
+
 The cache is bounded, so that a node running image after image does not fill its disk: past
-`WASMCTR_COMPILE_CACHE_MAX_MIB` (default 2048) the least recently used entries are removed when a new
-one is written. A hit marks its entry used (its atime), and an evicted entry only costs a compile.
+`WASMCTR_CACHE_MAX` (a size as `-m` takes it, `512m`, `4g`; default 2g) the least recently used entries
+are removed when a new one is written. A hit marks its entry used (its atime), and an evicted entry only
+costs a compile. `survey` is the one reading of its state (the node doctor reports it), `clear` empties
+it (`wasmctr image prune --cache`).
 """
 
 from __future__ import annotations
@@ -24,9 +32,24 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from wasmctr.errors import UsageError
 from wasmctr.image import atomic
+from wasmctr.record import record
+from wasmctr.running.units import parse_size
 
-DEFAULT_MAX_MIB = 2048
+MAX_VARIABLE = "WASMCTR_CACHE_MAX"
+DEFAULT_MAX = "2g"
+
+
+@record(frozen=True)
+class Survey:
+    """The cache as it stands: its entries, their bytes, the keys of those that do not hash to their
+    recorded digest (each recompiled at its next use), and the bound."""
+
+    entries: int
+    size: int
+    damaged: tuple[str, ...]
+    max_bytes: int
 
 
 @functools.cache
@@ -48,12 +71,14 @@ def key(wasm_digest: str, settings: str) -> str:
 
 class CompileCache:
     def __init__(self, directory: Path, max_bytes: int | None = None) -> None:
+        """`max_bytes` default: `WASMCTR_CACHE_MAX`, which a bad value of makes a UsageError (not ignored)."""
         self.directory = directory
         if max_bytes is None:
+            text = os.environ.get(MAX_VARIABLE) or DEFAULT_MAX
             try:
-                max_bytes = int(os.environ.get("WASMCTR_COMPILE_CACHE_MAX_MIB", DEFAULT_MAX_MIB)) << 20
-            except ValueError:
-                max_bytes = DEFAULT_MAX_MIB << 20
+                max_bytes = parse_size(text)
+            except UsageError:
+                raise UsageError(f"{MAX_VARIABLE}={text!r}: expected a size such as 512m or 4g") from None
         self.max_bytes = max_bytes
 
     def path(self, cache_key: str) -> Path:
@@ -81,6 +106,37 @@ class CompileCache:
             os.close(fd)
         self.discard(cache_key)
         yield None
+
+    def survey(self) -> Survey:
+        """Every entry, checked as a load checks it."""
+        entries = sorted(self.directory.glob("*.cwasm")) if self.directory.is_dir() else []
+        size, damaged = 0, []
+        for path in entries:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue  # evicted meanwhile
+            try:
+                size += os.fstat(fd).st_size
+                if not self._intact(path.stem, fd):
+                    damaged.append(path.stem)
+            finally:
+                os.close(fd)
+        return Survey(len(entries), size, tuple(damaged), self.max_bytes)
+
+    def clear(self) -> tuple[int, int]:
+        """Remove every entry, and what interrupted writes left; (entries removed, bytes freed). A guest
+        running from a removed entry keeps its mapping; the next run compiles again."""
+        removed = freed = 0
+        if not self.directory.is_dir():
+            return 0, 0
+        for path in self.directory.iterdir():
+            with contextlib.suppress(OSError):
+                size = path.lstat().st_size
+                path.unlink()
+                freed += size
+                removed += path.suffix == ".cwasm"
+        return removed, freed
 
     def _intact(self, cache_key: str, fd: int) -> bool:
         try:

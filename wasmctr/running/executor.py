@@ -10,7 +10,9 @@ guest may reach, and nothing else is reachable:
 - network: none unless granted (components only; wasip1 has no call that creates a socket);
 - imports: checked against the policy before instantiation (refused, or linked to traps);
 - memory: linear memory capped by the store limiter; CPU: a wall-clock deadline enforced by epoch
-  interruption, and an optional fuel budget.
+  interruption, and an optional fuel budget;
+- code: compiled with the spec's engine settings (wasm features, optimisation level: `engine.py`), one
+  engine per distinct setting, and cached under a key that names them all.
 
 The guest runs on a worker thread while the calling thread supervises: it turns a deadline or a signal
 into an epoch interrupt (the guest traps at its next loop or call). A thread cannot be killed, so a
@@ -44,6 +46,8 @@ from wasmctr.image import inroot
 from wasmctr.record import record
 from wasmctr.running import policy as policies
 from wasmctr.running.compile_cache import CompileCache, key
+from wasmctr.running.engine import DEFAULT as DEFAULT_ENGINE
+from wasmctr.running.engine import EngineSettings
 from wasmctr.running.spec import RunSpec
 from wasmctr.running.units import mib
 from wasmctr.running.worlds import registry
@@ -97,7 +101,7 @@ class Executor:
         (`shim/stdio.close_inherited_fds`); without it, code is read and copied into this process."""
         self.cache = cache
         self.map_cached_code = map_cached_code
-        self._engines: dict[bool, Any] = {}
+        self._engines: dict[tuple[EngineSettings, bool], Any] = {}  # per settings, and fuel or not
         self._loaded: dict[str, Program] = {}
         self._digests: dict[tuple[int, int, int, int], str] = {}
         self._lock = threading.Lock()
@@ -116,19 +120,21 @@ class Executor:
 
     def warm(self) -> None:
         """Create the default engine now: the shim's template process does, so that every shim it forks
-        (and every guest those fork) shares the engine's pages instead of building its own."""
-        self._engine(False)
+        (and every guest those fork) shares the engine's pages instead of building its own. Only the
+        default settings' engine: a workload with settings of its own makes its engine at its first run."""
+        self._engine(DEFAULT_ENGINE, False)
 
-    def precompile(self, path: Path, digest: str | None = None, fuel: bool = False) -> bool:
+    def precompile(self, path: Path, digest: str | None = None, fuel: bool = False,
+                   settings: EngineSettings = DEFAULT_ENGINE) -> bool:
         """Compile (or load from the cache) ahead of the first run and keep the code loaded, so that a
         run in this process, or in a process forked from it, starts at once and shares the code pages.
         False if nothing had to be compiled."""
-        return self._code(path, digest, fuel)[1]
+        return self._code(path, digest, settings, fuel)[1]
 
     def load(self, path: Path, digest: str | None = None) -> tuple[Any, Any]:
         """The default engine and the guest's code (loaded, cached), for a caller that links the guest
         itself: the HTTP host (`wasmctr.running.http`) serves a proxy component through its own linker."""
-        program = self._code(path, digest, False)[0]
+        program = self._code(path, digest, DEFAULT_ENGINE, False)[0]
         return program.engine, program.code
 
     def run(self, spec: RunSpec, hard_stop: HardStop | None = None) -> Outcome:
@@ -140,7 +146,7 @@ class Executor:
         that could not run fails here, at Create, as runwasi's does). The shims prepare in the
         long-lived process, before forking the container: the container process then only creates the
         store and starts, and shares, rather than copies, the pages this work touched."""
-        program, _ = self._code(spec.wasm, spec.wasm_digest, spec.fuel is not None)
+        program, _ = self._code(spec.wasm, spec.wasm_digest, spec.engine, spec.fuel is not None)
         world = registry.select(program, spec)
         verdict = policies.check(spec.policy, program.imports())
         # what the policy denies, what the world cannot link, an entrypoint it lacks: fail now
@@ -179,22 +185,23 @@ class Executor:
 
     # -- compiling ---------------------------------------------------------------------------------
 
-    def _engine(self, fuel: bool) -> Any:
+    def _engine(self, settings: EngineSettings, fuel: bool) -> Any:
+        """The engine for `settings` (checked by `EngineSettings.overlay`: wasmtime aborts on a refused one)."""
         import wasmtime
 
         with self._lock:
-            if fuel not in self._engines:
-                config = wasmtime.Config()
-                config.epoch_interruption = True
-                config.consume_fuel = fuel
-                self._engines[fuel] = wasmtime.Engine(config)
-            return self._engines[fuel]
+            if (settings, fuel) not in self._engines:
+                self._engines[settings, fuel] = wasmtime.Engine(settings.configure(wasmtime.Config(), fuel))
+            return self._engines[settings, fuel]
 
-    def _code(self, path: Path, digest: str | None, fuel: bool) -> tuple[Program, bool]:
-        """The guest's compiled code: already loaded, from the verified cache, or compiled now."""
+    def _code(self, path: Path, digest: str | None, settings: EngineSettings,
+              fuel: bool) -> tuple[Program, bool]:
+        """The guest's compiled code: already loaded, from the verified cache, or compiled now. A cache
+        entry that wasmtime refuses to load (written by another wasmtime, or for other settings: wasmtime
+        checks its version and features, not all settings) is a miss: it is compiled again and replaced."""
         program_format = format_of(path)
-        engine = self._engine(fuel)
-        cache_key = key(digest or self._digest(path), _settings(fuel))
+        engine = self._engine(settings, fuel)
+        cache_key = key(digest or self._digest(path), settings.cache_text(fuel))
         with self._lock:
             if cache_key in self._loaded:
                 return self._loaded[cache_key], False
@@ -212,7 +219,7 @@ class Executor:
                         self.cache.discard(cache_key)
         compiled = program is None
         if program is None:
-            program = self._compile(engine, program_format, path, cache_key)
+            program = self._compile(engine, program_format, path, cache_key, settings)
         with self._lock:
             if len(self._loaded) >= LOADED_CODE_LIMIT:
                 self._loaded.pop(next(iter(self._loaded)))
@@ -228,13 +235,15 @@ class Executor:
                 self._digests[identity] = digests.of_stream(f)[0]
         return self._digests[identity]
 
-    def _compile(self, engine: Any, program_format: type[Program], path: Path, cache_key: str) -> Program:
+    def _compile(self, engine: Any, program_format: type[Program], path: Path, cache_key: str,
+                 settings: EngineSettings) -> Program:
         import wasmtime
 
         try:
             program = program_format.compile(engine, path.read_bytes())
         except wasmtime.WasmtimeError as exc:
-            raise ExecutorError(f"{path}: invalid WebAssembly: {diagnostics.one_line(str(exc))}") from None
+            under = f" with {settings.describe()}" if settings.describe() else ""  # a feature turned off, say
+            raise ExecutorError(f"{path}: invalid WebAssembly{under}: {diagnostics.one_line(str(exc))}") from None
         if self.cache is not None:
             self.cache.save(cache_key, program.serialize())
         return program
@@ -415,10 +424,6 @@ def _memory_exhausted(thread: _GuestThread, limit: int) -> bool:
         return guest.memory.size(guest.store) * 65536 > limit - max(limit // 8, 2 << 20)
     except Exception:
         return False
-
-
-def _settings(fuel: bool) -> str:
-    return f"epoch=1,fuel={int(fuel)}"
 
 
 def _host_path(guest: str, preopens: list[tuple[Path, str, bool]]) -> tuple[Path, bool] | None:

@@ -7,7 +7,9 @@
   filesystems (proc, sysfs, devpts, tmpfs of /dev...) have no meaning for a wasm guest and are skipped;
 - `linux.resources.memory.limit` is the linear-memory cap;
 - annotations `wasmctr.io/timeout`, `wasmctr.io/fuel`, `wasmctr.io/network` (`host`),
-  `wasmctr.io/deny-wasi`, `wasmctr.io/allow-wasi`, `wasmctr.io/syscall-policy` carry the policy;
+  `wasmctr.io/deny-wasi`, `wasmctr.io/allow-wasi`, `wasmctr.io/syscall-policy` carry the policy, and
+  `wasmctr.io/wasm-features`, `wasmctr.io/opt-level` the engine's settings (`engine.py`; an image's
+  `io.wasmctr.*` labels never reach a runtime: containerd passes it no image config);
 - a wasi:http proxy serves at `WASMTIME_HTTP_PROXY_SOCKET_ADDR` from `process.env` (default
   `0.0.0.0:8080`, as runwasi), with `wasmctr.io/http-workers`, `-max-body`, `-max-headers`,
   `-max-header-bytes`, `-max-concurrent`, `-header-timeout`, `-reuse` and `-access-log` (`true`), and the
@@ -21,7 +23,7 @@ import posixpath
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wasmctr.errors import ExecutorError, WasmctrError
+from wasmctr.errors import ExecutorError, WasmctrError, parameter
 from wasmctr.image import inroot, shape, wasm
 
 if TYPE_CHECKING:  # the runtime CLI's start, state and delete read config.json through this module only
@@ -38,7 +40,8 @@ KERNEL_FILESYSTEMS = {"proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2", 
 ANNOTATIONS = {"deny_wasi": ANNOTATION_PREFIX + "deny-wasi", "allow_wasi": ANNOTATION_PREFIX + "allow-wasi",
                "syscall_policy": ANNOTATION_PREFIX + "syscall-policy",
                "network=True": ANNOTATION_PREFIX + "network=host", "publish": "WASMTIME_HTTP_PROXY_SOCKET_ADDR",
-               "allow_hosts": ALLOW_HOSTS_ANNOTATION}
+               "allow_hosts": ALLOW_HOSTS_ANNOTATION,
+               "wasm_features": ANNOTATION_PREFIX + "wasm-features", "opt_level": ANNOTATION_PREFIX + "opt-level"}
 # a served component's settings (`serving.options`), each from an annotation of its own
 HTTP_SETTINGS = ("workers", "max_body", "max_headers", "max_header_bytes", "max_concurrent", "header_timeout",
                  "reuse")
@@ -185,6 +188,7 @@ def _sniff(program: Path) -> bool:
 
 
 def spec_from_bundle(bundle: Path, config: dict[str, Any]) -> RunSpec:
+    from wasmctr.running.engine import DEFAULT as DEFAULT_ENGINE
     from wasmctr.running.policy import Policy
     from wasmctr.running.spec import Mount, RunSpec
     from wasmctr.running.units import parse_duration
@@ -224,7 +228,11 @@ def spec_from_bundle(bundle: Path, config: dict[str, Any]) -> RunSpec:
             rootfs=rootfs_of(bundle, config), mounts=mounts,
             memory_limit=int(memory) if memory and int(memory) > 0 else None,
             timeout=parse_duration(timeout) if timeout else None, fuel=int(fuel) if fuel else None, policy=policy,
-            serve=_serve_options(env, annotations))
+            serve=_serve_options(env, annotations),
+            engine=DEFAULT_ENGINE.overlay(annotations.get(ANNOTATIONS["wasm_features"]),
+                                          annotations.get(ANNOTATIONS["opt_level"]),
+                                          {"features": parameter("wasm_features"),
+                                           "opt_level": parameter("opt_level")}))
     except (WasmctrError, ValueError) as exc:
         raise ExecutorError("bad wasmctr annotation: " + explain(exc)) from None
 

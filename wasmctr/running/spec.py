@@ -2,7 +2,7 @@
 nothing else.
 
 Its own module so that the executor and the worlds it runs (`worlds/`) share it, the worlds without
-importing the executor. Imports the policy, the serve options and the record helper only.
+importing the executor. Imports the policy, the serve options, the engine settings and the record helper only.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from pathlib import Path
 
 from wasmctr.record import field, record
 from wasmctr.running import policy as policies
+from wasmctr.running.engine import DEFAULT as DEFAULT_ENGINE
+from wasmctr.running.engine import EngineSettings
 from wasmctr.running.http.serving import ServeOptions
 
 
@@ -42,3 +44,4 @@ class RunSpec:
     function: str | None = None  # an export to call instead of the command's entry (`path#func`)
     devices: Path | None = None  # a directory of default device nodes, preopened at /dev (`devices.py`)
     serve: ServeOptions | None = None  # where and how a server world listens (None: its defaults)
+    engine: EngineSettings = DEFAULT_ENGINE  # wasm features and optimisation level (`engine.py`)
