@@ -5,12 +5,12 @@ through `wasmctr.signing.verify.check`, fail-closed.
 
 The caller says which image (a name, and the manifest digest it resolved to when it knows it) and where
 signatures may be kept near it (`local`: containerd's content store for the shim, the wasmctr store for the
-runtime). Signatures come from there when it holds the image's `.sig` attachment, else from the `.sig` tag of
-the image's repository on its registry (plain HTTP on loopback only, as `wasmctr pull`; credentials from
-Docker's config): a node that imported the signatures with its images verifies without the network. The
-registry stack is imported only when it is asked. A policy that accepts anything everywhere costs a parse of
-the file and nothing else. Nothing is remembered between Creates: each one is checked against the policy
-and the signatures as they are then.
+runtime). Signatures come from there when it holds the image's `.sig` attachment or referrers, else from the
+`.sig` tag and the referrers (wasmctr.signing.referrers) of the image's repository on its registry (plain HTTP
+on loopback only, as `wasmctr pull`; credentials from Docker's config): a node that imported the signatures
+with its images verifies without the network. The registry stack is imported only when it is asked. A policy
+that accepts anything everywhere costs a parse of the file and nothing else. Nothing is remembered between
+Creates: each one is checked against the policy and the signatures as they are then.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from wasmctr.errors import ImageNotFound, SigningError
 from wasmctr.image import digest as digests
 from wasmctr.image import reference as references
 from wasmctr.image.reference import Reference
-from wasmctr.signing import attach, policy, registries, verify
+from wasmctr.signing import attach, policy, referrers, registries, verify
 from wasmctr.signing.attach import Signature
 from wasmctr.signing.policy import Policy
 
@@ -68,8 +68,7 @@ def admit(rules: Policy, image: str | None, digest: str | None, local: Local, wh
         found = local(parsed, manifest)
         if found is not None:
             return found
-        attachment = attach.fetch(_registry(parsed), parsed.repository, manifest)
-        return attachment.signatures if attachment is not None else []
+        return referrers.read(_registry(parsed), parsed.repository, manifest).signatures
 
     verify.check(parsed, manifest, signatures, rules)
 

@@ -349,15 +349,14 @@ class TaskService:
         rules = admission.rules()
         if rules.accepts_anything:
             return
-        from wasmctr.signing import attach
+        from wasmctr.signing import attach, referrers
 
         from .imagestore import Containerd, ContentStore
 
         client = Containerd(self.containerd_address, namespace)
 
         def kept(ref: Reference, digest: str) -> list[attach.Signature] | None:
-            found = attach.fetch(ContentStore(client, ref.registry), ref.repository, digest)
-            return found.signatures if found is not None else None
+            return referrers.read(ContentStore(client, ref.registry), ref.repository, digest).signatures or None
 
         try:
             image = client.container_image(container_id) or admission.annotated_image(config)

@@ -296,3 +296,80 @@ class Tattler:
         h.end_headers()
         if h.command != "HEAD":
             h.wfile.write(body)
+
+
+class ReferrersRegistry:
+    """A registry with distribution-spec 1.1's referrers API, which Debian's docker-registry 2.8 lacks: a
+    proxy on 127.0.0.1 that passes every request to a real registry (`backend`, host:port) and adds the API as
+    the spec has it. A manifest pushed with a `subject` is indexed (its descriptor with the manifest's
+    `artifactType`, else its config's media type, and its annotations) and answered with `OCI-Subject`;
+    `GET /v2/<name>/referrers/<digest>` lists what was indexed for it (an empty index if nothing). No paging,
+    no filters (both optional). The client's Host goes to the backend, so that its Locations name the proxy."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self.indexed: dict[tuple[str, str], list[dict[str, object]]] = {}
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                proxy.handle(self)
+
+            do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = do_GET  # noqa: N815
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def handle(self, h: http.server.BaseHTTPRequestHandler) -> None:
+        import requests
+
+        listing = re.fullmatch(r"/v2/(.+)/referrers/(sha256:[0-9a-f]{64})", h.path)
+        if listing and h.command == "GET":
+            index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                     "manifests": self.indexed.get((listing.group(1), listing.group(2)), [])}
+            body = json.dumps(index).encode()
+            h.send_response(200)
+            h.send_header("Content-Type", "application/vnd.oci.image.index.v1+json")
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            h.wfile.write(body)
+            return
+        data = h.rfile.read(int(h.headers.get("Content-Length") or 0))
+        headers = {k: v for k, v in h.headers.items() if k.lower() not in ("content-length", "connection")}
+        answer = requests.request(h.command, f"http://{self.backend}{h.path}", data=data, headers=headers,
+                                  allow_redirects=False, timeout=30)
+        extra = {}
+        pushed = re.fullmatch(r"/v2/(.+)/manifests/[^/]+", h.path)
+        if pushed and h.command == "PUT" and answer.status_code == 201:
+            manifest = json.loads(data)
+            if isinstance(manifest.get("subject"), dict):
+                subject = manifest["subject"]["digest"]
+                self.indexed.setdefault((pushed.group(1), subject), []).append({
+                    "mediaType": manifest["mediaType"], "digest": "sha256:" + hashlib.sha256(data).hexdigest(),
+                    "size": len(data), "artifactType": manifest.get("artifactType") or manifest["config"]["mediaType"],
+                    **({"annotations": manifest["annotations"]} if manifest.get("annotations") else {})})
+                extra["OCI-Subject"] = subject
+        body = b"" if h.command == "HEAD" else answer.content
+        h.send_response(answer.status_code)
+        for name, value in answer.headers.items():
+            if name.lower() not in ("content-length", "connection", "transfer-encoding", "content-encoding"):
+                h.send_header(name, value)
+        for name, value in extra.items():
+            h.send_header(name, value)
+        h.send_header("Content-Length", answer.headers.get("Content-Length", "0") if h.command == "HEAD"
+                      else str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)

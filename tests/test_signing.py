@@ -275,8 +275,11 @@ def test_save_and_load_carry_the_signatures_so_an_air_gapped_store_verifies_and_
     wasmctr("load", "-i", str(tmp_path / "carried.tar"), env=env)
     assert run(ref, env=env).returncode == 0
     store = api.Store(gapped)
-    [entry] = attach.entries(store, {store.resolve(reference.parse(ref)).digest})
-    payload = store.read_manifest(entry.descriptor).layers[0]
+    digest = store.resolve(reference.parse(ref)).digest
+    listed, entry = sorted(attach.entries(store, {digest}), key=lambda t: t.name)  # the referrers', the .sig tag's
+    assert (listed.name, entry.name) == (f"{ref[:-2]}:{reference.referrers_tag(digest)}",
+                                         f"{ref[:-2]}:{reference.signatures_tag(digest)}")
+    payload = store.read_manifest(entry.descriptor).layers[0]  # the one payload both carry
     store.blob_path(payload.digest).write_bytes(b"{}")
     assert_one_line_error(run(ref, env=env), 125, "stored signatures", "are damaged")
     wasmctr("rmi", ref, env=env)  # the signatures go with their image

@@ -332,22 +332,20 @@ def pull(ref: str, *, platform: str | None = None, all_platforms: bool = False, 
     against the manifest digest before anything is stored; the signatures read for it are stored with the
     image, as are those registries.d asks to read (`registries_d`: its directory)."""
     from wasmctr.registry import distribution
-    from wasmctr.signing import attach, policy, registries, verify
+    from wasmctr.signing import policy, referrers, registries, verify
 
     parsed = references.parse(ref)
     wanted = _platforms(platform)[0] if platform else None
     client = _client(parsed.registry, insecure, ca_cert)
     rules = policy.load(signature_policy)
     use = registries.load(registries_d).use_attachments(parsed)
-    fetched: dict[str, attach.Attachment] = {}
+    fetched: dict[str, referrers.Found] = {}
 
     def signatures(digest: str) -> list[Signature]:
         if use is False:
             raise SigningError(f"registries.d turns sigstore attachments off for {parsed.name}")
-        found = attach.fetch(client, parsed.repository, digest)
-        if found is not None:
-            fetched[digest] = found
-        return found.signatures if found is not None else []
+        found = fetched[digest] = referrers.read(client, parsed.repository, digest)
+        return found.signatures
 
     def admit(top: Descriptor) -> None:
         verify.check(parsed, top.digest, lambda: signatures(top.digest), rules)
@@ -356,8 +354,8 @@ def pull(ref: str, *, platform: str | None = None, all_platforms: bool = False, 
 
     st = _store(store)
     top = distribution.pull(st, parsed, client, wanted, all_platforms, progress, admit)
-    for digest, attachment in fetched.items():
-        attach.keep(st, parsed, digest, attachment)
+    for digest, found in fetched.items():
+        referrers.keep(st, parsed, digest, found)
     return top
 
 
@@ -405,11 +403,12 @@ def generate_key(password: str, prefix: str | os.PathLike[str] = "cosign") -> li
 def sign(ref: str, key: str | os.PathLike[str], password: str, *, insecure: bool = False,
          ca_cert: str | None = None, store: Store | None = None) -> list[str]:
     """Sign the image `ref` names on its registry with a cosign private key, as cosign and skopeo attach
-    signatures (the `sha256-<hex>.sig` tag); an index is signed with each of its manifests. The store keeps a
-    copy of each signature of an image it holds. Returns the digests signed."""
+    signatures (the `sha256-<hex>.sig` tag) and as an OCI 1.1 referrer (listed by the registry's referrers
+    API, else under the referrers tag `sha256-<hex>`); an index is signed with each of its manifests. The
+    store keeps a copy of each signature of an image it holds. Returns the digests signed."""
     from wasmctr import __version__
     from wasmctr.image.model import Index
-    from wasmctr.signing import attach, keys
+    from wasmctr.signing import attach, keys, referrers
     from wasmctr.signing import payload as payloads
 
     parsed = references.parse(ref)
@@ -417,23 +416,25 @@ def sign(ref: str, key: str | os.PathLike[str], password: str, *, insecure: bool
     client = _client(parsed.registry, insecure, ca_cert)
     raw, media_type = client.get_manifest_raw(parsed.repository, parsed.locator)
     top = Descriptor(_declared_type(raw, media_type), digests.of_bytes(raw), len(raw))
-    signed = [top.digest]
+    subjects = [top]
     if top.media_type in mt.INDEXES:
-        signed += [m.digest for m in Index.parse(raw, top.media_type).manifests]
+        subjects += Index.parse(raw, top.media_type).manifests
     st = _store(store)
-    for digest in signed:
-        document = payloads.build(str(parsed), digest, f"wasmctr {__version__}")
-        attached = attach.sign(client, parsed.repository, digest, attach.new(document, keys.sign(private, document)))
-        if st.has_blob(digest):
-            attach.keep(st, parsed, digest, attached)
-    return signed
+    for subject in subjects:
+        document = payloads.build(str(parsed), subject.digest, f"wasmctr {__version__}")
+        signature = attach.new(document, keys.sign(private, document))
+        attached = attach.sign(client, parsed.repository, subject.digest, signature)
+        referrer = referrers.push(client, parsed.repository, subject, signature)
+        if st.has_blob(subject.digest):
+            referrers.keep(st, parsed, subject.digest, referrers.Found(attached, [referrer]))
+    return [s.digest for s in subjects]
 
 
 def verify(ref: str, key: str | os.PathLike[str], *, insecure: bool = False, ca_cert: str | None = None) -> str:
     """Check that the image `ref` names on its registry has a signature of `key` (a PEM public key) for its
-    digest, claiming its repository (cosign's and skopeo's payloads both do); returns the digest, else
-    `SignatureRefused`."""
-    from wasmctr.signing import attach, policy, verify
+    digest, claiming its repository (cosign's and skopeo's payloads both do), under its `.sig` tag or as a
+    referrer; returns the digest, else `SignatureRefused`."""
+    from wasmctr.signing import policy, referrers, verify
 
     parsed = references.parse(ref)
     requirement = policy.Requirement("sigstoreSigned", ((os.fspath(key), _read_key(key)),),
@@ -442,11 +443,8 @@ def verify(ref: str, key: str | os.PathLike[str], *, insecure: bool = False, ca_
     raw, _ = client.get_manifest_raw(parsed.repository, parsed.locator)
     digest = digests.of_bytes(raw)
 
-    def signatures() -> list[Signature]:
-        found = attach.fetch(client, parsed.repository, digest)
-        return found.signatures if found is not None else []
-
-    verify.check(parsed, digest, signatures, policy.Policy(f"of key {os.fspath(key)}", (requirement,), {}))
+    verify.check(parsed, digest, lambda: referrers.read(client, parsed.repository, digest).signatures,
+                 policy.Policy(f"of key {os.fspath(key)}", (requirement,), {}))
     return digest
 
 

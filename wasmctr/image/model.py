@@ -120,13 +120,16 @@ def _load_json(raw: bytes, what: str) -> dict[str, Any]:
 
 @record(frozen=True)
 class Manifest:
-    """An image manifest (OCI or Docker schema 2)."""
+    """An image manifest (OCI or Docker schema 2). `subject` and `artifact_type` are an OCI 1.1 artifact's: the
+    manifest it refers to (a signature's image), and what kind of artifact it is."""
 
     raw: bytes
     media_type: str
     config: Descriptor
     layers: list[Descriptor]
     annotations: dict[str, str]
+    subject: Descriptor | None = None
+    artifact_type: str | None = None
 
     @classmethod
     def parse(cls, raw: bytes, media_type: str | None = None) -> Manifest:
@@ -135,12 +138,16 @@ class Manifest:
             raise StoreError("manifest has no config descriptor")
         config = Descriptor.from_dict(data["config"], "manifest config")
         layers = shape.field(data, "layers", list, "manifest") or []
+        subject = data.get("subject")
         return cls(raw, shape.field(data, "mediaType", str, "manifest") or media_type or mt.OCI_MANIFEST, config,
                    [Descriptor.from_dict(layer, "manifest layer") for layer in layers],
-                   shape.string_map(data, "annotations", "manifest"))
+                   shape.string_map(data, "annotations", "manifest"),
+                   Descriptor.from_dict(subject, "manifest subject") if subject is not None else None,
+                   shape.field(data, "artifactType", str, "manifest"))
 
     @classmethod
-    def build(cls, config: Descriptor, layers: list[Descriptor], annotations: dict[str, str]) -> Manifest:
+    def build(cls, config: Descriptor, layers: list[Descriptor], annotations: dict[str, str],
+              subject: Descriptor | None = None, artifact_type: str | None = None) -> Manifest:
         doc: dict[str, Any] = {
             "schemaVersion": 2,
             "mediaType": mt.OCI_MANIFEST,
@@ -149,7 +156,11 @@ class Manifest:
         }
         if annotations:
             doc["annotations"] = annotations
-        return cls(canonical_json(doc), mt.OCI_MANIFEST, config, layers, annotations)
+        if subject is not None:
+            doc["subject"] = subject.to_dict()
+        if artifact_type:
+            doc["artifactType"] = artifact_type
+        return cls(canonical_json(doc), mt.OCI_MANIFEST, config, layers, annotations, subject, artifact_type)
 
     @property
     def digest(self) -> str:

@@ -26,7 +26,7 @@ _TAG = re.compile(r"^[\w][\w.-]{0,127}$")
 _DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[0-9a-fA-F]{32,}$")
 _SHA256 = re.compile(r"^sha256:[0-9a-f]{64}$")
 _IMAGE_ID = re.compile(r"^(?:sha256:)?([0-9a-f]{1,64})$")
-_SIGNATURES_TAG = re.compile(r"sha256-([0-9a-f]{64})\.sig")
+_SIGNATURES_TAG = re.compile(r"sha256-([0-9a-f]{64})(?:\.sig)?")
 
 
 @record(frozen=True)
@@ -78,11 +78,18 @@ def image_id(text: str) -> str | None:
 def signatures_tag(digest: str) -> str:
     """The tag cosign and skopeo keep a manifest's sigstore signatures under, in its repository:
     `sha256-<hex>.sig` (containers/image's sigstoreAttachmentTag)."""
-    return digest.replace(":", "-", 1) + ".sig"
+    return referrers_tag(digest) + ".sig"
+
+
+def referrers_tag(digest: str) -> str:
+    """The tag under which a registry without the referrers API keeps the index of a manifest's referrers:
+    `sha256-<hex>` (distribution-spec 1.1's referrers tag schema; a sha256 digest needs no truncation)."""
+    return digest.replace(":", "-", 1)
 
 
 def signed_digest(ref: Reference) -> str | None:
-    """The manifest digest whose signatures `ref` names (a `sha256-<hex>.sig` tag), else None."""
+    """The manifest digest whose signatures `ref` names (a `sha256-<hex>.sig` tag, or the referrers tag
+    `sha256-<hex>`), else None."""
     found = _SIGNATURES_TAG.fullmatch(ref.tag or "")
     return f"sha256:{found.group(1)}" if found and not ref.digest else None
 

@@ -280,11 +280,25 @@ class Registry:
             raise RegistryError(f"manifest {repository}:{locator} is over the 4 MiB limit")
         return raw
 
-    def put_manifest(self, repository: str, locator: str, raw: bytes, media_type: str) -> None:
+    def put_manifest(self, repository: str, locator: str, raw: bytes, media_type: str) -> str | None:
+        """Push a manifest; returns the registry's `OCI-Subject` header, the digest of the manifest's `subject`
+        when the registry indexed it for its referrers API (distribution-spec 1.1), else None."""
         with self.bounded():
             response = self.do_request(self.url(f"{repository}/manifests/{locator}"), "PUT", data=raw,
                                        headers={"Content-Type": media_type})
             _expect(response, 201, f"PUT manifest {repository}:{locator}")
+        return response.headers.get("OCI-Subject")
+
+    def get_referrers(self, repository: str, digest: str) -> bytes | None:
+        """The referrers API's index of the manifests whose `subject` is `digest`, or None from a registry
+        without that API (a 404, which the spec reserves for it: the caller reads the referrers tag)."""
+        with self.bounded():
+            response = self.do_request(self.url(f"{repository}/referrers/{digest}"), "GET",
+                                       headers={"Accept": mt.OCI_INDEX}, stream=True)
+            try:
+                return self._read_manifest(response, repository, f"referrers/{digest}")
+            except ImageNotFound:
+                return None
 
     # -- blobs -------------------------------------------------------------------------------------
 

@@ -8,8 +8,10 @@ signature (`dev.cosignproject.cosign/signature`), and whose config lists the lay
 What is read is hostile: the manifest must be an OCI manifest of at most 4 MiB, each blob at most 4 MiB
 (containers/image's MaxSignatureBodySize) and of the digest its descriptor says, or nothing is returned.
 
-The store keeps an image's attachment as the registry does, an entry named `repo:sha256-<hex>.sig`, so
-that `run` checks signatures without the network and `save`/`load` carry them with the image. The registry
+The store keeps an image's attachment as the registry does, an entry named `repo:sha256-<hex>.sig`, and its
+signature referrers (wasmctr.signing.referrers) as a registry without the referrers API does, an index under
+`repo:sha256-<hex>`, so that `run` checks signatures without the network and `save`/`load` carry them with the
+image. The registry
 is reached through the few calls `Registry` (wasmctr.registry.client) has (`Remote`), which keeps this part
 below the registry's, beside the layers (pyproject.toml's `parts` contract).
 """
@@ -37,9 +39,12 @@ MAX_SIGNATURE_BLOB = 4 << 20
 class Source(Protocol):
     """What reading signatures needs of where they are kept: a registry client, or containerd's content store
     (the shim's `wasmctr_node.imagestore.ContentStore`). `get_manifest_raw` raises `ImageNotFound` for a tag
-    that is not there; `fetch_blob` returns a blob of at most `limit` bytes, of the descriptor's digest."""
+    that is not there, and checks a digest locator; `fetch_blob` returns a blob of at most `limit` bytes, of the
+    descriptor's digest; `get_referrers` is the referrers API's index, None where there is no such API."""
 
     def get_manifest_raw(self, repository: str, locator: str) -> tuple[bytes, str]: ...
+
+    def get_referrers(self, repository: str, digest: str) -> bytes | None: ...
 
     def fetch_blob(self, repository: str, desc: Descriptor, limit: int) -> bytes: ...
 
@@ -47,7 +52,7 @@ class Source(Protocol):
 class Remote(Source, Protocol):
     """What attaching signatures needs of a registry client, besides reading them."""
 
-    def put_manifest(self, repository: str, locator: str, raw: bytes, media_type: str) -> None: ...
+    def put_manifest(self, repository: str, locator: str, raw: bytes, media_type: str) -> str | None: ...
 
     def has_blob(self, repository: str, digest: str) -> bool: ...
 
@@ -72,7 +77,8 @@ class Signature:
 
 @record(frozen=True)
 class Attachment:
-    """A `.sig` manifest and its blobs (config and layers), each already checked against its digest."""
+    """A signature manifest (a `.sig` tag's, or a referrer) and its blobs (config and layers), each already
+    checked against its digest."""
 
     manifest: Manifest
     blobs: dict[str, bytes]
@@ -86,11 +92,16 @@ class Attachment:
 def fetch(remote: Source, repository: str, digest: str) -> Attachment | None:
     """The attachment of manifest `digest` in `repository`; None when the source has none."""
     try:
-        raw, media_type = remote.get_manifest_raw(repository, references.signatures_tag(digest))
+        return read(remote, repository, references.signatures_tag(digest))
     except ImageNotFound:
         return None
-    manifest = _manifest(raw, media_type)
-    blobs = {d.digest: remote.fetch_blob(repository, d, MAX_SIGNATURE_BLOB)
+
+
+def read(source: Source, repository: str, locator: str) -> Attachment:
+    """The signature manifest `locator` names in `repository`, with its blobs; `ImageNotFound` if none."""
+    raw, media_type = source.get_manifest_raw(repository, locator)
+    manifest = parse(raw, media_type)
+    blobs = {d.digest: source.fetch_blob(repository, d, MAX_SIGNATURE_BLOB)
              for d in (manifest.config, *manifest.layers)}
     return Attachment(manifest, blobs)
 
@@ -102,12 +113,17 @@ def sign(remote: Remote, repository: str, digest: str, signature: Signature) -> 
     if signature not in signatures:
         signatures.append(signature)
     attachment = build(signatures)
+    upload(remote, repository, attachment)
+    remote.put_manifest(repository, references.signatures_tag(digest), attachment.manifest.raw, mt.OCI_MANIFEST)
+    return attachment
+
+
+def upload(remote: Remote, repository: str, attachment: Attachment) -> None:
+    """Push the blobs of an attachment the registry does not have yet (its manifest is the caller's)."""
     for desc in (attachment.manifest.config, *attachment.manifest.layers):
         if not remote.has_blob(repository, desc.digest):
             remote.upload_blob(remote.start_upload(repository), desc, io.BytesIO(attachment.blobs[desc.digest]),
                                lambda n: None)
-    remote.put_manifest(repository, references.signatures_tag(digest), attachment.manifest.raw, mt.OCI_MANIFEST)
-    return attachment
 
 
 def build(signatures: list[Signature]) -> Attachment:
@@ -123,10 +139,21 @@ def build(signatures: list[Signature]) -> Attachment:
 def keep(store: Store, ref: Reference, digest: str, attachment: Attachment) -> None:
     """Store an attachment as the entry `ref`'s repository has it under (`repo:sha256-<hex>.sig`)."""
     with store.writing():
-        for blob in attachment.blobs.values():
-            store.put_bytes(blob, "application/octet-stream")
-        desc = store.put_bytes(attachment.manifest.raw, mt.OCI_MANIFEST)
-        store.set_tag(Reference(ref.registry, ref.repository, references.signatures_tag(digest)), desc)
+        name(store, Reference(ref.registry, ref.repository, references.signatures_tag(digest)), put(store, attachment))
+
+
+def name(store: Store, ref: Reference, desc: Descriptor) -> None:
+    """Name an attachment entry, dropping the one the name held: unlike an image's, a replaced attachment is
+    not kept as a dangling entry (it would be listed as an image)."""
+    store.remove(lambda t: t.name == ref.familiar())
+    store.set_tag(ref, desc)
+
+
+def put(store: Store, attachment: Attachment) -> Descriptor:
+    """Write an attachment's blobs and manifest into the store (naming it is the caller's); its descriptor."""
+    for blob in attachment.blobs.values():
+        store.put_bytes(blob, "application/octet-stream")
+    return store.put_bytes(attachment.manifest.raw, mt.OCI_MANIFEST)
 
 
 def entries(store: Store, digests: set[str]) -> list[Tagged]:
@@ -135,18 +162,28 @@ def entries(store: Store, digests: set[str]) -> list[Tagged]:
 
 
 def stored(store: Store, digest: str) -> list[Signature]:
-    """Every signature the store holds for manifest `digest`."""
+    """Every signature the store holds for manifest `digest`: its `.sig` entry's, and those of the referrers
+    its referrers-tag entry lists whose subject is `digest` (an archive is hostile: another's are ignored)."""
     signatures: list[Signature] = []
     for tagged in entries(store, {digest}):
         try:
-            manifest = _manifest(store.read_document(tagged.descriptor), tagged.descriptor.media_type)
-            for layer in manifest.layers:
-                if layer.size > MAX_SIGNATURE_BLOB:
-                    raise SignatureRefused(f"signature blob {layer.digest} is over the 4 MiB limit")
-                signatures.append(Signature(layer.media_type, store.read_document(layer), layer.annotations))
+            for manifest in _kept(store, tagged.descriptor, digest):
+                for layer in manifest.layers:
+                    if layer.size > MAX_SIGNATURE_BLOB:
+                        raise SignatureRefused(f"signature blob {layer.digest} is over the 4 MiB limit")
+                    signatures.append(Signature(layer.media_type, store.read_document(layer), layer.annotations))
         except WasmctrError as exc:
             raise SignatureRefused(f"the stored signatures {tagged.name} are damaged: {exc}") from None
     return signatures
+
+
+def _kept(store: Store, desc: Descriptor, digest: str) -> list[Manifest]:
+    """The signature manifests a store entry holds for `digest`: a `.sig` manifest, or the referrers of an
+    index (the referrers tag's) that name `digest` as their subject."""
+    if desc.media_type not in mt.INDEXES:
+        return [parse(store.read_document(desc), desc.media_type)]
+    listed = (parse(store.read_document(d), d.media_type) for d in store.read_index_blob(desc).manifests)
+    return [m for m in listed if m.subject is not None and m.subject.digest == digest]
 
 
 def drop_orphans(store: Store) -> list[Tagged]:
@@ -173,7 +210,8 @@ def _signed(tagged: Tagged) -> str | None:
         return None
 
 
-def _manifest(raw: bytes, media_type: str) -> Manifest:
+def parse(raw: bytes, media_type: str) -> Manifest:
+    """A signature manifest as read: an OCI manifest, else `SignatureRefused`."""
     try:
         declared = json.loads(raw).get("mediaType") or media_type
     except (ValueError, AttributeError):
