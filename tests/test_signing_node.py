@@ -83,20 +83,24 @@ def test_the_shim_runs_a_signed_image_and_fails_create_of_an_unsigned_one_before
 def test_the_shim_reads_signatures_from_containerds_content_store_and_refuses_an_unreachable_registry(
         node_containerd: Containerd, refs: dict[str, str], policy_file: Path, key: tuple[Path, Path],
         other_key: tuple[Path, Path], plain_registry) -> None:  # type: ignore[no-untyped-def]
-    """An air-gapped node: the image's `.sig` pulled into containerd with it, then gone from the registry."""
+    """An air-gapped node: the image's `.sig` and referrers tag pulled into containerd with it, then gone from
+    the registry; the referrers tag's alone is enough."""
     host = plain_registry.host
     write_policy(policy_file, host, signed_by(key[1]))
     pull(node_containerd, refs["kept"])
     target = node_containerd.ctr("image", "ls").stdout
     digest = next(line.split()[2] for line in target.splitlines() if line.startswith(refs["kept"] + " "))
-    sig = f"{host}/node-kept:{reference.signatures_tag(digest)}"
-    node_containerd.ctr("content", "fetch", "--plain-http", sig, check=True)
-    manifest = requests.head(f"http://{host}/v2/node-kept/manifests/{reference.signatures_tag(digest)}",
-                             headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}, timeout=10)
-    requests.delete(f"http://{host}/v2/node-kept/manifests/{manifest.headers['Docker-Content-Digest']}",
-                    timeout=10).raise_for_status()
+    for tag in (reference.signatures_tag(digest), reference.referrers_tag(digest)):
+        node_containerd.ctr("content", "fetch", "--plain-http", f"{host}/node-kept:{tag}", check=True)
+        manifest = requests.head(f"http://{host}/v2/node-kept/manifests/{tag}", timeout=10, headers={
+            "Accept": "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"})
+        requests.delete(f"http://{host}/v2/node-kept/manifests/{manifest.headers['Docker-Content-Digest']}",
+                        timeout=10).raise_for_status()
     assert wasmctr("verify", "--key", str(key[1]), refs["kept"], check=False).returncode == 1  # not on the registry
     ok = ctr_run(node_containerd, "--rm", refs["kept"], "kept-1")
+    assert ok.returncode == 0, ok.stderr
+    node_containerd.ctr("image", "rm", f"{host}/node-kept:{reference.signatures_tag(digest)}", check=True)
+    ok = ctr_run(node_containerd, "--rm", refs["kept"], "kept-referrer")
     assert ok.returncode == 0, ok.stderr
     write_policy(policy_file, host, signed_by(other_key[1]))  # read at each Create: nothing was cached as verified
     refused = ctr_run(node_containerd, "--rm", refs["kept"], "kept-2")
