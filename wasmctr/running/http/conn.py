@@ -290,8 +290,8 @@ class Body(InputStream):
             while not self.done and self.total <= limit:
                 self._read(RECV, True)
         except (EOFError, Closed, TimeoutError, Refused, StreamFailed):
-            return self.done
-        return self.done and self.failed is None
+            pass
+        return self.done and self.failed is None  # after a framing error, what follows is not a request
 
 
 class Response(OutputStream):
