@@ -20,8 +20,9 @@ from collections.abc import Callable
 from .io import WRITE_BUDGET, InputStream, OutputStream, StreamFailed
 from .limits import Limits
 
-TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")  # \Z: `$` would let a final LF through
 BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+CHUNK_SIZE = re.compile(rb"^[0-9a-fA-F]{1,16}[ \t]*\Z")  # whitespace only before an extension (BWS)
 REASONS = {200: "OK", 400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
            431: "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented",
            503: "Service Unavailable", 505: "HTTP Version Not Supported"}
@@ -258,11 +259,11 @@ class Body(InputStream):
             self._fill()
         if start and conn.buffer[:2] != b"\r\n":
             raise Refused(400, "chunk data longer than its size")
-        line = bytes(conn.buffer[start:end]).split(b";")[0].strip()
+        size, _, extension = bytes(conn.buffer[start:end]).partition(b";")
         del conn.buffer[:end + 2]
-        if not line or len(line) > 16 or any(c not in b"0123456789abcdefABCDEF" for c in line):
+        if not CHUNK_SIZE.match(size) or BAD_VALUE.search(extension):  # a bare LF: a line's end to some
             raise Refused(400, "malformed chunk size")
-        self.left = int(line, 16)
+        self.left = int(size, 16)
         if self.total + self.left > conn.limits.max_body:
             raise Refused(413, f"request body over the limit of {conn.limits.max_body} bytes")
         if self.left == 0:
