@@ -87,10 +87,10 @@ def test_limits_refuse_hostile_heads_and_bodies(proxies, compiled_home) -> None:
             sock.sendall(b"GET / HTTP/1.1\r\n" + b"".join(b"x%d: y\r\n" % i for i in range(20)) + b"\r\n")
             assert read_response(sock).startswith(b"HTTP/1.1 431 ")
         with server.raw() as sock:  # a length over the limit: refused before the guest runs
-            sock.sendall(b"POST / HTTP/1.1\r\ncontent-length: 1000000\r\n\r\n")
+            sock.sendall(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n")
             assert read_response(sock).startswith(b"HTTP/1.1 413 ")
         with server.raw() as sock:  # smuggling: two framings
-            sock.sendall(b"POST / HTTP/1.1\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n")
+            sock.sendall(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n")
             assert read_response(sock).startswith(b"HTTP/1.1 400 ")
         with server.raw() as sock:  # slowloris: a head that never ends
             sock.sendall(b"GET / HTTP/1.1\r\n")
@@ -102,7 +102,7 @@ def test_limits_refuse_hostile_heads_and_bodies(proxies, compiled_home) -> None:
                 time.sleep(0.3)
             assert read_response(sock).startswith(b"HTTP/1.1 408 ")
         with server.raw() as sock:  # an endless chunked body: the stream fails at the limit
-            sock.sendall(b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n")
+            sock.sendall(b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n")
             sent = 0
             with pytest.raises(OSError):
                 while sent < 64 << 20:

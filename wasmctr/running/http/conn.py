@@ -22,6 +22,7 @@ from .limits import Limits
 
 TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")  # \Z: `$` would let a final LF through
 BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+ABSOLUTE = re.compile(r"^https?://([^/?#@]+)([/?].*)?\Z", re.IGNORECASE)  # a target's authority, path
 CHUNK_SIZE = re.compile(rb"^[0-9a-fA-F]{1,16}[ \t]*\Z")  # whitespace only before an extension (BWS)
 REASONS = {200: "OK", 400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
            431: "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented",
@@ -42,8 +43,11 @@ class Closed(Exception):
 
 
 class Head:
+    """A request head; `path` (path with query) and `authority` are what the guest is given of its target."""
+
     def __init__(self, method: str, target: str, version: str, fields: list[tuple[str, bytes]]) -> None:
         self.method, self.target, self.version, self.fields = method, target, version, fields
+        self.path, self.authority = _route(self)
 
     def get(self, name: str) -> list[bytes]:
         return [v for k, v in self.fields if k == name]
@@ -136,6 +140,24 @@ def _parse(raw: bytes, limits: Limits) -> Head:
     if not TOKEN.match(method.encode()) or not target or any(c <= " " or c == "\x7f" for c in target):
         raise Refused(400, "malformed request line")
     return Head(method, target, version, parse_fields(lines[1:], limits))
+
+
+def _route(head: Head) -> tuple[str | None, str | None]:
+    """The path and authority of a request by its target's form (RFC 9112 3.2): one `host` field, none
+    only in HTTP/1.0 (two could be read two ways); an absolute target's authority wins over it."""
+    hosts = head.get("host")
+    if len(hosts) > 1 or (not hosts and head.version == "HTTP/1.1"):
+        raise Refused(400, "a request needs exactly one host field")
+    authority = hosts[0].decode("latin-1") if hosts else None
+    target = head.target
+    if target.startswith("/") or (target == "*" and head.method == "OPTIONS"):
+        return target, authority
+    if found := ABSOLUTE.match(target):
+        path = found.group(2) or "/"
+        return ("/" + path if path.startswith("?") else path), found.group(1)
+    if head.method == "CONNECT":
+        return None, target
+    raise Refused(400, "malformed request target")
 
 
 def parse_fields(lines: list[bytes], limits: Limits) -> list[tuple[str, bytes]]:

@@ -176,10 +176,6 @@ def _define_request(fns: Any, types: Any, table: Table) -> None:
         name = table.get(rep, IncomingRequest).head.method
         return (name.lower(), None) if name in METHODS else ("other", name)
 
-    def authority(rep: int) -> str | None:
-        hosts = table.get(rep, IncomingRequest).head.get("host")
-        return hosts[0].decode("latin-1") if hosts else None
-
     def consume(rep: int) -> tuple[str, Any]:
         request = table.get(rep, IncomingRequest)
         if request.consumed:
@@ -218,10 +214,11 @@ def _define_request(fns: Any, types: Any, table: Table) -> None:
         return body.done or body.failed is not None
 
     fns.add(types, "[method]incoming-request.method", method)
-    fns.add(types, "[method]incoming-request.path-with-query", lambda rep: table.get(rep, IncomingRequest).head.target)
+    fns.add(types, "[method]incoming-request.path-with-query", lambda rep: table.get(rep, IncomingRequest).head.path)
     fns.add(types, "[method]incoming-request.scheme",
             lambda rep: (table.get(rep, IncomingRequest).scheme.upper(), None))
-    fns.add(types, "[method]incoming-request.authority", authority)
+    fns.add(types, "[method]incoming-request.authority",
+            lambda rep: table.get(rep, IncomingRequest).head.authority)
     fns.add(types, "[method]incoming-request.headers",
             lambda rep: table.add(Fields(table.get(rep, IncomingRequest).head.fields, immutable=True)))
     fns.add(types, "[method]incoming-request.consume", consume)
