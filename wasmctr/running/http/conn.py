@@ -318,12 +318,15 @@ class Body(InputStream):
 
 
 class Response(OutputStream):
-    """The response's head and body on the socket: chunked unless the guest gave `content-length`. What the
-    guest writes is sent as the socket takes it, never waiting (`capacity` is the room left in the buffer);
-    `send_rest` waits for a slow client, up to a deadline."""
+    """The response's head and body on the socket: chunked unless the guest gave `content-length`, or, to an
+    HTTP/1.0 client (which knows no chunks), ended by the connection's close. No body goes out after a
+    HEAD or with a 204 or 304 (RFC 9110 6.4.1), whatever the guest writes. What the guest writes is sent as
+    the socket takes it, never waiting (`capacity` is the room left in the buffer); `send_rest` waits for a
+    slow client, up to a deadline."""
 
-    def __init__(self, sock: socket.socket, keep_alive: bool, head_only: bool = False) -> None:
-        self.sock, self.keep_alive, self.head_only = sock, keep_alive, head_only
+    def __init__(self, sock: socket.socket, keep_alive: bool, head_only: bool = False, http10: bool = False) -> None:
+        self.sock, self.keep_alive, self.head_only, self.http10 = sock, keep_alive, head_only, http10
+        self.chunked = False
         self.status = 0
         self.fields: list[tuple[str, bytes]] = []
         self.started = False
@@ -337,18 +340,24 @@ class Response(OutputStream):
         self.status, self.fields = status, fields
         lengths = [v for k, v in fields if k == "content-length"]
         self.length = int(lengths[0]) if len(lengths) == 1 and lengths[0].isdigit() else None
+        self.head_only = self.head_only or status in (204, 304)
+        self.chunked = self.length is None and not self.head_only and not self.http10
+        if self.length is None and not self.head_only and self.http10:
+            self.keep_alive = False
 
     def _head(self) -> bytes:
         lines = [f"HTTP/1.1 {self.status} {REASONS.get(self.status, 'Status')}".encode()]
         for name, value in self.fields:
             if name in ("transfer-encoding", "connection", "keep-alive") or (
-                    name == "content-length" and self.length is None):
+                    name == "content-length" and (self.length is None or self.status == 204)):
                 continue
             lines.append(name.encode() + b": " + value)
-        if self.length is None and not self.head_only:
+        if self.chunked:
             lines.append(b"transfer-encoding: chunked")
         if not self.keep_alive:
             lines.append(b"connection: close")
+        elif self.http10:
+            lines.append(b"connection: keep-alive")
         return b"\r\n".join(lines) + b"\r\n\r\n"
 
     def capacity(self) -> int:
@@ -364,7 +373,7 @@ class Response(OutputStream):
         self.sent += len(data)
         if self.head_only:
             return
-        if self.length is None and data:
+        if self.chunked and data:
             self.pending += b"%x\r\n" % len(data) + data + b"\r\n"
         else:
             self.pending += data
@@ -411,11 +420,11 @@ class Response(OutputStream):
 
     def finish(self, trailers: list[tuple[str, bytes]] | None = None) -> None:
         """The body's end: the last chunk (with the trailers), or a check that the length was met."""
-        if self.length is not None and self.sent != self.length:
+        if self.length is not None and self.sent != self.length and not self.head_only:
             self.keep_alive = False
             self.flush()
             raise StreamFailed(f"the response body has {self.sent} of its {self.length} bytes")
-        if self.length is None and not self.head_only:
+        if self.chunked:
             self.pending += b"0\r\n" + b"".join(k.encode() + b": " + v + b"\r\n" for k, v in trailers or []) + b"\r\n"
         self.finished = True
         self.flush()

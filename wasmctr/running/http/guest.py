@@ -130,6 +130,8 @@ class Guest:
             table.enter(None)
         if out.error is not None:
             return Outcome(0, f"the guest answered with error-code {out.error[0]}")
+        if out.interim:
+            return Outcome(0, f"the guest answered with the interim status {out.interim}")
         if not out.set:
             return Outcome(0, "the guest returned without setting a response")
         if not response.finished:

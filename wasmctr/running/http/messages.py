@@ -45,6 +45,7 @@ class Outparam:
     def __init__(self, response: Response) -> None:
         self.response = response
         self.error: Any = None  # the error-code the guest answered with
+        self.interim = 0  # a 1xx status the guest answered with: no final response, so a 500
         self.set = False
 
 
@@ -279,6 +280,9 @@ def _define_response(fns: Any, types: Any, table: Table) -> None:
             out.error = value
             return
         response = table.take(value, OutgoingResponse)
+        if response.status < 200:  # hyper answers these 500 too: the client would wait for the final one
+            out.interim = response.status
+            return
         out.response.start(response.status, response.fields.entries)
         if response.body is None:  # the guest never asked for a body: an empty one
             response.body = OutgoingBody()
