@@ -110,6 +110,11 @@ def test_header_names_values_methods_and_authorities_with_line_breaks_are_refuse
     assert re.search(rb"[^\r]\n|\r[^\n]|\0", head) is None, head
 
 
+def test_a_head_answered_with_a_length_and_no_body_is_no_failure(attacker):
+    response = exchange(attacker, b"HEAD /head HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    assert response == b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\nconnection: close\r\n\r\n"
+
+
 def test_what_the_guest_makes_its_host_hold_is_bounded_by_its_memory_limit(attacker):
     for attack in ("header", "buffered"):
         response = exchange(attacker, f"GET /{attack}/40 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode())
