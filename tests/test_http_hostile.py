@@ -115,13 +115,12 @@ def test_a_head_answered_with_a_length_and_no_body_is_no_failure(attacker):
     assert response == b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\nconnection: close\r\n\r\n"
 
 
-def test_what_the_guest_makes_its_host_hold_is_bounded_by_its_memory_limit(attacker):
-    for attack in ("header", "buffered"):
-        response = exchange(attacker, f"GET /{attack}/40 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode())
-        assert status(response) == 500, response
-        attacker.stderr_line(f"GET /{attack}/40: .*over 32 MiB held by the host")
-    assert exchange(attacker, b"GET /header/4 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").endswith(
-        b"appended\r\n0\r\n\r\n")  # under it, the same attack is served
+def test_what_the_guest_makes_its_host_hold_is_bounded_by_its_memory_limit(tiny, compiled_home):
+    with serving(tiny["0.2.0"], compiled_home, "--workers", "1", "-m", "16m") as server:
+        for attack in ("hold", "hold-body"):  # 1 MiB header values, or bodies written before a response is set
+            assert server.get(f"/{attack}/20")[0] == 500
+            server.stderr_line(f"GET /{attack}/20: .*over 16 MiB held by the host for this request")
+            assert server.get(f"/{attack}/4") == (200, b"Hello from a wasi:http component!\n")  # under it: served
 
 
 def test_blocking_write_zeroes_writes_every_zero_asked_for(attacker):
@@ -133,7 +132,7 @@ def test_blocking_write_zeroes_writes_every_zero_asked_for(attacker):
 def test_a_guest_waiting_on_trailers_it_never_read_up_to_gets_them_when_they_come(attacker):
     response = exchange(attacker, b"POST /trailers-first HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n"
                                   b"connection: close\r\n\r\n3\r\nabc\r\n0\r\nx-t: 1\r\n\r\n")
-    assert status(response) == 200 and b"trailers: True" in response, response
+    assert status(response) == 200 and b"late: False" in response, response
 
 
 def test_the_worker_serves_on_after_every_attack(tiny_server, attacker):

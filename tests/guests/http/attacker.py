@@ -3,16 +3,15 @@
   /status/N          answers status N with a body ("body")
   /syntax            tries header names and values with CR, LF or NUL, and a hostile method and authority on
                      an outgoing request; the body says, per try, `ok` or `err` (`err` is what the host owes)
-  /fields/N          makes N fields resources and drops none
-  /header/N          appends a 1 MiB value to one fields resource N times
-  /buffered/N        makes N responses and writes 1 MiB into each one's body before any is set
   /head              a response whose content-length says 100, with no body (what a HEAD is answered)
   /zeroes/N          a body of N zeroes through one blocking-write-zeroes-and-flush
-  /trailers-first    ends the request body without reading it, then waits on its trailers
+  /trailers-first    ends the request body without reading it, then waits on its trailers; the body says
+                     whether a 2 s clock had come by then (`late: False`: the wait ended as they came)
 """
 
 from componentize_py_types import Err, Ok
 from wit_world import exports
+from wit_world.imports import monotonic_clock
 from wit_world.imports.types import (
     Fields,
     IncomingBody,
@@ -23,9 +22,6 @@ from wit_world.imports.types import (
     OutgoingResponse,
     ResponseOutparam,
 )
-
-MIB = b"x" * (1 << 20)
-kept = []  # what the guest never drops
 
 
 def answer(out: ResponseOutparam, body: bytes, status: int = 200, fields: Fields | None = None) -> None:
@@ -66,22 +62,6 @@ class IncomingHandler(exports.IncomingHandler):
             answer(out, b"body", status=count)
         elif name == "syntax":
             syntax(out)
-        elif name == "fields":
-            kept.extend(Fields() for _ in range(count))
-            answer(out, b"%d" % len(kept))
-        elif name == "header":
-            fields = Fields()
-            for _ in range(count):
-                fields.append("x-big", MIB)
-            answer(out, b"appended")
-        elif name == "buffered":
-            for _ in range(count):
-                response = OutgoingResponse(Fields())
-                body = response.body()
-                sink = body.write()
-                sink.write(MIB[:sink.check_write()])
-                kept.append((response, body, sink))
-            answer(out, b"buffered")
         elif name == "head":
             response = OutgoingResponse(Fields.from_list([("content-length", b"100")]))
             body = response.body()
@@ -96,8 +76,9 @@ class IncomingHandler(exports.IncomingHandler):
             OutgoingBody.finish(body, None)
         elif name == "trailers-first":
             future = IncomingBody.finish(request.consume())
-            with future.subscribe() as pollable:
-                pollable.block()
-            answer(out, b"trailers: %r" % (future.get() is not None))
+            with future.subscribe() as trailers, monotonic_clock.subscribe_duration(2_000_000_000) as clock:
+                trailers.block()
+                late = clock.ready()
+            answer(out, b"late: %r" % late)
         else:
             answer(out, b"unknown attack", status=404)

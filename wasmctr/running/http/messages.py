@@ -5,6 +5,7 @@ response sent once). The outgoing side's own types are outgoing.py's; it shares 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .client import Pipe
@@ -76,10 +77,11 @@ class OutgoingBody:
 
 
 class BodySink(OutputStream):
-    """The output-stream of an outgoing body: its target once there is one, a buffer before."""
+    """The output-stream of an outgoing body: its target once there is one, a buffer before, held for the
+    request (`hold`)."""
 
-    def __init__(self, body: OutgoingBody) -> None:
-        self.body = body
+    def __init__(self, body: OutgoingBody, hold: Callable[[int], None]) -> None:
+        self.body, self.hold = body, hold
 
     def capacity(self) -> int:
         if self.body.finished:
@@ -92,6 +94,7 @@ class BodySink(OutputStream):
         if self.body.finished:
             raise StreamFailed("the body is finished")
         if self.body.target is None:
+            self.hold(len(data))
             self.body.buffer += data
         else:
             self.body.target.write(data)
@@ -134,6 +137,7 @@ def _define_fields(fns: Any, types: Any, table: Table) -> None:
             error = checked(name, [value])
             if error:
                 return error
+        table.scope.hold(sum(len(name) + len(value) for name, value in entries))
         return ("ok", table.add(Fields([(n.lower(), v) for n, v in entries])))
 
     def mutate(rep: int, name: str, values: list[bytes] | None, keep_old: bool) -> tuple[str, Any]:
@@ -144,6 +148,7 @@ def _define_fields(fns: Any, types: Any, table: Table) -> None:
         if error:
             return error
         key = name.lower()
+        table.scope.hold(sum(len(key) + len(v) for v in values or []))
         if not keep_old:
             fields.entries = [(n, v) for n, v in fields.entries if n != key]
         fields.entries += [(key, v) for v in values or []]
@@ -257,7 +262,7 @@ def _define_response(fns: Any, types: Any, table: Table) -> None:
         if body.streamed:
             return ("err", None)
         body.streamed = True
-        return ("ok", table.add(BodySink(body)))
+        return ("ok", table.add(BodySink(body, table.scope.hold)))
 
     def body_finish(rep: int, trailers: int | None) -> tuple[str, Any]:
         body = table.take(rep, OutgoingBody)
