@@ -212,11 +212,11 @@ def _define_request(fns: Any, types: Any, table: Table) -> None:
 
     def trailers_ready(future: FutureTrailers) -> bool:
         body = future.body
-        if not body.done and body.ready():
-            try:
-                body.read(1 << 16, False)  # the guest no longer reads it: the host reads on to the trailers
-            except (EOFError, StreamFailed):
-                pass
+        try:
+            while not body.done and body.ready():  # the guest no longer reads it: the host reads on to the trailers
+                body.read(1 << 16, False)
+        except (EOFError, StreamFailed):
+            pass
         return body.done or body.failed is not None
 
     fns.add(types, "[method]incoming-request.method", method)
@@ -232,7 +232,7 @@ def _define_request(fns: Any, types: Any, table: Table) -> None:
     fns.add(types, "[static]incoming-body.finish", finish)
     def subscribe(rep: int) -> int:
         future = table.get(rep, FutureTrailers)
-        return table.add(Pollable(ready=lambda: trailers_ready(future)))
+        return table.add(Pollable(ready=lambda: trailers_ready(future), fd=future.body.fileno()))
 
     fns.add(types, "[method]future-trailers.subscribe", subscribe)
     fns.add(types, "[method]future-trailers.get", trailers)
