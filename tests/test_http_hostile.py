@@ -53,7 +53,8 @@ SMUGGLING = {
     "HTTP/1.0 chunked": b"POST /echo HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
     "a chunk size past 64 bits": b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
                                  b"ffffffffffffffffff\r\nabc\r\n0\r\n\r\n",
-    "a chunk size that is not hex": b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n0\r\n\r\n",
+    "a chunk size that is not hex": b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+                                    b"zz\r\n0\r\n\r\n",
     "a space before a chunk size": b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n 3\r\nabc\r\n"
                                    b"0\r\n\r\n",
     "a bare LF in a chunk extension": b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"

@@ -30,7 +30,8 @@ def split_host_port(text: str) -> Allowed:
     elif ":" in text:
         host, _, port = text.rpartition(":")
     host = host.lower().removesuffix(".")
-    if not _is_host(host) or (port and (not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535)) or text.endswith(":"):
+    number = port.isascii() and port.isdigit() and 0 < int(port) <= 65535
+    if not _is_host(host) or (port and not number) or text.endswith(":"):
         raise ValueError(text)
     return host, int(port) if port else None
 
