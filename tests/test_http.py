@@ -87,10 +87,10 @@ def test_limits_refuse_hostile_heads_and_bodies(proxies, compiled_home) -> None:
             sock.sendall(b"GET / HTTP/1.1\r\n" + b"".join(b"x%d: y\r\n" % i for i in range(20)) + b"\r\n")
             assert read_response(sock).startswith(b"HTTP/1.1 431 ")
         with server.raw() as sock:  # a length over the limit: refused before the guest runs
-            sock.sendall(b"POST / HTTP/1.1\r\ncontent-length: 1000000\r\n\r\n")
+            sock.sendall(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n")
             assert read_response(sock).startswith(b"HTTP/1.1 413 ")
         with server.raw() as sock:  # smuggling: two framings
-            sock.sendall(b"POST / HTTP/1.1\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n")
+            sock.sendall(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n")
             assert read_response(sock).startswith(b"HTTP/1.1 400 ")
         with server.raw() as sock:  # slowloris: a head that never ends
             sock.sendall(b"GET / HTTP/1.1\r\n")
@@ -102,7 +102,7 @@ def test_limits_refuse_hostile_heads_and_bodies(proxies, compiled_home) -> None:
                 time.sleep(0.3)
             assert read_response(sock).startswith(b"HTTP/1.1 408 ")
         with server.raw() as sock:  # an endless chunked body: the stream fails at the limit
-            sock.sendall(b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n")
+            sock.sendall(b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n")
             sent = 0
             with pytest.raises(OSError):
                 while sent < 64 << 20:
@@ -205,5 +205,5 @@ def test_with_syscall_policy_trap_only_the_requests_that_call_a_denied_interface
                  "--syscall-policy", "trap") as server:
         assert server.get("/") == (200, b"1")
         assert server.get("/clock")[0] == 500  # the guest calls wall-clock's now: it traps
-        server.stderr_line(r"wasi:clocks/wall-clock@0\.2\.\d+#now` has not been defined")
+        server.stderr_line(r"GET /clock: .*wasi:clocks/wall-clock@0\.2\.\d+#now` has not been defined")
         assert server.get("/") == (200, b"1")

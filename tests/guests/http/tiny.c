@@ -13,6 +13,9 @@ against 0.2.0, 0.2.3 and 0.2.8). Its answer depends on the path:
   /memory      memory grown a page at a time until the host refuses, the pages reached on stderr, a trap
   /spin        a loop without end
   /ignore      never reads the body or answers: it waits on a clock an hour away
+  /hold/N      appends a 1 MiB header value N times to one fields, then greets
+  /hold-body/N makes N responses and writes 1 MiB into each one's body before any is set, then greets
+               (what the host keeps for a request is bounded: past it the guest traps)
 */
 
 #include <stddef.h>
@@ -283,6 +286,30 @@ static void stream(handle outparam, const char *path, size_t size) {
     finish(body, out, 0, 0);
 }
 
+static uint8_t mib[1 << 20];
+
+static void hold(handle outparam, const char *path, size_t size, size_t skip, int bodies) {
+    uint64_t n = 0;
+    for (size_t i = skip; i < size && path[i] >= '0' && path[i] <= '9'; i++)
+        n = n * 10 + (uint64_t)(path[i] - '0');
+    for (size_t i = 0; i < sizeof mib; i++)
+        mib[i] = 'x';
+    handle fields = fields_new();
+    for (uint64_t i = 0; i < n; i++) {
+        if (!bodies) {
+            header(fields, "x-big", (const char *)mib, sizeof mib);
+            continue;
+        }
+        response_body(response_new(fields_new()), area);
+        outgoing_body_write(AT(uint32_t, 4), area);
+        handle out = AT(uint32_t, 4);
+        output_check_write(out, area);
+        output_write(out, mib, (size_t)AT(uint64_t, 8), area);
+    }
+    fields_drop(fields);
+    hello(outparam);
+}
+
 static void memory(void) {
     size_t pages = __builtin_wasm_memory_size(0);
     while (__builtin_wasm_memory_grow(0, 1) != (size_t)-1) {
@@ -303,6 +330,10 @@ EXPORT("cm32p2|wasi:http/incoming-handler@0.2|handle") void handle_request(handl
         trailers(request, outparam);
     else if (starts(path, size, "/stream/"))
         stream(outparam, path, size);
+    else if (starts(path, size, "/hold-body/"))
+        hold(outparam, path, size, 11, 1);
+    else if (starts(path, size, "/hold/"))
+        hold(outparam, path, size, 6, 0);
     else if (starts(path, size, "/memory"))
         memory();
     else if (starts(path, size, "/spin"))

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import wasmtime
 from wasmtime import _ffi as ffi
 from wasmtime import component
 
@@ -69,7 +70,7 @@ class Functions:
                                                               len(data), self._callback,
                                                               len(self._funcs) - 1, self._finalize)
         if err:
-            raise component.WasmtimeError._from_ptr(err)  # type: ignore[attr-defined]
+            raise wasmtime.WasmtimeError._from_ptr(err)
 
     def _call(self, idx: int | None, context: Any, ty: Any, args: Any, nargs: int, results: Any,
               nresults: int) -> int:
@@ -173,7 +174,7 @@ class Functions:
                 err = ffi.wasmtime_component_resource_host_to_any(ctx, host, ctypes.byref(anyp))
                 ffi.wasmtime_component_resource_host_delete(host)
                 if err:
-                    raise component.WasmtimeError._from_ptr(err)  # type: ignore[attr-defined]
+                    raise wasmtime.WasmtimeError._from_ptr(err)
                 out.kind = ffi.WASMTIME_COMPONENT_RESOURCE
                 out.of.resource = anyp
             return lower_resource
@@ -268,7 +269,7 @@ def _lift_resource(ctx: Any, c: Any) -> int:
     ffi.wasmtime_component_resource_any_delete(c.of.resource)
     c.of.resource = None  # taken, as the binding's own conversion takes it: the caller frees nothing more
     if err:
-        raise component.WasmtimeError._from_ptr(err)  # type: ignore[attr-defined]
+        raise wasmtime.WasmtimeError._from_ptr(err)
     rep = ffi.wasmtime_component_resource_host_rep(host)
     ffi.wasmtime_component_resource_host_delete(host)
     return int(rep)

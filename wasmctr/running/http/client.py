@@ -21,6 +21,7 @@ import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from .abi import HostTrap
@@ -66,10 +67,11 @@ class Reply:
 
 class Pipe(OutputStream):
     """A request body between the guest's thread, which writes it, and the exchange's, which sends it. Before
-    the exchange starts nothing takes from it: a write past PIPE_BYTES then fails instead of waiting."""
+    the exchange starts nothing takes from it: what is written is held for the request (`hold`), and a
+    write past PIPE_BYTES fails instead of waiting."""
 
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
+    def __init__(self, deadline: float, hold: Callable[[int], None]) -> None:
+        self.deadline, self.hold = deadline, hold
         self.sending = False
         self.ended = False
         self.trailers: list[tuple[str, bytes]] | None = None
@@ -89,6 +91,8 @@ class Pipe(OutputStream):
                 self._cond.wait(left)
             if self.failed is not None:
                 raise StreamFailed(self.failed)
+            if not self.sending:
+                self.hold(len(data))
             if data:
                 self._chunks.append(data)
                 self._held += len(data)

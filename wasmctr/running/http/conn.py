@@ -20,8 +20,10 @@ from collections.abc import Callable
 from .io import WRITE_BUDGET, InputStream, OutputStream, StreamFailed
 from .limits import Limits
 
-TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")  # \Z: `$` would let a final LF through
 BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+ABSOLUTE = re.compile(r"^https?://([^/?#@]+)([/?].*)?\Z", re.IGNORECASE)  # a target's authority, path
+CHUNK_SIZE = re.compile(rb"^[0-9a-fA-F]{1,16}[ \t]*\Z")  # whitespace only before an extension (BWS)
 REASONS = {200: "OK", 400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
            431: "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented",
            503: "Service Unavailable", 505: "HTTP Version Not Supported"}
@@ -41,8 +43,11 @@ class Closed(Exception):
 
 
 class Head:
+    """A request head; `path` (path with query) and `authority` are what the guest is given of its target."""
+
     def __init__(self, method: str, target: str, version: str, fields: list[tuple[str, bytes]]) -> None:
         self.method, self.target, self.version, self.fields = method, target, version, fields
+        self.path, self.authority = _route(self)
 
     def get(self, name: str) -> list[bytes]:
         return [v for k, v in self.fields if k == name]
@@ -135,6 +140,24 @@ def _parse(raw: bytes, limits: Limits) -> Head:
     if not TOKEN.match(method.encode()) or not target or any(c <= " " or c == "\x7f" for c in target):
         raise Refused(400, "malformed request line")
     return Head(method, target, version, parse_fields(lines[1:], limits))
+
+
+def _route(head: Head) -> tuple[str | None, str | None]:
+    """The path and authority of a request by its target's form (RFC 9112 3.2): one `host` field, none
+    only in HTTP/1.0 (two could be read two ways); an absolute target's authority wins over it."""
+    hosts = head.get("host")
+    if len(hosts) > 1 or (not hosts and head.version == "HTTP/1.1"):
+        raise Refused(400, "a request needs exactly one host field")
+    authority = hosts[0].decode("latin-1") if hosts else None
+    target = head.target
+    if target.startswith("/") or (target == "*" and head.method == "OPTIONS"):
+        return target, authority
+    if found := ABSOLUTE.match(target):
+        path = found.group(2) or "/"
+        return ("/" + path if path.startswith("?") else path), found.group(1)
+    if head.method == "CONNECT":
+        return None, target
+    raise Refused(400, "malformed request target")
 
 
 def parse_fields(lines: list[bytes], limits: Limits) -> list[tuple[str, bytes]]:
@@ -258,11 +281,11 @@ class Body(InputStream):
             self._fill()
         if start and conn.buffer[:2] != b"\r\n":
             raise Refused(400, "chunk data longer than its size")
-        line = bytes(conn.buffer[start:end]).split(b";")[0].strip()
+        size, _, extension = bytes(conn.buffer[start:end]).partition(b";")
         del conn.buffer[:end + 2]
-        if not line or len(line) > 16 or any(c not in b"0123456789abcdefABCDEF" for c in line):
+        if not CHUNK_SIZE.match(size) or BAD_VALUE.search(extension):  # a bare LF: a line's end to some
             raise Refused(400, "malformed chunk size")
-        self.left = int(line, 16)
+        self.left = int(size, 16)
         if self.total + self.left > conn.limits.max_body:
             raise Refused(413, f"request body over the limit of {conn.limits.max_body} bytes")
         if self.left == 0:
@@ -290,17 +313,20 @@ class Body(InputStream):
             while not self.done and self.total <= limit:
                 self._read(RECV, True)
         except (EOFError, Closed, TimeoutError, Refused, StreamFailed):
-            return self.done
-        return self.done and self.failed is None
+            pass
+        return self.done and self.failed is None  # after a framing error, what follows is not a request
 
 
 class Response(OutputStream):
-    """The response's head and body on the socket: chunked unless the guest gave `content-length`. What the
-    guest writes is sent as the socket takes it, never waiting (`capacity` is the room left in the buffer);
-    `send_rest` waits for a slow client, up to a deadline."""
+    """The response's head and body on the socket: chunked unless the guest gave `content-length`, or, to an
+    HTTP/1.0 client (which knows no chunks), ended by the connection's close. No body goes out after a
+    HEAD or with a 204 or 304 (RFC 9110 6.4.1), whatever the guest writes. What the guest writes is sent as
+    the socket takes it, never waiting (`capacity` is the room left in the buffer); `send_rest` waits for a
+    slow client, up to a deadline."""
 
-    def __init__(self, sock: socket.socket, keep_alive: bool, head_only: bool = False) -> None:
-        self.sock, self.keep_alive, self.head_only = sock, keep_alive, head_only
+    def __init__(self, sock: socket.socket, keep_alive: bool, head_only: bool = False, http10: bool = False) -> None:
+        self.sock, self.keep_alive, self.head_only, self.http10 = sock, keep_alive, head_only, http10
+        self.chunked = False
         self.status = 0
         self.fields: list[tuple[str, bytes]] = []
         self.started = False
@@ -314,18 +340,24 @@ class Response(OutputStream):
         self.status, self.fields = status, fields
         lengths = [v for k, v in fields if k == "content-length"]
         self.length = int(lengths[0]) if len(lengths) == 1 and lengths[0].isdigit() else None
+        self.head_only = self.head_only or status in (204, 304)
+        self.chunked = self.length is None and not self.head_only and not self.http10
+        if self.length is None and not self.head_only and self.http10:
+            self.keep_alive = False
 
     def _head(self) -> bytes:
         lines = [f"HTTP/1.1 {self.status} {REASONS.get(self.status, 'Status')}".encode()]
         for name, value in self.fields:
             if name in ("transfer-encoding", "connection", "keep-alive") or (
-                    name == "content-length" and self.length is None):
+                    name == "content-length" and (self.length is None or self.status == 204)):
                 continue
             lines.append(name.encode() + b": " + value)
-        if self.length is None and not self.head_only:
+        if self.chunked:
             lines.append(b"transfer-encoding: chunked")
         if not self.keep_alive:
             lines.append(b"connection: close")
+        elif self.http10:
+            lines.append(b"connection: keep-alive")
         return b"\r\n".join(lines) + b"\r\n\r\n"
 
     def capacity(self) -> int:
@@ -341,7 +373,7 @@ class Response(OutputStream):
         self.sent += len(data)
         if self.head_only:
             return
-        if self.length is None and data:
+        if self.chunked and data:
             self.pending += b"%x\r\n" % len(data) + data + b"\r\n"
         else:
             self.pending += data
@@ -388,11 +420,11 @@ class Response(OutputStream):
 
     def finish(self, trailers: list[tuple[str, bytes]] | None = None) -> None:
         """The body's end: the last chunk (with the trailers), or a check that the length was met."""
-        if self.length is not None and self.sent != self.length:
+        if self.length is not None and self.sent != self.length and not self.head_only:
             self.keep_alive = False
             self.flush()
             raise StreamFailed(f"the response body has {self.sent} of its {self.length} bytes")
-        if self.length is None and not self.head_only:
+        if self.chunked:
             self.pending += b"0\r\n" + b"".join(k.encode() + b": " + v + b"\r\n" for k, v in trailers or []) + b"\r\n"
         self.finished = True
         self.flush()

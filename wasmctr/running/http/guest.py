@@ -104,7 +104,7 @@ class Guest:
     def handle(self, head: Head, body: Body, response: Response, scheme: str = "http") -> Outcome:
         """Run the guest's `handle` for one request; the response goes out as the guest writes it. The
         instance goes back to the idle ones only if the request went well and it may serve more."""
-        scope = Scope(body.deadline)
+        scope = Scope(body.deadline, self.limits.memory)
         table = self.table
         table.enter(scope)
         out = messages.Outparam(response)
@@ -130,6 +130,8 @@ class Guest:
             table.enter(None)
         if out.error is not None:
             return Outcome(0, f"the guest answered with error-code {out.error[0]}")
+        if out.interim:
+            return Outcome(0, f"the guest answered with the interim status {out.interim}")
         if not out.set:
             return Outcome(0, "the guest returned without setting a response")
         if not response.finished:
@@ -192,7 +194,8 @@ def _reason(text: str, scope: Scope) -> str:
         return "the request's deadline passed: the guest was stopped"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     cause = lines[lines.index("Caused by:") + 1:] if "Caused by:" in lines else lines[:1]
-    return "the guest trapped: " + "; ".join(line for line in cause if not line[:1].isdigit())[:300]
+    return "the guest trapped: " + "; ".join(line.partition(": ")[2] if line[:1].isdigit() else line
+                                             for line in cause)[:300]
 
 
 def log(message: str) -> None:

@@ -30,12 +30,15 @@ def split_host_port(text: str) -> Allowed:
     elif ":" in text:
         host, _, port = text.rpartition(":")
     host = host.lower().removesuffix(".")
-    if not _is_host(host) or (port and (not port.isdigit() or not 0 < int(port) <= 65535)) or text.endswith(":"):
+    number = port.isascii() and port.isdigit() and 0 < int(port) <= 65535
+    if not _is_host(host) or (port and not number) or text.endswith(":"):
         raise ValueError(text)
     return host, int(port) if port else None
 
 
 def _is_host(host: str) -> bool:
+    if "%" in host:  # an IPv6 zone: ipaddress takes any text after it, line breaks too
+        return False
     if ":" in host:
         try:
             ipaddress.IPv6Address(host)

@@ -209,6 +209,13 @@ def _define_output(fns: Any, streams: Any, table: Table) -> None:
             view = view[taken:]
         blocking_flush(stream)
 
+    def blocking_zeroes(stream: OutputStream, size: int) -> None:
+        """All `size` zeroes, made a budget's worth at a time (a guest may ask for 2**64)."""
+        while size:
+            piece = min(size, WRITE_BUDGET)
+            blocking_write(stream, bytes(piece))
+            size -= piece
+
     def blocking_flush(stream: OutputStream) -> None:
         stream.flush()
         wait(table, [Pollable(ready=stream.flushed, sink=stream)])
@@ -236,6 +243,6 @@ def _define_output(fns: Any, streams: Any, table: Table) -> None:
     fns.add(streams, "[method]output-stream.write-zeroes",
             lambda rep, n: call(rep, lambda s: write(s, n, lambda: bytes(n))))
     fns.add(streams, "[method]output-stream.blocking-write-zeroes-and-flush",
-            lambda rep, n: call(rep, lambda s: blocking_write(s, bytes(min(n, WRITE_BUDGET)))))
+            lambda rep, n: call(rep, lambda s: blocking_zeroes(s, n)))
     fns.add(streams, "[method]output-stream.splice", lambda rep, src, n: splice(rep, src, n, False))
     fns.add(streams, "[method]output-stream.blocking-splice", lambda rep, src, n: splice(rep, src, n, True))

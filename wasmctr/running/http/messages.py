@@ -5,6 +5,7 @@ response sent once). The outgoing side's own types are outgoing.py's; it shares 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .client import Pipe
@@ -45,6 +46,7 @@ class Outparam:
     def __init__(self, response: Response) -> None:
         self.response = response
         self.error: Any = None  # the error-code the guest answered with
+        self.interim = 0  # a 1xx status the guest answered with: no final response, so a 500
         self.set = False
 
 
@@ -75,10 +77,11 @@ class OutgoingBody:
 
 
 class BodySink(OutputStream):
-    """The output-stream of an outgoing body: its target once there is one, a buffer before."""
+    """The output-stream of an outgoing body: its target once there is one, a buffer before, held for the
+    request (`hold`)."""
 
-    def __init__(self, body: OutgoingBody) -> None:
-        self.body = body
+    def __init__(self, body: OutgoingBody, hold: Callable[[int], None]) -> None:
+        self.body, self.hold = body, hold
 
     def capacity(self) -> int:
         if self.body.finished:
@@ -91,6 +94,7 @@ class BodySink(OutputStream):
         if self.body.finished:
             raise StreamFailed("the body is finished")
         if self.body.target is None:
+            self.hold(len(data))
             self.body.buffer += data
         else:
             self.body.target.write(data)
@@ -133,6 +137,7 @@ def _define_fields(fns: Any, types: Any, table: Table) -> None:
             error = checked(name, [value])
             if error:
                 return error
+        table.scope.hold(sum(len(name) + len(value) for name, value in entries))
         return ("ok", table.add(Fields([(n.lower(), v) for n, v in entries])))
 
     def mutate(rep: int, name: str, values: list[bytes] | None, keep_old: bool) -> tuple[str, Any]:
@@ -143,6 +148,7 @@ def _define_fields(fns: Any, types: Any, table: Table) -> None:
         if error:
             return error
         key = name.lower()
+        table.scope.hold(sum(len(key) + len(v) for v in values or []))
         if not keep_old:
             fields.entries = [(n, v) for n, v in fields.entries if n != key]
         fields.entries += [(key, v) for v in values or []]
@@ -176,10 +182,6 @@ def _define_request(fns: Any, types: Any, table: Table) -> None:
         name = table.get(rep, IncomingRequest).head.method
         return (name.lower(), None) if name in METHODS else ("other", name)
 
-    def authority(rep: int) -> str | None:
-        hosts = table.get(rep, IncomingRequest).head.get("host")
-        return hosts[0].decode("latin-1") if hosts else None
-
     def consume(rep: int) -> tuple[str, Any]:
         request = table.get(rep, IncomingRequest)
         if request.consumed:
@@ -210,18 +212,19 @@ def _define_request(fns: Any, types: Any, table: Table) -> None:
 
     def trailers_ready(future: FutureTrailers) -> bool:
         body = future.body
-        if not body.done and body.ready():
-            try:
-                body.read(1 << 16, False)  # the guest no longer reads it: the host reads on to the trailers
-            except (EOFError, StreamFailed):
-                pass
+        try:
+            while not body.done and body.ready():  # the guest no longer reads it: the host reads on to the trailers
+                body.read(1 << 16, False)
+        except (EOFError, StreamFailed):
+            pass
         return body.done or body.failed is not None
 
     fns.add(types, "[method]incoming-request.method", method)
-    fns.add(types, "[method]incoming-request.path-with-query", lambda rep: table.get(rep, IncomingRequest).head.target)
+    fns.add(types, "[method]incoming-request.path-with-query", lambda rep: table.get(rep, IncomingRequest).head.path)
     fns.add(types, "[method]incoming-request.scheme",
             lambda rep: (table.get(rep, IncomingRequest).scheme.upper(), None))
-    fns.add(types, "[method]incoming-request.authority", authority)
+    fns.add(types, "[method]incoming-request.authority",
+            lambda rep: table.get(rep, IncomingRequest).head.authority)
     fns.add(types, "[method]incoming-request.headers",
             lambda rep: table.add(Fields(table.get(rep, IncomingRequest).head.fields, immutable=True)))
     fns.add(types, "[method]incoming-request.consume", consume)
@@ -229,7 +232,7 @@ def _define_request(fns: Any, types: Any, table: Table) -> None:
     fns.add(types, "[static]incoming-body.finish", finish)
     def subscribe(rep: int) -> int:
         future = table.get(rep, FutureTrailers)
-        return table.add(Pollable(ready=lambda: trailers_ready(future)))
+        return table.add(Pollable(ready=lambda: trailers_ready(future), fd=future.body.fileno()))
 
     fns.add(types, "[method]future-trailers.subscribe", subscribe)
     fns.add(types, "[method]future-trailers.get", trailers)
@@ -259,7 +262,7 @@ def _define_response(fns: Any, types: Any, table: Table) -> None:
         if body.streamed:
             return ("err", None)
         body.streamed = True
-        return ("ok", table.add(BodySink(body)))
+        return ("ok", table.add(BodySink(body, table.scope.hold)))
 
     def body_finish(rep: int, trailers: int | None) -> tuple[str, Any]:
         body = table.take(rep, OutgoingBody)
@@ -282,6 +285,9 @@ def _define_response(fns: Any, types: Any, table: Table) -> None:
             out.error = value
             return
         response = table.take(value, OutgoingResponse)
+        if response.status < 200:  # hyper answers these 500 too: the client would wait for the final one
+            out.interim = response.status
+            return
         out.response.start(response.status, response.fields.entries)
         if response.body is None:  # the guest never asked for a body: an empty one
             response.body = OutgoingBody()

@@ -105,7 +105,7 @@ def _define_request(fns: Any, types: Any, table: Table) -> None:
         request = table.get(rep, OutgoingRequest)
         if request.pipe is not None:
             return ("err", None)
-        request.pipe = client.Pipe(table.scope.deadline)
+        request.pipe = client.Pipe(table.scope.deadline, table.scope.hold)
         out = OutgoingBody()
         out.attach(request.pipe)
         return ("ok", table.add(out))

@@ -219,7 +219,7 @@ class _Serving:
             started = time.monotonic()
             body = Body(conn, length, started + limits.request_timeout)
             keep_alive = head.keep_alive and not stopping
-            response = Response(self.sock, keep_alive, head_only=head.method == "HEAD")
+            response = Response(self.sock, keep_alive, head.method == "HEAD", head.version == "HTTP/1.0")
             outcome = self.guest.handle(head, body, response)
             status = outcome.status
             if outcome.failure and not response.started:

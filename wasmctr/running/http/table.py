@@ -20,13 +20,22 @@ T = TypeVar("T")
 
 
 class Scope:
-    """What the host functions of one request share: its deadline (monotonic seconds) and its resources."""
+    """What the host functions of one request share: its deadline (monotonic seconds), its resources, and
+    the bytes the guest has made the host keep for it (`hold`), at most `budget`."""
 
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
+    def __init__(self, deadline: float, budget: int) -> None:
+        self.deadline, self.budget = deadline, budget
+        self.held = 0
         self.reps: set[int] = set()
         self.on_close: list[Callable[[], None]] = []
         self.outgoing = 0  # outgoing requests made (each holds a thread or a connection until the request ends)
+
+    def hold(self, size: int) -> None:
+        """Count bytes the host now keeps for the guest outside its memory (fields it built, a body written
+        before it can go out); past the budget the guest traps, as it would growing its own memory."""
+        self.held += size
+        if self.held > self.budget:
+            raise HostTrap(f"over {self.budget / (1 << 20):g} MiB held by the host for this request")
 
     def remaining(self) -> float:
         """Seconds left before the deadline; past it the guest traps, even inside a blocking host call."""
