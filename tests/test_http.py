@@ -112,13 +112,45 @@ def test_limits_refuse_hostile_heads_and_bodies(proxies, compiled_home) -> None:
         assert server.get("/")[0] == 200  # and it serves on
 
 
-def test_over_max_concurrent_connections_are_answered_503(proxies, compiled_home) -> None:
-    with serving(proxies["hello"], compiled_home, "--workers", "1", "--max-concurrent", "1") as server:
+def test_an_idle_connection_makes_room_and_past_max_concurrent_requests_in_flight_are_answered_503(
+        proxies, compiled_home) -> None:
+    with serving(proxies["echo"], compiled_home, "--workers", "1", "--max-concurrent", "1") as server:
         holder = server.connect()
-        holder.request("GET", "/")
-        assert holder.getresponse().read()  # kept alive: it holds the one place
-        assert server.get("/")[0] == 503
+        holder.request("POST", "/", body=b"kept")
+        assert holder.getresponse().read() == b"kept"  # kept alive and idle: it holds the one place
+
+        def served() -> bool:  # once the holder's guest has returned, its connection is idle and makes room
+            conn = server.connect()
+            try:
+                conn.request("POST", "/", body=b"next")
+                return conn.getresponse().read() == b"next"
+            finally:
+                conn.close()
+
+        wait_for(served, 30, "the idle connection to be closed to make room")
+        assert holder.sock is not None and holder.sock.recv(1) == b""  # the server closed the idle one
         holder.close()
+        taken: list[tuple[socket.socket, bytes]] = []
+
+        def in_flight() -> bool:  # a request whose body is still coming, echoed in part: the guest is running it
+            sock = server.raw()
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 10\r\n\r\nhalf")
+            answer = b""
+            while b"half" not in answer:
+                if not (chunk := sock.recv(65536)):  # 503: the connections before it were still ending
+                    sock.close()
+                    return False
+                answer += chunk
+            taken.append((sock, answer))
+            return True
+
+        wait_for(in_flight, 30, "a request in flight to take the one place")
+        busy, answer = taken[0]
+        assert server.get("/")[0] == 503  # it is not idle: no room is made
+        busy.sendall(b"-done!")
+        answer += read_response(busy)
+        assert answer.startswith(b"HTTP/1.1 200") and b"-done!" in answer
+        busy.close()
 
 
 def test_workers_share_the_socket_and_stop_on_sigint_and_sigterm(proxies, compiled_home) -> None:

@@ -2,8 +2,9 @@
 
 Each worker (a process forked once the code is loaded, so all share its pages) accepts on the one socket,
 links the guest to its own host and keeps its own stores: two cores serve about twice what one does. A
-worker holds at most `max_concurrent` connections (each serves one request at a time); one more is
-answered 503 at once. Stopping (SIGINT or SIGTERM) ends the accepting, lets requests in flight finish
+worker holds at most `max_concurrent` connections (each serves one request at a time); one more closes
+an idle one to take its place, or, where every one has a request in flight, is answered 503 at once.
+Stopping (SIGINT or SIGTERM) ends the accepting, lets requests in flight finish
 (idle kept-alive connections are closed), then the run: 0 for SIGINT, 143 for SIGTERM, as runwasi's
 tests expect of a served component. The poll(2) loop, not select(2): the container seccomp allowlist
 has poll.
@@ -142,7 +143,7 @@ class _Worker:
             client.setblocking(True)
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with lock:
-                if len(connections) >= limits.max_concurrent:
+                if not _make_room(connections, limits.max_concurrent):
                     refuse(client, 503, f"over {limits.max_concurrent} requests in flight")
                     client.close()
                     continue
@@ -163,6 +164,22 @@ PR_SET_PDEATHSIG = 1
 
 def _exit_code(signals: list[int]) -> int:
     return 143 if signal.SIGTERM in signals else 0
+
+
+def _make_room(connections: dict[socket.socket, _Serving], most: int) -> bool:
+    """Whether a new connection may be served: under `most`, or once an idle one (kept alive between
+    requests, or still sending its head) is closed to make room, as nginx reuses its idle connections.
+    Otherwise a client that keeps connections open, sending a request now and then, holds every place
+    of a worker and everyone else is answered 503. Called with the worker's lock held."""
+    open_ = [serving for serving in connections.values() if not serving.evicted]
+    if len(open_) < most:
+        return True
+    idle = next((serving for serving in open_ if serving.idle), None)
+    if idle is None:
+        return False
+    idle.evicted = True
+    idle.stop()
+    return True
 
 
 def _run(serving: _Serving, connections: dict[socket.socket, _Serving], lock: threading.Lock,
@@ -194,6 +211,7 @@ class _Serving:
     def __init__(self, sock: socket.socket, peer: Any, guest: Guest, access_log: bool) -> None:
         self.sock, self.peer, self.guest, self.access_log = sock, peer, guest, access_log
         self.idle = True
+        self.evicted = False  # closed to make room for another; its thread is ending
         self.done = threading.Event()
 
     def stop(self) -> None:
