@@ -21,6 +21,7 @@ import pytest
 from conftest import assert_one_line_error, wasmctr
 from services import wait_for
 
+
 @pytest.fixture(scope="session")
 def compiled_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One store for every server of the session: each guest is compiled once, then mapped from the cache."""

@@ -147,15 +147,15 @@ def test_wasmctr_runtime_serves_a_proxy_bundle_and_sigterm_ends_it_143(proxies, 
 
 
 def test_a_bad_address_or_http_annotation_fails_create_in_one_line(proxies, tmp_path: Path) -> None:
-    for env, annotations, fragment in (
+    for env, asked, fragment in (
             ([f"{ADDRESS_VARIABLE}=nowhere"], {}, ADDRESS_VARIABLE),
             ([], {"wasmctr.io/http-max-body": "lots"}, "wasmctr.io/http-max-body"),
             ([], {"wasmctr.io/http-workers": "0"}, "wasmctr.io/http-workers")):
-        bundle = tmp_path / f"bundle-{len(env)}-{len(annotations)}-{fragment[-4:]}"
+        bundle = tmp_path / f"bundle-{len(env)}-{len(asked)}-{fragment[-4:]}"
         (bundle / "rootfs").mkdir(parents=True)
         shutil.copy(proxies["hello"], bundle / "rootfs" / "proxy.wasm")
         config = {"ociVersion": "1.0.2", "root": {"path": "rootfs"},
-                  "process": {"args": ["/proxy.wasm"], "env": env, "cwd": "/"}, "annotations": annotations}
+                  "process": {"args": ["/proxy.wasm"], "env": env, "cwd": "/"}, "annotations": asked}
         (bundle / "config.json").write_text(json.dumps(config))
         proc = runtime(tmp_path / "root", "create", "--bundle", str(bundle), "bad")
         assert proc.returncode != 0 and fragment in proc.stderr, proc.stderr
