@@ -76,6 +76,18 @@ def is_v2() -> bool:
     return os.path.exists(os.path.join(ROOT, "cgroup.controllers"))
 
 
+_found_hierarchies: dict[str, str] | None = None
+
+
+def _hierarchies() -> dict[str, str]:
+    """Controller (or "" on v2) -> its hierarchy's mount, found once per process: a shim opens a cgroup
+    for every container, and /proc/self/mountinfo grows with every rootfs mounted meanwhile."""
+    global _found_hierarchies
+    if _found_hierarchies is None:
+        _found_hierarchies = {"": ROOT} if is_v2() else _v1_mounts()
+    return _found_hierarchies
+
+
 def _v1_mounts() -> dict[str, str]:
     """Controller name -> its v1 hierarchy's mount point (from /proc/self/mountinfo)."""
     found: dict[str, str] = {}
@@ -102,8 +114,7 @@ class Cgroup:
     def open(cls, cgroups_path: str) -> Cgroup:
         """The cgroup at that path (as another runtime, runc, made it), to read; ValueError for a path
         `expand` refuses, before anything is made."""
-        path = expand(cgroups_path)
-        return cls(path, {"": ROOT} if is_v2() else _v1_mounts())
+        return cls(expand(cgroups_path), dict(_hierarchies()))
 
     @classmethod
     def create(cls, cgroups_path: str, resources: dict[str, Any]) -> Cgroup:
