@@ -76,20 +76,15 @@ def is_v2() -> bool:
     return os.path.exists(os.path.join(ROOT, "cgroup.controllers"))
 
 
-_found_hierarchies: dict[str, str] | None = None
-
-
-def _hierarchies() -> dict[str, str]:
-    """Controller (or "" on v2) -> its hierarchy's mount, found once per process: a shim opens a cgroup
-    for every container, and /proc/self/mountinfo grows with every rootfs mounted meanwhile."""
-    global _found_hierarchies
-    if _found_hierarchies is None:
-        _found_hierarchies = {"": ROOT} if is_v2() else _v1_mounts()
-    return _found_hierarchies
+_found_v1_mounts: dict[str, str] | None = None
 
 
 def _v1_mounts() -> dict[str, str]:
-    """Controller name -> its v1 hierarchy's mount point (from /proc/self/mountinfo)."""
+    """Controller name -> its v1 hierarchy's mount point (from /proc/self/mountinfo), read once per
+    process: a shim opens a cgroup for every container, and mountinfo grows with every rootfs mounted."""
+    global _found_v1_mounts
+    if _found_v1_mounts is not None:
+        return _found_v1_mounts
     found: dict[str, str] = {}
     with open("/proc/self/mountinfo") as f:
         for line in f:
@@ -99,6 +94,7 @@ def _v1_mounts() -> dict[str, str]:
                 for option in tail[2].split(","):
                     if option in V1_CONTROLLERS:
                         found.setdefault(option, fields[4])
+    _found_v1_mounts = found
     return found
 
 
@@ -114,7 +110,8 @@ class Cgroup:
     def open(cls, cgroups_path: str) -> Cgroup:
         """The cgroup at that path (as another runtime, runc, made it), to read; ValueError for a path
         `expand` refuses, before anything is made."""
-        return cls(expand(cgroups_path), dict(_hierarchies()))
+        path = expand(cgroups_path)
+        return cls(path, {"": ROOT} if is_v2() else dict(_v1_mounts()))
 
     @classmethod
     def create(cls, cgroups_path: str, resources: dict[str, Any]) -> Cgroup:
