@@ -21,7 +21,7 @@ cgroup per task, the process and the pod annotation filled in. A wasmctr runtime
 started first, with a shim for another namespace, as on a node where any pod has run.
 
 For each runtime: tasks/s, each task's p50/p99 from Create to Delete and per step, failed tasks, the
-shim's PSS after 100, 500 and 1,000 tasks, what is left once the shim has shut down (processes,
+shim's PSS and anonymous memory after 100, 500 and 1,000 tasks, what is left once the shim has shut down (processes,
 cgroups, sockets, runc state directories, mounts), and where a task's time goes: a ttrpc round trip
 (State), Create, Start, from Start to exit (Wait), Delete, how long after Wait the exit event arrived,
 and the CPU the shim and the processes it reaped took per task.
@@ -209,6 +209,7 @@ class Run:
     env: dict[str, str]
     tasks: list[Task] = field(default_factory=list)
     pss_kib: dict[int, int] = field(default_factory=dict)
+    anon_kib: dict[int, int] = field(default_factory=dict)  # the shim's anonymous memory, shared or not
     shim_pid: int = 0
     cpu_per_task: float = 0.0  # seconds of CPU the shim and the processes it reaped took per task
     socket: str = ""
@@ -249,8 +250,9 @@ class Run:
                                           stderr=str(task.bundle / "stderr"), rootfs=[mount])
 
 
-async def drive(run: Run, events: Events, count: int, parallel: int, timeout: float) -> dict[str, Any]:
-    """runwasi's protocol against one shim; the figures and what failed."""
+async def drive(run: Run, count: int, parallel: int, timeout: float) -> tuple[float, list[float]]:
+    """runwasi's protocol against one shim: the run's time from the first Create to the last Delete and
+    the ttrpc round trips measured before it (each task's steps and errors are in `run.tasks`)."""
     pause = Task(f"{run.namespace}-pause", run.bundle(f"{run.namespace}-pause"))
     socket = run.start_shim(run.namespace, pause.id, pause.bundle)
     run.socket = socket
@@ -307,7 +309,7 @@ async def drive(run: Run, events: Events, count: int, parallel: int, timeout: fl
                         await client.call("Delete", task_pb2.DeleteRequest(id=task.id), task_pb2.DeleteResponse)
                 done += 1
                 if done in PSS_AFTER:
-                    run.pss_kib[done] = pss_kib(run.shim_pid)
+                    run.pss_kib[done], run.anon_kib[done] = memory_kib(run.shim_pid)
 
         work = asyncio.gather(*(one(task) for task in run.tasks))
         try:
@@ -322,7 +324,7 @@ async def drive(run: Run, events: Events, count: int, parallel: int, timeout: fl
             await client.call("Shutdown", task_pb2.ShutdownRequest(id=pause.id, now=True), empty_pb2.Empty)
     finally:
         await client.close()
-    return figures(run, events, elapsed, round_trips)
+    return elapsed, round_trips
 
 
 def figures(run: Run, events: Events, elapsed: float, round_trips: list[float]) -> dict[str, Any]:
@@ -341,6 +343,7 @@ def figures(run: Run, events: Events, elapsed: float, round_trips: list[float]) 
         "exit_event_after_wait_ms": ms(lags, 50),
         "events_missing": sum(1 for t in run.tasks for topic in EVENT_TYPES if (topic, t.id) not in events.seen),
         "shim_pss_kib": run.pss_kib,
+        "shim_anon_kib": run.anon_kib,
     }
 
 
@@ -362,13 +365,18 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
-def pss_kib(pid: int) -> int:
-    """A process's proportional set size, from /proc (0 once it is gone)."""
+def memory_kib(pid: int) -> tuple[int, int]:
+    """A process's proportional set size and its anonymous memory, from /proc ((0, 0) once it is gone).
+    A forked shim's PSS moves with more than what it holds: it grows as the shim writes pages it shared
+    with the template (and with the containers it forked, which keep their copies) and falls while more
+    containers share its pages; its anonymous memory, counted whole however shared, is what it holds."""
+    found = {"Pss:": 0, "Anonymous:": 0}
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    return 0
+            name, _, value = line.partition(" ")
+            if name in found:
+                found[name] = int(value.split()[0])
+    return found["Pss:"], found["Anonymous:"]
 
 
 # -- what is left ----------------------------------------------------------------------------------------
@@ -566,8 +574,10 @@ def run_one(runtime: Runtime, root: Path, spec: dict[str, Any], count: int, para
             if runtime.wasmctr:
                 warm_template(run)
                 template = _template(scratch)
-            result = asyncio.run(drive(run, events, count, parallel, timeout))
-        result["leftovers"] = settled(run, template)
+            elapsed, round_trips = asyncio.run(drive(run, count, parallel, timeout))
+            left = settled(run, template)  # the shim has gone: the events it forwards as it exits are in
+            result = figures(run, events, elapsed, round_trips)
+        result["leftovers"] = left
         return result
     finally:
         clean(run)  # the template too
@@ -605,7 +615,7 @@ def main() -> None:
         print(f"{'':15s} p50 ms: {steps}  ttrpc round trip {r['ttrpc_round_trip_ms']}  exit event after Wait "
               f"{r['exit_event_after_wait_ms']}")
         print(f"{'':15s} CPU per task (shim and its containers) {r['shim_cpu_ms_per_task']} ms  shim PSS KiB "
-              f"{r['shim_pss_kib']}")
+              f"{r['shim_pss_kib']}  anonymous KiB {r['shim_anon_kib']}")
         for error in r["errors"]:
             print(f"{'':15s} error: {error}")
 

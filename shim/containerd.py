@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 TEMPLATE_TIMEOUT = 20.0  # seconds a template may take to answer: it serves one request at a time
+EVENTS_FLUSH_SECONDS = 5.0  # how long an exiting shim waits for containerd to take its last events
 
 VALUE_FLAGS = ("namespace", "address", "publish-binary", "id", "bundle", "socket")
 BOOL_FLAGS = {"debug": "debug", "v": "version", "version": "version", "shared": "shared"}
@@ -167,12 +168,14 @@ def serve(args: SimpleNamespace) -> int:
 
     listener = socket.socket(fileno=int(os.environ["WASMCTR_SHIM_LISTEN_FD"]))
     server: Server | None = None
+    publisher = Publisher(os.environ.get("TTRPC_ADDRESS"))
 
     def finish() -> None:
         with contextlib.suppress(OSError):
             os.unlink(args.socket)  # first: a `start` from now on spawns a new shim
         if server is not None:
             server.stop()
+        publisher.flush(EVENTS_FLUSH_SECONDS)  # the last task's exit and delete reach containerd
         logging.shutdown()
         os._exit(0)
 
@@ -183,7 +186,7 @@ def serve(args: SimpleNamespace) -> int:
             "this kernel has no Landlock (Linux 5.13+, `lsm=` must include landlock): wasm containers run "
             "without the filesystem confinement below WASI")
     linger = float(os.environ.get("WASMCTR_SHIM_LINGER", "2"))
-    tasks = TaskService(Publisher(os.environ.get("TTRPC_ADDRESS")), args.namespace, finish, linger,
+    tasks = TaskService(publisher, args.namespace, finish, linger,
                         runc_root=RUNC_ROOT, executor=warm_executor(), containerd_address=args.address)
     server = Server([tasks.service(), tasks.reservation_service()])
     server.serve(listener)

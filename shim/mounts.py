@@ -100,7 +100,15 @@ def _mount(source: str, target: str, fstype: str, flags: int, data: str) -> None
         raise OSError(error, os.strerror(error))
 
 
-def _libc() -> Any:
-    import ctypes
+_libc_loaded: Any = None
 
-    return ctypes.CDLL(None, use_errno=True)
+
+def _libc() -> Any:
+    """libc through ctypes, loaded once (each CDLL makes a class of its own, garbage for the collector)
+    and only by a process that mounts: wasmctr-runtime's verbs import this module without ctypes."""
+    global _libc_loaded
+    if _libc_loaded is None:
+        import ctypes
+
+        _libc_loaded = ctypes.CDLL(None, use_errno=True)
+    return _libc_loaded

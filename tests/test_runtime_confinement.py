@@ -120,7 +120,8 @@ def test_a_profiles_range_is_split_into_a_rule_per_condition(bundle: Path, tmp_p
 
 def test_the_container_process_is_in_the_specs_cgroup_with_its_limits(bundle: Path, tmp_path: Path) -> None:
     """As runc does: the cgroup at linux.cgroupsPath, with the spec's memory and pids limits, holds the
-    container process from `create` on; `delete` removes it."""
+    container process from `create` on, in every hierarchy (on v1 it moves itself by its one thread, in
+    each hierarchy's `tasks`: the process is there whole); `delete` removes it."""
     from wasmctr_node.cgroups import Cgroup, is_v2
 
     cgroups_path = f"/wasmctr-test-{os.getpid()}-{tmp_path.name}"
@@ -136,6 +137,8 @@ def test_the_container_process_is_in_the_specs_cgroup_with_its_limits(bundle: Pa
     try:
         pid = json.loads(runtime(root, "state", "cg1").stdout)["pid"]
         assert any(line.endswith(":" + cgroups_path) for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines())
+        for directory in group.directories.values():
+            assert (Path(directory) / "cgroup.procs").read_text().split() == [str(pid)], directory
         memory = "memory.max" if is_v2() else "memory.limit_in_bytes"
         assert (Path(group.directories["" if is_v2() else "memory"]) / memory).read_text().strip() == str(256 << 20)
         assert (Path(group.directories["" if is_v2() else "pids"]) / "pids.max").read_text().strip() == "64"

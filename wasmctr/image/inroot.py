@@ -18,6 +18,7 @@ import errno
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_IN_ROOT = 0x10
@@ -72,6 +73,23 @@ def is_file(root: Path, path: str) -> Path | None:
         return None
 
 
+_ctypes_made: tuple[Any, Any] | None = None
+
+
+def _openat2_types() -> tuple[Any, Any]:
+    """libc and openat2's `struct open_how`, made once: a ctypes library or structure made per call is a
+    class each time, garbage only a full collection frees (a shim resolves paths for every container)."""
+    global _ctypes_made
+    if _ctypes_made is None:
+        import ctypes
+
+        class OpenHow(ctypes.Structure):
+            _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+        _ctypes_made = ctypes.CDLL(None, use_errno=True), OpenHow
+    return _ctypes_made
+
+
 class _Unavailable(Exception):
     """openat2 is not there (old kernel) or not allowed (a seccomp filter)."""
 
@@ -79,11 +97,8 @@ class _Unavailable(Exception):
 def _openat2(root_fd: int, path: str, flags: int) -> int:
     import ctypes
 
-    class OpenHow(ctypes.Structure):
-        _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    how = OpenHow(flags, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+    libc, open_how = _openat2_types()
+    how = open_how(flags, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
     encoded = os.fsencode(path)
     if b"\0" in encoded:
         raise ValueError("embedded null byte")

@@ -49,7 +49,8 @@ READY_SECONDS = 30
 class Cgroup(Protocol):
     """The container's cgroup (`wasmctr_node.cgroups.Cgroup`), made by the caller before the fork."""
 
-    def add(self, pid: int) -> None: ...
+    def join(self) -> None:
+        """Move the calling process, single-threaded, into the cgroup."""
 
 
 @record(frozen=True)
@@ -155,7 +156,7 @@ class Container:
         try:
             default_signals()
             if self.cgroup is not None:
-                self.cgroup.add(os.getpid())
+                self.cgroup.join()  # before any thread of its own: it moves the calling thread
             if setup is not None:
                 setup({fd, *([ruleset] if ruleset is not None else [])})
             namespaces.enter(self.confinement.spaces)

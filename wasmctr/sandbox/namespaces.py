@@ -35,6 +35,7 @@ FLAGS = {"pid": CLONE_NEWPID, "ipc": CLONE_NEWIPC, "uts": CLONE_NEWUTS, "mount":
 MS_REC = 0x4000
 MS_SLAVE = 0x80000
 NS_GET_NSTYPE = 0xB703  # ioctl: the CLONE_NEW* type of a namespace file
+_LIBC = ctypes.CDLL(None, use_errno=True)  # once: each CDLL makes a class of its own, garbage for the collector
 
 Namespaces = list[tuple[str, str | None]]
 """(type, the path of the namespace to join, or None for a new one), in the spec's order."""
@@ -161,4 +162,4 @@ def _unshare(flag: int) -> None:
 
 
 def _libc() -> Any:
-    return ctypes.CDLL(None, use_errno=True)
+    return _LIBC

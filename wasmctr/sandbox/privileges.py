@@ -16,6 +16,7 @@ from typing import Any
 
 from wasmctr.errors import WasmctrError
 
+_LIBC = ctypes.CDLL(None, use_errno=True)  # once: each CDLL makes a class of its own, garbage for the collector
 CAPABILITIES = (
     "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
     "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER",
@@ -63,7 +64,7 @@ def capability_sets(process: dict[str, Any]) -> dict[str, set[int]]:
 def drop(process: dict[str, Any]) -> None:
     """Become the spec's user with only the spec's capabilities, and set no_new_privs. Raises OSError
     (or WasmctrError for a bad name) and leaves the process unusable: the caller exits."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _LIBC
 
     def prctl(option: int, arg: int, arg3: int = 0) -> int:
         result = libc.prctl(option, ctypes.c_ulong(arg), ctypes.c_ulong(arg3), ctypes.c_ulong(0), ctypes.c_ulong(0))
