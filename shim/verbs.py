@@ -37,6 +37,9 @@ from .specscan import annotation
 
 GROUP_ANNOTATION = "io.kubernetes.cri.sandbox-id"
 SHARED_GROUP = "shared"
+# how long a lingering shim has to answer Reserve: one that is listening is alive, only slow on a busy node
+# (2 s started a second shim for the pod when the machine was loaded, and the first lingered beside it)
+RESERVE_SECONDS = 10
 
 Spawn = Callable[[list[str], dict[str, str], int, int], int]
 """Start a shim server: (its argv, its environment, the listening socket's fd, the log fd) -> its pid."""
@@ -179,7 +182,7 @@ def _reserve(path: str, container_id: str) -> bool:
                + _bytes_field(3, _bytes_field(1, container_id.encode())))
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(2)
+            conn.settimeout(RESERVE_SECONDS)
             conn.connect(path)
             conn.sendall(len(request).to_bytes(4, "big") + (1).to_bytes(4, "big") + b"\x01\x00" + request)
             header = conn.recv(10, socket.MSG_WAITALL)
