@@ -169,8 +169,21 @@ def test_workers_share_the_socket_and_stop_on_sigint_and_sigterm(proxies, compil
                 assert not os.path.exists(f"/proc/{child}")
 
 
+def test_only_the_first_of_two_signals_at_once_counts(tiny, compiled_home) -> None:
+    """A process group signalled twice (GNU timeout, Ctrl-C pressed twice): the second signal came while
+    the first was asking the server to stop, inside its lock, and the process hung for good."""
+    for signum, code in ((signal.SIGINT, 0), (signal.SIGTERM, 143)):
+        for _ in range(5):
+            with serving(tiny["0.2.0"], compiled_home, "--workers", "2") as server:
+                assert server.get("/")[0] == 200
+                server.proc.send_signal(signum)
+                server.proc.send_signal(signum)
+                assert server.proc.wait(timeout=60) == code
+
+
 def test_bad_publish_and_a_command_guest_fail_in_one_line(component_wasm, proxies) -> None:
     assert_one_line_error(wasmctr("run", "-p", "1.2.3:80", str(proxies["hello"]), check=False), 125, "-p")
+    assert_one_line_error(wasmctr("run", "-p", check=False), 125, "-p")  # a flag's value missing: run's 125 too
     assert_one_line_error(wasmctr("run", "-p", "8080", str(component_wasm), check=False), 125,
                           "not a wasi:http proxy")
 

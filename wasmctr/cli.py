@@ -836,7 +836,9 @@ def main() -> None:
             sys.exit(0)
         _suggest_near_misses_only(exc)
         command = getattr(getattr(exc, "ctx", None), "command", None)
-        _fail(exc.format_message(), _EXIT_RUN_FAILED if getattr(command, "name", "") == "run" else exc.exit_code)
+        # an option missing its value is raised with no command's context: the command line names it
+        named = getattr(command, "name", "") or next((arg for arg in sys.argv[1:] if not arg.startswith("-")), "")
+        _fail(exc.format_message(), _EXIT_RUN_FAILED if named == "run" else exc.exit_code)
     except typer.Abort:
         _fail("interrupted", 130)
     except OSError as exc:

@@ -335,8 +335,10 @@ def _supervise(guest: _GuestThread, engine: Any, spec: RunSpec, hard_stop: HardS
             engine.increment_epoch()
 
     def signalled(signum: int) -> None:
-        """A command is interrupted; a world that stops on its own (a server draining) is asked to."""
-        if stop:
+        """A command is interrupted; a world that stops on its own (a server draining) is asked to. Only
+        the first signal counts: one that comes while `world.stop` runs (a process group signalled twice,
+        Ctrl-C pressed twice) runs this handler inside it, and must not ask again (its locks are held)."""
+        if stop or guest.guest.signals:
             return
         guest.guest.signals.append(signum)
         grace = guest.world.stop(guest.guest, signum)
