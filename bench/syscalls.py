@@ -94,7 +94,7 @@ def measure(wasm: Path, work: Path, name: str, args: list[str], timeout: float) 
         match = LINE.match(line)  # a call, or its `<... NAME resumed>` half
         if match is None:
             continue
-        if f"close({MARKER})" in line:
+        if f"close({MARKER}" in line:  # also its `<unfinished ...>` half, where another thread interleaved
             container.add(match.group(1))
         elif match.group(1) in container:
             seen.add(match.group(2))
