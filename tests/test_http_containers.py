@@ -16,16 +16,10 @@ import pytest
 from conftest import WASMCTR_RUNTIME, runtime, wasmctr
 from cri import api_pb2 as cri
 from cri.node import Node, node_config, node_images
-from services import SHIM_RUNTIME, Containerd, wait_for, wait_for_nothing_left
+from services import SHIM_RUNTIME, Containerd, free_port, wait_for, wait_for_nothing_left
 
 HELLO = b"Hello from a wasi:http component!\n"
 ADDRESS_VARIABLE = "WASMTIME_HTTP_PROXY_SOCKET_ADDR"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def get(port: int, path: str = "/") -> tuple[int, bytes]:
